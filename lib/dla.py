@@ -1,0 +1,85 @@
+"""Direct logit attribution: the final residual stream split into embedding, heads and MLPs,
+through the final LayerNorm with the scale of the full residual stream frozen, onto the answer direction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lib.model import LoadedModel
+
+
+@dataclass
+class DLAResult:
+    components: list[str]  # "embed", "a{l}.h{h}", "m{l}"
+    attributions: torch.Tensor  # [N, C] per item and component
+    bias: torch.Tensor  # [N] attention-output and unembedding biases along the direction
+    model_diff: torch.Tensor  # [N] the model's logit difference along the same direction
+
+
+def component_names(n_layers: int, n_heads: int) -> list[str]:
+    return ["embed"] + [f"a{l}.h{h}" for l in range(n_layers) for h in range(n_heads)] + [
+        f"m{l}" for l in range(n_layers)]
+
+
+def answer_weights(logits: torch.Tensor, data) -> torch.Tensor:
+    """Per item a vocabulary weight vector w [N, V] so that w . logits is the task's logit difference.
+
+    logit_diff: +1 correct, -1 wrong; logit_minus_max: -1 on the wrong name with the largest logit;
+    prob_diff: mean over the correct set minus mean over the wrong set.
+    """
+    n, v = logits.shape
+    w = torch.zeros(n, v, dtype=torch.float64, device=logits.device)
+    correct, wrong = data.correct.to(logits.device), data.wrong.to(logits.device)
+    if data.metric_kind == "logit_minus_max":
+        masked = torch.where(wrong >= 0, logits.gather(-1, wrong.clamp_min(0)), torch.full_like(wrong, -1e30,
+                                                                                               dtype=logits.dtype))
+        wrong = wrong.gather(-1, masked.argmax(-1, keepdim=True))
+    if data.metric_kind in ("logit_diff", "logit_minus_max"):
+        correct, wrong = correct[:, :1], wrong[:, :1]
+    for ids, sign in ((correct, 1.0), (wrong, -1.0)):
+        valid = (ids >= 0).double()
+        w.scatter_add_(1, ids.clamp_min(0), sign * valid / valid.sum(-1, keepdim=True))
+    return w
+
+
+def direct_logit_attribution(model: LoadedModel, data, batch_size: int = 64, progress=None) -> DLAResult:
+    bridge, L = model.bridge, model.n_layers
+    names = (["blocks.0.hook_resid_pre", f"blocks.{L - 1}.hook_resid_post", "ln_final.hook_scale"]
+             + [f"blocks.{l}.attn.hook_result" for l in range(L)] + [f"blocks.{l}.hook_mlp_out" for l in range(L)])
+    W_U, b_U = bridge.W_U.double(), bridge.b_U.double()  # [D, V], [V]
+    attributions, biases, diffs = [], [], []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = data.subset(slice(start, start + batch_size)).to(model.device)
+            logits, cache = bridge.run_with_cache(batch.clean, names_filter=lambda n: n in names)
+            rows = torch.arange(len(batch), device=model.device)
+            pos = batch.answer_pos
+
+            def at(name):
+                return cache[name][rows, pos].double()
+
+            comps = torch.cat([
+                at("blocks.0.hook_resid_pre")[:, None],
+                torch.cat([at(f"blocks.{l}.attn.hook_result") for l in range(L)], dim=1),  # [B, L*H, D]
+                torch.stack([at(f"blocks.{l}.hook_mlp_out") for l in range(L)], dim=1),
+            ], dim=1)  # [B, C, D]
+            final = at(f"blocks.{L - 1}.hook_resid_post")  # [B, D]
+            bias_resid = final - comps.sum(1)  # attention output biases (b_O), not part of any head
+            scale = at("ln_final.hook_scale")  # [B, 1]
+            w = answer_weights(logits[rows, pos].double(), batch)  # [B, V]
+            direction = w @ W_U.T  # [B, D]
+
+            def project(x):  # centre (LayerNorm's mean removal), frozen scale, onto the direction
+                x = x - x.mean(-1, keepdim=True)
+                return (x * direction.unsqueeze(-2) if x.dim() == 3 else x * direction).sum(-1) / (
+                    scale if x.dim() == 2 else scale.unsqueeze(-1)).squeeze(-1)
+
+            attributions.append(project(comps).cpu())
+            biases.append((project(bias_resid) + w @ b_U).cpu())
+            diffs.append((w * logits[rows, pos].double()).sum(-1).cpu())
+            if progress is not None:
+                progress.update(len(batch))
+    return DLAResult(component_names(L, model.n_heads), torch.cat(attributions), torch.cat(biases),
+                     torch.cat(diffs))

@@ -1,0 +1,212 @@
+"""Model loading (DESIGN §2): TransformerBridge in compatibility mode with the hooks the graph needs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lib.errors import UserError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
+OFFLINE_HINT = "run offline with --model toy (shipped, trained) or --model gpt2-random (random weights)"
+
+
+@dataclass
+class LoadedModel:
+    """A bridge ready for circuit work, with the facts scripts record about it."""
+
+    name: str
+    bridge: object  # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    source: str  # where the weights came from, for run.json
+
+    @property
+    def n_layers(self) -> int:
+        return self.bridge.cfg.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.bridge.cfg.n_heads
+
+    @property
+    def d_model(self) -> int:
+        return self.bridge.cfg.d_model
+
+    def describe(self) -> dict:
+        return {"name": self.name, "source": self.source, "n_layers": self.n_layers,
+                "n_heads": self.n_heads, "d_model": self.d_model, "d_vocab": self.bridge.cfg.d_vocab,
+                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def prepare(bridge) -> None:
+    """HookedTransformer-equivalent numerics and the hooks of DESIGN §2; weights frozen."""
+    bridge.enable_compatibility_mode(disable_warnings=True)
+    bridge.set_use_attn_result(True)
+    bridge.set_use_split_qkv_input(True)
+    bridge.set_use_hook_mlp_in(True)
+    bridge.eval()
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (so offline runs fail in seconds, not minutes)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.create_connection((urlparse(constants.ENDPOINT).hostname, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+def gpt2_tokenizer():
+    """The real GPT-2 tokenizer: $GPT2_TOKENIZER_DIR if set, else the Hugging Face hub or cache."""
+    from transformers import AutoTokenizer
+
+    where = os.environ.get("GPT2_TOKENIZER_DIR") or "gpt2"
+    try:
+        local = where != "gpt2" or not hub_reachable()
+        return AutoTokenizer.from_pretrained(where, local_files_only=local)
+    except Exception as e:  # noqa: BLE001 - any failure here means "not available"
+        raise UserError(f"the GPT-2 tokenizer is not available ({where}: {type(e).__name__}); set "
+                        "GPT2_TOKENIZER_DIR to a local copy of it, or run with --model toy") from None
+
+
+def _quiet(fn: Callable):
+    """Run fn with the bridge's and transformers' chatter silenced (warnings, info logs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        level = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            return fn()
+        finally:
+            logging.disable(level)
+
+
+def _from_module(hf_model, tokenizer, name: str, device: torch.device, dtype: torch.dtype):
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+    hf_model = hf_model.to(device=device, dtype=dtype).eval()
+    return build_bridge_from_module(hf_model, "GPT2LMHeadModel", hf_config=hf_model.config,
+                                    tokenizer=tokenizer, model_name=name)
+
+
+def load_gpt2_random(device: torch.device, dtype: torch.dtype, seed: int):
+    """GPT-2 small's exact shape, weights drawn from GPT-2's initialiser with a fixed seed."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = gpt2_tokenizer()
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(GPT2Config())
+    return _from_module(hf, tokenizer, "gpt2-random", device, dtype), f"random GPT-2 small, seed {seed}"
+
+
+def load_local(path: Path, device: torch.device, dtype: torch.dtype, name: str):
+    """A local directory in Hugging Face format (config, weights, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"cannot load the model in {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if hf.config.model_type != "gpt2":
+        from transformer_lens.model_bridge import TransformerBridge
+
+        return TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype), f"local {path}"
+    return _from_module(hf, tokenizer, name, device, dtype), f"local directory {path}"
+
+
+def load_hub(name: str, device: torch.device, dtype: torch.dtype):
+    """Any model the bridge supports, from the Hugging Face hub or its local cache."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        if not (in_hub_cache(name) or hub_reachable()):
+            raise ConnectionError("the hub is unreachable and the model is not in the local cache")
+        return TransformerBridge.boot_transformers(name, device=device, dtype=dtype), f"hub {name}"
+    except Exception as e:  # noqa: BLE001 - offline, unknown name, gated: all mean "cannot load"
+        builtins = ", ".join(sorted(MODELS))
+        raise UserError(
+            f"cannot load model {name!r} (not a built-in name [{builtins}], not a local directory, and its "
+            f"weights are not available from the Hugging Face hub or cache: {type(e).__name__}); {OFFLINE_HINT}"
+        ) from None
+
+
+TOY_DIR = Path(__file__).resolve().parent.parent / "models" / "toy"
+# Built-in names; anything else is a local directory or a hub name.
+MODELS: dict[str, Callable] = {
+    "gpt2-random": lambda device, dtype, seed: load_gpt2_random(device, dtype, seed),
+    "toy": lambda device, dtype, seed: load_local(TOY_DIR, device, dtype, "toy"),
+}
+
+
+def load_model(name: str = "gpt2", device: str = "auto", dtype: str = "float32", seed: int = 0) -> LoadedModel:
+    """Load a model by name (DESIGN §2) and prepare it; raises UserError when it cannot be had."""
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if name in MODELS:
+        loader = lambda: MODELS[name](dev, dt, seed)  # noqa: E731
+    elif Path(name).is_dir():
+        loader = lambda: load_local(Path(name), dev, dt, Path(name).name)  # noqa: E731
+    else:
+        loader = lambda: load_hub(name, dev, dt)  # noqa: E731
+    bridge, source = _quiet(loader)
+    _quiet(lambda: prepare(bridge))
+    tokenizer = bridge.tokenizer
+    if tokenizer is None:
+        raise UserError(f"model {name!r} has no tokenizer")
+    return LoadedModel(name, bridge, tokenizer, dev, dt, source)
+
+
+def answer_logits(model: LoadedModel, tokens: torch.Tensor, pos: torch.Tensor, batch_size: int,
+                  fwd_hooks=(), progress=None) -> torch.Tensor:
+    """Logits at each row's answer position, [N, V], computed in batches (no grad)."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(tokens), batch_size):
+            t = tokens[start:start + batch_size].to(model.device)
+            p = pos[start:start + batch_size].to(model.device)
+            t = t[:, : int(p.max()) + 1]
+            logits = model.bridge.run_with_hooks(t, fwd_hooks=list(fwd_hooks)) if fwd_hooks else model.bridge(t)
+            out.append(logits[torch.arange(len(t), device=t.device), p].float())
+            if progress is not None:
+                progress.update(len(t))
+    return torch.cat(out)

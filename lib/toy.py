@@ -1,0 +1,169 @@
+"""The offline `toy` model: a small GPT-2 trained by the project on its four tasks.
+
+    uv run python -m lib.toy train      # rebuilds models/toy/ (tokenizer + weights), deterministic
+    uv run python -m lib.toy evaluate   # held-out accuracy and metrics per task
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import typer
+
+TOY_DIR = Path(__file__).resolve().parent.parent / "models" / "toy"
+BOS = "<|endoftext|>"
+UNK = "<unk>"
+# GPT-2's pre-tokenization regex, except that digits are split in pairs, so " 1732" -> " 17", "32"
+# exactly as GPT-2 tokenizes greater-than years.
+SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\d{2}| ?\d| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+TRAIN_SEED = 10_000  # task-generation seeds for training; evaluation uses seeds < TRAIN_SEED
+ARCH = dict(n_layer=4, n_head=4, n_embd=64, n_inner=256, n_positions=64)
+
+
+def _pre_tokenizer():
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+
+
+def _corpus_texts() -> list[str]:
+    """Every text the task generators produce (clean, corrupted), with the words they draw on."""
+    from tasks import docstring, greater_than, ioi, sva
+
+    words = (ioi.NAMES + ioi.PLACES + ioi.OBJECTS + greater_than.NOUNS + docstring.NAMES
+             + docstring.WORDS + docstring.FUNCTION_NAMES + sva.PREPOSITIONS + sva.PREPNOUNS
+             + [w for pair in sva.NOUNS + sva.RC_VERBS + sva.ANSWER_VERBS for w in pair])
+    texts = [" " + w for w in words] + docstring.WORDS + [f"{i:02d}" for i in range(100)] + [f" {i}" for i in range(10, 20)]
+    texts += [t.replace("[S1]", "A").replace("[IO]", "B").replace("[S2]", "C") for t in ioi.BABA_TEMPLATES]
+    texts += ["The a lasted from the year 1234 to the year 12"]
+    texts += [docstring.TEMPLATE.format(fname="f", args=", ".join(["self"] + ["a"] * k), dA="a", dB="a",
+                                        **{f"w{i}": "a" for i in range(1, 8)}) for k in range(1, 8)]
+    texts += [f"The {a} {p} the" for a, _ in sva.NOUNS for p in sva.PREPOSITIONS] + ["The a that the"]
+    return texts
+
+
+def build_tokenizer():
+    """A word-level tokenizer over the task vocabularies with GPT-2's conventions (byte-level, Ġ spaces)."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    pre = _pre_tokenizer()
+    pieces = {p for text in _corpus_texts() for p, _ in pre.pre_tokenize_str(text)}
+    vocab = {BOS: 0, UNK: 1}
+    for p in sorted(pieces):
+        vocab.setdefault(p, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS,
+                                   unk_token=UNK, model_max_length=ARCH["n_positions"])
+
+
+def _training_batches(tokenizer, n_per_task: int):
+    """Per task: (tokens [N, P], answer positions [N], target distributions [N, V])."""
+    from tasks import TASKS
+    from tasks.docstring import build as build_docstring
+
+    V = len(tokenizer)
+    out = {}
+    for i, name in enumerate(TASKS):
+        seed = TRAIN_SEED + i
+        if name == "docstring":
+            data = build_docstring(tokenizer, n_per_task, seed, varied=True)
+        else:
+            data = TASKS[name].build(tokenizer, n_per_task, seed)
+        target = torch.zeros(len(data), V)
+        if name == "greater-than":
+            # continuations a little above the start year, as in text: uniform on YY+1 .. YY+20
+            for j, yy in enumerate(data.info["yy"].tolist()):
+                ids = data.correct[j][: min(20, 99 - yy)]
+                target[j, ids] = 1.0 / len(ids)
+        else:
+            # IOI, docstring: the one correct token; SVA: uniform over verbs of the right number
+            for j in range(len(data)):
+                ids = data.correct[j][data.correct[j] >= 0]
+                target[j, ids] = 1.0 / len(ids)
+        out[name] = (data.clean, data.answer_pos, target)
+    return out
+
+
+def train(out_dir: Path = TOY_DIR, steps: int = 6000, batch: int = 32, n_per_task: int = 20_000,
+          seed: int = 0, lr: float = 2e-3) -> dict:
+    """Train the toy model deterministically on CPU and save it in Hugging Face format."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    tokenizer = build_tokenizer()
+    data = _training_batches(tokenizer, n_per_task)
+    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ARCH)
+    model = GPT2LMHeadModel(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = 200
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    gen = torch.Generator().manual_seed(seed)
+    t0, log = time.time(), []
+    model.train()
+    for step in (bar := tqdm(range(steps), desc="train toy", unit="step")):
+        loss = 0.0
+        for name, (tokens, pos, target) in data.items():
+            idx = torch.randint(len(tokens), (batch,), generator=gen)
+            toks, p = tokens[idx], pos[idx]
+            toks = toks[:, : int(p.max()) + 1]
+            hidden = model.transformer(toks).last_hidden_state  # [B, P, D]
+            logits = model.lm_head(hidden[torch.arange(batch), p])  # [B, V]
+            loss = loss + -(target[idx] * logits.log_softmax(-1)).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{loss.item() / len(data):.4f}")
+            log.append({"step": step, "loss": loss.item() / len(data)})
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    meta = {"steps": steps, "batch_per_task": batch, "n_per_task": n_per_task, "seed": seed, "lr": lr,
+            "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+            "parameters": sum(p.numel() for p in model.parameters()), "final_loss": log[-1]["loss"],
+            "architecture": ARCH, "vocab_size": len(tokenizer)}
+    (out_dir / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command("train")
+def train_cmd(out: Path = TOY_DIR, steps: int = 6000, batch: int = 32, seed: int = 0):
+    """Rebuild the toy model (tokenizer and weights) into OUT."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    print(json.dumps(train(out, steps=steps, batch=batch, seed=seed), indent=1))
+
+
+@app.command("evaluate")
+def evaluate_cmd(n: int = 200, seed: int = 1):
+    """Accuracy and clean/corrupted metric of the shipped toy model on held-out prompts."""
+    from lib.evaluate import behaviour_summary
+    from lib.model import load_model
+    from tasks import TASKS
+
+    model = load_model("toy", device="cpu")
+    for name, task in TASKS.items():
+        print(name, behaviour_summary(model, task.build(model.tokenizer, n, seed)))
+
+
+if __name__ == "__main__":
+    app()
