@@ -129,14 +129,37 @@ def _from_module(hf_model, tokenizer, name: str, device: torch.device, dtype: to
                                     tokenizer=tokenizer, model_name=name)
 
 
-def load_gpt2_random(device: torch.device, dtype: torch.dtype, seed: int):
-    """GPT-2 small's exact shape, weights drawn from GPT-2's initialiser with a fixed seed."""
+def _random_bridge(tokenizer, seed: int, name: str, device: torch.device, dtype: torch.dtype,
+                   random_biases: bool = False, **config):
+    """A GPT-2-architecture model with seeded random weights (GPT-2's initialiser), prepared like any other.
+
+    random_biases also draws the biases and LayerNorm parameters (GPT-2's initialiser sets them to 0/1),
+    so that identities involving biases are really tested.
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tokenizer = gpt2_tokenizer()
     torch.manual_seed(seed)
-    hf = GPT2LMHeadModel(GPT2Config())
-    return _from_module(hf, tokenizer, "gpt2-random", device, dtype), f"random GPT-2 small, seed {seed}"
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), **config))
+    if random_biases:
+        with torch.no_grad():
+            for pname, p in hf.named_parameters():
+                if pname.endswith(".bias") or ".ln_" in pname:
+                    p.add_(0.1 * torch.randn_like(p))
+    return _from_module(hf, tokenizer, name, device, dtype)
+
+
+def random_gpt2(tokenizer, seed: int = 0, name: str = "random", device="cpu", dtype=torch.float32,
+                random_biases: bool = False, **config) -> LoadedModel:
+    """A small random GPT-2-architecture model in memory (tests, benchmarks); config as in GPT2Config."""
+    device = torch.device(device)
+    bridge = _quiet(lambda: _random_bridge(tokenizer, seed, name, device, dtype, random_biases, **config))
+    return _finish(bridge, name, device, dtype, f"random {name}, seed {seed}", tokenizer)
+
+
+def load_gpt2_random(device: torch.device, dtype: torch.dtype, seed: int):
+    """GPT-2 small's exact shape, weights drawn from GPT-2's initialiser with a fixed seed."""
+    bridge = _random_bridge(gpt2_tokenizer(), seed, "gpt2-random", device, dtype)
+    return bridge, f"random GPT-2 small, seed {seed}"
 
 
 def load_local(path: Path, device: torch.device, dtype: torch.dtype, name: str):
@@ -189,11 +212,16 @@ def load_model(name: str = "gpt2", device: str = "auto", dtype: str = "float32",
     else:
         loader = lambda: load_hub(name, dev, dt)  # noqa: E731
     bridge, source = _quiet(loader)
+    return _finish(bridge, name, dev, dt, source)
+
+
+def _finish(bridge, name: str, device: torch.device, dtype: torch.dtype, source: str,
+            tokenizer=None) -> LoadedModel:
     _quiet(lambda: prepare(bridge))
-    tokenizer = bridge.tokenizer
+    tokenizer = tokenizer or bridge.tokenizer
     if tokenizer is None:
         raise UserError(f"model {name!r} has no tokenizer")
-    return LoadedModel(name, bridge, tokenizer, dev, dt, source)
+    return LoadedModel(name, bridge, tokenizer, device, dtype, source)
 
 
 def answer_logits(model: LoadedModel, tokens: torch.Tensor, pos: torch.Tensor, batch_size: int,

@@ -1,0 +1,186 @@
+"""The computational graph (DESIGN §3): sources x receivers as dense tensors, edge names, circuit JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from lib.errors import UserError
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Nodes, receivers and edges of an L-layer, H-head transformer.
+
+    Sources (rows), in forward order: input, then per layer a{l}.h0..a{l}.h{H-1}, m{l}.
+    Receivers (columns): per layer a{l}.h{h}<q> (all h), <k>, <v>, then m{l}; finally logits.
+    """
+
+    n_layers: int
+    n_heads: int
+
+    @cached_property
+    def sources(self) -> list[str]:
+        out = ["input"]
+        for l in range(self.n_layers):
+            out += [f"a{l}.h{h}" for h in range(self.n_heads)] + [f"m{l}"]
+        return out
+
+    @cached_property
+    def receivers(self) -> list[str]:
+        out = []
+        for l in range(self.n_layers):
+            for kind in "qkv":
+                out += [f"a{l}.h{h}<{kind}>" for h in range(self.n_heads)]
+            out.append(f"m{l}")
+        return out + ["logits"]
+
+    @cached_property
+    def nodes(self) -> list[str]:
+        return self.sources + ["logits"]
+
+    @property
+    def n_sources(self) -> int:
+        return 1 + self.n_layers * (self.n_heads + 1)
+
+    @property
+    def n_receivers(self) -> int:
+        return self.n_layers * (3 * self.n_heads + 1) + 1
+
+    def head_source(self, layer: int, head: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + head
+
+    def mlp_source(self, layer: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + self.n_heads
+
+    def qkv_receivers(self, layer: int, kind: str) -> slice:
+        """Receiver columns of layer's heads for q, k or v (a slice of length H)."""
+        start = layer * (3 * self.n_heads + 1) + "qkv".index(kind) * self.n_heads
+        return slice(start, start + self.n_heads)
+
+    def mlp_receiver(self, layer: int) -> int:
+        return layer * (3 * self.n_heads + 1) + 3 * self.n_heads
+
+    @property
+    def logits_receiver(self) -> int:
+        return self.n_receivers - 1
+
+    def sources_before_attn(self, layer: int) -> int:
+        """Number of sources (a prefix of the rows) that write before layer's attention reads."""
+        return 1 + layer * (self.n_heads + 1)
+
+    def sources_before_mlp(self, layer: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + self.n_heads
+
+    @cached_property
+    def edge_exists(self) -> torch.Tensor:
+        """[S, R] bool: u -> r exists when u writes to the residual stream before r reads it."""
+        m = torch.zeros(self.n_sources, self.n_receivers, dtype=torch.bool)
+        for l in range(self.n_layers):
+            for kind in "qkv":
+                m[: self.sources_before_attn(l), self.qkv_receivers(l, kind)] = True
+            m[: self.sources_before_mlp(l), self.mlp_receiver(l)] = True
+        m[:, self.logits_receiver] = True
+        return m
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edge_exists.sum())
+
+    @cached_property
+    def source_index(self) -> dict[str, int]:
+        return {s: i for i, s in enumerate(self.sources)}
+
+    @cached_property
+    def receiver_index(self) -> dict[str, int]:
+        return {r: i for i, r in enumerate(self.receivers)}
+
+    @cached_property
+    def edge_names(self) -> list[str]:
+        """All edge names "{src}->{receiver}", in row-major (source, receiver) order of edge_exists."""
+        s_idx, r_idx = self.edge_exists.nonzero(as_tuple=True)
+        return [f"{self.sources[s]}->{self.receivers[r]}" for s, r in zip(s_idx.tolist(), r_idx.tolist())]
+
+    def edge_index(self, name: str) -> tuple[int, int]:
+        try:
+            src, rcv = name.split("->")
+            s, r = self.source_index[src], self.receiver_index[rcv]
+        except (ValueError, KeyError):
+            raise UserError(f"edge {name!r} does not exist in a {self.n_layers}-layer, {self.n_heads}-head model") from None
+        if not self.edge_exists[s, r]:
+            raise UserError(f"edge {name!r} does not exist: {src} does not write before {rcv} reads")
+        return s, r
+
+    def mask_of(self, edges) -> torch.Tensor:
+        """[S, R] bool mask of a collection of edge names."""
+        m = torch.zeros(self.n_sources, self.n_receivers, dtype=torch.bool)
+        for e in edges:
+            m[self.edge_index(e)] = True
+        return m
+
+    def edges_of(self, mask: torch.Tensor) -> list[str]:
+        s_idx, r_idx = (mask.bool() & self.edge_exists).nonzero(as_tuple=True)
+        return [f"{self.sources[s]}->{self.receivers[r]}" for s, r in zip(s_idx.tolist(), r_idx.tolist())]
+
+    def nodes_of(self, mask: torch.Tensor) -> list[str]:
+        """Nodes on some edge of the mask (receivers named by their node), in graph order."""
+        on = set()
+        for e in self.edges_of(mask):
+            src, rcv = e.split("->")
+            on |= {src, rcv.split("<")[0]}
+        return [n for n in self.nodes if n in on]
+
+
+def graph_of(model) -> Graph:
+    return Graph(model.n_layers, model.n_heads)
+
+
+@dataclass
+class Circuit:
+    """A set of edges with provenance; saved as JSON (DESIGN §3)."""
+
+    model: str
+    task: str
+    method: str
+    params: dict
+    edges: dict[str, float]  # edge name -> score (nan where the method gives none)
+
+    def mask(self, graph: Graph) -> torch.Tensor:
+        return graph.mask_of(self.edges)
+
+    def to_json(self, graph: Graph) -> dict:
+        mask = self.mask(graph)
+        return {"model": self.model, "task": self.task, "method": self.method, "params": self.params,
+                "nodes": graph.nodes_of(mask),
+                "edges": [{"edge": e, "score": self.edges[e]} for e in graph.edges_of(mask)]}
+
+    def save(self, path: Path, graph: Graph) -> None:
+        Path(path).write_text(json.dumps(self.to_json(graph), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path, graph: Graph) -> "Circuit":
+        """Read and validate a circuit JSON against graph; every problem is one UserError line."""
+        try:
+            obj = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UserError(f"circuit file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"circuit file {path} is not valid JSON ({e})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("edges"), list):
+            raise UserError(f"circuit file {path} has no 'edges' list")
+        edges = {}
+        for item in obj["edges"]:
+            name = item.get("edge") if isinstance(item, dict) else item
+            if not isinstance(name, str):
+                raise UserError(f"circuit file {path}: each edge must be a name or {{'edge': name, 'score': x}}")
+            graph.edge_index(name)  # raises for edges the model does not have
+            score = item.get("score") if isinstance(item, dict) else None
+            edges[name] = float("nan") if score is None else float(score)
+        if not edges:
+            raise UserError(f"circuit file {path} has no edges")
+        return cls(obj.get("model", "?"), obj.get("task", "?"), obj.get("method", "?"), obj.get("params", {}),
+                   edges)

@@ -1,0 +1,161 @@
+"""Edge interventions (DESIGN §4): run the model with any set of edges replaced by their ablation.
+
+input_r = sum_{u->r kept} out_u(this run) + sum_{u->r ablated} out_u(ablation)
+        = (this run's input_r) + sum_u ablate[u, r] * (out_u(ablation) - out_u(this run))
+
+Source outputs are recorded as the forward pass produces them (in source order, so at any receiver
+exactly the sources that write before it are known), and each receiver group is patched by one einsum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lib.graph import Graph
+
+ABLATIONS = ("resample", "mean", "zero")
+
+
+def source_hooks(graph: Graph) -> list[tuple[str, slice]]:
+    """(hook name, source rows) in forward order; head outputs are [B, P, H, D], others [B, P, D]."""
+    out = [("blocks.0.hook_resid_pre", slice(0, 1))]
+    for l in range(graph.n_layers):
+        h0 = graph.head_source(l, 0)
+        out.append((f"blocks.{l}.attn.hook_result", slice(h0, h0 + graph.n_heads)))
+        out.append((f"blocks.{l}.hook_mlp_out", slice(graph.mlp_source(l), graph.mlp_source(l) + 1)))
+    return out
+
+
+def receiver_hooks(graph: Graph) -> list[tuple[str, list[int] | slice]]:
+    """(hook name, receiver columns) in forward order."""
+    out = []
+    for l in range(graph.n_layers):
+        for kind in "qkv":
+            out.append((f"blocks.{l}.hook_{kind}_input", graph.qkv_receivers(l, kind)))
+        out.append((f"blocks.{l}.hook_mlp_in", graph.mlp_receiver(l)))
+    out.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", graph.logits_receiver))
+    return out
+
+
+def as_sources(x: torch.Tensor) -> torch.Tensor:
+    """A source hook's value as [n_sources_here, B, P, D]."""
+    return x.permute(2, 0, 1, 3) if x.dim() == 4 else x.unsqueeze(0)
+
+
+def source_outputs(model, graph: Graph, tokens: torch.Tensor) -> torch.Tensor:
+    """Every source's output on tokens, [S, B, P, D] (no grad)."""
+    chunks = []
+
+    def save(x, hook):
+        chunks.append(as_sources(x.detach()))
+        return x
+
+    with torch.no_grad():
+        model.bridge.run_with_hooks(tokens, fwd_hooks=[(name, save) for name, _ in source_hooks(graph)])
+    return torch.cat(chunks)
+
+
+def ablation_values(model, graph: Graph, batch, kind: str, reference=None) -> torch.Tensor:
+    """What ablated edges carry, [S, B, P, D]: resample (paired corrupted prompt), mean (over the
+    corrupted prompts of `reference`, per position), or zero."""
+    if kind == "resample":
+        return source_outputs(model, graph, batch.corrupt.to(model.device))
+    if kind == "mean":
+        ref = reference if reference is not None else batch
+        outs = source_outputs(model, graph, ref.corrupt.to(model.device))  # [S, N, P', D]
+        valid = (torch.arange(outs.shape[2], device=outs.device)[None] < ref.lengths.to(outs.device)[:, None])
+        w = valid.to(outs.dtype)  # [N, P']
+        mean = torch.einsum("snpd,np->spd", outs, w) / w.sum(0).clamp_min(1)[None, :, None]
+        P = batch.clean.shape[1]
+        if mean.shape[1] < P:
+            mean = torch.cat([mean, mean[:, -1:].expand(-1, P - mean.shape[1], -1)], dim=1)
+        return mean[:, None, :P].expand(-1, len(batch), -1, -1)
+    if kind == "zero":
+        S = graph.n_sources
+        return torch.zeros(S, *batch.clean.shape, model.d_model, device=model.device, dtype=model.dtype)
+    raise ValueError(f"unknown ablation {kind!r}; choose from {ABLATIONS}")
+
+
+@dataclass
+class EdgePatch:
+    """Forward hooks that ablate the edges marked in `ablate` ([S, R], 1 = replaced by the ablation)."""
+
+    graph: Graph
+    ablation: torch.Tensor  # [S, B, P, D]
+    ablate: torch.Tensor  # [S, R] float (may require grad)
+
+    def hooks(self) -> list:
+        deltas: list[torch.Tensor] = []  # per source chunk: ablation - this run's output
+        rows_seen: list[slice] = []
+        ablate = self.ablate.to(self.ablation.dtype)
+        # which (receiver group, chunk) pairs carry any ablated edge, decided once on the CPU;
+        # with a differentiable mask every edge takes part
+        active = self.graph.edge_exists if self.ablate.requires_grad else self.ablate.detach().cpu() != 0
+
+        def save(rows: slice):
+            def hook(x, hook):
+                deltas.append(self.ablation[rows] - as_sources(x))
+                rows_seen.append(rows)
+                return x
+            return hook
+
+        def patch(cols):
+            cols_t = cols if isinstance(cols, slice) else slice(cols, cols + 1)
+
+            def hook(x, hook):
+                add = None
+                for rows, delta in zip(rows_seen, deltas):
+                    if not active[rows, cols_t].any():
+                        continue
+                    a = ablate[rows, cols_t]  # [s, h]
+                    term = torch.einsum("sh,sbpd->bphd", a, delta)
+                    add = term if add is None else add + term
+                if add is None:
+                    return x
+                return x + (add if x.dim() == 4 else add[:, :, 0])
+            return hook
+
+        hooks = []
+        src, rcv = source_hooks(self.graph), receiver_hooks(self.graph)
+        # interleave in forward order: a layer's receivers read before its own sources write
+        hooks.append((src[0][0], save(src[0][1])))
+        for l in range(self.graph.n_layers):
+            for name, cols in rcv[4 * l: 4 * l + 3]:
+                hooks.append((name, patch(cols)))
+            hooks.append((src[1 + 2 * l][0], save(src[1 + 2 * l][1])))
+            hooks.append((rcv[4 * l + 3][0], patch(rcv[4 * l + 3][1])))
+            hooks.append((src[2 + 2 * l][0], save(src[2 + 2 * l][1])))
+        hooks.append((rcv[-1][0], patch(rcv[-1][1])))
+        return hooks
+
+
+def ablate_mask(graph: Graph, keep: torch.Tensor) -> torch.Tensor:
+    """The ablate matrix [S, R] of a circuit given as its kept-edge mask."""
+    return (graph.edge_exists & ~keep.bool()).float()
+
+
+def masked_answer_logits(model, graph: Graph, batch, ablation: torch.Tensor, ablate: torch.Tensor,
+                         grad: bool = False) -> torch.Tensor:
+    """Logits [B, V] at the answer positions with the edges in `ablate` patched (one forward pass)."""
+    tokens = batch.clean.to(model.device)
+    hooks = EdgePatch(graph, ablation, ablate.to(model.device)).hooks()
+    with torch.set_grad_enabled(grad):
+        logits = model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+    rows = torch.arange(len(tokens), device=tokens.device)
+    return logits[rows, batch.answer_pos.to(model.device)]
+
+
+def evaluate_mask(model, graph: Graph, data, keep: torch.Tensor, ablation: str = "resample",
+                  batch_size: int = 32, reference=None, progress=None) -> torch.Tensor:
+    """Logits [N, V] at the answer positions of every item with only the edges in `keep` intact."""
+    ablate = ablate_mask(graph, keep)
+    out = []
+    for start in range(0, len(data), batch_size):
+        batch = data.subset(slice(start, start + batch_size))
+        values = ablation_values(model, graph, batch, ablation, reference)
+        out.append(masked_answer_logits(model, graph, batch, values, ablate).float())
+        if progress is not None:
+            progress.update(len(batch))
+    return torch.cat(out)

@@ -1,0 +1,62 @@
+"""Shared fixtures: the shipped toy model, a tiny random GPT-2 with random biases, the GPT-2 tokenizer."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def toy():
+    from lib.model import load_model
+
+    return load_model("toy", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer(tmp_path_factory):
+    """The toy tokenizer, built fresh and loaded from disk like any Hugging Face tokenizer."""
+    from transformers import AutoTokenizer
+
+    from lib.toy import build_tokenizer
+
+    where = tmp_path_factory.mktemp("toy-tokenizer")
+    build_tokenizer().save_pretrained(where)
+    return AutoTokenizer.from_pretrained(where)
+
+
+@pytest.fixture(scope="session")
+def tiny(toy_tokenizer):
+    """2 layers, 4 heads, d_model 32, random weights and biases, the toy tokenizer."""
+    from lib.model import random_gpt2
+
+    return random_gpt2(toy_tokenizer, seed=3, name="tiny", random_biases=True,
+                       n_layer=2, n_head=4, n_embd=32, n_inner=64, n_positions=64, initializer_range=0.3)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    """The real GPT-2 tokenizer; CI sets GPT2_TOKENIZER_DIR (the skip names why when it is absent)."""
+    where = os.environ.get("GPT2_TOKENIZER_DIR")
+    if not where or not Path(where).is_dir():
+        pytest.skip("GPT2_TOKENIZER_DIR is not set to a directory: real-tokenizer checks need it")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(where)
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 600):
+    """Run a numbered script as a user would; returns the CompletedProcess."""
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
