@@ -71,3 +71,56 @@ def histograms(panels: dict[str, dict[str, np.ndarray]], title: str, xlabel: str
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def curves(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
+           logx: bool = False, diagonal: bool = False, labels: dict[str, str] | None = None):
+    """One line per panel on shared axes (faithfulness vs edges kept, ROC curves)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for name, (x, y) in panels.items():
+        ax.plot(x, y, marker=".", label=(labels or {}).get(name, name))
+    if diagonal:
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls="--")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def circuit_diagram(edges: list[tuple[str, str, float]], n_layers: int, n_heads: int, title: str):
+    """Nodes laid out by layer (rows) and head (columns), edges as lines with width ~ |score|."""
+    def xy(node: str) -> tuple[float, float]:
+        node = node.split("<")[0]
+        if node == "input":
+            return (n_heads / 2, -1.0)
+        if node == "logits":
+            return (n_heads / 2, n_layers)
+        if node.startswith("m"):
+            return (n_heads + 0.5, int(node[1:]) + 0.5)
+        layer, head = node[1:].split(".h")
+        return (int(head), int(layer))
+
+    fig, ax = plt.subplots(figsize=(0.55 * n_heads + 3, 0.55 * n_layers + 2.5))
+    top = max((abs(s) for _, _, s in edges if np.isfinite(s)), default=1.0) or 1.0
+    nodes = set()
+    for u, v, s in edges:
+        (x0, y0), (x1, y1) = xy(u), xy(v)
+        w = 0.4 + 3.0 * abs(s) / top if np.isfinite(s) else 1.0
+        color = {"q": "C0", "k": "C2", "v": "C1"}.get(v[-2] if v.endswith(">") else "", "0.4")
+        ax.plot([x0, x1], [y0, y1], color=color, lw=w, alpha=0.6, zorder=1)
+        nodes |= {u, v.split("<")[0]}
+    for n in nodes:
+        x, y = xy(n)
+        ax.scatter([x], [y], s=120, color="white", edgecolor="k", zorder=2)
+        ax.annotate(n, (x, y), fontsize=6, ha="center", va="center", zorder=3)
+    ax.set_xlim(-1, n_heads + 1.5)
+    ax.set_ylim(-1.7, n_layers + 0.7)
+    ax.set_xlabel("head (MLPs at the right); edge colour: q blue, k green, v orange, other grey")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

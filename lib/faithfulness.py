@@ -1,0 +1,67 @@
+"""Circuit faithfulness: splits of prompts, the faithfulness of a kept-edge mask, curves, ROC against a
+reference circuit."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lib.graph import Graph
+from lib.metrics import data_metric, normalized
+from lib.model import answer_logits
+from lib.patching import evaluate_mask
+
+
+def disjoint_split(data, n_first: int):
+    """(first n_first items, the rest minus any item whose clean prompt also occurs in the first part)."""
+    first = data.subset(slice(0, n_first))
+    seen = set(first.info.clean_text)
+    rest = [i for i in range(n_first, len(data)) if data.info.clean_text[i] not in seen]
+    return first, data.subset(rest)
+
+
+class Evaluator:
+    """Clean and corrupted metrics of a dataset, computed once; faithfulness of any mask against them."""
+
+    def __init__(self, model, graph: Graph, data, ablation: str = "resample", batch_size: int = 32):
+        self.model, self.graph, self.data, self.ablation, self.batch_size = model, graph, data, ablation, batch_size
+        self.clean = data_metric(answer_logits(model, data.clean, data.answer_pos, batch_size), data).cpu().numpy()
+        self.corrupt = data_metric(answer_logits(model, data.corrupt, data.answer_pos, batch_size), data).cpu().numpy()
+
+    def metric(self, keep: torch.Tensor) -> np.ndarray:
+        logits = evaluate_mask(self.model, self.graph, self.data, keep, self.ablation, self.batch_size)
+        return data_metric(logits, self.data).cpu().numpy()
+
+    def faithfulness(self, keep: torch.Tensor) -> dict:
+        m = self.metric(keep)
+        return {"metric": float(m.mean()), **normalized(m, self.clean, self.corrupt)}
+
+
+def log_grid(n_edges: int, per_decade: int = 4) -> list[int]:
+    """1, ~1.8, ~3.2, 5.6, 10, ... up to n_edges (inclusive), as distinct integers."""
+    top = np.log10(max(n_edges, 1))
+    ks = np.unique(np.round(10 ** np.linspace(0, top, int(np.ceil(top * per_decade)) + 1)).astype(int))
+    return sorted(set(ks.tolist()) | {n_edges})
+
+
+def top_k_mask(graph: Graph, scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k existing edges with the largest |score| (ties broken by edge order), [S, R] bool."""
+    flat = torch.where(graph.edge_exists, scores.abs().double(), torch.tensor(-1.0, dtype=torch.float64)).flatten()
+    order = torch.sort(flat, descending=True, stable=True).indices[:k]
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[order] = True
+    return keep.view_as(graph.edge_exists) & graph.edge_exists
+
+
+def roc_curve(graph: Graph, scores: torch.Tensor, reference: torch.Tensor) -> tuple[np.ndarray, np.ndarray, float]:
+    """(false positive rates, true positive rates, AUC) of ranking edges by |score| against a reference set."""
+    exists = graph.edge_exists
+    s = scores.abs().double()[exists].numpy()
+    truth = reference[exists].numpy().astype(bool)
+    order = np.argsort(-s, kind="stable")
+    s, truth = s[order], truth[order]
+    tp, fp = np.cumsum(truth), np.cumsum(~truth)
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # one point per distinct score
+    tpr = np.r_[0.0, tp[last] / max(truth.sum(), 1)]
+    fpr = np.r_[0.0, fp[last] / max((~truth).sum(), 1)]
+    return fpr, tpr, float(np.trapezoid(tpr, fpr))

@@ -1,0 +1,103 @@
+"""Scripts end to end as a user runs them, including bad input (exit 2, one line, nothing written)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import run_script
+
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
+
+
+def run_dirs(out, script):
+    base = out / script
+    return sorted(p for p in base.iterdir()) if base.exists() else []
+
+
+def test_dla_end_to_end(tmp_path):
+    r = run_script("01_dla.py", "--tasks", "ioi", "greater-than", "--model", "toy", "--n-prompts", "8",
+                   "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    (run,) = run_dirs(tmp_path, "01_dla")
+    assert {p.name for p in run.iterdir()} == {"run.json", "dataset.csv", "dla.csv", "dla_check.csv",
+                                               "dla_heads.png", "dla_top.png"}
+    check = pd.read_csv(run / "dla_check.csv")
+    assert list(check.task) == ["ioi", "greater-than"]
+    assert (check.max_abs_error < 1e-3).all()
+    dla = pd.read_csv(run / "dla.csv")
+    assert len(dla) == 2 * (1 + 4 * 4 + 4)
+    record = json.loads((run / "run.json").read_text())
+    assert record["options"]["tasks"] == ["ioi", "greater-than"] and record["seed"] == 0
+    assert record["model"]["name"] == "toy" and record["versions"]["torch"] and "commit" in record["git"]
+    data = pd.read_csv(run / "dataset.csv")
+    assert len(data) == 16 and {"clean_ids", "corrupt_ids", "correct_ids", "wrong_ids"} <= set(data.columns)
+
+
+def test_logit_diff_reruns_are_byte_identical(tmp_path):
+    args = ["--tasks", "all", "--model", "toy", "--n-prompts", "10", "--seed", "3", "--out", str(tmp_path)]
+    for _ in range(2):
+        r = run_script("02_logit_diff.py", *args)
+        assert r.returncode == 0, r.stderr
+    first, second = run_dirs(tmp_path, "02_logit_diff")  # two runs, two directories: nothing overwritten
+    for name in ("dataset.csv", "items.csv", "summary.csv"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert (first / "metric_hist.png").exists()
+    summary = pd.read_csv(first / "summary.csv")
+    assert set(summary.condition) == {"clean", "corrupted"}
+    assert set(summary[summary.group == "all"].task) == {"ioi", "sva", "docstring", "greater-than"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "ioi", "nope"], "unknown task 'nope'; valid tasks: ioi, sva, docstring, greater-than or all"),
+    (["--tasks", "ioi", "--n-prompts", "0"], "--n-prompts must be at least 1"),
+    (["--tasks", "ioi", "--model", "no-such-model-xyz"], "--model toy"),
+    (["--tasks", "ioi", "sva"], "--model toy"),  # default gpt2, weights not available offline
+    (["--tasks", "ioi", "--device", "tpu"], "unknown device"),
+    (["--tasks", "ioi", "--bogus"], "No such option"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, args, message):
+    r = run_script("02_logit_diff.py", *args, "--out", str(tmp_path), env=OFFLINE)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert run_dirs(tmp_path, "02_logit_diff") == []  # nothing half-written
+
+
+def test_unwritable_out(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    r = run_script("01_dla.py", "--tasks", "ioi", "--model", "toy", "--out", str(blocker / "results"))
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: cannot write results under") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_zero_batch_size(tmp_path):
+    r = run_script("02_logit_diff.py", "--tasks", "ioi", "--model", "toy", "--batch-size", "0", "--out", str(tmp_path))
+    assert r.returncode == 2 and "--batch-size must be at least 1" in r.stderr
+
+
+def test_eap_end_to_end(tmp_path):
+    r = run_script("05_eap.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "6", "--method", "eap",
+                   "--top-k", "10", "50", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    (run,) = run_dirs(tmp_path, "05_eap")
+    names = {p.name for p in run.iterdir()}
+    assert {"edge_scores.csv", "faithfulness_curve.csv", "faithfulness_curve.png", "diagram_ioi.png",
+            "circuit_ioi_top10.json", "circuit_ioi_top50.json", "dataset.csv", "run.json"} <= names
+    scores = pd.read_csv(run / "edge_scores.csv")
+    assert len(scores) == 479 and sorted(scores.abs_rank) == list(range(1, 480))
+    curve = pd.read_csv(run / "faithfulness_curve.csv")
+    assert curve.edges_kept.iloc[-1] == 479 and abs(curve.faithfulness.iloc[-1] - 1.0) < 1e-4  # all kept = clean
+    assert len(json.loads((run / "circuit_ioi_top10.json").read_text())["edges"]) == 10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metric", "kl"], "gradient of KL"),
+    (["--method", "acdc"], "unknown method 'acdc'"),
+    (["--ig-steps", "0"], "--ig-steps must be at least 1"),
+])
+def test_eap_bad_input(tmp_path, args, message):
+    r = run_script("05_eap.py", "--tasks", "ioi", "--model", "toy", *args, "--out", str(tmp_path))
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
