@@ -57,24 +57,36 @@ def source_outputs(model, graph: Graph, tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat(chunks)
 
 
-def ablation_values(model, graph: Graph, batch, kind: str, reference=None) -> torch.Tensor:
-    """What ablated edges carry, [S, B, P, D]: resample (paired corrupted prompt), mean (over the
-    corrupted prompts of `reference`, per position), or zero."""
+def mean_outputs(model, graph: Graph, reference, batch_size: int = 32) -> torch.Tensor:
+    """Every source's output averaged over the corrupted prompts of `reference`, per position, [S, P, D]
+    (positions past a prompt's end do not count)."""
+    total, count = None, None
+    for start in range(0, len(reference), batch_size):
+        batch = reference.subset(slice(start, start + batch_size))
+        outs = source_outputs(model, graph, batch.corrupt.to(model.device))  # [S, B, P', D]
+        valid = (torch.arange(outs.shape[2], device=outs.device)[None] < batch.lengths.to(outs.device)[:, None])
+        s = torch.einsum("sbpd,bp->spd", outs, valid.to(outs.dtype))
+        c = valid.sum(0)
+        P = reference.clean.shape[1]
+        s = torch.nn.functional.pad(s, (0, 0, 0, P - s.shape[1]))
+        c = torch.nn.functional.pad(c, (0, P - c.shape[0]))
+        total, count = (s, c) if total is None else (total + s, count + c)
+    return total / count.clamp_min(1)[None, :, None]
+
+
+def ablation_values(model, graph: Graph, batch, kind: str, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """What ablated edges carry, [S, B, P, D]: resample (the paired corrupted prompt's outputs), mean
+    (`mean` from mean_outputs over a reference set; the batch itself if not given), or zero."""
+    P = batch.clean.shape[1]
     if kind == "resample":
         return source_outputs(model, graph, batch.corrupt.to(model.device))
     if kind == "mean":
-        ref = reference if reference is not None else batch
-        outs = source_outputs(model, graph, ref.corrupt.to(model.device))  # [S, N, P', D]
-        valid = (torch.arange(outs.shape[2], device=outs.device)[None] < ref.lengths.to(outs.device)[:, None])
-        w = valid.to(outs.dtype)  # [N, P']
-        mean = torch.einsum("snpd,np->spd", outs, w) / w.sum(0).clamp_min(1)[None, :, None]
-        P = batch.clean.shape[1]
-        if mean.shape[1] < P:
+        mean = mean_outputs(model, graph, batch) if mean is None else mean
+        if mean.shape[1] < P:  # reference prompts shorter than this batch: repeat the last position
             mean = torch.cat([mean, mean[:, -1:].expand(-1, P - mean.shape[1], -1)], dim=1)
         return mean[:, None, :P].expand(-1, len(batch), -1, -1)
     if kind == "zero":
-        S = graph.n_sources
-        return torch.zeros(S, *batch.clean.shape, model.d_model, device=model.device, dtype=model.dtype)
+        return torch.zeros(graph.n_sources, len(batch), P, model.d_model, device=model.device, dtype=model.dtype)
     raise ValueError(f"unknown ablation {kind!r}; choose from {ABLATIONS}")
 
 
@@ -149,12 +161,15 @@ def masked_answer_logits(model, graph: Graph, batch, ablation: torch.Tensor, abl
 
 def evaluate_mask(model, graph: Graph, data, keep: torch.Tensor, ablation: str = "resample",
                   batch_size: int = 32, reference=None, progress=None) -> torch.Tensor:
-    """Logits [N, V] at the answer positions of every item with only the edges in `keep` intact."""
+    """Logits [N, V] at the answer positions of every item with only the edges in `keep` intact.
+    Mean ablation averages over the corrupted prompts of `reference` (default: data itself)."""
     ablate = ablate_mask(graph, keep)
+    ref = reference if reference is not None else data
+    mean = mean_outputs(model, graph, ref, batch_size) if ablation == "mean" else None
     out = []
     for start in range(0, len(data), batch_size):
         batch = data.subset(slice(start, start + batch_size))
-        values = ablation_values(model, graph, batch, ablation, reference)
+        values = ablation_values(model, graph, batch, ablation, mean)
         out.append(masked_answer_logits(model, graph, batch, values, ablate).float())
         if progress is not None:
             progress.update(len(batch))

@@ -44,8 +44,16 @@ def test_logit_diff_reruns_are_byte_identical(tmp_path):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     assert (first / "metric_hist.png").exists()
     summary = pd.read_csv(first / "summary.csv")
-    assert set(summary.condition) == {"clean", "corrupted"}
+    assert set(summary.condition) == {"clean", "corrupted", "circuit"}
     assert set(summary[summary.group == "all"].task) == {"ioi", "sva", "docstring", "greater-than"}
+    # toy has no published circuit: auto discovers an EAP-IG top-k circuit, named in every row and run.json
+    assert summary.circuit.str.startswith("auto:eap-ig-top").all()
+    record = json.loads((first / "run.json").read_text())
+    for task, info in record["circuits"].items():
+        assert info["source"] == "auto" and info["k"] == info["n_edges"] and info["label"].endswith(f"top{info['k']}")
+        assert info["reached_target"] == (info["discovery_faithfulness"] >= 0.8)
+    circuit = summary[(summary.condition == "circuit") & (summary.group == "all")]
+    assert circuit.faithfulness.notna().all()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -63,6 +71,44 @@ def test_bad_input_one_line_exit_2(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr
     assert run_dirs(tmp_path, "02_logit_diff") == []  # nothing half-written
+
+
+def test_circuit_file_option(tmp_path):
+    """A circuit JSON with every edge gives faithfulness 1 (all kept = clean); bad files fail cleanly."""
+    from lib.graph import Circuit, Graph
+
+    g = Graph(4, 4)
+    Circuit("toy", "ioi", "all", {}, {e: 0.0 for e in g.edge_names}).save(tmp_path / "all.json", g)
+    r = run_script("02_logit_diff.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "6",
+                   "--circuit", str(tmp_path / "all.json"), "--out", str(tmp_path / "res"))
+    assert r.returncode == 0, r.stderr
+    (run,) = run_dirs(tmp_path / "res", "02_logit_diff")
+    s = pd.read_csv(run / "summary.csv")
+    row = s[(s.condition == "circuit") & (s.group == "all")].iloc[0]
+    assert row.circuit == "file:all.json" and abs(row.faithfulness - 1) < 1e-6
+    (tmp_path / "bad.json").write_text('{"edges": [{"edge": "a3.h0->a1.h0<q>"}]}')
+    (tmp_path / "broken.json").write_text("{")
+    for circuit, message in [(tmp_path / "missing.json", "neither canonical, auto, nor an existing"),
+                             (tmp_path / "bad.json", "does not exist"), (tmp_path / "broken.json", "not valid JSON"),
+                             ("canonical", "no canonical circuit is published for task ioi on model toy")]:
+        r = run_script("02_logit_diff.py", "--tasks", "ioi", "--model", "toy", "--circuit", str(circuit),
+                       "--out", str(tmp_path / "res2"))
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert run_dirs(tmp_path / "res2", "02_logit_diff") == []
+
+
+def test_activation_patching_end_to_end(tmp_path):
+    r = run_script("03_activation_patching.py", "--tasks", "sva", "--model", "toy", "--n-prompts", "6",
+                   "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    (run,) = run_dirs(tmp_path, "03_activation_patching")
+    assert {"patching.csv", "patching_heads.png", "patching_resid_sva_denoise.png", "patching_resid_sva_noise.png",
+            "dataset.csv", "run.json"} <= {p.name for p in run.iterdir()}
+    df = pd.read_csv(run / "patching.csv")
+    heads = df[df.kind == "head"]
+    assert len(heads) == 2 * 16 and set(df.direction) == {"denoise", "noise"}
+    final = df[(df.kind == "resid_post") & (df.position == df[df.kind == "resid_post"].position.max())]
+    assert (abs(final.normalized - final.direction.map({"denoise": 1.0, "noise": 0.0})) < 1e-4).all()
 
 
 def test_unwritable_out(tmp_path):

@@ -19,7 +19,7 @@ def test_json_round_trip(tmp_path):
     back = Circuit.load(tmp_path / "c.json", G)
     assert back.edges == c.edges and back.method == "test" and back.params == {"k": 4}
     obj = json.loads((tmp_path / "c.json").read_text())
-    assert obj["nodes"] == ["input", "a0.h1", "a5.h5", "a9.h9", "m0", "logits"]
+    assert obj["nodes"] == ["input", "a0.h1", "m0", "a5.h5", "a9.h9", "logits"]  # forward order
     assert torch.equal(back.mask(G), G.mask_of(names)) and int(back.mask(G).sum()) == 4
 
 

@@ -102,11 +102,14 @@ def test_edge_set_matches_slow_reference(tiny, data, ablation):
 
 
 def test_mean_ablation_values_are_positionwise_means(tiny, data):
+    from lib.patching import mean_outputs, source_outputs
+
     g = graph_of(tiny)
     vals = ablation_values(tiny, g, data, "mean")
-    same_len = data.subset(torch.nonzero(data.lengths == data.lengths[0]).flatten())
-    from lib.patching import source_outputs
-    outs = source_outputs(tiny, g, same_len.corrupt)
-    ref = ablation_values(tiny, g, same_len, "mean")
-    torch.testing.assert_close(ref[:, 0], outs.mean(1), atol=1e-5, rtol=1e-5)
     assert torch.equal(vals[:, 0], vals[:, -1])  # one mean, shared by every prompt
+    outs = source_outputs(tiny, g, data.corrupt)  # [S, N, P, D]
+    for p in range(data.clean.shape[1]):  # each position: the mean over the prompts that reach it
+        reach = data.lengths > p
+        torch.testing.assert_close(vals[:, 0, p], outs[:, reach, p].mean(1), atol=1e-5, rtol=1e-5)
+    # batching the reference does not change the mean
+    torch.testing.assert_close(mean_outputs(tiny, g, data, batch_size=2), vals[:, 0], atol=1e-5, rtol=1e-5)

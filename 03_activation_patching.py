@@ -1,0 +1,100 @@
+"""Node-level activation patching: every head, every MLP, and the residual stream at every (layer,
+position), in both directions (denoise: clean into corrupted; noise: corrupted into clean)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import typer
+from tqdm import tqdm
+
+from lib import cli, plots
+from lib.errors import UserError
+from lib.evaluate import behaviour
+from lib.node_patching import DIRECTIONS, heads_and_mlps, patch_metrics, residual_positions
+
+app = cli.script_app(__doc__)
+
+
+def aligned_group(data):
+    """The largest set of items sharing template (IOI; ABBA and BABA align) or group, and length,
+    so that positions mean the same tokens."""
+    keys = data.info["template" if "template" in data.info else "group"].astype(str) + "|" + pd.Series(data.lengths.tolist()).astype(str)
+    best = keys.value_counts(sort=True).index[0]
+    return data.subset(np.flatnonzero((keys == best).to_numpy()).tolist())
+
+
+def run_patches(lm, data, components, direction, batch_size, rows_per_pass, desc):
+    """Mean task metric per component over all items, [C]."""
+    total = np.zeros(len(components))
+    per_pass = max(1, rows_per_pass // min(batch_size, len(data)))
+    n_batches = -(-len(data) // batch_size)
+    with tqdm(total=len(components) * n_batches, desc=desc, unit="patch") as bar:
+        for start in range(0, len(data), batch_size):
+            batch = data.subset(slice(start, start + batch_size))
+            total += patch_metrics(lm, batch, components, direction, per_pass, progress=bar).sum(1).numpy()
+    return total / len(data)
+
+
+@app.command()
+def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
+         dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
+         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"),
+         direction: Annotated[str, typer.Option(help="denoise | noise | both")] = "both",
+         rows_per_pass: Annotated[int, typer.Option(help="prompt copies per forward pass (components x prompts)")] = 256):
+    directions = list(DIRECTIONS) if direction == "both" else [direction]
+    if any(d not in DIRECTIONS for d in directions):
+        raise UserError(f"unknown direction {direction!r}; choose from denoise, noise, both")
+    if rows_per_pass < 1:
+        raise UserError(f"--rows-per-pass must be at least 1 (got {rows_per_pass})")
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out)
+    with cli.experiment("03_activation_patching", opts, direction=direction, rows_per_pass=rows_per_pass) as (lm, run):
+        datasets = cli.task_builds(lm, opts)
+        rows, head_maps, resid_maps = [], {}, {}
+        L, H = lm.n_layers, lm.n_heads
+        for name, data in datasets.items():
+            base = behaviour(lm, data, opts.batch_size)
+            clean, corrupt = base.metric_clean.mean(), base.metric_corrupted.mean()
+            aligned = aligned_group(data)
+            aligned_base = base.iloc[[int(i) for i in np.flatnonzero(
+                np.isin(data.info.clean_text.to_numpy(), aligned.info.clean_text.to_numpy()))]]
+            tokens = lm.tokenizer.convert_ids_to_tokens(aligned.clean[0, : int(aligned.lengths[0])].tolist())
+            for d in directions:
+                comps = heads_and_mlps(L, H)
+                means = run_patches(lm, data, comps, d, opts.batch_size, rows_per_pass, f"{name} {d}: heads+MLPs")
+                norm = (means - corrupt) / (clean - corrupt)
+                for c, m, f in zip(comps, means, norm):
+                    rows.append({"task": name, "direction": d, "component": c.name, "kind": c.kind, "layer": c.layer,
+                                 "head": c.index if c.kind == "head" else -1, "position": -1, "token": "",
+                                 "n": len(data), "metric": m, "normalized": f})
+                head_maps[f"{name} ({d})"] = norm[: L * H].reshape(L, H)
+                P = int(aligned.lengths[0])
+                rcomps = residual_positions(L, P)
+                rmeans = run_patches(lm, aligned, rcomps, d, opts.batch_size, rows_per_pass, f"{name} {d}: resid x pos")
+                a_clean, a_corrupt = aligned_base.metric_clean.mean(), aligned_base.metric_corrupted.mean()
+                rnorm = (rmeans - a_corrupt) / (a_clean - a_corrupt)
+                for c, m, f in zip(rcomps, rmeans, rnorm):
+                    rows.append({"task": name, "direction": d, "component": c.name, "kind": c.label, "layer": c.layer,
+                                 "head": -1, "position": c.index, "token": tokens[c.index], "n": len(aligned),
+                                 "metric": m, "normalized": f})
+                resid_maps[f"{name} ({d})"] = (rnorm.reshape(L + 1, P), tokens)
+        run.csv("dataset.csv", pd.concat([d.dataset_frame(lm.tokenizer) for d in datasets.values()]))
+        run.csv("patching.csv", pd.DataFrame(rows))
+        run.figure("patching_heads.png", plots.heatmaps(head_maps, "Activation patching per head (normalized metric)",
+                                                        "head", "layer", "normalized metric"))
+        for key, (values, tokens) in resid_maps.items():
+            slug = key.replace(" (", "_").replace(")", "")
+            run.figure(f"patching_resid_{slug}.png", plots.heatmaps(
+                {key: values}, "Residual stream patching (rows: resid_pre 0..L-1, resid_post L-1)",
+                "position", "layer", "normalized metric", xticklabels=tokens))
+        df = pd.DataFrame(rows)
+        top = df[df.kind.isin(["head", "mlp"])].assign(a=lambda x: (x.normalized - (x.direction == "noise")).abs())
+        print(top.sort_values("a", ascending=False).groupby(["task", "direction"]).head(3)[
+            ["task", "direction", "component", "normalized"]].to_string(index=False, float_format="%.3f"))
+
+
+if __name__ == "__main__":
+    cli.main(app)

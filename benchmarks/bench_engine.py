@@ -1,0 +1,117 @@
+"""Speed of the intervention engine, EAP and node patching, as ratios against the bare model.
+
+    uv run python benchmarks/bench_engine.py --model gpt2-random --n-prompts 32 [--device cuda]
+
+(a) EAP (2 forward + 1 backward by design) / (2 bare forward + 1 bare backward), and peak memory;
+(b) one masked evaluation (canonical IOI circuit where published, else half the edges) / one bare forward;
+(c) 03's node patching of every head and MLP (one direction) / the same number of bare forward passes.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import typer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lib import cli  # noqa: E402
+from lib.circuits import canonical_circuit  # noqa: E402
+from lib.eap import edge_scores  # noqa: E402
+from lib.graph import graph_of  # noqa: E402
+from lib.metrics import data_metric  # noqa: E402
+from lib.model import load_model  # noqa: E402
+from lib.node_patching import heads_and_mlps, patch_metrics  # noqa: E402
+from lib.patching import ablate_mask, ablation_values, masked_answer_logits  # noqa: E402
+from tasks import TASKS  # noqa: E402
+
+app = cli.script_app(__doc__)
+
+
+def timed(fn, repeats: int, device) -> float:
+    """Median wall time of fn over repeats, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@app.command()
+def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_prompts: cli.NPromptsOpt = 32,
+         repeats: int = 3, seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results")):
+    opts = cli.common("ioi", model, device, "float32", n_prompts, n_prompts, seed, out)
+    lm = load_model(opts.model, opts.device, "float32", seed)
+    dev, graph = lm.device, graph_of(lm)
+    data = TASKS["ioi"].build(lm.tokenizer, n_prompts, seed).to(dev)
+    rows = torch.arange(len(data), device=dev)
+
+    def bare_forward():
+        with torch.no_grad():
+            lm.bridge(data.clean)
+
+    def bare_fwd_bwd():
+        def grad_input(x, hook):
+            return x.detach().requires_grad_(True)
+        with torch.enable_grad(), lm.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", grad_input)]):
+            logits = lm.bridge(data.clean)
+            data_metric(logits[rows, data.answer_pos], data).sum().backward()
+
+    def floor_eap():
+        bare_forward()
+        bare_fwd_bwd()
+
+    t_fwd = timed(bare_forward, repeats, dev)
+    t_floor = timed(floor_eap, repeats, dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t_eap = timed(lambda: edge_scores(lm, graph, data, len(data), "eap"), repeats, dev)
+    eap_mem = peak_memory_mb(dev)
+
+    keep = canonical_circuit("ioi", graph, lm.name)
+    keep = keep if keep is not None else (torch.rand(graph.edge_exists.shape) < 0.5) & graph.edge_exists
+    values = ablation_values(lm, graph, data, "resample")
+    ablate = ablate_mask(graph, keep)
+    t_masked = timed(lambda: masked_answer_logits(lm, graph, data, values, ablate), repeats, dev)
+
+    comps = heads_and_mlps(lm.n_layers, lm.n_heads)
+    per_pass = max(1, 256 // len(data))
+    t_patch = timed(lambda: patch_metrics(lm, data, comps, "denoise", per_pass), 1, dev)
+
+    table = pd.DataFrame([
+        {"measure": "EAP / (2 fwd + 1 bwd)", "seconds": t_eap, "floor_seconds": t_floor, "ratio": t_eap / t_floor,
+         "target": 1.5, "peak_memory_mb": eap_mem},
+        {"measure": "masked evaluation / bare forward", "seconds": t_masked, "floor_seconds": t_fwd,
+         "ratio": t_masked / t_fwd, "target": 1.3, "peak_memory_mb": peak_memory_mb(dev)},
+        {"measure": f"03 heads+MLPs ({len(comps)} patches) / {len(comps)} bare forwards", "seconds": t_patch,
+         "floor_seconds": len(comps) * t_fwd, "ratio": t_patch / (len(comps) * t_fwd), "target": float("nan"),
+         "peak_memory_mb": peak_memory_mb(dev)},
+    ]).assign(model=lm.name, device=str(dev), n_prompts=len(data), positions=int(data.clean.shape[1]))
+    print(table.to_string(index=False, float_format="%.3f"))
+    from lib.results import RunDir
+    run = RunDir(opts.out, "benchmarks", {"options": {"model": model, "device": device, "n_prompts": n_prompts,
+                                                      "repeats": repeats, "seed": seed}})
+    run.csv("bench_engine.csv", table)
+    print(f"wrote {run.finish(model=lm.describe())}")
+
+
+if __name__ == "__main__":
+    cli.main(app)

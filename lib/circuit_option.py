@@ -1,0 +1,91 @@
+"""The shared --circuit option: `canonical`, `auto`, or a circuit JSON, resolved to a kept-edge mask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from lib.circuits import canonical_circuit
+from lib.eap import edge_scores
+from lib.errors import UserError
+from lib.faithfulness import Evaluator, log_grid, top_k_mask
+from lib.graph import Circuit, Graph
+from lib.patching import ABLATIONS
+
+CircuitOpt = Annotated[str, typer.Option("--circuit", help="canonical | auto (canonical if published for this "
+                                          "task and model, else the smallest EAP-IG top-k circuit reaching "
+                                          "0.8 faithfulness on discovery prompts) | path to a circuit JSON")]
+AblationOpt = Annotated[str, typer.Option("--ablation", help="resample | mean | zero")]
+AUTO_TARGET = 0.8
+AUTO_SEED_OFFSET = 7919  # discovery prompts come from another seed, and overlaps are dropped
+
+
+@dataclass
+class ResolvedCircuit:
+    label: str  # written in every CSV row: canonical | auto:canonical | auto:eap-ig-top{k} | file:{name}
+    keep: torch.Tensor  # [S, R] bool
+    info: dict = field(default_factory=dict)  # recorded in run.json
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.keep.sum())
+
+
+def check_options(spec: str, ablation: str) -> None:
+    """Validate before any model is loaded: unknown ablation, missing circuit file."""
+    if ablation not in ABLATIONS:
+        raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
+    if spec not in ("canonical", "auto") and not Path(spec).is_file():
+        raise UserError(f"--circuit {spec!r} is neither canonical, auto, nor an existing circuit JSON file")
+
+
+def resolve_circuit(spec: str, model, graph: Graph, task: str, eval_data, seed: int, batch_size: int,
+                    ablation: str, progress_factory=None) -> ResolvedCircuit:
+    if spec not in ("canonical", "auto"):
+        circuit = Circuit.load(Path(spec), graph)
+        keep = circuit.mask(graph)
+        return ResolvedCircuit(f"file:{Path(spec).name}", keep, {"source": str(spec), "method": circuit.method,
+                                                                   "circuit_task": circuit.task, "n_edges": int(keep.sum())})
+    keep = canonical_circuit(task, graph, model.name)
+    if keep is not None:
+        label = "canonical" if spec == "canonical" else "auto:canonical"
+        return ResolvedCircuit(label, keep, {"source": "canonical", "n_edges": int(keep.sum())})
+    if spec == "canonical":
+        raise UserError(f"no canonical circuit is published for task {task} on model {model.name}; "
+                        "use --circuit auto or a circuit JSON")
+    return discover_auto(model, graph, task, eval_data, seed, batch_size, ablation, progress_factory)
+
+
+def discover_auto(model, graph: Graph, task: str, eval_data, seed: int, batch_size: int, ablation: str,
+                  progress_factory=None) -> ResolvedCircuit:
+    """Smallest EAP-IG top-k circuit (k on a log grid) with normalized faithfulness >= 0.8 on discovery
+    prompts disjoint from the evaluation prompts."""
+    from tasks import TASKS
+
+    n = len(eval_data)
+    pool = TASKS[task].build(model.tokenizer, 2 * n, seed + AUTO_SEED_OFFSET)
+    held = set(eval_data.info.clean_text)
+    keep_idx = [i for i in range(len(pool)) if pool.info.clean_text[i] not in held][:n]
+    if not keep_idx:
+        raise UserError(f"task {task}: no discovery prompts disjoint from the evaluation prompts; use more prompts")
+    discovery = pool.subset(keep_idx)
+    bar = progress_factory(len(discovery), f"{task}: auto circuit (EAP-IG scores)") if progress_factory else None
+    scores = edge_scores(model, graph, discovery, batch_size, "eap-ig", ig_steps=5, progress=bar)
+    if bar is not None:
+        bar.close()
+    ev = Evaluator(model, graph, discovery, ablation, batch_size)
+    tried = []
+    for k in log_grid(graph.n_edges):  # ends with every edge kept (the clean model, faithfulness 1)
+        keep = top_k_mask(graph, scores, k)
+        f = ev.faithfulness(keep)["faithfulness"]
+        tried.append({"k": k, "faithfulness": f})
+        if f >= AUTO_TARGET:
+            break
+    return ResolvedCircuit(f"auto:eap-ig-top{k}", keep, {
+        "source": "auto", "method": "eap-ig", "ig_steps": 5, "k": k, "n_edges": k, "reached_target": f >= AUTO_TARGET,
+        "target_faithfulness": AUTO_TARGET, "discovery_faithfulness": f, "n_discovery": len(discovery),
+        "discovery_seed": seed + AUTO_SEED_OFFSET, "ablation": ablation, "grid": tried})
