@@ -124,3 +124,36 @@ def circuit_diagram(edges: list[tuple[str, str, float]], n_layers: int, n_heads:
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def grouped_bars(table, title: str, ylabel: str):
+    """Bars grouped by row (e.g. task), one colour per column (e.g. metric); table is a DataFrame."""
+    fig, ax = plt.subplots(figsize=(1.8 * len(table) + 3, 4))
+    width = 0.8 / max(len(table.columns), 1)
+    x = np.arange(len(table))
+    for i, col in enumerate(table.columns):
+        ax.bar(x + i * width - 0.4 + width / 2, table[col].to_numpy(dtype=float), width, label=col)
+    ax.set_xticks(x)
+    ax.set_xticklabels(table.index)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
+            loglog: bool = False):
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, (x, y) in panels.items():
+        ax.scatter(x, y, s=10, alpha=0.6, label=name)
+    if loglog:
+        ax.set_xscale("symlog", linthresh=1e-4)
+        ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
