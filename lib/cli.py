@@ -81,21 +81,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class Suspended(Exception):
+    """An interrupted run whose finished work was kept for --resume (exit 130)."""
+
+
 @contextmanager
-def experiment(script: str, opts: Common, **extra_options):
-    """Load the model, open a run directory; on success the run is moved into place whole."""
+def experiment(script: str, opts: Common, resume: Path | None = None, suspendable: bool = False, **extra_options):
+    """Load the model, open a run directory; on success the run is moved into place whole.
+    A suspendable run interrupted by Ctrl-C keeps its finished work for --resume."""
     from lib.model import load_model
     from lib.results import RunDir
 
     seed_everything(opts.seed)
     record = {"options": {**asdict(opts), "out": str(opts.out), **extra_options}, "seed": opts.seed}
-    run = RunDir(opts.out, script, record)  # checks --out is writable before the slow model load
+    run = RunDir(opts.out, script, record, resume=resume)  # checks --out is writable before the model load
     try:
         model = load_model(opts.model, opts.device, opts.dtype, seed=opts.seed)
         run.record["model"] = model.describe()
         yield model, run
+    except KeyboardInterrupt:
+        if not suspendable:
+            run.abort()
+            raise
+        where = run.suspend()
+        raise Suspended(f"interrupted; finished work kept in {where}; continue with --resume {where}") from None
     except BaseException:
-        run.abort()
+        if resume is None:
+            run.abort()
         raise
     final = run.finish()
     print(f"wrote {final}")
@@ -135,6 +147,9 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Suspended as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(130)
 
 

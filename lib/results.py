@@ -51,9 +51,18 @@ def _atomic_write(path: Path, write) -> None:
 class RunDir:
     """A run being written in a hidden staging directory; finish() moves it into place whole."""
 
-    def __init__(self, out: Path, script: str, record: dict):
+    def __init__(self, out: Path, script: str, record: dict, resume: Path | None = None):
         self.script, self.record, self.t0 = script, record, time.time()
         base = Path(out) / script
+        self.files: list[str] = []
+        if resume is not None:  # continue an interrupted run in place
+            resume = Path(resume)
+            if not (resume / "checkpoint.json").is_file():
+                raise UserError(f"--resume {resume}: not an interrupted run (no checkpoint.json)")
+            self.base, self.staging = resume.parent, resume
+            self.run_id = resume.name.removesuffix(".interrupted")
+            self.files = [p.name for p in resume.iterdir() if not p.name.startswith(".")]
+            return
         try:
             base.mkdir(parents=True, exist_ok=True)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -66,7 +75,6 @@ class RunDir:
         except OSError as e:
             raise UserError(f"cannot write results under {out}: {e.strerror or e}") from None
         self.base = base
-        self.files: list[str] = []
 
     @property
     def path(self) -> Path:
@@ -108,6 +116,9 @@ class RunDir:
             "files": sorted(self.files),
         }
         self.json("run.json", record)
+        (self.staging / "checkpoint.json").unlink(missing_ok=True)
+        if "checkpoint.json" in self.files:
+            self.files.remove("checkpoint.json")
         for suffix in [""] + [f"-{i}" for i in range(2, 1000)]:
             final = self.base / f"{self.run_id}{suffix}"
             try:
@@ -120,3 +131,11 @@ class RunDir:
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+    def suspend(self) -> Path:
+        """Keep an interrupted run's finished work as results/<script>/<run-id>.interrupted/."""
+        target = self.base / f"{self.run_id}.interrupted"
+        if self.staging != target:
+            os.replace(self.staging, target)
+            self.staging = target
+        return target

@@ -1,0 +1,190 @@
+"""ACDC (Conmy et al. 2023): visit receivers from the logits backwards, try removing each incoming edge
+(replacing it by its ablation), keep it removed if the metric worsens by at most tau, compounding.
+
+Receivers are visited in reverse topological order, so every edge removed so far ends at a receiver in
+the same or a later layer: the model below the current receiver's layer is always the clean model.
+Each trial therefore recomputes only the blocks from that layer on, starting from the cached clean
+residual stream, with hooks registered once for the whole run and a mask edited in place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from lib.graph import Graph
+from lib.metrics import data_metric, kl_divergence
+from lib.patching import ablation_values, as_sources, source_hooks
+
+METRICS = ("kl", "task")
+
+
+@dataclass
+class ACDCState:
+    """Everything needed to resume: removed edges, the next trial, the running metric, counters."""
+
+    tau: float
+    removed: list[str] = field(default_factory=list)
+    kept: dict[str, float] = field(default_factory=dict)  # kept edge -> how much its removal worsened the metric
+    next_trial: int = 0  # index into edge_order
+    current: float | None = None
+    tried: int = 0
+    forward_passes: int = 0
+
+    def save(self, path: Path) -> None:
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "ACDCState":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def edge_order(graph: Graph) -> list[tuple[int, int]]:
+    """(source, receiver) trials: receivers from the logits backwards, later sources first."""
+    receivers = [graph.logits_receiver]
+    for l in reversed(range(graph.n_layers)):
+        receivers.append(graph.mlp_receiver(l))
+        for h in reversed(range(graph.n_heads)):
+            receivers += [graph.qkv_receivers(l, k).start + h for k in "vkq"]
+    return [(s, r) for r in receivers for s in reversed(range(graph.n_sources)) if graph.edge_exists[s, r]]
+
+
+def receiver_layer(graph: Graph, r: int) -> int:
+    return graph.n_layers if r == graph.logits_receiver else r // (3 * graph.n_heads + 1)
+
+
+class PartialRunner:
+    """Answer logits of the model with `ablate` edges patched, recomputing only blocks >= a start layer,
+    for every batch of the data (clean caches and ablation values computed once)."""
+
+    def __init__(self, model, graph: Graph, data, ablation: str, batch_size: int):
+        self.model, self.graph = model, graph
+        self.ablate = torch.zeros(graph.n_sources, graph.n_receivers)  # edited in place by the search
+        self.batches, self.values, self.resid, self.clean_deltas, self.clean_logits = [], [], [], [], []
+        names = [f"blocks.{l}.hook_resid_pre" for l in range(graph.n_layers)]
+        names += [f"blocks.{graph.n_layers - 1}.hook_resid_post"] + [n for n, _ in source_hooks(graph)]
+        for start in range(0, len(data), batch_size):
+            batch = data.subset(slice(start, start + batch_size)).to(model.device)
+            values = ablation_values(model, graph, batch, ablation)  # [S, B, P, D]
+            with torch.no_grad():
+                logits, cache = model.bridge.run_with_cache(batch.clean, names_filter=lambda n: n in names)
+            rows = torch.arange(len(batch), device=model.device)
+            self.batches.append(batch)
+            self.values.append(values)
+            self.clean_logits.append(logits[rows, batch.answer_pos])
+            self.resid.append([cache[f"blocks.{l}.hook_resid_pre"] for l in range(graph.n_layers)]
+                              + [cache[f"blocks.{graph.n_layers - 1}.hook_resid_post"]])
+            # what ablating an edge from each source chunk adds; fixed below the start layer
+            self.clean_deltas.append([(r, values[r] - as_sources(cache[n])) for n, r in source_hooks(graph)])
+        self.i = 0  # batch in flight
+        self.deltas: list = []
+
+    def _patch(self, x, cols):
+        add = None
+        for rows, delta in self.deltas:
+            a = self.ablate[rows, cols]
+            if not a.any():
+                continue
+            term = torch.einsum("sh,sbpd->bphd", a.to(delta.device, delta.dtype), delta)
+            add = term if add is None else add + term
+        return x if add is None else x + (add if x.dim() == 4 else add[:, :, 0])
+
+    def hooks(self) -> list:
+        """Registered once for the whole search; they read the mask and the batch in flight."""
+        g = self.graph
+
+        def save(rows):
+            def hook(x, hook):
+                self.deltas.append((rows, self.values[self.i][rows] - as_sources(x)))
+                return x
+            return hook
+
+        def patch(cols):
+            return lambda x, hook: self._patch(x, cols)
+
+        out = [(name, save(rows)) for name, rows in source_hooks(g)[1:]]  # input is never recomputed
+        for l in range(g.n_layers):
+            out += [(f"blocks.{l}.hook_{k}_input", patch(g.qkv_receivers(l, k))) for k in "qkv"]
+            out.append((f"blocks.{l}.hook_mlp_in", patch(slice(g.mlp_receiver(l), g.mlp_receiver(l) + 1))))
+        return out
+
+    def logits(self, i: int, start_layer: int) -> torch.Tensor:
+        """[B, V] answer logits of batch i (hooks must be registered)."""
+        g, bridge, batch = self.graph, self.model.bridge, self.batches[i]
+        self.i = i
+        self.deltas = list(self.clean_deltas[i][: 1 + 2 * start_layer])  # input, (heads, mlp) per layer below
+        x = self.resid[i][start_layer]
+        with torch.no_grad():
+            for l in range(start_layer, g.n_layers):
+                y = bridge.blocks[l](x)
+                x = y[0] if isinstance(y, tuple) else y
+            x = self._patch(x, slice(g.logits_receiver, g.logits_receiver + 1))
+            logits = bridge.unembed(bridge.ln_final(x))
+        return logits[torch.arange(len(batch), device=x.device), batch.answer_pos]
+
+
+def score(metric: str, clean_logits, logits, batch) -> float:
+    """Sum over the batch of KL(clean || circuit) or of the task metric."""
+    if metric == "kl":
+        return kl_divergence(clean_logits, logits).sum().item()
+    return data_metric(logits, batch).sum().item()
+
+
+def worsening(metric: str, new: float, current: float, absolute: bool) -> float:
+    change = new - current if metric == "kl" else current - new  # KL up, task metric down = worse
+    return abs(new - current) if absolute else change
+
+
+def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation: str = "resample",
+             absolute: bool = False, batch_size: int = 64, state: ACDCState | None = None,
+             checkpoint=None, progress=None) -> ACDCState:
+    """Run (or resume from `state`) ACDC at threshold tau on data; returns the final state."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown ACDC metric {metric!r}; choose from {METRICS}")
+    state = state or ACDCState(tau)
+    runner = PartialRunner(model, graph, data, ablation, batch_size)
+    for e in state.removed:
+        runner.ablate[graph.edge_index(e)] = 1.0
+    order = edge_order(graph)
+
+    def evaluate(start_layer: int) -> float:
+        total = sum(score(metric, runner.clean_logits[i], runner.logits(i, start_layer), b)
+                    for i, b in enumerate(runner.batches))
+        state.forward_passes += len(runner.batches)
+        return total / len(data)
+
+    with model.bridge.hooks(fwd_hooks=runner.hooks()):
+        if state.current is None:
+            state.current = evaluate(graph.n_layers)  # nothing removed yet (0 for KL)
+        if progress is not None:
+            progress.update(state.next_trial)
+        for i in range(state.next_trial, len(order)):
+            s, r = order[i]
+            runner.ablate[s, r] = 1.0
+            new = evaluate(receiver_layer(graph, r))
+            state.tried += 1
+            worse = worsening(metric, new, state.current, absolute)
+            name = f"{graph.sources[s]}->{graph.receivers[r]}"
+            if worse <= tau:
+                state.current = new
+                state.removed.append(name)
+            else:
+                state.kept[name] = worse
+                runner.ablate[s, r] = 0.0
+            state.next_trial = i + 1
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(kept=state.next_trial - len(state.removed), removed=len(state.removed),
+                                     passes=state.forward_passes)
+            if checkpoint is not None:
+                checkpoint(state)
+    return state
+
+
+def kept_mask(graph: Graph, state: ACDCState) -> torch.Tensor:
+    return graph.edge_exists & ~graph.mask_of(state.removed)
