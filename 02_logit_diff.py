@@ -10,7 +10,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from lib import cli, plots
-from lib.circuit_option import AblationOpt, CircuitOpt, check_options, resolve_circuit
+from lib.circuit_option import AblationOpt, CircuitOpt, check_against_model, check_options, resolve_circuit
 from lib.evaluate import behaviour
 from lib.graph import graph_of
 from lib.metrics import data_metric, normalized
@@ -43,8 +43,9 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     check_options(circuit, ablation)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out)
     with cli.experiment("02_logit_diff", opts, circuit=circuit, ablation=ablation) as (lm, run):
-        datasets = cli.task_builds(lm, opts)
         graph = graph_of(lm)
+        check_against_model(circuit, lm, graph, opts.tasks)
+        datasets = cli.task_builds(lm, opts)
         frames, used = [], {}
         for name, data in tqdm(datasets.items(), desc="tasks", unit="task"):
             resolved = resolve_circuit(circuit, lm, graph, name, data, opts.seed, opts.batch_size, ablation,

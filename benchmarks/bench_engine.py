@@ -4,7 +4,9 @@
 
 (a) EAP (2 forward + 1 backward by design) / (2 bare forward + 1 bare backward), and peak memory;
 (b) one masked evaluation (canonical IOI circuit where published, else half the edges) / one bare forward;
-(c) 03's node patching of every head and MLP (one direction) / the same number of bare forward passes.
+(c) 03's node patching of every head and MLP (one direction) / the same number of bare forward passes;
+(d) one ACDC trial (edge into a receiver at layer l, recomputing blocks l.. with the search's hooks) / the
+    bare partial forward from layer l, for early, middle and late l; and ACDC's total forward passes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lib import cli  # noqa: E402
 from lib.circuits import canonical_circuit  # noqa: E402
+from lib.acdc import PartialRunner, edge_order  # noqa: E402
 from lib.eap import edge_scores  # noqa: E402
 from lib.graph import graph_of  # noqa: E402
 from lib.metrics import data_metric  # noqa: E402
@@ -96,6 +99,32 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
     per_pass = max(1, 256 // len(data))
     t_patch = timed(lambda: patch_metrics(lm, data, comps, "denoise", per_pass), 1, dev)
 
+    runner = PartialRunner(lm, graph, data, "resample", len(data))
+    acdc_rows = []
+    for layer in sorted({0, lm.n_layers // 2, lm.n_layers - 1}):
+        s_idx, r_idx = 0, graph.qkv_receivers(layer, "q").start
+        runner.ablate[s_idx, r_idx] = 1.0
+
+        def bare_partial(layer=layer):
+            with torch.no_grad():
+                x = runner.resid[0][layer]
+                for l in range(layer, lm.n_layers):
+                    y = lm.bridge.blocks[l](x)
+                    x = y[0] if isinstance(y, tuple) else y
+                lm.bridge.unembed(lm.bridge.ln_final(x))
+
+        t_bare = timed(bare_partial, repeats, dev)
+        with lm.bridge.hooks(fwd_hooks=runner.hooks()):
+            t_trial = timed(lambda layer=layer: runner.logits(0, layer), repeats, dev)
+        runner.ablate[s_idx, r_idx] = 0.0
+        acdc_rows.append({"measure": f"ACDC trial at layer {layer} / bare forward from layer {layer}",
+                          "seconds": t_trial, "floor_seconds": t_bare, "ratio": t_trial / t_bare,
+                          "target": float("nan"), "peak_memory_mb": peak_memory_mb(dev)})
+    acdc_rows.append({"measure": "ACDC forward passes per threshold (edges x batches)",
+                      "seconds": float("nan"), "floor_seconds": float("nan"),
+                      "ratio": float(len(edge_order(graph)) * len(runner.batches)), "target": float("nan"),
+                      "peak_memory_mb": float("nan")})
+
     table = pd.DataFrame([
         {"measure": "EAP / (2 fwd + 1 bwd)", "seconds": t_eap, "floor_seconds": t_floor, "ratio": t_eap / t_floor,
          "target": 1.5, "peak_memory_mb": eap_mem},
@@ -104,7 +133,7 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
         {"measure": f"03 heads+MLPs ({len(comps)} patches) / {len(comps)} bare forwards", "seconds": t_patch,
          "floor_seconds": len(comps) * t_fwd, "ratio": t_patch / (len(comps) * t_fwd), "target": float("nan"),
          "peak_memory_mb": peak_memory_mb(dev)},
-    ]).assign(model=lm.name, device=str(dev), n_prompts=len(data), positions=int(data.clean.shape[1]))
+    ] + acdc_rows).assign(model=lm.name, device=str(dev), n_prompts=len(data), positions=int(data.clean.shape[1]))
     print(table.to_string(index=False, float_format="%.3f"))
     from lib.results import RunDir
     run = RunDir(opts.out, "benchmarks", {"options": {"model": model, "device": device, "n_prompts": n_prompts,

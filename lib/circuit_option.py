@@ -43,6 +43,17 @@ def check_options(spec: str, ablation: str) -> None:
         raise UserError(f"--circuit {spec!r} is neither canonical, auto, nor an existing circuit JSON file")
 
 
+def check_against_model(spec: str, model, graph: Graph, tasks: list[str]) -> None:
+    """Fail before any work: a circuit file that does not fit the model, or no canonical circuit."""
+    if spec not in ("canonical", "auto"):
+        Circuit.load(Path(spec), graph)
+    elif spec == "canonical":
+        for task in tasks:
+            if canonical_circuit(task, graph, model.name) is None:
+                raise UserError(f"no canonical circuit is published for task {task} on model {model.name}; "
+                                "use --circuit auto or a circuit JSON")
+
+
 def resolve_circuit(spec: str, model, graph: Graph, task: str, eval_data, seed: int, batch_size: int,
                     ablation: str, progress_factory=None) -> ResolvedCircuit:
     if spec not in ("canonical", "auto"):

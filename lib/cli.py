@@ -9,12 +9,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Callable
 
-import click
 import numpy as np
 import torch
 import typer
 
 from lib.errors import UserError
+
+# typer vendors its own click: take its exception classes from a public typer name, not the click package
+_click_exceptions = sys.modules[typer.BadParameter.__module__]
 
 # Options that take several space-separated values (`--tasks ioi sva`); argv is rewritten to commas.
 VARIADIC = ("--tasks", "--thresholds", "--top-k")
@@ -139,10 +141,10 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.UsageError as e:
+    except _click_exceptions.UsageError as e:
         print(f"error: {e.format_message()} (see {prog} --help)", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except _click_exceptions.Abort:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:

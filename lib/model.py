@@ -110,7 +110,10 @@ def gpt2_tokenizer():
 
 
 def _quiet(fn: Callable):
-    """Run fn with the bridge's and transformers' chatter silenced (warnings, info logs)."""
+    """Run fn with the bridge's and transformers' chatter silenced (warnings, info logs, load bars)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         level = logging.root.manager.disable

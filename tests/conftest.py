@@ -60,3 +60,26 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+def run_cli(script: str, *args: str):
+    """Run a numbered script's CLI in this process (same entry point as the command line, minus the
+    interpreter start-up); returns returncode, stdout, stderr like subprocess.run."""
+    import contextlib
+    import importlib.util
+    import io
+    import subprocess
+
+    from lib import cli
+
+    spec = importlib.util.spec_from_file_location(f"script_{script[:2]}", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main(module.app, list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())

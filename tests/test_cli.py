@@ -1,11 +1,14 @@
-"""Scripts end to end as a user runs them, including bad input (exit 2, one line, nothing written)."""
+"""Scripts end to end through their CLI, including bad input (exit 2, one line, nothing written).
+
+Most cases call the CLI entry point in-process (run_cli) to spare the interpreter start-up; a few run
+the script as a separate process exactly as a user does (run_script)."""
 
 import json
 
 import pandas as pd
 import pytest
 
-from conftest import run_script
+from conftest import run_cli, run_script
 
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
@@ -35,9 +38,9 @@ def test_dla_end_to_end(tmp_path):
 
 
 def test_logit_diff_reruns_are_byte_identical(tmp_path):
-    args = ["--tasks", "all", "--model", "toy", "--n-prompts", "10", "--seed", "3", "--out", str(tmp_path)]
+    args = ["--tasks", "all", "--model", "toy", "--n-prompts", "8", "--seed", "3", "--out", str(tmp_path)]
     for _ in range(2):
-        r = run_script("02_logit_diff.py", *args)
+        r = run_cli("02_logit_diff.py", *args)
         assert r.returncode == 0, r.stderr
     first, second = run_dirs(tmp_path, "02_logit_diff")  # two runs, two directories: nothing overwritten
     for name in ("dataset.csv", "items.csv", "summary.csv"):
@@ -60,12 +63,11 @@ def test_logit_diff_reruns_are_byte_identical(tmp_path):
     (["--tasks", "ioi", "nope"], "unknown task 'nope'; valid tasks: ioi, sva, docstring, greater-than or all"),
     (["--tasks", "ioi", "--n-prompts", "0"], "--n-prompts must be at least 1"),
     (["--tasks", "ioi", "--model", "no-such-model-xyz"], "--model toy"),
-    (["--tasks", "ioi", "sva"], "--model toy"),  # default gpt2, weights not available offline
     (["--tasks", "ioi", "--device", "tpu"], "unknown device"),
     (["--tasks", "ioi", "--bogus"], "No such option"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, args, message):
-    r = run_script("02_logit_diff.py", *args, "--out", str(tmp_path), env=OFFLINE)
+    r = run_cli("02_logit_diff.py", *args, "--out", str(tmp_path))
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
@@ -79,7 +81,7 @@ def test_circuit_file_option(tmp_path):
 
     g = Graph(4, 4)
     Circuit("toy", "ioi", "all", {}, {e: 0.0 for e in g.edge_names}).save(tmp_path / "all.json", g)
-    r = run_script("02_logit_diff.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "6",
+    r = run_cli("02_logit_diff.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "6",
                    "--circuit", str(tmp_path / "all.json"), "--out", str(tmp_path / "res"))
     assert r.returncode == 0, r.stderr
     (run,) = run_dirs(tmp_path / "res", "02_logit_diff")
@@ -91,14 +93,14 @@ def test_circuit_file_option(tmp_path):
     for circuit, message in [(tmp_path / "missing.json", "neither canonical, auto, nor an existing"),
                              (tmp_path / "bad.json", "does not exist"), (tmp_path / "broken.json", "not valid JSON"),
                              ("canonical", "no canonical circuit is published for task ioi on model toy")]:
-        r = run_script("02_logit_diff.py", "--tasks", "ioi", "--model", "toy", "--circuit", str(circuit),
+        r = run_cli("02_logit_diff.py", "--tasks", "ioi", "--model", "toy", "--circuit", str(circuit),
                        "--out", str(tmp_path / "res2"))
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert run_dirs(tmp_path / "res2", "02_logit_diff") == []
 
 
 def test_activation_patching_end_to_end(tmp_path):
-    r = run_script("03_activation_patching.py", "--tasks", "sva", "--model", "toy", "--n-prompts", "6",
+    r = run_cli("03_activation_patching.py", "--tasks", "sva", "--model", "toy", "--n-prompts", "6",
                    "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     (run,) = run_dirs(tmp_path, "03_activation_patching")
@@ -111,21 +113,30 @@ def test_activation_patching_end_to_end(tmp_path):
     assert (abs(final.normalized - final.direction.map({"denoise": 1.0, "noise": 0.0})) < 1e-4).all()
 
 
+def test_default_gpt2_offline_is_one_sentence(tmp_path):
+    """As a user runs it, as its own process: no weights offline -> exit 2, one line naming --model toy."""
+    r = run_script("02_logit_diff.py", "--tasks", "ioi", "sva", "--out", str(tmp_path), env=OFFLINE)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if x.strip()]
+    assert line.startswith("error: cannot load model 'gpt2'") and "--model toy" in line and "gpt2-random" in line
+    assert run_dirs(tmp_path, "02_logit_diff") == []
+
+
 def test_unwritable_out(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    r = run_script("01_dla.py", "--tasks", "ioi", "--model", "toy", "--out", str(blocker / "results"))
+    r = run_cli("01_dla.py", "--tasks", "ioi", "--model", "toy", "--out", str(blocker / "results"))
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: cannot write results under") and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_zero_batch_size(tmp_path):
-    r = run_script("02_logit_diff.py", "--tasks", "ioi", "--model", "toy", "--batch-size", "0", "--out", str(tmp_path))
+    r = run_cli("02_logit_diff.py", "--tasks", "ioi", "--model", "toy", "--batch-size", "0", "--out", str(tmp_path))
     assert r.returncode == 2 and "--batch-size must be at least 1" in r.stderr
 
 
 def test_eap_end_to_end(tmp_path):
-    r = run_script("05_eap.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "6", "--method", "eap",
+    r = run_cli("05_eap.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "6", "--method", "eap",
                    "--top-k", "10", "50", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     (run,) = run_dirs(tmp_path, "05_eap")
@@ -145,5 +156,5 @@ def test_eap_end_to_end(tmp_path):
     (["--ig-steps", "0"], "--ig-steps must be at least 1"),
 ])
 def test_eap_bad_input(tmp_path, args, message):
-    r = run_script("05_eap.py", "--tasks", "ioi", "--model", "toy", *args, "--out", str(tmp_path))
+    r = run_cli("05_eap.py", "--tasks", "ioi", "--model", "toy", *args, "--out", str(tmp_path))
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
