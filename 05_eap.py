@@ -14,10 +14,9 @@ from lib import cli, plots
 from lib.circuits import canonical_circuit
 from lib.eap import METHODS, edge_scores
 from lib.errors import UserError
-from lib.faithfulness import Evaluator, disjoint_split, log_grid, roc_curve, top_k_mask
+from lib.faithfulness import Evaluator, discovery_and_held_out, log_grid, roc_curve, top_k_mask
 from lib.graph import Circuit, graph_of
 from lib.patching import ABLATIONS
-from tasks import TASKS
 
 app = cli.script_app(__doc__)
 
@@ -53,10 +52,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         score_rows, curve_rows, roc_rows, curves, rocs, datasets = [], [], [], {}, {}, []
         for name in opts.tasks:
             # discovery prompts and disjoint held-out prompts for the faithfulness curve
-            data = TASKS[name].build(lm.tokenizer, 2 * opts.n_prompts, opts.seed)
-            discovery, held_out = disjoint_split(data, opts.n_prompts)
-            datasets += [discovery.dataset_frame(lm.tokenizer).assign(split="discovery"),
-                         held_out.dataset_frame(lm.tokenizer).assign(split="held-out")]
+            discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
+            datasets.append(frame)
             with tqdm(total=len(discovery), desc=f"{name}: {method} scores", unit="prompt") as bar:
                 scores = edge_scores(lm, graph, discovery, opts.batch_size, method, ig_steps, progress=bar)
             exists = graph.edge_exists

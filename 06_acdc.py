@@ -17,10 +17,9 @@ from lib import cli, plots
 from lib.acdc import METRICS, ACDCState, edge_order, kept_mask, run_acdc
 from lib.circuits import canonical_circuit
 from lib.errors import UserError
-from lib.faithfulness import Evaluator, disjoint_split
+from lib.faithfulness import Evaluator, discovery_and_held_out, roc_from_points
 from lib.graph import Circuit, graph_of
 from lib.patching import ABLATIONS
-from tasks import TASKS
 
 app = cli.script_app(__doc__)
 CHECKPOINT_EVERY = 50  # trials between state saves (and always on Ctrl-C)
@@ -59,10 +58,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         graph = graph_of(lm)
         rows, datasets = [], []
         for name in opts.tasks:
-            data = TASKS[name].build(lm.tokenizer, 2 * opts.n_prompts, opts.seed)
-            discovery, held_out = disjoint_split(data, opts.n_prompts)
-            datasets += [discovery.dataset_frame(lm.tokenizer).assign(split="discovery"),
-                         held_out.dataset_frame(lm.tokenizer).assign(split="held-out")]
+            discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
+            datasets.append(frame)
             ev = Evaluator(lm, graph, held_out, ablation, opts.batch_size)
             reference = canonical_circuit(name, graph, lm.name)
             for tau in taus:
@@ -118,9 +115,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         if len(with_ref):
             roc_rows, rocs = [], {}
             for t, d in with_ref.groupby("task", sort=False):
-                pts = sorted(zip(d.fpr, d.tpr))
-                fpr, tpr = np.array([0.0] + [p[0] for p in pts] + [1.0]), np.array([0.0] + [p[1] for p in pts] + [1.0])
-                auc = float(np.trapezoid(tpr, fpr))
+                fpr, tpr, auc = roc_from_points(d.fpr, d.tpr)
                 rocs[t] = (fpr, tpr, auc)
                 roc_rows += [{"task": t, "fpr": a, "tpr": b, "auc": auc} for a, b in zip(fpr, tpr)]
             run.csv("roc.csv", pd.DataFrame(roc_rows))

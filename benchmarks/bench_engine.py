@@ -37,9 +37,10 @@ from tasks import TASKS  # noqa: E402
 app = cli.script_app(__doc__)
 
 
-def timed(fn, repeats: int, device) -> float:
+def timed(fn, repeats: int, device, warmup: bool = True) -> float:
     """Median wall time of fn over repeats, after one warm-up call."""
-    fn()
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -97,7 +98,7 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
 
     comps = heads_and_mlps(lm.n_layers, lm.n_heads)
     per_pass = max(1, 256 // len(data))
-    t_patch = timed(lambda: patch_metrics(lm, data, comps, "denoise", per_pass), 1, dev)
+    t_patch = timed(lambda: patch_metrics(lm, data, comps, "denoise", per_pass), 1, dev, warmup=False)
 
     runner = PartialRunner(lm, graph, data, "resample", len(data))
     acdc_rows = []

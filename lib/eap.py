@@ -56,8 +56,9 @@ def _accumulate(model, graph, batch, corrupt, delta, alpha, record_clean, scores
     def grad_hook(cols, n_sources):
         def hook(grad, hook):
             g = grad if grad.dim() == 4 else grad.unsqueeze(2)  # [B, P, h, D]
-            d = delta[:n_sources].to(torch.float64)
-            scores[:n_sources, cols] += weight * torch.einsum("sbpd,bphd->sh", d, g.to(torch.float64))
+            # contract in the model's dtype (an up-cast copy of delta per receiver would dominate the cost);
+            # accumulate the small [s, h] result in float64
+            scores[:n_sources, cols] += weight * torch.einsum("sbpd,bphd->sh", delta[:n_sources], g.to(delta.dtype)).double()
         return hook
 
     fwd = [("blocks.0.hook_resid_pre", input_hook)]

@@ -20,6 +20,18 @@ def disjoint_split(data, n_first: int):
     return first, data.subset(rest)
 
 
+def discovery_and_held_out(task: str, tokenizer, n: int, seed: int):
+    """n discovery prompts and up to n held-out prompts disjoint from them, plus the dataset frame of both."""
+    import pandas as pd
+
+    from tasks import TASKS
+
+    discovery, held_out = disjoint_split(TASKS[task].build(tokenizer, 2 * n, seed), n)
+    frame = pd.concat([discovery.dataset_frame(tokenizer).assign(split="discovery"),
+                       held_out.dataset_frame(tokenizer).assign(split="held-out")])
+    return discovery, held_out, frame
+
+
 class Evaluator:
     """Clean and corrupted metrics of a dataset, computed once; faithfulness of any mask against them."""
 
@@ -65,3 +77,11 @@ def roc_curve(graph: Graph, scores: torch.Tensor, reference: torch.Tensor) -> tu
     tpr = np.r_[0.0, tp[last] / max(truth.sum(), 1)]
     fpr = np.r_[0.0, fp[last] / max((~truth).sum(), 1)]
     return fpr, tpr, float(np.trapezoid(tpr, fpr))
+
+
+def roc_from_points(fpr, tpr) -> tuple[np.ndarray, np.ndarray, float]:
+    """A ROC curve through (0, 0), the given operating points (e.g. one per threshold) and (1, 1), with AUC."""
+    pts = sorted(zip(fpr, tpr))
+    f = np.array([0.0] + [p[0] for p in pts] + [1.0])
+    t = np.array([0.0] + [p[1] for p in pts] + [1.0])
+    return f, t, float(np.trapezoid(t, f))

@@ -158,3 +158,17 @@ def test_eap_end_to_end(tmp_path):
 def test_eap_bad_input(tmp_path, args, message):
     r = run_cli("05_eap.py", "--tasks", "ioi", "--model", "toy", *args, "--out", str(tmp_path))
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_acdc_end_to_end_and_resume_errors(tmp_path):
+    r = run_cli("06_acdc.py", "--tasks", "sva", "--model", "toy", "--n-prompts", "4", "--thresholds", "0.01", "1.0",
+                "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    (run,) = run_dirs(tmp_path, "06_acdc")
+    names = {p.name for p in run.iterdir()}
+    assert {"acdc_sweep.csv", "faithfulness_vs_edges.png", "dataset.csv", "run.json"} <= names
+    assert "checkpoint.json" not in names  # a finished run keeps no resume state
+    sweep = pd.read_csv(run / "acdc_sweep.csv")
+    assert list(sweep.tau) == [0.01, 1.0] and (sweep.edges_tried == 479).all()
+    r = run_cli("06_acdc.py", "--resume", str(run))
+    assert r.returncode == 2 and "not an interrupted run" in r.stderr
