@@ -17,7 +17,7 @@ import torch
 
 from lib.graph import Graph
 from lib.metrics import data_metric, kl_divergence
-from lib.patching import ablation_values, as_sources, source_hooks
+from lib.patching import ablation_values, add_ablated, as_sources, source_hooks
 
 METRICS = ("kl", "task")
 
@@ -84,16 +84,6 @@ class PartialRunner:
         self.i = 0  # batch in flight
         self.deltas: list = []
 
-    def _patch(self, x, cols):
-        add = None
-        for rows, delta in self.deltas:
-            a = self.ablate[rows, cols]
-            if not a.any():
-                continue
-            term = torch.einsum("sh,sbpd->bphd", a.to(delta.device, delta.dtype), delta)
-            add = term if add is None else add + term
-        return x if add is None else x + (add if x.dim() == 4 else add[:, :, 0])
-
     def hooks(self) -> list:
         """Registered once for the whole search; they read the mask and the batch in flight."""
         g = self.graph
@@ -105,7 +95,7 @@ class PartialRunner:
             return hook
 
         def patch(cols):
-            return lambda x, hook: self._patch(x, cols)
+            return lambda x, hook: add_ablated(x, cols, self.deltas, self.ablate)
 
         out = [(name, save(rows)) for name, rows in source_hooks(g)[1:]]  # input is never recomputed
         for l in range(g.n_layers):
@@ -123,7 +113,7 @@ class PartialRunner:
             for l in range(start_layer, g.n_layers):
                 y = bridge.blocks[l](x)
                 x = y[0] if isinstance(y, tuple) else y
-            x = self._patch(x, slice(g.logits_receiver, g.logits_receiver + 1))
+            x = add_ablated(x, slice(g.logits_receiver, g.logits_receiver + 1), self.deltas, self.ablate)
             logits = bridge.unembed(bridge.ln_final(x))
         return logits[torch.arange(len(batch), device=x.device), batch.answer_pos]
 

@@ -90,6 +90,20 @@ def ablation_values(model, graph: Graph, batch, kind: str, mean: torch.Tensor | 
     raise ValueError(f"unknown ablation {kind!r}; choose from {ABLATIONS}")
 
 
+def add_ablated(x: torch.Tensor, cols: slice, chunks: list, ablate: torch.Tensor,
+                active: torch.Tensor | None = None) -> torch.Tensor:
+    """x (a receiver group's input, [B, P, h, D] or [B, P, D]) plus sum_u ablate[u, r] * delta_u over the
+    recorded source chunks (rows, delta [s, B, P, D]); chunks with no ablated edge here (per `active`, a CPU
+    bool matrix, default ablate != 0) are skipped."""
+    add = None
+    for rows, delta in chunks:
+        if not (active if active is not None else ablate)[rows, cols].any():
+            continue
+        term = torch.einsum("sh,sbpd->bphd", ablate[rows, cols].to(delta.device, delta.dtype), delta)
+        add = term if add is None else add + term
+    return x if add is None else x + (add if x.dim() == 4 else add[:, :, 0])
+
+
 @dataclass
 class EdgePatch:
     """Forward hooks that ablate the edges marked in `ablate` ([S, R], 1 = replaced by the ablation)."""
@@ -99,8 +113,7 @@ class EdgePatch:
     ablate: torch.Tensor  # [S, R] float (may require grad)
 
     def hooks(self) -> list:
-        deltas: list[torch.Tensor] = []  # per source chunk: ablation - this run's output
-        rows_seen: list[slice] = []
+        chunks: list[tuple[slice, torch.Tensor]] = []  # per source chunk: (rows, ablation - this run's output)
         ablate = self.ablate.to(self.ablation.dtype)
         # which (receiver group, chunk) pairs carry any ablated edge, decided once on the CPU;
         # with a differentiable mask every edge takes part
@@ -108,26 +121,13 @@ class EdgePatch:
 
         def save(rows: slice):
             def hook(x, hook):
-                deltas.append(self.ablation[rows] - as_sources(x))
-                rows_seen.append(rows)
+                chunks.append((rows, self.ablation[rows] - as_sources(x)))
                 return x
             return hook
 
         def patch(cols):
-            cols_t = cols if isinstance(cols, slice) else slice(cols, cols + 1)
-
-            def hook(x, hook):
-                add = None
-                for rows, delta in zip(rows_seen, deltas):
-                    if not active[rows, cols_t].any():
-                        continue
-                    a = ablate[rows, cols_t]  # [s, h]
-                    term = torch.einsum("sh,sbpd->bphd", a, delta)
-                    add = term if add is None else add + term
-                if add is None:
-                    return x
-                return x + (add if x.dim() == 4 else add[:, :, 0])
-            return hook
+            cols = cols if isinstance(cols, slice) else slice(cols, cols + 1)
+            return lambda x, hook: add_ablated(x, cols, chunks, ablate, active)
 
         hooks = []
         src, rcv = source_hooks(self.graph), receiver_hooks(self.graph)
