@@ -89,13 +89,18 @@ def discover_auto(model, graph: Graph, task: str, eval_data, seed: int, batch_si
     if bar is not None:
         bar.close()
     ev = Evaluator(model, graph, discovery, ablation, batch_size)
-    tried = []
-    for k in log_grid(graph.n_edges):  # ends with every edge kept (the clean model, faithfulness 1)
+    tried, grid = [], log_grid(graph.n_edges)  # ends with every edge kept (the clean model, faithfulness 1)
+    bar = progress_factory(len(grid), f"{task}: auto circuit (top-k sizes tried)") if progress_factory else None
+    for k in grid:
         keep = top_k_mask(graph, scores, k)
         f = ev.faithfulness(keep)["faithfulness"]
         tried.append({"k": k, "faithfulness": f})
+        if bar is not None:
+            bar.update(1)
         if f >= AUTO_TARGET:
             break
+    if bar is not None:
+        bar.close()
     return ResolvedCircuit(f"auto:eap-ig-top{k}", keep, {
         "source": "auto", "method": "eap-ig", "ig_steps": 5, "k": k, "n_edges": k, "reached_target": f >= AUTO_TARGET,
         "target_faithfulness": AUTO_TARGET, "discovery_faithfulness": f, "n_discovery": len(discovery),
