@@ -10,9 +10,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from lib import cli, plots
-from lib.circuit_option import AblationOpt, CircuitOpt, check_against_model, check_options, resolve_circuit
+from lib.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.evaluate import behaviour
-from lib.graph import graph_of
 from lib.metrics import data_metric, normalized
 from lib.patching import evaluate_mask
 
@@ -42,22 +41,16 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          ablation: AblationOpt = "resample"):
     check_options(circuit, ablation)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out)
-    with cli.experiment("02_logit_diff", opts, circuit=circuit, ablation=ablation) as (lm, run):
-        graph = graph_of(lm)
-        check_against_model(circuit, lm, graph, opts.tasks)
-        datasets = cli.task_builds(lm, opts)
-        frames, used = [], {}
+    with circuit_experiment("02_logit_diff", opts, circuit, ablation) as (lm, run, graph, datasets):
+        frames = []
         for name, data in tqdm(datasets.items(), desc="tasks", unit="task"):
-            resolved = resolve_circuit(circuit, lm, graph, name, data, opts.seed, opts.batch_size, ablation,
-                                       progress_factory=lambda n, d: tqdm(total=n, desc=d, unit="prompt"))
-            used[name] = {"label": resolved.label, **resolved.info}
+            resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, ablation, run)
             items = behaviour(lm, data, opts.batch_size)
             logits = evaluate_mask(lm, graph, data, resolved.keep, ablation, opts.batch_size)
             items["metric_circuit"] = data_metric(logits, data).cpu().numpy()
             items.insert(1, "circuit", resolved.label)
             items.insert(2, "circuit_edges", resolved.n_edges)
             frames.append(items)
-        run.record["circuits"] = used
         items = pd.concat(frames, ignore_index=True)
         summary = pd.DataFrame(summary_rows(items, "metric_clean", "clean")
                                + summary_rows(items, "metric_corrupted", "corrupted")

@@ -11,8 +11,7 @@ from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from lib import cli, plots
-from lib.circuit_option import AblationOpt, CircuitOpt, check_against_model, check_options, resolve_circuit
-from lib.graph import graph_of
+from lib.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.metrics import DIVERGENCES, data_metric, kl_interpretation, normalized, summarize
 from lib.model import answer_logits
 from lib.patching import evaluate_mask
@@ -35,15 +34,10 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          ablation: AblationOpt = "resample"):
     check_options(circuit, ablation)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out)
-    with cli.experiment("21_output_variants", opts, circuit=circuit, ablation=ablation) as (lm, run):
-        graph = graph_of(lm)
-        check_against_model(circuit, lm, graph, opts.tasks)
-        datasets = cli.task_builds(lm, opts)
-        items, summary, spread, used = [], [], [], {}
+    with circuit_experiment("21_output_variants", opts, circuit, ablation) as (lm, run, graph, datasets):
+        items, summary, spread = [], [], []
         for name, data in tqdm(datasets.items(), desc="tasks", unit="task"):
-            resolved = resolve_circuit(circuit, lm, graph, name, data, opts.seed, opts.batch_size, ablation,
-                                       progress_factory=lambda n, d: tqdm(total=n, desc=d, unit="prompt"))
-            used[name] = {"label": resolved.label, **resolved.info}
+            resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, ablation, run)
             full = answer_logits(lm, data.clean, data.answer_pos, opts.batch_size)
             corrupt = answer_logits(lm, data.corrupt, data.answer_pos, opts.batch_size)
             circ = evaluate_mask(lm, graph, data, resolved.keep, ablation, opts.batch_size)
@@ -76,7 +70,6 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                            "spearman_kl_logit_diff_faithfulness": spearmanr(per.kl, per.logit_diff_faithfulness,
                                                                             nan_policy="omit").statistic,
                            "interpretation": interpretation(kl_mean, js_mean)})
-        run.record["circuits"] = used
         items, summary, spread = pd.concat(items, ignore_index=True), pd.DataFrame(summary), pd.DataFrame(spread)
         summary = summary.merge(spread[["task", "interpretation"]], on="task")
         run.csv("dataset.csv", pd.concat([d.dataset_frame(lm.tokenizer) for d in datasets.values()]))

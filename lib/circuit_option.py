@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -105,3 +106,27 @@ def discover_auto(model, graph: Graph, task: str, eval_data, seed: int, batch_si
         "source": "auto", "method": "eap-ig", "ig_steps": 5, "k": k, "n_edges": k, "reached_target": f >= AUTO_TARGET,
         "target_faithfulness": AUTO_TARGET, "discovery_faithfulness": f, "n_discovery": len(discovery),
         "discovery_seed": seed + AUTO_SEED_OFFSET, "ablation": ablation, "grid": tried})
+
+
+@contextmanager
+def circuit_experiment(script: str, opts, circuit: str, ablation: str):
+    """cli.experiment for scripts that evaluate a circuit: the circuit option is checked against the
+    model before any work; yields (model, run, graph, datasets), and run.json gets the circuits used."""
+    from lib import cli
+    from lib.graph import graph_of
+
+    with cli.experiment(script, opts, circuit=circuit, ablation=ablation) as (lm, run):
+        graph = graph_of(lm)
+        check_against_model(circuit, lm, graph, opts.tasks)
+        run.record["circuits"] = {}
+        yield lm, run, graph, cli.task_builds(lm, opts)
+
+
+def resolve_with_progress(spec: str, model, graph: Graph, task: str, data, opts, ablation: str, run) -> ResolvedCircuit:
+    """resolve_circuit with progress bars, recording the circuit used in run.json."""
+    from tqdm import tqdm
+
+    resolved = resolve_circuit(spec, model, graph, task, data, opts.seed, opts.batch_size, ablation,
+                               progress_factory=lambda n, d: tqdm(total=n, desc=d, unit="step"))
+    run.record["circuits"][task] = {"label": resolved.label, **resolved.info}
+    return resolved

@@ -73,6 +73,16 @@ def histograms(panels: dict[str, dict[str, np.ndarray]], title: str, xlabel: str
     return fig
 
 
+def _label_axes(fig, ax, title: str, xlabel: str, ylabel: str, legend: bool = True):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def curves(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
            logx: bool = False, diagonal: bool = False, labels: dict[str, str] | None = None):
     """One line per panel on shared axes (faithfulness vs edges kept, ROC curves)."""
@@ -83,12 +93,7 @@ def curves(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel:
         ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls="--")
     if logx:
         ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _label_axes(fig, ax, title, xlabel, ylabel)
 
 
 def circuit_diagram(edges: list[tuple[str, str, float]], n_layers: int, n_heads: int, title: str):
@@ -136,11 +141,7 @@ def grouped_bars(table, title: str, ylabel: str):
     ax.set_xticks(x)
     ax.set_xticklabels(table.index)
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _label_axes(fig, ax, title, "", ylabel)
 
 
 def scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
@@ -151,9 +152,4 @@ def scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel
     if loglog:
         ax.set_xscale("symlog", linthresh=1e-4)
         ax.set_yscale("symlog", linthresh=1e-4)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _label_axes(fig, ax, title, xlabel, ylabel)
