@@ -19,12 +19,12 @@ from lib.node_patching import DIRECTIONS, heads_and_mlps, patch_metrics, residua
 app = cli.script_app(__doc__)
 
 
-def aligned_group(data):
-    """The largest set of items sharing template (IOI; ABBA and BABA align) or group, and length,
-    so that positions mean the same tokens."""
+def aligned_group(data) -> list[int]:
+    """Indices of the largest set of items sharing template (IOI; ABBA and BABA align) or group, and
+    length, so that positions mean the same tokens."""
     keys = data.info["template" if "template" in data.info else "group"].astype(str) + "|" + pd.Series(data.lengths.tolist()).astype(str)
     best = keys.value_counts(sort=True).index[0]
-    return data.subset(np.flatnonzero((keys == best).to_numpy()).tolist())
+    return np.flatnonzero((keys == best).to_numpy()).tolist()
 
 
 def run_patches(lm, data, components, direction, batch_size, rows_per_pass, desc):
@@ -58,9 +58,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         for name, data in datasets.items():
             base = behaviour(lm, data, opts.batch_size)
             clean, corrupt = base.metric_clean.mean(), base.metric_corrupted.mean()
-            aligned = aligned_group(data)
-            aligned_base = base.iloc[[int(i) for i in np.flatnonzero(
-                np.isin(data.info.clean_text.to_numpy(), aligned.info.clean_text.to_numpy()))]]
+            aligned_idx = aligned_group(data)
+            aligned, aligned_base = data.subset(aligned_idx), base.iloc[aligned_idx]
             tokens = lm.tokenizer.convert_ids_to_tokens(aligned.clean[0, : int(aligned.lengths[0])].tolist())
             for d in directions:
                 comps = heads_and_mlps(L, H)

@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -166,5 +166,3 @@ def task_builds(model, opts: Common, seed: int | None = None) -> dict:
     seed = opts.seed if seed is None else seed
     return {name: TASKS[name].build(model.tokenizer, opts.n_prompts, seed) for name in opts.tasks}
 
-
-Runner = Callable[..., None]

@@ -8,7 +8,7 @@ import torch
 
 from lib.graph import Graph
 from lib.metrics import data_metric, normalized
-from lib.model import answer_logits
+from lib.evaluate import behaviour
 from lib.patching import evaluate_mask
 
 
@@ -37,8 +37,8 @@ class Evaluator:
 
     def __init__(self, model, graph: Graph, data, ablation: str = "resample", batch_size: int = 32):
         self.model, self.graph, self.data, self.ablation, self.batch_size = model, graph, data, ablation, batch_size
-        self.clean = data_metric(answer_logits(model, data.clean, data.answer_pos, batch_size), data).cpu().numpy()
-        self.corrupt = data_metric(answer_logits(model, data.corrupt, data.answer_pos, batch_size), data).cpu().numpy()
+        base = behaviour(model, data, batch_size)
+        self.clean, self.corrupt = base.metric_clean.to_numpy(), base.metric_corrupted.to_numpy()
 
     def metric(self, keep: torch.Tensor) -> np.ndarray:
         logits = evaluate_mask(self.model, self.graph, self.data, keep, self.ablation, self.batch_size)

@@ -227,8 +227,7 @@ def _finish(bridge, name: str, device: torch.device, dtype: torch.dtype, source:
     return LoadedModel(name, bridge, tokenizer, device, dtype, source)
 
 
-def answer_logits(model: LoadedModel, tokens: torch.Tensor, pos: torch.Tensor, batch_size: int,
-                  fwd_hooks=(), progress=None) -> torch.Tensor:
+def answer_logits(model: LoadedModel, tokens: torch.Tensor, pos: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Logits at each row's answer position, [N, V], computed in batches (no grad)."""
     out = []
     with torch.no_grad():
@@ -236,8 +235,6 @@ def answer_logits(model: LoadedModel, tokens: torch.Tensor, pos: torch.Tensor, b
             t = tokens[start:start + batch_size].to(model.device)
             p = pos[start:start + batch_size].to(model.device)
             t = t[:, : int(p.max()) + 1]
-            logits = model.bridge.run_with_hooks(t, fwd_hooks=list(fwd_hooks)) if fwd_hooks else model.bridge(t)
+            logits = model.bridge(t)
             out.append(logits[torch.arange(len(t), device=t.device), p].float())
-            if progress is not None:
-                progress.update(len(t))
     return torch.cat(out)
