@@ -109,13 +109,13 @@ def discover_auto(model, graph: Graph, task: str, eval_data, seed: int, batch_si
 
 
 @contextmanager
-def circuit_experiment(script: str, opts, circuit: str, ablation: str):
+def circuit_experiment(script: str, opts, circuit: str, ablation: str, **extra_options):
     """cli.experiment for scripts that evaluate a circuit: the circuit option is checked against the
     model before any work; yields (model, run, graph, datasets), and run.json gets the circuits used."""
     from lib import cli
     from lib.graph import graph_of
 
-    with cli.experiment(script, opts, circuit=circuit, ablation=ablation) as (lm, run):
+    with cli.experiment(script, opts, circuit=circuit, ablation=ablation, **extra_options) as (lm, run):
         graph = graph_of(lm)
         check_against_model(circuit, lm, graph, opts.tasks)
         run.record["circuits"] = {}

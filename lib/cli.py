@@ -137,14 +137,18 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     prog = Path(sys.argv[0]).name
     try:
-        command.main(args=argv, prog_name=prog, standalone_mode=False)
+        code = command.main(args=argv, prog_name=prog, standalone_mode=False)
+        if isinstance(code, int) and code:  # typer turns Ctrl-C into exit code 130, returned not raised
+            if code == 130:
+                print("error: interrupted", file=sys.stderr)
+            sys.exit(code)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except _click_exceptions.UsageError as e:
         print(f"error: {e.format_message()} (see {prog} --help)", file=sys.stderr)
         sys.exit(2)
-    except _click_exceptions.Abort:
+    except typer.Abort:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:

@@ -76,6 +76,14 @@ class Graph:
     def sources_before_mlp(self, layer: int) -> int:
         return 1 + layer * (self.n_heads + 1) + self.n_heads
 
+    def node_receivers(self, node: str) -> list[int]:
+        """Receiver columns through which node reads the residual stream (none for input)."""
+        if node == "logits":
+            return [self.logits_receiver]
+        if node.startswith("a"):
+            return [self.receiver_index[f"{node}<{k}>"] for k in "qkv"]
+        return [self.receiver_index[node]] if node.startswith("m") else []
+
     @cached_property
     def edge_exists(self) -> torch.Tensor:
         """[S, R] bool: u -> r exists when u writes to the residual stream before r reads it."""

@@ -153,3 +153,23 @@ def scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel
         ax.set_xscale("symlog", linthresh=1e-4)
         ax.set_yscale("symlog", linthresh=1e-4)
     return _label_axes(fig, ax, title, xlabel, ylabel)
+
+
+def scrubbing(seeds, task: str):
+    """Per hypothesis: mean KL(full || scrubbed) and loss recovered, bars = mean over seeds, dots = seeds."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    labels = list(dict.fromkeys(seeds.hypothesis))
+    x = np.arange(len(labels))
+    for ax, col, ylabel in ((axes[0], "kl_mean", "KL(full || scrubbed), nats"),
+                            (axes[1], "loss_recovered_ratio_of_means", "loss recovered (ratio of means)")):
+        per = [seeds[seeds.hypothesis == h][col].to_numpy(dtype=float) for h in labels]
+        ax.bar(x, [v.mean() for v in per], color="#9ab", width=0.6)
+        for i, v in enumerate(per):
+            ax.scatter(np.full(len(v), i), v, s=14, color="k", zorder=3)
+        ax.set_xticks(x)
+        ax.set_xticklabels([h.replace(" (", "\n(") for h in labels], fontsize=8)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_ylabel(ylabel)
+    fig.suptitle(f"Causal scrubbing: {task} (bars: mean over seeds; dots: seeds)")
+    fig.tight_layout()
+    return fig

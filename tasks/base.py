@@ -177,3 +177,9 @@ class Task:
     description: str
     canonical: dict | None = None  # data describing the published circuit (see tasks/<name>.py)
     features: tuple[str, ...] = ()  # info columns usable as causal-scrubbing features
+    # Causal scrubbing (lib/scrubbing.py): resampled prompts must share these info columns (and the token
+    # length) so that activations align position by position; `answer_feature` determines the answer;
+    # `positions(data)` names token positions per item (class -> [N] index) for position-specific claims.
+    aligned_by: tuple[str, ...] = ()
+    answer_feature: str | None = None
+    positions: Callable[[TaskData], dict] | None = None

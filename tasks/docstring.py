@@ -81,4 +81,6 @@ TASK = Task(
     description="docstring parameter completion; metric logit(C) - max logit over the other parameters",
     canonical=None,  # the published circuit is for a 4-layer attention-only model, not GPT-2
     features=("answer_param",),
+    aligned_by=("group",),
+    answer_feature="answer_param",
 )

@@ -28,6 +28,8 @@ CANONICAL = {
         ["m8", "m9", "m10", "m11"],
         ["logits"],
     ],
+    # Causal-scrubbing hypothesis: every node of the circuit depends only on the start year YY.
+    "scrub": {"*": (("yy",), "all")},
 }
 
 
@@ -92,4 +94,5 @@ TASK = Task(
     description="greater-than; metric sum P(YY' > YY) - sum P(YY' <= YY) over two-digit tokens",
     canonical=CANONICAL,
     features=("yy",),
+    answer_feature="yy",
 )

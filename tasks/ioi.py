@@ -67,6 +67,17 @@ CANONICAL = {
         ("negative_name_mover", "logits", ""),
     ],
     "mlps_on_paths": True,  # MLPs belong to the input/output paths and keep their edges
+    # Causal-scrubbing hypothesis (Wang et al.; Chan et al.): class -> (features its output depends on,
+    # the positions where that holds). Nodes not named (MLPs, input) depend on the whole prompt.
+    "scrub": {
+        "name_mover": (("io_name",), "end"),
+        "backup_name_mover": (("io_name",), "end"),
+        "negative_name_mover": (("io_name",), "end"),
+        "s_inhibition": (("s_name",), "end"),
+        "induction": (("s_name",), "s2"),
+        "duplicate_token": (("s_name",), "s2"),
+        "previous_token": (("s_name",), "s1+1"),
+    },
 }
 
 
@@ -114,10 +125,27 @@ def build(tokenizer, n: int, seed: int, corruption: str = "abc") -> TaskData:
     return assemble("ioi", tokenizer, candidates(), n, "logit_diff", dropped)
 
 
+def positions(data: TaskData) -> dict:
+    """Per item: the answer position (end), the second subject mention (s2), and the token after the first
+    (s1+1); the subject's token is the wrong answer's."""
+    import torch
+
+    is_s = data.clean == data.wrong[:, :1]  # [N, P]
+    count = is_s.long().cumsum(1)
+    s1 = (is_s & (count == 1)).long().argmax(1)
+    s2 = (is_s & (count == 2)).long().argmax(1)
+    if not bool((count[:, -1] >= 2).all()):
+        raise ValueError("an IOI prompt does not mention the subject twice")
+    return {"end": data.answer_pos, "s2": s2, "s1+1": torch.minimum(s1 + 1, data.answer_pos)}
+
+
 TASK = Task(
     name="ioi",
     build=build,
     description="indirect object identification; metric logit(IO) - logit(S)",
     canonical=CANONICAL,
     features=("io_name", "s_name", "order", "template"),
+    aligned_by=("order", "template"),
+    answer_feature="io_name",
+    positions=positions,
 )

@@ -74,4 +74,6 @@ TASK = Task(
     description="subject-verb agreement; metric sum P(verbs of the subject's number) - sum P(other number)",
     canonical=None,  # no canonical head-level circuit for GPT-2
     features=("number",),
+    aligned_by=("structure",),
+    answer_feature="number",
 )

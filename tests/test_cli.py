@@ -172,3 +172,61 @@ def test_acdc_end_to_end_and_resume_errors(tmp_path):
     assert list(sweep.tau) == [0.01, 1.0] and (sweep.edges_tried == 479).all()
     r = run_cli("06_acdc.py", "--resume", str(run))
     assert r.returncode == 2 and "not an interrupted run" in r.stderr
+
+
+def test_causal_scrubbing_end_to_end(tmp_path):
+    args = ["--tasks", "sva", "docstring", "--model", "toy", "--n-prompts", "12", "--pool-size", "150",
+            "--n-seeds", "2", "--out", str(tmp_path)]
+    for _ in range(2):
+        r = run_cli("04_causal_scrubbing.py", *args)
+        assert r.returncode == 0, r.stderr
+    first, second = run_dirs(tmp_path, "04_causal_scrubbing")
+    assert {p.name for p in first.iterdir()} == {
+        "run.json", "dataset.csv", "items.csv", "seeds.csv", "summary.csv", "hypothesis.csv",
+        "scrubbing_sva.png", "scrubbing_docstring.png"}
+    for name in ("items.csv", "seeds.csv", "summary.csv"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    summary = pd.read_csv(first / "summary.csv")
+    assert len(summary) == 6 and (summary.n_seeds == 2).all() and (summary.n_prompts == 12).all()
+    assert list(summary.test[:3]) == ["feature hypothesis", "complement-only (weaker test)",
+                                      "baseline (all inputs resampled)"]
+    assert summary.hypothesis[0] == "answer feature (number)" and summary.resampled_fraction[0] > 0.5
+    items = pd.read_csv(first / "items.csv")
+    assert len(items) == 2 * 3 * 2 * 12 and (items.kl >= 0).all() and (items.reverse_kl >= 0).all()
+    base = items[items.test == "baseline (all inputs resampled)"]
+    assert (base.metric_scrubbed == base.metric_baseline).all() and (base.loss_recovered.fillna(0) == 0).all()
+    assert (items.groupby(["task", "item"]).metric_full.nunique() == 1).all()
+    assert summary.interpretation.str.contains("weaker test").sum() == 2
+    record = json.loads((first / "run.json").read_text())
+    assert record["options"]["n_seeds"] == 2 and record["scrubbing"]["sva"]["pool_size"] == 150
+    hyp = pd.read_csv(first / "hypothesis.csv")
+    assert set(hyp[hyp.node != "input"].features) <= {"number", "answer_param", "prompt"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n-seeds", "0"], "--n-seeds must be at least 1"),
+    (["--pool-size", "5"], "--pool-size (5) must be at least --n-prompts (8)"),
+    (["--hypothesis", "psychic"], "unknown hypothesis 'psychic'"),
+    (["--hypothesis", "canonical"], "names head 9.9, which a 4-layer, 4-head model does not have"),
+    (["--circuit", "missing.json"], "is neither canonical, auto, nor an existing circuit JSON file"),
+])
+def test_causal_scrubbing_bad_input(tmp_path, args, message):
+    r = run_cli("04_causal_scrubbing.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "8",
+                "--out", str(tmp_path), *args)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert run_dirs(tmp_path, "04_causal_scrubbing") == []
+
+
+def test_interrupt_is_one_line_exit_130(capsys):
+    from lib import cli
+
+    app = cli.script_app("interrupted")
+
+    @app.command()
+    def main(x: int = 1):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(app, [])
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted"

@@ -1,0 +1,166 @@
+"""Causal scrubbing (Chan et al. 2022) of a circuit hypothesis: resample every input the hypothesis says does
+not matter, recursively through the treeified graph, and measure how far the output moves.
+
+Rows per task: the hypothesis (published per-node features for a canonical circuit, else the answer
+feature), the same circuit with no feature claims (complement-only, a weaker test), and the baseline (every
+input resampled), each over --n-seeds resampling seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import typer
+from tqdm import tqdm
+
+from lib import cli, plots
+from lib.circuit_option import CircuitOpt, check_options, circuit_experiment, resolve_with_progress
+from lib.errors import UserError
+from lib.hypotheses import BASELINE, COMPLEMENT_ONLY, HYPOTHESES, baseline, complement_only, main_hypothesis
+from lib.metrics import data_metric, kl_divergence, kl_interpretation, reverse_kl
+from lib.model import answer_logits
+from lib.scrubbing import Pool, draw, scrubbed_logits
+
+app = cli.script_app(__doc__)
+HypothesisOpt = Annotated[str, typer.Option("--hypothesis", help="auto (published per-node features for a "
+                                            "canonical circuit, else answer-feature) | canonical | "
+                                            "answer-feature | whole-prompt")]
+SeedsOpt = Annotated[int, typer.Option("--n-seeds", help="resampling seeds (the spread is reported)")]
+PoolOpt = Annotated[int, typer.Option("--pool-size", help="prompts per task that resampled inputs are "
+                                      "drawn from (the first --n-prompts of them are evaluated)")]
+
+
+def loss_recovered(m: np.ndarray, m_full: np.ndarray, m_base: np.ndarray) -> dict:
+    """(m - m_baseline) / (m_full - m_baseline): ratio of means, and mean of per-prompt ratios (prompts whose
+    full and baseline metric coincide are left out of the latter)."""
+    denom = m_full.mean() - m_base.mean()
+    ok = np.abs(m_full - m_base) > 1e-6
+    per = np.full(len(m), np.nan)
+    per[ok] = (m[ok] - m_base[ok]) / (m_full[ok] - m_base[ok])
+    return {"per_prompt": per,
+            "ratio_of_means": float((m.mean() - m_base.mean()) / denom) if abs(denom) > 1e-12 else float("nan"),
+            "mean_of_ratios": float(np.nanmean(per)) if ok.any() else float("nan")}
+
+
+def seed_rows(items: pd.DataFrame) -> pd.DataFrame:
+    """Per task x hypothesis x seed: KL and reverse KL statistics, metrics, loss recovered."""
+    rows = []
+    for (task, hyp, seed), d in items.groupby(["task", "hypothesis", "seed"], sort=False):
+        lr = loss_recovered(d.metric_scrubbed.to_numpy(), d.metric_full.to_numpy(), d.metric_baseline.to_numpy())
+        row = {"task": task, "hypothesis": hyp, "test": d.test.iloc[0], "circuit": d.circuit.iloc[0], "seed": seed}
+        for m in ("kl", "reverse_kl"):
+            v = d[m].to_numpy()
+            row |= {f"{m}_mean": v.mean(), f"{m}_median": np.median(v), f"{m}_q25": np.quantile(v, 0.25),
+                    f"{m}_q75": np.quantile(v, 0.75)}
+        row |= {"metric_full": d.metric_full.mean(), "metric_scrubbed": d.metric_scrubbed.mean(),
+                "metric_baseline": d.metric_baseline.mean(),
+                "loss_recovered_ratio_of_means": lr["ratio_of_means"],
+                "loss_recovered_mean_of_ratios": lr["mean_of_ratios"]}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_rows(seeds: pd.DataFrame, items: pd.DataFrame, stats: dict) -> pd.DataFrame:
+    """Per task x hypothesis: mean and spread (std over seeds) of each per-seed statistic; KL quantiles over
+    every (prompt, seed)."""
+    rows = []
+    for (task, hyp), d in seeds.groupby(["task", "hypothesis"], sort=False):
+        it = items[(items.task == task) & (items.hypothesis == hyp)]
+        row = {"task": task, "hypothesis": hyp, "test": d.test.iloc[0], "circuit": d.circuit.iloc[0],
+               "n_seeds": len(d), "n_prompts": int(it.item.nunique())}
+        for m in ("kl", "reverse_kl"):
+            row |= {f"{m}_mean": d[f"{m}_mean"].mean(), f"{m}_mean_std": d[f"{m}_mean"].std(ddof=1),
+                    f"{m}_median": np.median(it[m]), f"{m}_q25": np.quantile(it[m], 0.25),
+                    f"{m}_q75": np.quantile(it[m], 0.75)}
+        for m in ("metric_full", "metric_scrubbed", "metric_baseline", "loss_recovered_ratio_of_means",
+                  "loss_recovered_mean_of_ratios"):
+            row |= {m: d[m].mean(), f"{m}_std": d[m].std(ddof=1)}
+        s = stats[(task, hyp)]
+        row["resampled_fraction"] = s["agreeing_draws_moved"] / s["agreeing_draws"] if s["agreeing_draws"] else np.nan
+        row["instances_per_prompt"] = s["instances"] / (len(d) * row["n_prompts"])
+        row["baseline"] = "all inputs resampled from random other prompts of the same structure"
+        row["interpretation"] = ("baseline" if row["test"] == BASELINE else kl_interpretation(row["kl_mean"])
+                                 + ("; weaker test: no feature claims" if row["test"] == COMPLEMENT_ONLY else ""))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@app.command()
+def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
+         dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
+         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), circuit: CircuitOpt = "auto",
+         hypothesis: HypothesisOpt = "auto", n_seeds: SeedsOpt = 3, pool_size: PoolOpt = 2000):
+    check_options(circuit, "resample")
+    if hypothesis not in HYPOTHESES:
+        raise UserError(f"unknown hypothesis {hypothesis!r}; choose from {', '.join(HYPOTHESES)}")
+    if n_seeds < 1:
+        raise UserError(f"--n-seeds must be at least 1 (got {n_seeds})")
+    if pool_size < n_prompts:
+        raise UserError(f"--pool-size ({pool_size}) must be at least --n-prompts ({n_prompts})")
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out)
+    from tasks import TASKS
+
+    with circuit_experiment("04_causal_scrubbing", opts, circuit, "resample", hypothesis=hypothesis,
+                            n_seeds=n_seeds, pool_size=pool_size) as (lm, run, graph, _):
+        for name in opts.tasks if hypothesis == "canonical" else []:  # fail before any work
+            main_hypothesis(hypothesis, name, graph, graph.edge_exists, "canonical")
+        items, described, stats, frames = [], [], {}, []
+        run.record["scrubbing"] = {}
+        for name in opts.tasks:
+            pool = Pool.of(TASKS[name].build(lm.tokenizer, pool_size, opts.seed), TASKS[name])
+            data = pool.data.subset(slice(0, n_prompts))
+            frames.append(data.dataset_frame(lm.tokenizer))
+            resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, "resample", run)
+            hyps = [main_hypothesis(hypothesis, name, graph, resolved.keep, resolved.label)]
+            if hyps[0].kind != COMPLEMENT_ONLY:
+                hyps.append(complement_only(resolved.keep))
+            hyps.append(baseline(graph))
+            full = answer_logits(lm, data.clean, data.answer_pos, opts.batch_size)
+            m_full = data_metric(full, data).cpu().numpy()
+            eval_idx = np.arange(n_prompts)
+            bar = tqdm(total=n_seeds * len(hyps) * n_prompts, desc=f"{name}: scrubbed prompts", unit="prompt")
+            for k in range(n_seeds):
+                scrubbed = {}
+                for hyp in hyps:
+                    logits, st = scrubbed_logits(lm, graph, pool, hyp, draw(graph, pool, hyp, opts.seed, k),
+                                                 eval_idx, opts.batch_size, bar)
+                    scrubbed[hyp.label] = logits
+                    acc = stats.setdefault((name, hyp.label), dict.fromkeys(st, 0))
+                    for key, v in st.items():
+                        acc[key] += v
+                m_base = data_metric(scrubbed[hyps[-1].label], data).cpu().numpy()
+                for hyp in hyps:
+                    m = data_metric(scrubbed[hyp.label], data).cpu().numpy()
+                    items.append(pd.DataFrame({
+                        "task": name, "circuit": resolved.label, "circuit_edges": resolved.n_edges,
+                        "hypothesis": hyp.label, "test": hyp.kind, "seed": k, "item": eval_idx,
+                        "group": data.info["group"].to_numpy(),
+                        "kl": kl_divergence(full, scrubbed[hyp.label]).cpu().numpy(),
+                        "reverse_kl": reverse_kl(full, scrubbed[hyp.label]).cpu().numpy(),
+                        "metric_full": m_full, "metric_scrubbed": m, "metric_baseline": m_base,
+                        "loss_recovered": loss_recovered(m, m_full, m_base)["per_prompt"]}))
+            bar.close()
+            for hyp in hyps[:-1]:
+                described += [{"task": name, "hypothesis": hyp.label, **row} for row in hyp.describe(graph)]
+            run.record["scrubbing"][name] = {"pool_size": len(pool), "n_evaluated": n_prompts, "seeds": n_seeds,
+                                             "hypotheses": {h.label: {"test": h.kind, **stats[(name, h.label)]}
+                                                            for h in hyps}}
+        items = pd.concat(items, ignore_index=True)
+        seeds = seed_rows(items)
+        summary = summary_rows(seeds, items, stats)
+        run.csv("dataset.csv", pd.concat(frames))
+        run.csv("items.csv", items)
+        run.csv("seeds.csv", seeds)
+        run.csv("summary.csv", summary)
+        run.csv("hypothesis.csv", pd.DataFrame(described, columns=["task", "hypothesis", "node", "features", "position"]))
+        for name in opts.tasks:
+            run.figure(f"scrubbing_{name}.png", plots.scrubbing(seeds[seeds.task == name], name))
+        print(summary[["task", "hypothesis", "kl_mean", "kl_mean_std", "loss_recovered_ratio_of_means",
+                       "resampled_fraction", "interpretation"]].to_string(index=False, float_format="%.4f"))
+
+
+if __name__ == "__main__":
+    cli.main(app)
