@@ -104,42 +104,80 @@ def add_ablated(x: torch.Tensor, cols: slice, chunks: list, ablate: torch.Tensor
     return x if add is None else x + (add if x.dim() == 4 else add[:, :, 0])
 
 
+def add_complement(x: torch.Tensor, cols: slice, chunks: list, ablate: torch.Tensor, total: torch.Tensor,
+                   kept: torch.Tensor) -> torch.Tensor:
+    """The same as add_ablated, computed from the other side: x + sum_u delta_u - sum_u (1 - ablate[u, r])
+    delta_u, where total = sum_u delta_u over the recorded chunks ([B, P, D]); cheaper when few edges are
+    kept. Chunks with no kept edge here (per `kept`, a CPU bool matrix) are skipped."""
+    sub = None
+    for rows, delta in chunks:
+        if not kept[rows, cols].any():
+            continue
+        term = torch.einsum("sh,sbpd->bphd", (1 - ablate[rows, cols]).to(delta.device, delta.dtype), delta)
+        sub = term if sub is None else sub + term
+    add = total[:, :, None] if x.dim() == 4 else total
+    if sub is not None:
+        add = add - (sub if x.dim() == 4 else sub[:, :, 0])
+    return x + add
+
+
 @dataclass
 class EdgePatch:
-    """Forward hooks that ablate the edges marked in `ablate` ([S, R], 1 = replaced by the ablation)."""
+    """Forward hooks that ablate the edges marked in `ablate` ([S, R], 1 = replaced by the ablation).
+
+    Each receiver group is patched from whichever side touches fewer source chunks: the ablated edges
+    (add_ablated) or the kept ones (add_complement, from a running sum of all deltas); `mode` forces one."""
 
     graph: Graph
     ablation: torch.Tensor  # [S, B, P, D]
     ablate: torch.Tensor  # [S, R] float (may require grad)
+    mode: str = "auto"  # auto | ablated | kept
+
+    def _use_complement(self, a: torch.Tensor, n_before: int, cols: slice) -> bool:
+        if self.ablate.requires_grad or self.mode == "ablated":
+            return False
+        if self.mode == "kept":
+            return True
+        n_ablated = int((a[:n_before, cols] != 0).any(1).sum())
+        n_kept = int((a[:n_before, cols] != 1).any(1).sum())
+        return n_kept + 1 < n_ablated
 
     def hooks(self) -> list:
+        g = self.graph
         chunks: list[tuple[slice, torch.Tensor]] = []  # per source chunk: (rows, ablation - this run's output)
         ablate = self.ablate.to(self.ablation.dtype)
-        # which (receiver group, chunk) pairs carry any ablated edge, decided once on the CPU;
+        a = self.ablate.detach().cpu()
+        # which (receiver group, chunk) pairs carry any ablated (kept) edge, decided once on the CPU;
         # with a differentiable mask every edge takes part
-        active = self.graph.edge_exists if self.ablate.requires_grad else self.ablate.detach().cpu() != 0
+        active = g.edge_exists if self.ablate.requires_grad else a != 0
+        kept = a != 1
+        groups = []  # (hook name, cols, sources before it) in forward order
+        for name, cols in receiver_hooks(g):
+            cols = cols if isinstance(cols, slice) else slice(cols, cols + 1)
+            layer = int(name.split(".")[1])
+            n_before = (g.n_sources if cols.start == g.logits_receiver else
+                        g.sources_before_mlp(layer) if "mlp" in name else g.sources_before_attn(layer))
+            groups.append((name, cols, self._use_complement(a, n_before, cols)))
+        running = any(c for _, _, c in groups)
+        total: list[torch.Tensor] = []  # running sum of every delta so far, [B, P, D]
 
         def save(rows: slice):
             def hook(x, hook):
-                chunks.append((rows, self.ablation[rows] - as_sources(x)))
+                delta = self.ablation[rows] - as_sources(x)
+                chunks.append((rows, delta))
+                if running:
+                    total.append(delta.sum(0) if not total else total.pop() + delta.sum(0))
                 return x
             return hook
 
-        def patch(cols):
-            cols = cols if isinstance(cols, slice) else slice(cols, cols + 1)
+        def patch(cols, complement):
+            if complement:
+                return lambda x, hook: add_complement(x, cols, chunks, ablate, total[-1], kept)
             return lambda x, hook: add_ablated(x, cols, chunks, ablate, active)
 
-        hooks = []
-        src, rcv = source_hooks(self.graph), receiver_hooks(self.graph)
-        # interleave in forward order: a layer's receivers read before its own sources write
-        hooks.append((src[0][0], save(src[0][1])))
-        for l in range(self.graph.n_layers):
-            for name, cols in rcv[4 * l: 4 * l + 3]:
-                hooks.append((name, patch(cols)))
-            hooks.append((src[1 + 2 * l][0], save(src[1 + 2 * l][1])))
-            hooks.append((rcv[4 * l + 3][0], patch(rcv[4 * l + 3][1])))
-            hooks.append((src[2 + 2 * l][0], save(src[2 + 2 * l][1])))
-        hooks.append((rcv[-1][0], patch(rcv[-1][1])))
+        src = source_hooks(g)
+        hooks = [(name, save(rows)) for name, rows in src]
+        hooks += [(name, patch(cols, complement)) for name, cols, complement in groups]
         return hooks
 
 

@@ -5,7 +5,7 @@ import torch
 
 from lib.graph import Graph, graph_of
 from lib.model import answer_logits
-from lib.patching import ablate_mask, ablation_values, as_sources, evaluate_mask, masked_answer_logits, \
+from lib.patching import EdgePatch, ablate_mask, ablation_values, as_sources, evaluate_mask, masked_answer_logits, \
     receiver_hooks, source_hooks
 from tasks import TASKS
 
@@ -88,10 +88,11 @@ def slow_reference(model, g, batch, ablation, ablate):
 
 
 @pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
-def test_edge_set_matches_slow_reference(tiny, data, ablation):
+@pytest.mark.parametrize("kept_fraction", [0.6, 0.05])
+def test_edge_set_matches_slow_reference(tiny, data, ablation, kept_fraction):
     g = graph_of(tiny)
     gen = torch.Generator().manual_seed(1)
-    keep = (torch.rand(g.n_sources, g.n_receivers, generator=gen) < 0.6) & g.edge_exists
+    keep = (torch.rand(g.n_sources, g.n_receivers, generator=gen) < kept_fraction) & g.edge_exists
     ablate = ablate_mask(g, keep)
     values = ablation_values(tiny, g, data, ablation)
     fast = masked_answer_logits(tiny, g, data, values, ablate)
@@ -113,3 +114,20 @@ def test_mean_ablation_values_are_positionwise_means(tiny, data):
         torch.testing.assert_close(vals[:, 0, p], outs[:, reach, p].mean(1), atol=1e-5, rtol=1e-5)
     # batching the reference does not change the mean
     torch.testing.assert_close(mean_outputs(tiny, g, data, batch_size=2), vals[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_patching_from_the_kept_side_equals_the_ablated_side(tiny, data):
+    """EdgePatch patches each receiver from the ablated or the kept edges (whichever is fewer): both forms
+    agree on any mask, fractional ones included."""
+    g = graph_of(tiny)
+    gen = torch.Generator().manual_seed(4)
+    ablate = torch.rand(g.n_sources, g.n_receivers, generator=gen) * g.edge_exists
+    ablate[ablate < 0.5] = 0.0  # some edges kept, some fractional
+    values = ablation_values(tiny, g, data, "resample")
+    out = {}
+    for mode in ("ablated", "kept", "auto"):
+        with torch.no_grad():
+            out[mode] = tiny.bridge.run_with_hooks(data.clean, fwd_hooks=EdgePatch(g, values, ablate, mode).hooks())
+    torch.testing.assert_close(out["ablated"], out["kept"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out["ablated"], out["auto"], atol=1e-4, rtol=1e-4)
+    assert (out["ablated"] - tiny.bridge(data.clean)).abs().max() > 1e-3
