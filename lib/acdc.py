@@ -17,6 +17,7 @@ import torch
 
 from lib.graph import Graph
 from lib.metrics import data_metric, kl_divergence
+from lib.model import unembed_at
 from lib.patching import ablation_values, add_ablated, as_sources, source_hooks
 
 METRICS = ("kl", "task")
@@ -114,8 +115,7 @@ class PartialRunner:
                 y = bridge.blocks[l](x)
                 x = y[0] if isinstance(y, tuple) else y
             x = add_ablated(x, slice(g.logits_receiver, g.logits_receiver + 1), self.deltas, self.ablate)
-            logits = bridge.unembed(bridge.ln_final(x))
-        return logits[torch.arange(len(batch), device=x.device), batch.answer_pos]
+            return unembed_at(self.model, x, batch.answer_pos)
 
 
 def score(metric: str, clean_logits, logits, batch) -> float:

@@ -74,7 +74,13 @@ def _accumulate(model, graph, batch, corrupt, delta, alpha, record_clean, scores
     bwd.append((f"blocks.{graph.n_layers - 1}.hook_resid_post",
                 grad_hook(slice(graph.logits_receiver, graph.logits_receiver + 1), graph.n_sources)))
     assert len(bwd) == len(receiver_hooks(graph))
-    with torch.enable_grad(), model.bridge.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
-        logits = model.bridge(batch.clean)
-        rows = torch.arange(len(batch), device=logits.device)
-        data_metric(logits[rows, batch.answer_pos], batch).sum().backward()
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    from lib.model import stop_before_unembedding, unembed_at
+
+    with torch.enable_grad(), model.bridge.hooks(fwd_hooks=fwd + [stop_before_unembedding()], bwd_hooks=bwd):
+        try:
+            resid = model.bridge(batch.clean)  # the bridge returns the stopped pass's output: [B, P, D]
+        except StopAtLayerException as stop:
+            resid = stop.layer_output
+        data_metric(unembed_at(model, resid, batch.answer_pos), batch).sum().backward()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from lib.metrics import data_metric
+from lib.model import logits_at
 
 DIRECTIONS = ("denoise", "noise")
 
@@ -86,10 +87,8 @@ def patch_metrics(model, batch, components: list[Component], direction: str, per
             return hook
 
         tokens = target.repeat(len(chunk), 1)  # [M * B, P]
-        with torch.no_grad():
-            logits = model.bridge.run_with_hooks(tokens, fwd_hooks=[(h, make_hook(h, i)) for h, i in by_hook.items()])
         pos = batch.answer_pos.to(model.device).repeat(len(chunk))
-        answer = logits[torch.arange(len(tokens), device=model.device), pos]
+        answer = logits_at(model, tokens, pos, [(h, make_hook(h, i)) for h, i in by_hook.items()])
         repeated = batch.subset(torch.arange(B).repeat(len(chunk)))
         out.append(data_metric(answer, repeated).view(len(chunk), B).cpu())
         if progress is not None:

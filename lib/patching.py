@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from lib.graph import Graph
+from lib.model import stop_before_unembedding
 
 ABLATIONS = ("resample", "mean", "zero")
 
@@ -53,7 +54,8 @@ def source_outputs(model, graph: Graph, tokens: torch.Tensor) -> torch.Tensor:
         return x
 
     with torch.no_grad():
-        model.bridge.run_with_hooks(tokens, fwd_hooks=[(name, save) for name, _ in source_hooks(graph)])
+        model.bridge.run_with_hooks(tokens, fwd_hooks=[(name, save) for name, _ in source_hooks(graph)]
+                                    + [stop_before_unembedding()])
     return torch.cat(chunks)
 
 
@@ -104,80 +106,101 @@ def add_ablated(x: torch.Tensor, cols: slice, chunks: list, ablate: torch.Tensor
     return x if add is None else x + (add if x.dim() == 4 else add[:, :, 0])
 
 
-def add_complement(x: torch.Tensor, cols: slice, chunks: list, ablate: torch.Tensor, total: torch.Tensor,
-                   kept: torch.Tensor) -> torch.Tensor:
-    """The same as add_ablated, computed from the other side: x + sum_u delta_u - sum_u (1 - ablate[u, r])
-    delta_u, where total = sum_u delta_u over the recorded chunks ([B, P, D]); cheaper when few edges are
-    kept. Chunks with no kept edge here (per `kept`, a CPU bool matrix) are skipped."""
-    sub = None
-    for rows, delta in chunks:
-        if not kept[rows, cols].any():
-            continue
-        term = torch.einsum("sh,sbpd->bphd", (1 - ablate[rows, cols]).to(delta.device, delta.dtype), delta)
-        sub = term if sub is None else sub + term
-    add = total[:, :, None] if x.dim() == 4 else total
-    if sub is not None:
-        add = add - (sub if x.dim() == 4 else sub[:, :, 0])
-    return x + add
+@dataclass
+class _Group:
+    """How one receiver group is patched: x (+ running total of deltas) + weight @ delta[rows]."""
+
+    cols: slice
+    rows: torch.Tensor | slice  # source rows taking part
+    weight: torch.Tensor  # [h, k]: ablate (ablated side) or ablate - 1 (kept side)
+    complement: bool  # kept side: the running total of every delta so far is added too
+
+
+def _plan_group(ablate: torch.Tensor, a_cpu: torch.Tensor, n_before: int, cols: slice, mode: str) -> _Group:
+    """Patch from whichever side has fewer source rows: the ablated edges, or the kept ones plus the total."""
+    a = a_cpu[:n_before, cols]
+    ablated, kept = (a != 0).any(1), (a != 1).any(1)
+    complement = mode == "kept" or (mode == "auto" and int(kept.sum()) + 1 < int(ablated.sum()))
+    use = kept if complement else ablated
+    w = ablate[:n_before, cols] - (1.0 if complement else 0.0)  # [n_before, h]
+    idx = use.nonzero().flatten()
+    if len(idx) > n_before // 2:  # dense enough: a slice of the buffer, zero weights where unused
+        return _Group(cols, slice(0, n_before), (w * use[:, None].to(w)).T.contiguous(), complement)
+    return _Group(cols, idx.to(ablate.device), w[idx.to(ablate.device)].T.contiguous(), complement)
 
 
 @dataclass
 class EdgePatch:
     """Forward hooks that ablate the edges marked in `ablate` ([S, R], 1 = replaced by the ablation).
 
-    Each receiver group is patched from whichever side touches fewer source chunks: the ablated edges
-    (add_ablated) or the kept ones (add_complement, from a running sum of all deltas); `mode` forces one."""
+    Deltas (ablation - this run's output) go into one [S, B, P, D] buffer as sources write; each receiver
+    group is then patched by one matrix product over the source rows that take part, from whichever side
+    has fewer: the ablated edges, or the kept ones subtracted from the running total of all deltas.
+    A differentiable mask takes the ablated side over per-chunk deltas (no in-place buffer). `mode`
+    (auto | ablated | kept) forces a side, for tests."""
 
     graph: Graph
     ablation: torch.Tensor  # [S, B, P, D]
     ablate: torch.Tensor  # [S, R] float (may require grad)
-    mode: str = "auto"  # auto | ablated | kept
+    mode: str = "auto"
 
-    def _use_complement(self, a: torch.Tensor, n_before: int, cols: slice) -> bool:
-        if self.ablate.requires_grad or self.mode == "ablated":
-            return False
-        if self.mode == "kept":
-            return True
-        n_ablated = int((a[:n_before, cols] != 0).any(1).sum())
-        n_kept = int((a[:n_before, cols] != 1).any(1).sum())
-        return n_kept + 1 < n_ablated
-
-    def hooks(self) -> list:
+    def _receiver_groups(self):
         g = self.graph
-        chunks: list[tuple[slice, torch.Tensor]] = []  # per source chunk: (rows, ablation - this run's output)
-        ablate = self.ablate.to(self.ablation.dtype)
-        a = self.ablate.detach().cpu()
-        # which (receiver group, chunk) pairs carry any ablated (kept) edge, decided once on the CPU;
-        # with a differentiable mask every edge takes part
-        active = g.edge_exists if self.ablate.requires_grad else a != 0
-        kept = a != 1
-        groups = []  # (hook name, cols, sources before it) in forward order
         for name, cols in receiver_hooks(g):
             cols = cols if isinstance(cols, slice) else slice(cols, cols + 1)
             layer = int(name.split(".")[1])
             n_before = (g.n_sources if cols.start == g.logits_receiver else
                         g.sources_before_mlp(layer) if "mlp" in name else g.sources_before_attn(layer))
-            groups.append((name, cols, self._use_complement(a, n_before, cols)))
-        running = any(c for _, _, c in groups)
-        total: list[torch.Tensor] = []  # running sum of every delta so far, [B, P, D]
+            yield name, cols, n_before
+
+    def hooks(self) -> list:
+        if self.ablate.requires_grad:
+            return self._grad_hooks()
+        ablate = self.ablate.to(self.ablation.device, self.ablation.dtype)
+        a_cpu = self.ablate.detach().cpu()
+        delta = torch.empty_like(self.ablation)  # [S, B, P, D]
+        total = torch.zeros_like(self.ablation[0])  # running sum of the deltas recorded so far, [B, P, D]
+        groups = [(name, _plan_group(ablate, a_cpu, n, cols, self.mode)) for name, cols, n in self._receiver_groups()]
+        running = any(gp.complement for _, gp in groups)
 
         def save(rows: slice):
             def hook(x, hook):
-                delta = self.ablation[rows] - as_sources(x)
-                chunks.append((rows, delta))
+                torch.sub(self.ablation[rows], as_sources(x), out=delta[rows])
                 if running:
-                    total.append(delta.sum(0) if not total else total.pop() + delta.sum(0))
+                    total.add_(delta[rows].sum(0))
                 return x
             return hook
 
-        def patch(cols, complement):
-            if complement:
-                return lambda x, hook: add_complement(x, cols, chunks, ablate, total[-1], kept)
-            return lambda x, hook: add_ablated(x, cols, chunks, ablate, active)
+        def patch(gp: _Group):
+            def hook(x, hook):
+                k = gp.weight.shape[1]
+                if k == 0 and not gp.complement:
+                    return x
+                B, P, D = delta.shape[1:]
+                out = x + (total[:, :, None] if x.dim() == 4 else total) if gp.complement else x.clone()
+                if k:
+                    d = delta[gp.rows].reshape(k, -1)  # [k, B*P*D]
+                    add = (gp.weight @ d).view(-1, B, P, D)  # [h, B, P, D]
+                    out += add.permute(1, 2, 0, 3) if x.dim() == 4 else add[0]
+                return out
+            return hook
 
-        src = source_hooks(g)
-        hooks = [(name, save(rows)) for name, rows in src]
-        hooks += [(name, patch(cols, complement)) for name, cols, complement in groups]
+        return [(name, save(rows)) for name, rows in source_hooks(self.graph)] + \
+               [(name, patch(gp)) for name, gp in groups]
+
+    def _grad_hooks(self) -> list:
+        chunks: list[tuple[slice, torch.Tensor]] = []
+        ablate = self.ablate.to(self.ablation.dtype)
+
+        def save(rows: slice):
+            def hook(x, hook):
+                chunks.append((rows, self.ablation[rows] - as_sources(x)))
+                return x
+            return hook
+
+        hooks = [(name, save(rows)) for name, rows in source_hooks(self.graph)]
+        for name, cols, _ in self._receiver_groups():
+            hooks.append((name, lambda x, hook, cols=cols: add_ablated(x, cols, chunks, ablate, self.graph.edge_exists)))
         return hooks
 
 
@@ -189,12 +212,10 @@ def ablate_mask(graph: Graph, keep: torch.Tensor) -> torch.Tensor:
 def masked_answer_logits(model, graph: Graph, batch, ablation: torch.Tensor, ablate: torch.Tensor,
                          grad: bool = False) -> torch.Tensor:
     """Logits [B, V] at the answer positions with the edges in `ablate` patched (one forward pass)."""
-    tokens = batch.clean.to(model.device)
+    from lib.model import logits_at
+
     hooks = EdgePatch(graph, ablation, ablate.to(model.device)).hooks()
-    with torch.set_grad_enabled(grad):
-        logits = model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
-    rows = torch.arange(len(tokens), device=tokens.device)
-    return logits[rows, batch.answer_pos.to(model.device)]
+    return logits_at(model, batch.clean.to(model.device), batch.answer_pos, hooks, grad=grad)
 
 
 def evaluate_mask(model, graph: Graph, data, keep: torch.Tensor, ablation: str = "resample",

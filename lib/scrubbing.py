@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from lib.graph import Graph
+from lib.model import stop_before_unembedding, unembed_at
 from lib.patching import receiver_hooks, source_hooks
 
 WHOLE_PROMPT = ("prompt",)
@@ -231,11 +232,12 @@ def _plain_pass(model, plan: _Plan, prompts: np.ndarray) -> None:
             return x
         hooks.append((name, fill))
     with torch.no_grad():
-        model.bridge.run_with_hooks(plan.tokens(prompts), fwd_hooks=hooks)
+        model.bridge.run_with_hooks(plan.tokens(prompts), fwd_hooks=hooks + [stop_before_unembedding()])
 
 
-def _scrub_pass(model, plan: _Plan) -> torch.Tensor:
-    """The treeified evaluation: logits [n_rows, P, V] of the pass over every prompt holding an instance."""
+def _scrub_pass(model, plan: _Plan, eval_rows: np.ndarray, pos: torch.Tensor) -> torch.Tensor:
+    """The treeified evaluation, one pass over every prompt holding an instance: logits [n, V] of eval_rows
+    at positions pos."""
     store: dict[int, torch.Tensor] = {}
     wanted = {u for _, _, parents in plan.instances.values() for u in parents}
     hooks = _source_recorder(plan.graph, wanted, store)
@@ -262,7 +264,8 @@ def _scrub_pass(model, plan: _Plan) -> torch.Tensor:
             return x
         hooks.append((name, patch))
     with torch.no_grad():
-        return model.bridge.run_with_hooks(plan.tokens(plan.rows), fwd_hooks=hooks)
+        resid = model.bridge.run_with_hooks(plan.tokens(plan.rows), fwd_hooks=hooks + [stop_before_unembedding()])
+        return unembed_at(model, resid[torch.as_tensor(eval_rows, device=resid.device)], pos)
 
 
 def scrubbed_logits(model, graph: Graph, pool: Pool, hyp: Hypothesis, draws: Draws, eval_idx: np.ndarray,
@@ -279,9 +282,7 @@ def scrubbed_logits(model, graph: Graph, pool: Pool, hyp: Hypothesis, draws: Dra
         plain = plan.plain_prompts()
         for s in range(0, len(plain), batch_size):
             _plain_pass(model, plan, plain[s:s + batch_size])
-        logits = _scrub_pass(model, plan)
-        rows = torch.as_tensor(plan.row_of[chunk], device=logits.device)
-        out.append(logits[rows, pool.data.answer_pos[torch.as_tensor(chunk)].to(logits.device)].float())
+        out.append(_scrub_pass(model, plan, plan.row_of[chunk], pool.data.answer_pos[torch.as_tensor(chunk)]).float())
         stats["instances"] += sum(len(v) for v in active.values())
         stats["scrub_rows"] += len(plan.rows)
         stats["plain_rows"] += len(plain)
