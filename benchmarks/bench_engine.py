@@ -6,7 +6,10 @@
 (b) one masked evaluation (canonical IOI circuit where published, else half the edges) / one bare forward;
 (c) 03's node patching of every head and MLP (one direction) / the same number of bare forward passes;
 (d) one ACDC trial (edge into a receiver at layer l, recomputing blocks l.. with the search's hooks) / the
-    bare partial forward from layer l, for early, middle and late l; and ACDC's total forward passes.
+    bare partial forward from layer l, for early, middle and late l; and ACDC's total forward passes;
+(e) causal scrubbing of the IOI hypothesis (canonical features on the canonical circuit where published,
+    else the answer feature on half the edges; pool of 10 x n prompts) / one bare forward of the n
+    prompts, and per forward row it needs (rows of its plain and scrubbed passes).
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ def peak_memory_mb(device) -> float:
 
 @app.command()
 def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_prompts: cli.NPromptsOpt = 32,
-         repeats: int = 3, seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results")):
+         repeats: int = 3, seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"),
+         node_patching: bool = typer.Option(True, help="include (c), the slowest measurement")):
     opts = cli.common("ioi", model, device, "float32", n_prompts, n_prompts, seed, out)
     lm = load_model(opts.model, opts.device, "float32", seed)
     dev, graph = lm.device, graph_of(lm)
@@ -98,7 +102,8 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
 
     comps = heads_and_mlps(lm.n_layers, lm.n_heads)
     per_pass = max(1, 256 // len(data))
-    t_patch = timed(lambda: patch_metrics(lm, data, comps, "denoise", per_pass), 1, dev, warmup=False)
+    t_patch = timed(lambda: patch_metrics(lm, data, comps, "denoise", per_pass), 1, dev, warmup=False) \
+        if node_patching else float("nan")
 
     runner = PartialRunner(lm, graph, data, "resample", len(data))
     acdc_rows = []
@@ -126,6 +131,26 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
                       "ratio": float(len(edge_order(graph)) * len(runner.batches)), "target": float("nan"),
                       "peak_memory_mb": float("nan")})
 
+    from lib.hypotheses import answer_feature, canonical_features
+    from lib.scrubbing import Pool, draw, scrubbed_logits
+
+    pool = Pool.of(TASKS["ioi"].build(lm.tokenizer, 10 * n_prompts, seed), TASKS["ioi"])
+    hyp = canonical_features("ioi", graph, keep) if canonical_circuit("ioi", graph, lm.name) is not None \
+        else answer_feature("ioi", graph, keep)
+    draws = draw(graph, pool, hyp, seed)
+    eval_idx = torch.arange(n_prompts).numpy()
+    stats = {}
+    t_scrub = timed(lambda: stats.update(scrubbed_logits(lm, graph, pool, hyp, draws, eval_idx, n_prompts)[1]),
+                    repeats, dev)
+    rows_needed = stats["plain_rows"] + stats["scrub_rows"]
+    scrub_rows = [
+        {"measure": f"causal scrubbing ({hyp.label}) / bare forward", "seconds": t_scrub, "floor_seconds": t_fwd,
+         "ratio": t_scrub / t_fwd, "target": float("nan"), "peak_memory_mb": peak_memory_mb(dev)},
+        {"measure": f"causal scrubbing / bare forward of its {rows_needed} rows", "seconds": t_scrub,
+         "floor_seconds": t_fwd * rows_needed / n_prompts, "ratio": t_scrub / (t_fwd * rows_needed / n_prompts),
+         "target": float("nan"), "peak_memory_mb": peak_memory_mb(dev)},
+    ]
+
     table = pd.DataFrame([
         {"measure": "EAP / (2 fwd + 1 bwd)", "seconds": t_eap, "floor_seconds": t_floor, "ratio": t_eap / t_floor,
          "target": 1.5, "peak_memory_mb": eap_mem},
@@ -134,7 +159,7 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
         {"measure": f"03 heads+MLPs ({len(comps)} patches) / {len(comps)} bare forwards", "seconds": t_patch,
          "floor_seconds": len(comps) * t_fwd, "ratio": t_patch / (len(comps) * t_fwd), "target": float("nan"),
          "peak_memory_mb": peak_memory_mb(dev)},
-    ] + acdc_rows).assign(model=lm.name, device=str(dev), n_prompts=len(data), positions=int(data.clean.shape[1]))
+    ] + acdc_rows + scrub_rows).assign(model=lm.name, device=str(dev), n_prompts=len(data), positions=int(data.clean.shape[1]))
     print(table.to_string(index=False, float_format="%.3f"))
     from lib.results import RunDir
     run = RunDir(opts.out, "benchmarks", {"options": {"model": model, "device": device, "n_prompts": n_prompts,

@@ -4,7 +4,7 @@ input_r = sum_{u->r kept} out_u(this run) + sum_{u->r ablated} out_u(ablation)
         = (this run's input_r) + sum_u ablate[u, r] * (out_u(ablation) - out_u(this run))
 
 Source outputs are recorded as the forward pass produces them (in source order, so at any receiver
-exactly the sources that write before it are known), and each receiver group is patched by one einsum.
+exactly the sources that write before it are known), and each receiver group is patched by one matrix product.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def add_ablated(x: torch.Tensor, cols: slice, chunks: list, ablate: torch.Tensor
     for rows, delta in chunks:
         if not (active if active is not None else ablate)[rows, cols].any():
             continue
-        term = torch.einsum("sh,sbpd->bphd", ablate[rows, cols].to(delta.device, delta.dtype), delta)
+        w = ablate[rows, cols].to(delta.device, delta.dtype)  # [s, h]
+        term = (w.T @ delta.reshape(len(delta), -1)).view(-1, *delta.shape[1:]).permute(1, 2, 0, 3)  # [B, P, h, D]
         add = term if add is None else add + term
     return x if add is None else x + (add if x.dim() == 4 else add[:, :, 0])
 

@@ -23,6 +23,10 @@ SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\d{2}| ?\d| ?[^\s\p{L}\p{
 # Every task weighs the same: weighting docstring (the task the toy model learns worst) x3 in a trial
 # run made IOI stall at chance without fixing docstring.
 TASK_WEIGHTS: dict[str, float] = {}
+# After FOCUS_FROM steps (the other tasks are learned by then) the batch shifts towards docstring, the task
+# the toy model learns last: more docstring examples per step instead of a larger loss weight.
+FOCUS_FROM = 2000
+FOCUS_BATCHES = {"docstring": 2.0, "ioi": 0.5, "sva": 0.5, "greater-than": 0.5}  # x batch
 TRAIN_SEED = 10_000  # task-generation seeds for training; evaluation uses seeds < TRAIN_SEED
 ARCH = dict(n_layer=4, n_head=4, n_embd=64, n_inner=256, n_positions=64)
 
@@ -134,7 +138,9 @@ def train(out_dir: Path = TOY_DIR, steps: int = 6000, batch: int = 32, n_per_tas
     t0, log = time.time(), []
     model.train()
     for step in (bar := tqdm(range(steps), desc="train toy", unit="step")):
-        loss, parts = _step_loss(model, data, {name: batch for name in data}, gen, TASK_WEIGHTS)
+        share = FOCUS_BATCHES if step >= FOCUS_FROM else {}
+        loss, parts = _step_loss(model, data, {name: int(batch * share.get(name, 1.0)) for name in data}, gen,
+                                 TASK_WEIGHTS)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -150,7 +156,7 @@ def train(out_dir: Path = TOY_DIR, steps: int = 6000, batch: int = 32, n_per_tas
     meta = {"steps": steps, "batch_per_task": batch, "n_per_task": n_per_task, "seed": seed, "lr": lr,
             "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__,
             "parameters": sum(p.numel() for p in model.parameters()), "final_loss": log[-1],
-            "task_weights": TASK_WEIGHTS,
+            "task_weights": TASK_WEIGHTS, "focus_from": FOCUS_FROM, "focus_batches": FOCUS_BATCHES,
             "architecture": ARCH, "vocab_size": len(tokenizer)}
     (out_dir / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
