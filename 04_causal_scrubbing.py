@@ -33,16 +33,23 @@ PoolOpt = Annotated[int, typer.Option("--pool-size", help="prompts per task that
                                       "drawn from (the first --n-prompts of them are evaluated)")]
 
 
+RATIO_FLOOR = 0.01  # per-prompt ratios need |m_full - m_baseline| >= this fraction of its mean over prompts
+
+
 def loss_recovered(m: np.ndarray, m_full: np.ndarray, m_base: np.ndarray) -> dict:
-    """(m - m_baseline) / (m_full - m_baseline): ratio of means, and mean of per-prompt ratios (prompts whose
-    full and baseline metric coincide are left out of the latter)."""
+    """(m - m_baseline) / (m_full - m_baseline): ratio of means, and the mean and median of per-prompt ratios.
+    A prompt whose random baseline prompt behaves like itself (|m_full - m_baseline| below RATIO_FLOOR of
+    the mean gap, e.g. an SVA prompt resampled to one of the same number) has no defined ratio."""
+    gap = m_full - m_base
     denom = m_full.mean() - m_base.mean()
-    ok = np.abs(m_full - m_base) > 1e-6
+    ok = np.abs(gap) >= RATIO_FLOOR * np.abs(gap).mean()
     per = np.full(len(m), np.nan)
-    per[ok] = (m[ok] - m_base[ok]) / (m_full[ok] - m_base[ok])
+    per[ok] = (m[ok] - m_base[ok]) / gap[ok]
     return {"per_prompt": per,
             "ratio_of_means": float((m.mean() - m_base.mean()) / denom) if abs(denom) > 1e-12 else float("nan"),
-            "mean_of_ratios": float(np.nanmean(per)) if ok.any() else float("nan")}
+            "mean_of_ratios": float(np.nanmean(per)) if ok.any() else float("nan"),
+            "median_of_ratios": float(np.nanmedian(per)) if ok.any() else float("nan"),
+            "undefined_ratios": int((~ok).sum())}
 
 
 def seed_rows(items: pd.DataFrame) -> pd.DataFrame:
@@ -58,7 +65,9 @@ def seed_rows(items: pd.DataFrame) -> pd.DataFrame:
         row |= {"metric_full": d.metric_full.mean(), "metric_scrubbed": d.metric_scrubbed.mean(),
                 "metric_baseline": d.metric_baseline.mean(),
                 "loss_recovered_ratio_of_means": lr["ratio_of_means"],
-                "loss_recovered_mean_of_ratios": lr["mean_of_ratios"]}
+                "loss_recovered_mean_of_ratios": lr["mean_of_ratios"],
+                "loss_recovered_median_of_ratios": lr["median_of_ratios"],
+                "undefined_ratios": lr["undefined_ratios"]}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -76,7 +85,7 @@ def summary_rows(seeds: pd.DataFrame, items: pd.DataFrame, stats: dict) -> pd.Da
                     f"{m}_median": np.median(it[m]), f"{m}_q25": np.quantile(it[m], 0.25),
                     f"{m}_q75": np.quantile(it[m], 0.75)}
         for m in ("metric_full", "metric_scrubbed", "metric_baseline", "loss_recovered_ratio_of_means",
-                  "loss_recovered_mean_of_ratios"):
+                  "loss_recovered_mean_of_ratios", "loss_recovered_median_of_ratios"):
             row |= {m: d[m].mean(), f"{m}_std": d[m].std(ddof=1)}
         s = stats[(task, hyp)]
         row["resampled_fraction"] = s["agreeing_draws_moved"] / s["agreeing_draws"] if s["agreeing_draws"] else np.nan

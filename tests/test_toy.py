@@ -16,12 +16,7 @@ def results(toy):
     return {name: behaviour(toy, TASKS[name].build(toy.tokenizer, N, EVAL_SEED)) for name in TASKS}
 
 
-DOCSTRING_GAP = pytest.mark.xfail(strict=True, reason=(
-    "known gap: the shipped toy model reaches only ~40% docstring accuracy (issue 3 stays open); "
-    "strict, so a model that fixes it fails here until this marker is removed"))
-
-
-@pytest.mark.parametrize("name", [n if n != "docstring" else pytest.param(n, marks=DOCSTRING_GAP) for n in TASKS])
+@pytest.mark.parametrize("name", list(TASKS))
 def test_accuracy_and_clean_corrupted_gap(results, name):
     b = results[name]
     clean, corrupt = b.metric_clean.mean(), b.metric_corrupted.mean()
