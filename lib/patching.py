@@ -40,6 +40,12 @@ def receiver_hooks(graph: Graph) -> list[tuple[str, list[int] | slice]]:
     return out
 
 
+def receiver_columns(graph: Graph) -> list[tuple[str, range]]:
+    """receiver_hooks with each hook's columns as a range (one column for mlp_in and the logits)."""
+    return [(name, range(c.start, c.stop) if isinstance(c, slice) else range(c, c + 1))
+            for name, c in receiver_hooks(graph)]
+
+
 def as_sources(x: torch.Tensor) -> torch.Tensor:
     """A source hook's value as [n_sources_here, B, P, D]."""
     return x.permute(2, 0, 1, 3) if x.dim() == 4 else x.unsqueeze(0)

@@ -29,7 +29,7 @@ import torch
 
 from lib.graph import Graph
 from lib.model import stop_before_unembedding, unembed_at
-from lib.patching import receiver_hooks, source_hooks
+from lib.patching import receiver_columns, source_hooks
 
 WHOLE_PROMPT = ("prompt",)
 
@@ -208,8 +208,7 @@ def _plain_pass(model, plan: _Plan, prompts: np.ndarray) -> None:
     store: dict[int, torch.Tensor] = {}
     wanted = {u for _, _, parents in plan.instances.values() for u in parents}
     hooks = _source_recorder(plan.graph, wanted, store)
-    for name, cols in receiver_hooks(plan.graph):
-        cols = range(cols.start, cols.stop) if isinstance(cols, slice) else [cols]
+    for name, cols in receiver_columns(plan.graph):
         here = [c for c in cols if c in plan.instances]
         if not here:
             continue
@@ -241,8 +240,7 @@ def _scrub_pass(model, plan: _Plan, eval_rows: np.ndarray, pos: torch.Tensor) ->
     store: dict[int, torch.Tensor] = {}
     wanted = {u for _, _, parents in plan.instances.values() for u in parents}
     hooks = _source_recorder(plan.graph, wanted, store)
-    for name, cols in receiver_hooks(plan.graph):
-        cols = range(cols.start, cols.stop) if isinstance(cols, slice) else [cols]
+    for name, cols in receiver_columns(plan.graph):
         here = [c for c in cols if c in plan.instances]
         if not here:
             continue
