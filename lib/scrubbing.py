@@ -173,6 +173,7 @@ class _Plan:
             node = "logits" if n == graph.n_sources else graph.sources[n]
             for c in graph.node_receivers(node):
                 self.instances[c] = (node, prompts, np.nonzero(self.keep[:, c])[0].tolist())
+        self.circuit_parents = {u for _, _, parents in self.instances.values() for u in parents}
         self.base: dict[int, torch.Tensor] = {}  # column -> [n_instances, P, D]
 
     def mask(self, u: int, prompts: np.ndarray):
@@ -201,66 +202,69 @@ def _source_recorder(graph: Graph, wanted: set[int], store: dict):
     return hooks
 
 
-def _plain_pass(model, plan: _Plan, prompts: np.ndarray) -> None:
-    """base[c] for every instance receiver whose random draw is among prompts (one plain forward pass)."""
-    local = np.full(len(plan.pool), -1)
-    local[prompts] = np.arange(len(prompts))
+def _pass_hooks(plan: _Plan, column_hook, writes: bool) -> list:
+    """Hooks that record the circuit sources' outputs (source row -> [B, P, D]) and call
+    column_hook(x, c, head, store) for every instance receiver column c (head: c's index in a [B, P, H, D]
+    hook, else None); a writing pass gets its own copy of each hooked tensor."""
     store: dict[int, torch.Tensor] = {}
-    wanted = {u for _, _, parents in plan.instances.values() for u in parents}
-    hooks = _source_recorder(plan.graph, wanted, store)
+    hooks = _source_recorder(plan.graph, plan.circuit_parents, store)
     for name, cols in receiver_columns(plan.graph):
         here = [c for c in cols if c in plan.instances]
         if not here:
             continue
 
-        def fill(x, hook, here=here, first=cols[0]):
+        def hook(x, hook, here=here, first=cols[0]):
+            x = x.clone() if writes else x
             for c in here:
-                node, inst, parents = plan.instances[c]
-                rows = local[plan.draws.other[c][inst]]
-                slots = np.nonzero(rows >= 0)[0]
-                if not len(slots):
-                    continue
-                r = torch.as_tensor(rows[slots], device=x.device)
-                value = _head_or_out(x, c - first if x.dim() == 4 else None)[r].clone()
-                for u in parents:
-                    m = plan.mask(u, inst[slots])
-                    value -= store[u][r] if m is None else m * store[u][r]
-                if c not in plan.base:
-                    plan.base[c] = torch.empty(len(inst), plan.width, x.shape[-1], device=x.device, dtype=x.dtype)
-                plan.base[c][torch.as_tensor(slots, device=x.device)] = value
+                column_hook(x, c, c - first if x.dim() == 4 else None, store)
             return x
-        hooks.append((name, fill))
+        hooks.append((name, hook))
+    return hooks
+
+
+def _plain_pass(model, plan: _Plan, prompts: np.ndarray) -> None:
+    """base[c] for every instance receiver whose random draw is among prompts (one plain forward pass)."""
+    local = np.full(len(plan.pool), -1)
+    local[prompts] = np.arange(len(prompts))
+
+    def fill(x, c, head, store):
+        _, inst, parents = plan.instances[c]
+        rows = local[plan.draws.other[c][inst]]
+        slots = np.nonzero(rows >= 0)[0]
+        if not len(slots):
+            return
+        r = torch.as_tensor(rows[slots], device=x.device)
+        value = _head_or_out(x, head)[r].clone()
+        for u in parents:
+            m = plan.mask(u, inst[slots])
+            value -= store[u][r] if m is None else m * store[u][r]
+        if c not in plan.base:
+            plan.base[c] = torch.empty(len(inst), plan.width, x.shape[-1], device=x.device, dtype=x.dtype)
+        plan.base[c][torch.as_tensor(slots, device=x.device)] = value
+
     with torch.no_grad():
-        model.bridge.run_with_hooks(plan.tokens(prompts), fwd_hooks=hooks + [stop_before_unembedding()])
+        model.bridge.run_with_hooks(plan.tokens(prompts),
+                                    fwd_hooks=_pass_hooks(plan, fill, writes=False) + [stop_before_unembedding()])
 
 
 def _scrub_pass(model, plan: _Plan, eval_rows: np.ndarray, pos: torch.Tensor) -> torch.Tensor:
     """The treeified evaluation, one pass over every prompt holding an instance: logits [n, V] of eval_rows
     at positions pos."""
-    store: dict[int, torch.Tensor] = {}
-    wanted = {u for _, _, parents in plan.instances.values() for u in parents}
-    hooks = _source_recorder(plan.graph, wanted, store)
-    for name, cols in receiver_columns(plan.graph):
-        here = [c for c in cols if c in plan.instances]
-        if not here:
-            continue
 
-        def patch(x, hook, here=here, first=cols[0]):
-            x = x.clone()
-            for c in here:
-                node, inst, parents = plan.instances[c]
-                value = plan.base[c].clone()
-                for u in parents:
-                    parent_rows = torch.as_tensor(plan.row_of[plan.draws.agree[u][inst]], device=x.device)
-                    m = plan.mask(u, inst)
-                    value += store[u][parent_rows] if m is None else m * store[u][parent_rows]
-                r = torch.as_tensor(plan.row_of[inst], device=x.device)
-                if x.dim() == 4:
-                    x[r, :, c - first] = value
-                else:
-                    x[r] = value
-            return x
-        hooks.append((name, patch))
+    def patch(x, c, head, store):
+        _, inst, parents = plan.instances[c]
+        value = plan.base[c].clone()
+        for u in parents:
+            parent_rows = torch.as_tensor(plan.row_of[plan.draws.agree[u][inst]], device=x.device)
+            m = plan.mask(u, inst)
+            value += store[u][parent_rows] if m is None else m * store[u][parent_rows]
+        r = torch.as_tensor(plan.row_of[inst], device=x.device)
+        if head is None:
+            x[r] = value
+        else:
+            x[r, :, head] = value
+
+    hooks = _pass_hooks(plan, patch, writes=True)
     with torch.no_grad():
         resid = model.bridge.run_with_hooks(plan.tokens(plan.rows), fwd_hooks=hooks + [stop_before_unembedding()])
         return unembed_at(model, resid[torch.as_tensor(eval_rows, device=resid.device)], pos)
