@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
-
 from lib import cli, plots
 from lib.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.evaluate import behaviour
 from lib.metrics import data_metric, normalized
 from lib.patching import evaluate_mask
+from lib.plots import TASK_METRIC_LABELS
 
 app = cli.script_app(__doc__)
 
@@ -38,20 +37,21 @@ def summary_rows(items: pd.DataFrame, column: str, condition: str) -> list[dict]
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
          seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), circuit: CircuitOpt = "auto",
-         ablation: AblationOpt = "resample"):
+         ablation: AblationOpt = "resample", quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     check_options(circuit, ablation)
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out)
-    with circuit_experiment("02_logit_diff", opts, circuit, ablation) as (lm, run, graph, datasets):
-        frames = []
-        for name, data in tqdm(datasets.items(), desc="tasks", unit="task"):
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
+    with circuit_experiment("02_logit_diff", opts, circuit, ablation, resume=resume) as (lm, run, graph, datasets):
+        def task_items(name: str) -> pd.DataFrame:
+            data = datasets[name]
             resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, ablation, run)
             items = behaviour(lm, data, opts.batch_size)
             logits = evaluate_mask(lm, graph, data, resolved.keep, ablation, opts.batch_size)
             items["metric_circuit"] = data_metric(logits, data).cpu().numpy()
             items.insert(1, "circuit", resolved.label)
             items.insert(2, "circuit_edges", resolved.n_edges)
-            frames.append(items)
-        items = pd.concat(frames, ignore_index=True)
+            return items
+
+        items = pd.concat(cli.per_task(run, opts.tasks, task_items).values(), ignore_index=True)
         summary = pd.DataFrame(summary_rows(items, "metric_clean", "clean")
                                + summary_rows(items, "metric_corrupted", "corrupted")
                                + summary_rows(items, "metric_circuit", "circuit"))
@@ -61,7 +61,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         run.figure("metric_hist.png", plots.histograms(
             {t: {"clean": d.metric_clean.to_numpy(), "corrupted": d.metric_corrupted.to_numpy(),
                  f"circuit ({d.circuit.iloc[0]})": d.metric_circuit.to_numpy()}
-             for t, d in items.groupby("task", sort=False)}, "Task metric per prompt", "task metric"))
+             for t, d in items.groupby("task", sort=False)}, "Task metric per prompt",
+            {t: TASK_METRIC_LABELS[datasets[t].metric_kind] for t in datasets}, "prompts"))
         overall = summary[summary.group == "all"][["task", "circuit", "condition", "n", "mean", "std", "accuracy",
                                                    "faithfulness", "faithfulness_median"]]
         print(overall.to_string(index=False, float_format="%.4f"))

@@ -9,9 +9,7 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 import typer
-from tqdm import tqdm
-
-from lib import cli, plots
+from lib import cli, plots, progress
 from lib.errors import UserError
 from lib.evaluate import behaviour
 from lib.node_patching import DIRECTIONS, heads_and_mlps, patch_metrics, residual_positions
@@ -32,11 +30,42 @@ def run_patches(lm, data, components, direction, batch_size, rows_per_pass, desc
     total = np.zeros(len(components))
     per_pass = max(1, rows_per_pass // min(batch_size, len(data)))
     n_batches = -(-len(data) // batch_size)
-    with tqdm(total=len(components) * n_batches, desc=desc, unit="patch") as bar:
+    with progress.bar(len(components) * n_batches, desc, "patch") as bar:
         for start in range(0, len(data), batch_size):
             batch = data.subset(slice(start, start + batch_size))
             total += patch_metrics(lm, batch, components, direction, per_pass, progress=bar).sum(1).numpy()
     return total / len(data)
+
+
+def patch_task(lm, name: str, data, directions: list[str], batch_size: int, rows_per_pass: int) -> dict:
+    """One task's rows, head maps and residual-stream maps, per direction."""
+    rows, head_maps, resid_maps = [], {}, {}
+    L, H = lm.n_layers, lm.n_heads
+    base = behaviour(lm, data, batch_size)
+    clean, corrupt = base.metric_clean.mean(), base.metric_corrupted.mean()
+    aligned_idx = aligned_group(data)
+    aligned, aligned_base = data.subset(aligned_idx), base.iloc[aligned_idx]
+    tokens = lm.tokenizer.convert_ids_to_tokens(aligned.clean[0, : int(aligned.lengths[0])].tolist())
+    for d in directions:
+        comps = heads_and_mlps(L, H)
+        means = run_patches(lm, data, comps, d, batch_size, rows_per_pass, f"{name} {d}: heads+MLPs")
+        norm = (means - corrupt) / (clean - corrupt)
+        for c, m, f in zip(comps, means, norm):
+            rows.append({"task": name, "direction": d, "component": c.name, "kind": c.kind, "layer": c.layer,
+                         "head": c.index if c.kind == "head" else -1, "position": -1, "token": "",
+                         "n": len(data), "metric": m, "normalized": f})
+        head_maps[f"{name} ({d})"] = norm[: L * H].reshape(L, H)
+        P = int(aligned.lengths[0])
+        rcomps = residual_positions(L, P)
+        rmeans = run_patches(lm, aligned, rcomps, d, batch_size, rows_per_pass, f"{name} {d}: resid x pos")
+        a_clean, a_corrupt = aligned_base.metric_clean.mean(), aligned_base.metric_corrupted.mean()
+        rnorm = (rmeans - a_corrupt) / (a_clean - a_corrupt)
+        for c, m, f in zip(rcomps, rmeans, rnorm):
+            rows.append({"task": name, "direction": d, "component": c.name, "kind": c.label, "layer": c.layer,
+                         "head": -1, "position": c.index, "token": tokens[c.index], "n": len(aligned),
+                         "metric": m, "normalized": f})
+        resid_maps[f"{name} ({d})"] = (rnorm.reshape(L + 1, P), tokens)
+    return {"rows": rows, "head_maps": head_maps, "resid_maps": resid_maps}
 
 
 @app.command()
@@ -44,51 +73,34 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
          seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"),
          direction: Annotated[str, typer.Option(help="denoise | noise | both")] = "both",
-         rows_per_pass: Annotated[int, typer.Option(help="prompt copies per forward pass (components x prompts)")] = 256):
+         rows_per_pass: Annotated[int, typer.Option(help="prompt copies per forward pass (components x prompts)")] = 256,
+         quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     directions = list(DIRECTIONS) if direction == "both" else [direction]
     if any(d not in DIRECTIONS for d in directions):
         raise UserError(f"unknown direction {direction!r}; choose from denoise, noise, both")
     if rows_per_pass < 1:
         raise UserError(f"--rows-per-pass must be at least 1 (got {rows_per_pass})")
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out)
-    with cli.experiment("03_activation_patching", opts, direction=direction, rows_per_pass=rows_per_pass) as (lm, run):
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
+    with cli.experiment("03_activation_patching", opts, resume=resume, direction=direction,
+                        rows_per_pass=rows_per_pass) as (lm, run):
         datasets = cli.task_builds(lm, opts)
-        rows, head_maps, resid_maps = [], {}, {}
-        L, H = lm.n_layers, lm.n_heads
-        for name, data in datasets.items():
-            base = behaviour(lm, data, opts.batch_size)
-            clean, corrupt = base.metric_clean.mean(), base.metric_corrupted.mean()
-            aligned_idx = aligned_group(data)
-            aligned, aligned_base = data.subset(aligned_idx), base.iloc[aligned_idx]
-            tokens = lm.tokenizer.convert_ids_to_tokens(aligned.clean[0, : int(aligned.lengths[0])].tolist())
-            for d in directions:
-                comps = heads_and_mlps(L, H)
-                means = run_patches(lm, data, comps, d, opts.batch_size, rows_per_pass, f"{name} {d}: heads+MLPs")
-                norm = (means - corrupt) / (clean - corrupt)
-                for c, m, f in zip(comps, means, norm):
-                    rows.append({"task": name, "direction": d, "component": c.name, "kind": c.kind, "layer": c.layer,
-                                 "head": c.index if c.kind == "head" else -1, "position": -1, "token": "",
-                                 "n": len(data), "metric": m, "normalized": f})
-                head_maps[f"{name} ({d})"] = norm[: L * H].reshape(L, H)
-                P = int(aligned.lengths[0])
-                rcomps = residual_positions(L, P)
-                rmeans = run_patches(lm, aligned, rcomps, d, opts.batch_size, rows_per_pass, f"{name} {d}: resid x pos")
-                a_clean, a_corrupt = aligned_base.metric_clean.mean(), aligned_base.metric_corrupted.mean()
-                rnorm = (rmeans - a_corrupt) / (a_clean - a_corrupt)
-                for c, m, f in zip(rcomps, rmeans, rnorm):
-                    rows.append({"task": name, "direction": d, "component": c.name, "kind": c.label, "layer": c.layer,
-                                 "head": -1, "position": c.index, "token": tokens[c.index], "n": len(aligned),
-                                 "metric": m, "normalized": f})
-                resid_maps[f"{name} ({d})"] = (rnorm.reshape(L + 1, P), tokens)
+        results = cli.per_task(run, opts.tasks, lambda name: patch_task(
+            lm, name, datasets[name], directions, opts.batch_size, rows_per_pass))
+        rows = [row for r in results.values() for row in r["rows"]]
+        head_maps = {k: v for r in results.values() for k, v in r["head_maps"].items()}
+        resid_maps = {k: v for r in results.values() for k, v in r["resid_maps"].items()}
         run.csv("dataset.csv", pd.concat([d.dataset_frame(lm.tokenizer) for d in datasets.values()]))
         run.csv("patching.csv", pd.DataFrame(rows))
-        run.figure("patching_heads.png", plots.heatmaps(head_maps, "Activation patching per head (normalized metric)",
-                                                        "head", "layer", "normalized metric"))
+        meaning = "normalized metric: denoise 1 = patch restores clean; noise 0 = patch destroys it"
+        run.figure("patching_heads.png", plots.heatmaps(
+            head_maps, f"Activation patching per head ({meaning})", "head", "layer", "normalized metric"))
         for key, (values, tokens) in resid_maps.items():
             slug = key.replace(" (", "_").replace(")", "")
+            shown = [lm.tokenizer.convert_tokens_to_string([t]).replace("\n", "\\n") for t in tokens]
             run.figure(f"patching_resid_{slug}.png", plots.heatmaps(
-                {key: values}, "Residual stream patching (rows: resid_pre 0..L-1, resid_post L-1)",
-                "position", "layer", "normalized metric", xticklabels=tokens))
+                {key: values}, f"Residual stream patching at each position\n({meaning})", "position (token)",
+                "residual stream", "normalized metric", xticklabels=shown,
+                yticklabels=[f"resid_pre {l}" for l in range(lm.n_layers)] + [f"resid_post {lm.n_layers - 1}"]))
         df = pd.DataFrame(rows)
         top = df[df.kind.isin(["head", "mlp"])].assign(a=lambda x: (x.normalized - (x.direction == "noise")).abs())
         print(top.sort_values("a", ascending=False).groupby(["task", "direction"]).head(3)[

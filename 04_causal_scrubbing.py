@@ -14,9 +14,7 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 import typer
-from tqdm import tqdm
-
-from lib import cli, plots
+from lib import cli, plots, progress
 from lib.circuit_option import CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.errors import UserError
 from lib.hypotheses import BASELINE, COMPLEMENT_ONLY, HYPOTHESES, baseline, complement_only, main_hypothesis
@@ -101,7 +99,8 @@ def summary_rows(seeds: pd.DataFrame, items: pd.DataFrame, stats: dict) -> pd.Da
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
          seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), circuit: CircuitOpt = "auto",
-         hypothesis: HypothesisOpt = "auto", n_seeds: SeedsOpt = 3, pool_size: PoolOpt = 2000):
+         hypothesis: HypothesisOpt = "auto", n_seeds: SeedsOpt = 3, pool_size: PoolOpt = 2000,
+         quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     check_options(circuit, "resample")
     if hypothesis not in HYPOTHESES:
         raise UserError(f"unknown hypothesis {hypothesis!r}; choose from {', '.join(HYPOTHESES)}")
@@ -109,58 +108,21 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         raise UserError(f"--n-seeds must be at least 1 (got {n_seeds})")
     if pool_size < n_prompts:
         raise UserError(f"--pool-size ({pool_size}) must be at least --n-prompts ({n_prompts})")
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out)
-    from tasks import TASKS
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
 
-    with circuit_experiment("04_causal_scrubbing", opts, circuit, "resample", hypothesis=hypothesis,
+    with circuit_experiment("04_causal_scrubbing", opts, circuit, "resample", resume=resume, hypothesis=hypothesis,
                             n_seeds=n_seeds, pool_size=pool_size) as (lm, run, graph, _):
         for name in opts.tasks if hypothesis == "canonical" else []:  # fail before any work
             main_hypothesis(hypothesis, name, graph, graph.edge_exists, "canonical")
-        items, described, stats, frames = [], [], {}, []
-        run.record["scrubbing"] = {}
-        for name in opts.tasks:
-            pool = Pool.of(TASKS[name].build(lm.tokenizer, pool_size, opts.seed), TASKS[name])
-            data = pool.data.subset(slice(0, n_prompts))
-            frames.append(data.dataset_frame(lm.tokenizer))
-            resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, "resample", run)
-            hyps = [main_hypothesis(hypothesis, name, graph, resolved.keep, resolved.label)]
-            if hyps[0].kind != COMPLEMENT_ONLY:
-                hyps.append(complement_only(resolved.keep))
-            hyps.append(baseline(graph))
-            full = answer_logits(lm, data.clean, data.answer_pos, opts.batch_size)
-            m_full = data_metric(full, data).cpu().numpy()
-            eval_idx = np.arange(n_prompts)
-            bar = tqdm(total=n_seeds * len(hyps) * n_prompts, desc=f"{name}: scrubbed prompts", unit="prompt")
-            for k in range(n_seeds):
-                scrubbed = {}
-                for hyp in hyps:
-                    logits, st = scrubbed_logits(lm, graph, pool, hyp, draw(graph, pool, hyp, opts.seed, k),
-                                                 eval_idx, opts.batch_size, bar)
-                    scrubbed[hyp.label] = logits
-                    acc = stats.setdefault((name, hyp.label), dict.fromkeys(st, 0))
-                    for key, v in st.items():
-                        acc[key] += v
-                m_base = data_metric(scrubbed[hyps[-1].label], data).cpu().numpy()
-                for hyp in hyps:
-                    m = data_metric(scrubbed[hyp.label], data).cpu().numpy()
-                    items.append(pd.DataFrame({
-                        "task": name, "circuit": resolved.label, "circuit_edges": resolved.n_edges,
-                        "hypothesis": hyp.label, "test": hyp.kind, "seed": k, "item": eval_idx,
-                        "group": data.info["group"].to_numpy(),
-                        "kl": kl_divergence(full, scrubbed[hyp.label]).cpu().numpy(),
-                        "reverse_kl": reverse_kl(full, scrubbed[hyp.label]).cpu().numpy(),
-                        "metric_full": m_full, "metric_scrubbed": m, "metric_baseline": m_base,
-                        "loss_recovered": loss_recovered(m, m_full, m_base)["per_prompt"]}))
-            bar.close()
-            for hyp in hyps[:-1]:
-                described += [{"task": name, "hypothesis": hyp.label, **row} for row in hyp.describe(graph)]
-            run.record["scrubbing"][name] = {"pool_size": len(pool), "n_evaluated": n_prompts, "seeds": n_seeds,
-                                             "hypotheses": {h.label: {"test": h.kind, **stats[(name, h.label)]}
-                                                            for h in hyps}}
-        items = pd.concat(items, ignore_index=True)
+        run.record.setdefault("scrubbing", {})
+        results = cli.per_task(run, opts.tasks, lambda name: scrub_task(
+            lm, graph, run, name, opts, circuit, hypothesis, n_seeds, pool_size))
+        items = pd.concat([r["items"] for r in results.values()], ignore_index=True)
+        stats = {k: v for r in results.values() for k, v in r["stats"].items()}
+        described = [row for r in results.values() for row in r["described"]]
         seeds = seed_rows(items)
         summary = summary_rows(seeds, items, stats)
-        run.csv("dataset.csv", pd.concat(frames))
+        run.csv("dataset.csv", pd.concat([r["frame"] for r in results.values()]))
         run.csv("items.csv", items)
         run.csv("seeds.csv", seeds)
         run.csv("summary.csv", summary)
@@ -169,6 +131,51 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
             run.figure(f"scrubbing_{name}.png", plots.scrubbing(seeds[seeds.task == name], name))
         print(summary[["task", "hypothesis", "kl_mean", "kl_mean_std", "loss_recovered_ratio_of_means",
                        "resampled_fraction", "interpretation"]].to_string(index=False, float_format="%.4f"))
+
+
+def scrub_task(lm, graph, run, name: str, opts, circuit: str, hypothesis: str, n_seeds: int, pool_size: int) -> dict:
+    """One task: per-prompt rows of every hypothesis and seed, draw statistics, the claims tested."""
+    from tasks import TASKS
+
+    n_prompts = opts.n_prompts
+    pool = Pool.of(TASKS[name].build(lm.tokenizer, pool_size, opts.seed), TASKS[name])
+    data = pool.data.subset(slice(0, n_prompts))
+    resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, "resample", run)
+    hyps = [main_hypothesis(hypothesis, name, graph, resolved.keep, resolved.label)]
+    if hyps[0].kind != COMPLEMENT_ONLY:
+        hyps.append(complement_only(resolved.keep))
+    hyps.append(baseline(graph))
+    full = answer_logits(lm, data.clean, data.answer_pos, opts.batch_size)
+    m_full = data_metric(full, data).cpu().numpy()
+    eval_idx = np.arange(n_prompts)
+    items, stats = [], {}
+    with progress.bar(n_seeds * len(hyps) * n_prompts, f"{name}: scrubbed prompts", "prompt") as bar:
+        for k in range(n_seeds):
+            scrubbed = {}
+            for hyp in hyps:
+                logits, st = scrubbed_logits(lm, graph, pool, hyp, draw(graph, pool, hyp, opts.seed, k),
+                                             eval_idx, opts.batch_size, bar)
+                scrubbed[hyp.label] = logits
+                acc = stats.setdefault((name, hyp.label), dict.fromkeys(st, 0))
+                for key, v in st.items():
+                    acc[key] += v
+            m_base = data_metric(scrubbed[hyps[-1].label], data).cpu().numpy()
+            for hyp in hyps:
+                m = data_metric(scrubbed[hyp.label], data).cpu().numpy()
+                items.append(pd.DataFrame({
+                    "task": name, "circuit": resolved.label, "circuit_edges": resolved.n_edges,
+                    "hypothesis": hyp.label, "test": hyp.kind, "seed": k, "item": eval_idx,
+                    "group": data.info["group"].to_numpy(),
+                    "kl": kl_divergence(full, scrubbed[hyp.label]).cpu().numpy(),
+                    "reverse_kl": reverse_kl(full, scrubbed[hyp.label]).cpu().numpy(),
+                    "metric_full": m_full, "metric_scrubbed": m, "metric_baseline": m_base,
+                    "loss_recovered": loss_recovered(m, m_full, m_base)["per_prompt"]}))
+    described = [{"task": name, "hypothesis": hyp.label, **row} for hyp in hyps[:-1] for row in hyp.describe(graph)]
+    run.record["scrubbing"][name] = {"pool_size": len(pool), "n_evaluated": n_prompts, "seeds": n_seeds,
+                                     "hypotheses": {h.label: {"test": h.kind, **stats[(name, h.label)]}
+                                                    for h in hyps}}
+    return {"items": pd.concat(items, ignore_index=True), "stats": stats, "described": described,
+            "frame": data.dataset_frame(lm.tokenizer)}
 
 
 if __name__ == "__main__":

@@ -8,9 +8,7 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 import typer
-from tqdm import tqdm
-
-from lib import cli, plots
+from lib import cli, diagram, plots, progress
 from lib.circuits import canonical_circuit
 from lib.eap import METHODS, edge_scores
 from lib.errors import UserError
@@ -19,6 +17,7 @@ from lib.graph import Circuit, graph_of
 from lib.patching import ABLATIONS
 
 app = cli.script_app(__doc__)
+DIAGRAM_EDGES = 40  # edges drawn in the diagram (the top ones by |score|)
 
 
 @app.command()
@@ -30,7 +29,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          metric: Annotated[str, typer.Option(help="task (the task metric); kl is rejected for EAP")] = "task",
          top_k: Annotated[str, typer.Option("--top-k", help="circuit sizes to save, space-separated")] = "100",
          threshold: Annotated[float, typer.Option(help="also save the circuit of edges with |score| >= this")] = None,
-         ablation: Annotated[str, typer.Option(help="resample | mean | zero (for the faithfulness curve)")] = "resample"):
+         ablation: Annotated[str, typer.Option(help="resample | mean | zero (for the faithfulness curve)")] = "resample",
+         quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if metric == "kl":
@@ -42,64 +42,80 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         raise UserError(f"--ig-steps must be at least 1 (got {ig_steps})")
     if ablation not in ABLATIONS:
         raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
-    ks = [int(k) for k in cli.parse_floats(top_k, "--top-k")]
-    if any(k < 1 for k in ks):
+    ks = cli.parse_ints(top_k, "--top-k")
+    if not ks or any(k < 1 for k in ks):
         raise UserError("--top-k sizes must be at least 1")
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out)
+    cli.check_finite("--threshold", threshold)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
     extra = dict(method=method, ig_steps=ig_steps, metric=metric, top_k=ks, threshold=threshold, ablation=ablation)
-    with cli.experiment("05_eap", opts, **extra) as (lm, run):
+    with cli.experiment("05_eap", opts, resume=resume, **extra) as (lm, run):
         graph = graph_of(lm)
-        score_rows, curve_rows, roc_rows, curves, rocs, datasets = [], [], [], {}, {}, []
-        for name in opts.tasks:
-            # discovery prompts and disjoint held-out prompts for the faithfulness curve
-            discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
-            datasets.append(frame)
-            with tqdm(total=len(discovery), desc=f"{name}: {method} scores", unit="prompt") as bar:
-                scores = edge_scores(lm, graph, discovery, opts.batch_size, method, ig_steps, progress=bar)
-            exists = graph.edge_exists
-            flat = scores[exists].numpy()
-            rank = np.empty(len(flat), dtype=int)
-            rank[np.argsort(-np.abs(flat), kind="stable")] = np.arange(1, len(flat) + 1)
-            for e, s, r in zip(graph.edge_names, flat, rank):
-                src, rcv = e.split("->")
-                score_rows.append({"task": name, "edge": e, "source": src, "receiver": rcv, "score": s, "abs_rank": r})
-            params = {"method": method, "ig_steps": ig_steps if method == "eap-ig" else None,
-                      "n_prompts": len(discovery), "seed": opts.seed}
-            for k in ks:
-                keep = top_k_mask(graph, scores, min(k, graph.n_edges))
-                _save(run, graph, lm, name, method, {**params, "top_k": k}, keep, scores, f"circuit_{name}_top{k}.json")
-            if threshold is not None:
-                keep = (scores.abs() >= threshold) & exists
-                if keep.any():
-                    _save(run, graph, lm, name, method, {**params, "threshold": threshold}, keep, scores,
-                          f"circuit_{name}_threshold.json")
-            ev = Evaluator(lm, graph, held_out, ablation, opts.batch_size)
-            grid = log_grid(graph.n_edges)
-            for k in tqdm(grid, desc=f"{name}: faithfulness curve", unit="circuit"):
-                f = ev.faithfulness(top_k_mask(graph, scores, k))
-                curve_rows.append({"task": name, "edges_kept": k, "ablation": ablation, "n_held_out": len(held_out), **f})
-            curves[name] = (np.array(grid), np.array([r["faithfulness"] for r in curve_rows if r["task"] == name]))
-            reference = canonical_circuit(name, graph, lm.name)
-            if reference is not None:
-                fpr, tpr, auc = roc_curve(graph, scores, reference)
-                roc_rows += [{"task": name, "reference": "canonical", "reference_edges": int(reference.sum()),
-                              "fpr": a, "tpr": b, "auc": auc} for a, b in zip(fpr, tpr)]
-                rocs[name] = (fpr, tpr, auc)
-            top = top_k_mask(graph, scores, min(40, graph.n_edges))
-            run.figure(f"diagram_{name}.png", plots.circuit_diagram(
-                [(e.split("->")[0], e.split("->")[1], float(scores[graph.edge_index(e)])) for e in graph.edges_of(top)],
-                lm.n_layers, lm.n_heads, f"{name}: top {int(top.sum())} edges by |{method} score|"))
-        run.csv("dataset.csv", pd.concat(datasets))
-        run.csv("edge_scores.csv", pd.DataFrame(score_rows))
+        results = cli.per_task(run, opts.tasks, lambda name: eap_task(
+            lm, graph, run, name, opts, method, ig_steps, ks, threshold, ablation))
+        curve_rows = [row for r in results.values() for row in r["curve_rows"]]
+        roc_rows = [row for r in results.values() for row in r["roc_rows"]]
+        rocs = {name: r["roc"] for name, r in results.items() if r["roc"] is not None}
+        curves = {name: (np.array(r["grid"]), np.array([row["faithfulness"] for row in r["curve_rows"]]))
+                  for name, r in results.items()}
+        run.csv("dataset.csv", pd.concat([r["frame"] for r in results.values()]))
+        run.csv("edge_scores.csv", pd.DataFrame([row for r in results.values() for row in r["score_rows"]]))
         run.csv("faithfulness_curve.csv", pd.DataFrame(curve_rows))
-        run.figure("faithfulness_curve.png", plots.curves(curves, f"Faithfulness of top-k {method} circuits (held out)",
-                                                         "edges kept", "normalized faithfulness", logx=True))
+        run.figure("faithfulness_curve.png", plots.curves(
+            curves, f"Faithfulness of top-k {method} circuits (held-out prompts, {ablation} ablation)",
+            "edges kept (log scale)", "normalized faithfulness (1 = full model, 0 = corrupted)", logx=True,
+            hlines={1.0: "full model", 0.0: "corrupted"}))
         if rocs:
             run.csv("roc.csv", pd.DataFrame(roc_rows))
             run.figure("roc.png", plots.curves({k: (f, t) for k, (f, t, _) in rocs.items()}, "ROC against the canonical circuit",
                                                "false positive rate", "true positive rate", diagonal=True,
                                                labels={k: f"{k} (AUC {a:.3f})" for k, (_, _, a) in rocs.items()}))
         print(pd.DataFrame(curve_rows).groupby("task").tail(3).to_string(index=False, float_format="%.4f"))
+
+
+def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: list[int], threshold, ablation: str) -> dict:
+    """One task: edge scores on discovery prompts, saved circuits and diagram, held-out curve, ROC."""
+    # discovery prompts and disjoint held-out prompts for the faithfulness curve
+    discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
+    with progress.bar(len(discovery), f"{name}: {method} scores", "prompt") as bar:
+        scores = edge_scores(lm, graph, discovery, opts.batch_size, method, ig_steps, progress=bar)
+    exists = graph.edge_exists
+    flat = scores[exists].numpy()
+    rank = np.empty(len(flat), dtype=int)
+    rank[np.argsort(-np.abs(flat), kind="stable")] = np.arange(1, len(flat) + 1)
+    score_rows = []
+    for e, s, r in zip(graph.edge_names, flat, rank):
+        src, rcv = e.split("->")
+        score_rows.append({"task": name, "edge": e, "source": src, "receiver": rcv, "score": s, "abs_rank": r})
+    params = {"method": method, "ig_steps": ig_steps if method == "eap-ig" else None,
+              "n_prompts": len(discovery), "seed": opts.seed}
+    for k in ks:
+        keep = top_k_mask(graph, scores, min(k, graph.n_edges))
+        _save(run, graph, lm, name, method, {**params, "top_k": k}, keep, scores, f"circuit_{name}_top{k}.json")
+    if threshold is not None:
+        keep = (scores.abs() >= threshold) & exists
+        if keep.any():
+            _save(run, graph, lm, name, method, {**params, "threshold": threshold}, keep, scores,
+                  f"circuit_{name}_threshold.json")
+    ev = Evaluator(lm, graph, held_out, ablation, opts.batch_size)
+    grid, curve_rows = log_grid(graph.n_edges), []
+    with progress.bar(len(grid), f"{name}: faithfulness curve", "circuit") as bar:
+        for k in grid:
+            f = ev.faithfulness(top_k_mask(graph, scores, k))
+            curve_rows.append({"task": name, "edges_kept": k, "ablation": ablation, "n_held_out": len(held_out), **f})
+            bar.update(1)
+    reference, roc, roc_rows = canonical_circuit(name, graph, lm.name), None, []
+    if reference is not None:
+        fpr, tpr, auc = roc_curve(graph, scores, reference)
+        roc_rows = [{"task": name, "reference": "canonical", "reference_edges": int(reference.sum()),
+                     "fpr": a, "tpr": b, "auc": auc} for a, b in zip(fpr, tpr)]
+        roc = (fpr, tpr, auc)
+    top = top_k_mask(graph, scores, min(DIAGRAM_EDGES, graph.n_edges))
+    edges = [(e.split("->")[0], e.split("->")[1], float(scores[graph.edge_index(e)])) for e in graph.edges_of(top)]
+    title = f"{name}: top {int(top.sum())} edges by |{method} score|"
+    run.figure(f"diagram_{name}.png", diagram.circuit_figure(edges, lm.n_layers, lm.n_heads, title, f"{method} score"))
+    run.text(f"diagram_{name}.dot", diagram.circuit_dot(edges, lm.n_layers, lm.n_heads, title, f"{method} score"))
+    return {"score_rows": score_rows, "curve_rows": curve_rows, "grid": grid, "roc_rows": roc_rows, "roc": roc,
+            "frame": frame}
 
 
 def _save(run, graph, lm, task, method, params, keep, scores, filename):

@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
-from tqdm import tqdm
-
 from lib import cli, plots
 from lib.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.metrics import DIVERGENCES, data_metric, kl_interpretation, normalized, summarize
@@ -31,56 +29,72 @@ def interpretation(kl_mean: float, js_mean: float) -> str:
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
          seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), circuit: CircuitOpt = "auto",
-         ablation: AblationOpt = "resample"):
+         ablation: AblationOpt = "resample", quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     check_options(circuit, ablation)
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out)
-    with circuit_experiment("21_output_variants", opts, circuit, ablation) as (lm, run, graph, datasets):
-        items, summary, spread = [], [], []
-        for name, data in tqdm(datasets.items(), desc="tasks", unit="task"):
-            resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, ablation, run)
-            full = answer_logits(lm, data.clean, data.answer_pos, opts.batch_size)
-            corrupt = answer_logits(lm, data.corrupt, data.answer_pos, opts.batch_size)
-            circ = evaluate_mask(lm, graph, data, resolved.keep, ablation, opts.batch_size)
-            per = pd.DataFrame({k: fn(full, circ).cpu().numpy() for k, fn in DIVERGENCES.items()})
-            m_full, m_corrupt, m_circ = (data_metric(x, data).cpu().numpy() for x in (full, corrupt, circ))
-            denom = np.where(np.abs(m_full - m_corrupt) > 1e-12, m_full - m_corrupt, np.nan)
-            per["logit_diff_faithfulness"] = (m_circ - m_corrupt) / denom
-            per.insert(0, "task", name)
-            per.insert(1, "circuit", resolved.label)
-            per.insert(2, "item", np.arange(len(data)))
-            per.insert(3, "group", data.info["group"].to_numpy())
-            per["metric_full"], per["metric_corrupted"], per["metric_circuit"] = m_full, m_corrupt, m_circ
-            items.append(per)
-            for metric in list(DIVERGENCES) + ["logit_diff_faithfulness"]:
-                v = per[metric].to_numpy()
-                row = {"task": name, "circuit": resolved.label, "circuit_edges": resolved.n_edges,
-                       "ablation": ablation, "metric": metric, "n": int(np.isfinite(v).sum()),
-                       **summarize(v[np.isfinite(v)])}
-                if metric == "logit_diff_faithfulness":  # worst = lowest faithfulness; ratio of means too
-                    low = v[np.isfinite(v)]
-                    row["worst5"] = low[low <= np.quantile(low, 0.05)].mean()
-                    row["ratio_of_means"] = normalized(m_circ, m_full, m_corrupt)["faithfulness"]
-                summary.append(row)
-            kl_mean, js_mean = per.kl.mean(), per.js.mean()
-            rho = spearmanr(per[list(DIVERGENCES)].to_numpy()).statistic
-            spread.append({"task": name, "circuit": resolved.label, "kl_mean": kl_mean, "js_mean": js_mean,
-                           "js_over_kl": js_mean / kl_mean if kl_mean > 0 else np.nan,
-                           "reverse_kl_over_kl": per.reverse_kl.mean() / kl_mean if kl_mean > 0 else np.nan,
-                           "spearman_kl_js": rho[0, 2], "spearman_kl_tv": rho[0, 3],
-                           "spearman_kl_logit_diff_faithfulness": spearmanr(per.kl, per.logit_diff_faithfulness,
-                                                                            nan_policy="omit").statistic,
-                           "interpretation": interpretation(kl_mean, js_mean)})
-        items, summary, spread = pd.concat(items, ignore_index=True), pd.DataFrame(summary), pd.DataFrame(spread)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
+    with circuit_experiment("21_output_variants", opts, circuit, ablation, resume=resume) as (lm, run, graph, datasets):
+        results = cli.per_task(run, opts.tasks, lambda name: variants_task(
+            lm, graph, run, name, datasets[name], opts, circuit, ablation))
+        items = pd.concat([r["items"] for r in results.values()], ignore_index=True)
+        summary = pd.DataFrame([row for r in results.values() for row in r["summary"]])
+        spread = pd.DataFrame([r["spread"] for r in results.values()])
         summary = summary.merge(spread[["task", "interpretation"]], on="task")
         run.csv("dataset.csv", pd.concat([d.dataset_frame(lm.tokenizer) for d in datasets.values()]))
         run.csv("items.csv", items)
         run.csv("summary.csv", summary)
         run.csv("spread.csv", spread)
         means = summary.pivot(index="task", columns="metric", values="mean").loc[list(datasets)]
-        run.figure("metrics_by_task.png", plots.grouped_bars(means, "Circuit vs full model (mean over prompts)", "value"))
+        faith = summary[summary.metric == "logit_diff_faithfulness"].set_index("task").loc[list(datasets)]
+        run.figure("metrics_by_task.png", plots.grouped_bars({
+            "divergences (mean over prompts)": (means[["kl", "reverse_kl", "js", "tv"]],
+                                                "KL, reverse KL, JS: nats; TV: in [0, 1]"),
+            "normalized logit-difference faithfulness": (
+                faith[["ratio_of_means", "median"]].rename(columns={"ratio_of_means": "ratio of means (headline)",
+                                                                    "median": "median of per-prompt ratios"}),
+                "1 = full model, 0 = corrupted")},
+            f"Circuit vs full model ({ablation} ablation)"))
         run.figure("kl_vs_js.png", plots.scatter({t: (d.kl.to_numpy(), d.js.to_numpy()) for t, d in items.groupby(
-            "task", sort=False)}, "Per-prompt KL vs JS", "KL(full || circuit)", "JS", loglog=True))
+            "task", sort=False)}, "Per-prompt KL vs JS (one dot per prompt)", "KL(full || circuit), nats (symlog)",
+            "JS(full, circuit), nats (symlog)", loglog=True))
         print(spread[["task", "circuit", "kl_mean", "js_mean", "interpretation"]].to_string(index=False, float_format="%.4f"))
+
+
+def variants_task(lm, graph, run, name: str, data, opts, circuit: str, ablation: str) -> dict:
+    """One task: per-prompt divergences and faithfulness, their summaries, and the spread across metrics."""
+    resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, ablation, run)
+    full = answer_logits(lm, data.clean, data.answer_pos, opts.batch_size)
+    corrupt = answer_logits(lm, data.corrupt, data.answer_pos, opts.batch_size)
+    circ = evaluate_mask(lm, graph, data, resolved.keep, ablation, opts.batch_size)
+    per = pd.DataFrame({k: fn(full, circ).cpu().numpy() for k, fn in DIVERGENCES.items()})
+    m_full, m_corrupt, m_circ = (data_metric(x, data).cpu().numpy() for x in (full, corrupt, circ))
+    denom = np.where(np.abs(m_full - m_corrupt) > 1e-12, m_full - m_corrupt, np.nan)
+    per["logit_diff_faithfulness"] = (m_circ - m_corrupt) / denom
+    per.insert(0, "task", name)
+    per.insert(1, "circuit", resolved.label)
+    per.insert(2, "item", np.arange(len(data)))
+    per.insert(3, "group", data.info["group"].to_numpy())
+    per["metric_full"], per["metric_corrupted"], per["metric_circuit"] = m_full, m_corrupt, m_circ
+    summary = []
+    for metric in list(DIVERGENCES) + ["logit_diff_faithfulness"]:
+        v = per[metric].to_numpy()
+        row = {"task": name, "circuit": resolved.label, "circuit_edges": resolved.n_edges,
+               "ablation": ablation, "metric": metric, "n": int(np.isfinite(v).sum()),
+               **summarize(v[np.isfinite(v)])}
+        if metric == "logit_diff_faithfulness":  # worst = lowest faithfulness; ratio of means too
+            low = v[np.isfinite(v)]
+            row["worst5"] = low[low <= np.quantile(low, 0.05)].mean()
+            row["ratio_of_means"] = normalized(m_circ, m_full, m_corrupt)["faithfulness"]
+        summary.append(row)
+    kl_mean, js_mean = per.kl.mean(), per.js.mean()
+    rho = spearmanr(per[list(DIVERGENCES)].to_numpy()).statistic
+    spread = {"task": name, "circuit": resolved.label, "kl_mean": kl_mean, "js_mean": js_mean,
+              "js_over_kl": js_mean / kl_mean if kl_mean > 0 else np.nan,
+              "reverse_kl_over_kl": per.reverse_kl.mean() / kl_mean if kl_mean > 0 else np.nan,
+              "spearman_kl_js": rho[0, 2], "spearman_kl_tv": rho[0, 3],
+              "spearman_kl_logit_diff_faithfulness": spearmanr(per.kl, per.logit_diff_faithfulness,
+                                                               nan_policy="omit").statistic,
+              "interpretation": interpretation(kl_mean, js_mean)}
+    return {"items": per, "summary": summary, "spread": spread}
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from lib import interrupts
 from lib.graph import Graph
 from lib.metrics import data_metric, kl_divergence
 from lib.model import unembed_at
@@ -145,34 +146,37 @@ def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation
     def evaluate(start_layer: int) -> float:
         total = sum(score(metric, runner.clean_logits[i], runner.logits(i, start_layer), b)
                     for i, b in enumerate(runner.batches))
-        state.forward_passes += len(runner.batches)
         return total / len(data)
 
     with model.bridge.hooks(fwd_hooks=runner.hooks()):
         if state.current is None:
-            state.current = evaluate(graph.n_layers)  # nothing removed yet (0 for KL)
+            current = evaluate(graph.n_layers)  # nothing removed yet (0 for KL)
+            with interrupts.deferred():
+                state.current, state.forward_passes = current, state.forward_passes + len(runner.batches)
         if progress is not None:
             progress.update(state.next_trial)
         for i in range(state.next_trial, len(order)):
             s, r = order[i]
             runner.ablate[s, r] = 1.0
             new = evaluate(receiver_layer(graph, r))
-            state.tried += 1
             worse = worsening(metric, new, state.current, absolute)
             name = f"{graph.sources[s]}->{graph.receivers[r]}"
-            if worse <= tau:
-                state.current = new
-                state.removed.append(name)
-            else:
-                state.kept[name] = worse
-                runner.ablate[s, r] = 0.0
-            state.next_trial = i + 1
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(kept=state.next_trial - len(state.removed), removed=len(state.removed),
-                                     passes=state.forward_passes)
-            if checkpoint is not None:
-                checkpoint(state)
+            with interrupts.deferred():  # a trial is recorded whole or not at all (then it is redone on resume)
+                state.tried += 1
+                state.forward_passes += len(runner.batches)
+                if worse <= tau:
+                    state.current = new
+                    state.removed.append(name)
+                else:
+                    state.kept[name] = worse
+                    runner.ablate[s, r] = 0.0
+                state.next_trial = i + 1
+                if progress is not None:
+                    progress.set_postfix(kept=state.next_trial - len(state.removed), removed=len(state.removed),
+                                         passes=state.forward_passes)
+                    progress.update(1)
+                if checkpoint is not None:
+                    checkpoint(state)
     return state
 
 

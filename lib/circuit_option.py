@@ -40,8 +40,15 @@ def check_options(spec: str, ablation: str) -> None:
     """Validate before any model is loaded: unknown ablation, missing circuit file."""
     if ablation not in ABLATIONS:
         raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
-    if spec not in ("canonical", "auto") and not Path(spec).is_file():
+    if spec in ("canonical", "auto"):
+        return
+    try:
+        is_file = Path(spec).is_file()
+    except (OSError, ValueError):
+        is_file = False
+    if not is_file:
         raise UserError(f"--circuit {spec!r} is neither canonical, auto, nor an existing circuit JSON file")
+    Circuit.read(Path(spec))  # parses, and has edges, before any model is loaded
 
 
 def check_against_model(spec: str, model, graph: Graph, tasks: list[str]) -> None:
@@ -118,15 +125,15 @@ def circuit_experiment(script: str, opts, circuit: str, ablation: str, **extra_o
     with cli.experiment(script, opts, circuit=circuit, ablation=ablation, **extra_options) as (lm, run):
         graph = graph_of(lm)
         check_against_model(circuit, lm, graph, opts.tasks)
-        run.record["circuits"] = {}
+        run.record.setdefault("circuits", {})  # a resumed run keeps those of the tasks it finished
         yield lm, run, graph, cli.task_builds(lm, opts)
 
 
 def resolve_with_progress(spec: str, model, graph: Graph, task: str, data, opts, ablation: str, run) -> ResolvedCircuit:
     """resolve_circuit with progress bars, recording the circuit used in run.json."""
-    from tqdm import tqdm
+    from lib import progress
 
     resolved = resolve_circuit(spec, model, graph, task, data, opts.seed, opts.batch_size, ablation,
-                               progress_factory=lambda n, d: tqdm(total=n, desc=d, unit="step"))
+                               progress_factory=lambda n, d: progress.bar(n, d, "step"))
     run.record["circuits"][task] = {"label": resolved.label, **resolved.info}
     return resolved

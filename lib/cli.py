@@ -7,12 +7,13 @@ import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import numpy as np
 import torch
 import typer
 
+from lib import interrupts, progress
 from lib.errors import UserError
 
 # typer vendors its own click: take its exception classes from a public typer name, not the click package
@@ -29,6 +30,12 @@ NPromptsOpt = Annotated[int, typer.Option("--n-prompts", help="prompts per task"
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="prompts per forward pass")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed for prompt generation and sampling")]
 OutOpt = Annotated[Path, typer.Option("--out", help="results root; each run gets results/<script>/<run-id>/")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="no progress output (batch jobs)")]
+ResumeOpt = Annotated[Optional[Path], typer.Option(
+    "--resume", help="continue an interrupted run (<run-id>.interrupted, or a killed run's .staging-<run-id>) "
+    "with its own options; give no other option")]
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding and every derived seed stay in range
+ARGV: list[str] = []  # the script's own arguments, as given (recorded, and replayed by --resume)
 
 
 @dataclass
@@ -53,6 +60,8 @@ def parse_tasks(spec: str) -> list[str]:
     if not names:
         raise UserError(f"--tasks needs at least one task; valid: {', '.join(TASKS)} or all")
     if "all" in names:
+        if len(names) > 1:
+            raise UserError(f"--tasks all cannot be combined with task names (got {' '.join(names)})")
         return list(TASKS)
     unknown = [n for n in names if n not in TASKS]
     if unknown:
@@ -61,20 +70,46 @@ def parse_tasks(spec: str) -> list[str]:
 
 
 def parse_floats(spec: str, what: str) -> list[float]:
+    """Space- or comma-separated finite numbers (nan and inf are refused: every comparison with NaN is false)."""
     try:
-        return [float(s) for s in spec.replace(",", " ").split()]
+        values = [float(s) for s in spec.replace(",", " ").split()]
     except ValueError:
         raise UserError(f"{what} must be numbers, got {spec!r}") from None
+    check_finite(what, *values)
+    return values
+
+
+def parse_ints(spec: str, what: str) -> list[int]:
+    """Space- or comma-separated integers."""
+    try:
+        return [int(s) for s in spec.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"{what} must be whole numbers, got {spec!r}") from None
+
+
+def check_finite(what: str, *values: float | None) -> None:
+    for v in values:
+        if v is not None and not np.isfinite(v):
+            raise UserError(f"{what} must be a finite number, got {v}")
 
 
 def common(tasks: str, model: str, device: str, dtype: str, n_prompts: int, batch_size: int, seed: int,
-           out: Path) -> Common:
+           out: Path, quiet: bool = False) -> Common:
     """Validate the shared options (before any model is loaded)."""
+    from lib.model import check_model_name, resolve_device, resolve_dtype
+
     if n_prompts < 1:
         raise UserError(f"--n-prompts must be at least 1 (got {n_prompts})")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
-    return Common(parse_tasks(tasks), model, device, dtype, n_prompts, batch_size, seed, out)
+    if not 0 <= seed <= SEED_MAX:
+        raise UserError(f"--seed must be between 0 and {SEED_MAX} (got {seed})")
+    names = parse_tasks(tasks)
+    check_model_name(model)
+    resolve_device(device)
+    resolve_dtype(dtype)
+    progress.set_quiet(quiet)
+    return Common(names, model, device, dtype, n_prompts, batch_size, seed, out)
 
 
 def seed_everything(seed: int) -> None:
@@ -84,29 +119,34 @@ def seed_everything(seed: int) -> None:
 
 
 class Suspended(Exception):
-    """An interrupted run whose finished work was kept for --resume (exit 130)."""
+    """An interrupted run, reported in one line; code is the exit status (128 + signal)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 @contextmanager
-def experiment(script: str, opts: Common, resume: Path | None = None, suspendable: bool = False, **extra_options):
-    """Load the model, open a run directory; on success the run is moved into place whole.
-    A suspendable run interrupted by Ctrl-C keeps its finished work for --resume."""
+def experiment(script: str, opts: Common, resume: Path | None = None, **extra_options):
+    """Load the model, open a run directory; on success the run is moved into place whole. An interrupted
+    run (Ctrl-C, SIGTERM, SIGHUP) keeps its finished units of work for --resume."""
     from lib.model import load_model
     from lib.results import RunDir
 
     seed_everything(opts.seed)
     record = {"options": {**asdict(opts), "out": str(opts.out), **extra_options}, "seed": opts.seed}
-    run = RunDir(opts.out, script, record, resume=resume)  # checks --out is writable before the model load
+    run = RunDir(opts.out, script, record, ARGV, resume=resume)  # checks --out is writable before the model load
     try:
         model = load_model(opts.model, opts.device, opts.dtype, seed=opts.seed)
         run.record["model"] = model.describe()
         yield model, run
-    except KeyboardInterrupt:
-        if not suspendable:
-            run.abort()
-            raise
-        where = run.suspend()
-        raise Suspended(f"interrupted; finished work kept in {where}; continue with --resume {where}") from None
+    except KeyboardInterrupt as e:
+        where, name = run.suspend(), getattr(e, "name", "Ctrl-C")
+        if where is None:
+            raise Suspended(f"interrupted by {name} before any unit of work finished; nothing was kept",
+                            interrupts.exit_code(e)) from None
+        raise Suspended(f"interrupted by {name}; finished work kept in {where}; continue with: "
+                        f"--resume {where}", interrupts.exit_code(e)) from None
     except BaseException:
         if resume is None:
             run.abort()
@@ -115,7 +155,20 @@ def experiment(script: str, opts: Common, resume: Path | None = None, suspendabl
     print(f"wrote {final}")
 
 
+def per_task(run, names, compute, key=str) -> dict:
+    """{name: compute(name)} with each result checkpointed as it finishes: a resumed run reuses the tasks
+    an interrupted run completed (their results are pickled in the run directory, so reruns are identical)."""
+    results = {}
+    for name in names:
+        results[name] = run.unit(key(name))
+        if results[name] is None:
+            results[name] = compute(name)
+            run.save_unit(key(name), results[name])
+    return results
+
+
 def _join_variadic(argv: list[str]) -> list[str]:
+    """`--tasks ioi sva` -> `--tasks ioi,sva`; a variadic option followed by no value is refused."""
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
@@ -124,39 +177,60 @@ def _join_variadic(argv: list[str]) -> list[str]:
             while i + 1 < len(argv) and not (argv[i + 1].startswith("--") or argv[i + 1] in ("-h",)):
                 vals.append(argv[i + 1])
                 i += 1
-            out += [arg, ",".join(vals)] if vals else [arg]
+            if not vals:
+                after = f" (it was followed by {argv[i + 1]})" if i + 1 < len(argv) else ""
+                raise UserError(f"{arg} needs at least one value{after}")
+            out += [arg, ",".join(vals)]
         else:
             out.append(arg)
         i += 1
     return out
 
 
+def _resume_argv(argv: list[str], script: str) -> tuple[list[str], str | None]:
+    """(arguments, resume dir): `--resume DIR` alone gives the interrupted run's own arguments and DIR."""
+    from lib.results import read_checkpoint
+
+    if "--resume" not in argv:
+        return argv, None
+    i = argv.index("--resume")
+    if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+        raise UserError("--resume needs the interrupted run's directory")
+    where, others = argv[i + 1], argv[:i] + argv[i + 2:]
+    if others:
+        raise UserError("--resume continues an interrupted run with its own options; give no other option "
+                        f"(got {' '.join(others)})")
+    return list(read_checkpoint(Path(where), script)["argv"]), where
+
+
 def main(app: typer.Typer, argv: list[str] | None = None) -> None:
-    """Run a script's typer app: usage and input errors print one line and exit 2."""
-    argv = _join_variadic(sys.argv[1:] if argv is None else argv)
+    """Run a script's typer app: usage and input errors print one line and exit 2; Ctrl-C, SIGTERM and
+    SIGHUP keep finished work and exit 128 + the signal number (130, 143, 129)."""
+    global ARGV
     command = typer.main.get_command(app)
-    prog = Path(sys.argv[0]).name
-    try:
-        code = command.main(args=argv, prog_name=prog, standalone_mode=False)
-        if isinstance(code, int) and code:  # typer turns Ctrl-C into exit code 130, returned not raised
-            if code == 130:
-                print("error: interrupted", file=sys.stderr)
-            sys.exit(code)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except _click_exceptions.UsageError as e:
-        print(f"error: {e.format_message()} (see {prog} --help)", file=sys.stderr)
-        sys.exit(2)
-    except typer.Abort:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Suspended as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(130)
+    script = Path(app.registered_commands[0].callback.__code__.co_filename).stem
+    prog = f"{script}.py"
+    with interrupts.handled():
+        try:
+            ARGV, resume = _resume_argv(list(sys.argv[1:] if argv is None else argv), script)
+            args = _join_variadic(ARGV) + (["--resume", resume] if resume else [])
+            code = command.main(args=args, prog_name=prog, standalone_mode=False)
+            if isinstance(code, int) and code:  # typer turns Ctrl-C into exit code 130, returned not raised
+                if code == 130:
+                    raise interrupts.last or KeyboardInterrupt
+                sys.exit(code)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except _click_exceptions.UsageError as e:
+            print(f"error: {e.format_message()} (see {prog} --help)", file=sys.stderr)
+            sys.exit(2)
+        except Suspended as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.code)
+        except (typer.Abort, KeyboardInterrupt) as e:
+            print(f"error: interrupted by {getattr(e, 'name', 'Ctrl-C')}", file=sys.stderr)
+            sys.exit(interrupts.exit_code(e))
 
 
 def script_app(help_text: str) -> typer.Typer:

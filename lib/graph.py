@@ -170,25 +170,43 @@ class Circuit:
         Path(path).write_text(json.dumps(self.to_json(graph), indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: Path, graph: Graph) -> "Circuit":
-        """Read and validate a circuit JSON against graph; every problem is one UserError line."""
+    def read(cls, path: Path) -> "Circuit":
+        """Read a circuit JSON and check its form (before any model is loaded); every problem is one
+        UserError line. Edge names are checked against a graph by load()."""
         try:
             obj = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise UserError(f"circuit file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"circuit file {path} is not valid JSON ({e})") from None
+        except IsADirectoryError:
+            raise UserError(f"circuit file {path} is a directory") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+            raise UserError(f"circuit file {path} is not valid JSON ({' '.join(str(e).split())})") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("edges"), list):
             raise UserError(f"circuit file {path} has no 'edges' list")
         edges = {}
         for item in obj["edges"]:
             name = item.get("edge") if isinstance(item, dict) else item
-            if not isinstance(name, str):
-                raise UserError(f"circuit file {path}: each edge must be a name or {{'edge': name, 'score': x}}")
-            graph.edge_index(name)  # raises for edges the model does not have
             score = item.get("score") if isinstance(item, dict) else None
-            edges[name] = float("nan") if score is None else float(score)
+            if not isinstance(name, str) or "->" not in name:
+                raise UserError(f"circuit file {path}: each edge must be a name 'source->receiver' or "
+                                "{'edge': name, 'score': x}")
+            try:
+                edges[name] = float("nan") if score is None else float(score)
+            except (TypeError, ValueError):
+                raise UserError(f"circuit file {path}: edge {name}'s score {score!r} is not a number") from None
         if not edges:
             raise UserError(f"circuit file {path} has no edges")
-        return cls(obj.get("model", "?"), obj.get("task", "?"), obj.get("method", "?"), obj.get("params", {}),
-                   edges)
+        params = obj.get("params", {})
+        return cls(str(obj.get("model", "?")), str(obj.get("task", "?")), str(obj.get("method", "?")),
+                   params if isinstance(params, dict) else {}, edges)
+
+    @classmethod
+    def load(cls, path: Path, graph: Graph) -> "Circuit":
+        """read() and check every edge against graph."""
+        circuit = cls.read(path)
+        for name in circuit.edges:
+            try:
+                graph.edge_index(name)
+            except UserError as e:
+                raise UserError(f"circuit file {path}: {e}") from None
+        return circuit

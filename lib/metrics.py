@@ -14,10 +14,16 @@ def _logp(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.double(), dim=-1)
 
 
+def _plogratio(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+    """p * (log p - log q) with 0 where p = 0 (0 log 0 = 0, also where both log-probabilities are -inf)."""
+    p = lp.exp()
+    return torch.where(p > 0, p * (lp - lq), torch.zeros_like(p))
+
+
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """KL(P || Q) per row, [N], in nats; P, Q given as logits [N, V]."""
     lp, lq = _logp(p_logits), _logp(q_logits)
-    return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0)
+    return _plogratio(lp, lq).sum(-1).clamp_min(0.0)
 
 
 def reverse_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -29,7 +35,7 @@ def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tenso
     """Jensen-Shannon divergence per row, in [0, ln 2]."""
     lp, lq = _logp(p_logits), _logp(q_logits)
     lm = torch.logaddexp(lp, lq) - LN2
-    js = 0.5 * (lp.exp() * (lp - lm)).sum(-1) + 0.5 * (lq.exp() * (lq - lm)).sum(-1)
+    js = 0.5 * _plogratio(lp, lm).sum(-1) + 0.5 * _plogratio(lq, lm).sum(-1)
     return js.clamp(0.0, LN2)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,11 +174,16 @@ def load_local(path: Path, device: torch.device, dtype: torch.dtype, name: str):
         tokenizer = AutoTokenizer.from_pretrained(path)
         hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
     except Exception as e:  # noqa: BLE001
-        raise UserError(f"cannot load the model in {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot load the model in local directory {path}: {type(e).__name__}: "
+                        f"{first_sentence(e)}") from None
     if hf.config.model_type != "gpt2":
         from transformer_lens.model_bridge import TransformerBridge
 
-        return TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype), f"local {path}"
+        try:
+            return TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype), f"local {path}"
+        except Exception as e:  # noqa: BLE001 - an architecture the bridge does not know, unreadable weights
+            raise UserError(f"cannot load the model in local directory {path} through TransformerBridge: "
+                            f"{type(e).__name__}: {first_sentence(e)}") from None
     return _from_module(hf, tokenizer, name, device, dtype), f"local directory {path}"
 
 
@@ -192,9 +198,33 @@ def load_hub(name: str, device: torch.device, dtype: torch.dtype):
     except Exception as e:  # noqa: BLE001 - offline, unknown name, gated: all mean "cannot load"
         builtins = ", ".join(sorted(MODELS))
         raise UserError(
-            f"cannot load model {name!r} (not a built-in name [{builtins}], not a local directory, and its "
-            f"weights are not available from the Hugging Face hub or cache: {type(e).__name__}); {OFFLINE_HINT}"
+            f"cannot load model {name!r} as a Hugging Face hub name (it is not a built-in name [{builtins}] "
+            f"nor a local directory, and the hub or its cache could not provide it: {type(e).__name__}: "
+            f"{first_sentence(e)}); {OFFLINE_HINT}"
         ) from None
+
+
+def first_sentence(error) -> str:
+    """The whole first sentence of an error message, on one line (library messages span several)."""
+    flat = " ".join(str(error).split())
+    end = re.search(r"[.!?](\s|$)", flat)
+    return (flat[: end.start() + 1] if end else flat)[:500] or type(error).__name__
+
+
+def check_model_name(name: str) -> None:
+    """Refuse, before anything loads, a --model that names a local path which is not a model directory."""
+    if name in MODELS:
+        return
+    try:
+        path = Path(name).expanduser()
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError) as e:
+        raise UserError(f"--model {name!r} is not a usable name or path ({e})") from None
+    if exists and not is_dir:
+        raise UserError(f"--model {name}: is a file; a local model is a directory in Hugging Face format "
+                        "(config.json, weights, tokenizer files)")
+    if not exists and (name.startswith(("/", "./", "../", "~")) or name in (".", "..")):
+        raise UserError(f"--model {name}: no such local directory")
 
 
 TOY_DIR = Path(__file__).resolve().parent.parent / "models" / "toy"
@@ -208,10 +238,12 @@ MODELS: dict[str, Callable] = {
 def load_model(name: str = "gpt2", device: str = "auto", dtype: str = "float32", seed: int = 0) -> LoadedModel:
     """Load a model by name (DESIGN §2) and prepare it; raises UserError when it cannot be had."""
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    check_model_name(name)
     if name in MODELS:
         loader = lambda: MODELS[name](dev, dt, seed)  # noqa: E731
-    elif Path(name).is_dir():
-        loader = lambda: load_local(Path(name), dev, dt, Path(name).name)  # noqa: E731
+    elif Path(name).expanduser().is_dir():
+        path = Path(name).expanduser()
+        loader = lambda: load_local(path, dev, dt, path.name)  # noqa: E731
     else:
         loader = lambda: load_hub(name, dev, dt)  # noqa: E731
     bridge, source = _quiet(loader)

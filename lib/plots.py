@@ -9,55 +9,78 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+TASK_METRIC_LABELS = {  # the x label of a task metric, with its unit (tasks/base.py METRIC_KINDS)
+    "logit_diff": "logit(correct) − logit(wrong), logits",
+    "logit_minus_max": "logit(correct) − max logit(wrong names), logits",
+    "prob_diff": "P(correct set) − P(wrong set), probability",
+}
+
+
 def _grid(n: int, width: float = 4.2, height: float = 3.6):
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.axis("off")
     return fig, list(axes.flat[:n])
 
 
+def _integer_ticks(ax, n: int, axis: str, labels=None, max_ticks: int = 40) -> None:
+    """Integer ticks 0..n-1 (thinned to at most max_ticks unless labels must all show)."""
+    step = 1 if labels is not None else max(1, -(-n // max_ticks))
+    ticks = list(range(0, n, step))
+    set_ticks = ax.set_xticks if axis == "x" else ax.set_yticks
+    if labels is None:
+        set_ticks(ticks, [str(t) for t in ticks])
+    else:
+        set_ticks(ticks, list(labels), rotation=90 if axis == "x" else 0, fontsize=6 if n > 12 else 8)
+
+
 def heatmaps(panels: dict[str, np.ndarray], title: str, xlabel: str, ylabel: str, cbar: str,
-             xticklabels=None, diverging: bool = True):
-    """One heatmap per panel (e.g. per task), layer on the y axis."""
-    fig, axes = _grid(len(panels))
-    for ax, (name, values) in zip(axes, panels.items()):
-        values = np.asarray(values, dtype=float)
-        lim = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0
-        lim = lim if lim > 0 else 1.0
-        kw = dict(cmap="RdBu_r", vmin=-lim, vmax=lim) if diverging else dict(cmap="viridis")
-        im = ax.imshow(values, aspect="auto", origin="lower", **kw)
+             xticklabels=None, yticklabels=None, diverging: bool = True):
+    """One heatmap per panel (e.g. per task, layer on the y axis) on one colour scale shared by all panels,
+    symmetric about 0 when diverging; the scale is stated in the title."""
+    arrays = {k: np.asarray(v, dtype=float) for k, v in panels.items()}
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays.values()])
+    if diverging:
+        lim = float(np.abs(finite).max()) if len(finite) and np.abs(finite).max() > 0 else 1.0
+        kw, scale = dict(cmap="RdBu_r", vmin=-lim, vmax=lim), f"±{lim:.3g}"
+    else:
+        lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+        kw, scale = dict(cmap="viridis", vmin=lo, vmax=hi), f"{lo:.3g} to {hi:.3g}"
+    wide = xticklabels is not None and len(xticklabels) > 12
+    fig, axes = _grid(len(arrays), width=max(4.2, 0.3 * len(xticklabels) + 2.5) if wide else 4.2)
+    for ax, (name, values) in zip(axes, arrays.items()):
+        im = ax.imshow(values, aspect="auto", origin="lower", interpolation="nearest", **kw)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        if xticklabels is not None:
-            ax.set_xticks(range(len(xticklabels)))
-            ax.set_xticklabels(xticklabels, rotation=90, fontsize=6)
-        fig.colorbar(im, ax=ax, label=cbar)
-    fig.suptitle(title)
-    fig.tight_layout()
+        _integer_ticks(ax, values.shape[1], "x", xticklabels)
+        _integer_ticks(ax, values.shape[0], "y", yticklabels)
+    fig.colorbar(im, ax=axes, label=cbar, shrink=0.9)
+    shared = "shared by all panels: " if len(arrays) > 1 else ""
+    fig.suptitle(f"{title}\n(colour scale {shared}{scale})")
     return fig
 
 
 def top_bars(panels: dict[str, tuple[list[str], np.ndarray, np.ndarray]], title: str, xlabel: str, k: int = 15):
-    """Horizontal bars of the k components with the largest |value| per panel, with error bars."""
+    """Horizontal bars of the k components with the largest |value| per panel, with error bars (named in
+    the title by the caller)."""
     fig, axes = _grid(len(panels), width=4.6, height=0.28 * k + 1.2)
     for ax, (name, (labels, values, errors)) in zip(axes, panels.items()):
         order = np.argsort(-np.abs(values))[:k][::-1]
         ax.barh(range(len(order)), values[order], xerr=errors[order], color=np.where(values[order] >= 0, "C0", "C3"))
-        ax.set_yticks(range(len(order)))
-        ax.set_yticklabels([labels[i] for i in order], fontsize=8)
+        ax.set_yticks(range(len(order)), [labels[i] for i in order], fontsize=8)
         ax.axvline(0, color="k", lw=0.6)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
-def histograms(panels: dict[str, dict[str, np.ndarray]], title: str, xlabel: str):
-    """Overlaid histograms per panel (e.g. clean vs corrupted metric per task)."""
+def histograms(panels: dict[str, dict[str, np.ndarray]], title: str, xlabels: dict[str, str] | str,
+               ylabel: str = "prompts"):
+    """Overlaid histograms per panel (e.g. clean vs corrupted metric per task); x label per panel."""
     fig, axes = _grid(len(panels))
     for ax, (name, series) in zip(axes, panels.items()):
         finite = np.concatenate([np.asarray(v)[np.isfinite(v)] for v in series.values()])
@@ -66,17 +89,17 @@ def histograms(panels: dict[str, dict[str, np.ndarray]], title: str, xlabel: str
             ax.hist(values, bins=bins, alpha=0.55, label=label)
         ax.axvline(0, color="k", lw=0.6)
         ax.set_title(name)
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(xlabels if isinstance(xlabels, str) else xlabels[name])
+        ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
 def _label_axes(fig, ax, title: str, xlabel: str, ylabel: str, legend: bool = True):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     if legend:
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -84,64 +107,41 @@ def _label_axes(fig, ax, title: str, xlabel: str, ylabel: str, legend: bool = Tr
 
 
 def curves(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
-           logx: bool = False, diagonal: bool = False, labels: dict[str, str] | None = None):
-    """One line per panel on shared axes (faithfulness vs edges kept, ROC curves)."""
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+           logx: bool = False, diagonal: bool = False, labels: dict[str, str] | None = None,
+           hlines: dict[float, str] | None = None):
+    """One line per panel on shared axes (faithfulness vs edges kept, ROC curves); hlines marks references."""
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
     for name, (x, y) in panels.items():
         ax.plot(x, y, marker=".", label=(labels or {}).get(name, name))
+    for y, text in (hlines or {}).items():
+        ax.axhline(y, color="grey", lw=0.7, ls=":")
+        ax.annotate(text, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7, color="grey", va="bottom")
     if diagonal:
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls="--")
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls="--", label="chance")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
     if logx:
         ax.set_xscale("log")
     return _label_axes(fig, ax, title, xlabel, ylabel)
 
 
-def circuit_diagram(edges: list[tuple[str, str, float]], n_layers: int, n_heads: int, title: str):
-    """Nodes laid out by layer (rows) and head (columns), edges as lines with width ~ |score|."""
-    def xy(node: str) -> tuple[float, float]:
-        node = node.split("<")[0]
-        if node == "input":
-            return (n_heads / 2, -1.0)
-        if node == "logits":
-            return (n_heads / 2, n_layers)
-        if node.startswith("m"):
-            return (n_heads + 0.5, int(node[1:]) + 0.5)
-        layer, head = node[1:].split(".h")
-        return (int(head), int(layer))
-
-    fig, ax = plt.subplots(figsize=(0.55 * n_heads + 3, 0.55 * n_layers + 2.5))
-    top = max((abs(s) for _, _, s in edges if np.isfinite(s)), default=1.0) or 1.0
-    nodes = set()
-    for u, v, s in edges:
-        (x0, y0), (x1, y1) = xy(u), xy(v)
-        w = 0.4 + 3.0 * abs(s) / top if np.isfinite(s) else 1.0
-        color = {"q": "C0", "k": "C2", "v": "C1"}.get(v[-2] if v.endswith(">") else "", "0.4")
-        ax.plot([x0, x1], [y0, y1], color=color, lw=w, alpha=0.6, zorder=1)
-        nodes |= {u, v.split("<")[0]}
-    for n in nodes:
-        x, y = xy(n)
-        ax.scatter([x], [y], s=120, color="white", edgecolor="k", zorder=2)
-        ax.annotate(n, (x, y), fontsize=6, ha="center", va="center", zorder=3)
-    ax.set_xlim(-1, n_heads + 1.5)
-    ax.set_ylim(-1.7, n_layers + 0.7)
-    ax.set_xlabel("head (MLPs at the right); edge colour: q blue, k green, v orange, other grey")
-    ax.set_ylabel("layer")
-    ax.set_title(title)
-    fig.tight_layout()
+def grouped_bars(panels: dict[str, tuple], title: str):
+    """Side-by-side panels {panel title: (table, y label)}; in each, bars grouped by row (e.g. task), one
+    colour per column (e.g. metric). Quantities with different units go in different panels."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(1.2 * len(t) + 2.5 for t, _ in panels.values()) + 1, 4),
+                             squeeze=False, layout="constrained")
+    for ax, (name, (table, ylabel)) in zip(axes[0], panels.items()):
+        width = 0.8 / max(len(table.columns), 1)
+        x = np.arange(len(table))
+        for i, col in enumerate(table.columns):
+            ax.bar(x + i * width - 0.4 + width / 2, table[col].to_numpy(dtype=float), width, label=col)
+        ax.set_xticks(x, table.index)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_ylabel(ylabel)
+        ax.set_title(name, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
     return fig
-
-
-def grouped_bars(table, title: str, ylabel: str):
-    """Bars grouped by row (e.g. task), one colour per column (e.g. metric); table is a DataFrame."""
-    fig, ax = plt.subplots(figsize=(1.8 * len(table) + 3, 4))
-    width = 0.8 / max(len(table.columns), 1)
-    x = np.arange(len(table))
-    for i, col in enumerate(table.columns):
-        ax.bar(x + i * width - 0.4 + width / 2, table[col].to_numpy(dtype=float), width, label=col)
-    ax.set_xticks(x)
-    ax.set_xticklabels(table.index)
-    ax.axhline(0, color="k", lw=0.6)
-    return _label_axes(fig, ax, title, "", ylabel)
 
 
 def scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
@@ -157,11 +157,12 @@ def scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel
 
 def scrubbing(seeds, task: str):
     """Per hypothesis: mean KL(full || scrubbed) and loss recovered, bars = mean over seeds, dots = seeds."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     labels = list(dict.fromkeys(seeds.hypothesis))
     x = np.arange(len(labels))
     for ax, col, ylabel in ((axes[0], "kl_mean", "KL(full || scrubbed), nats"),
-                            (axes[1], "loss_recovered_ratio_of_means", "loss recovered (ratio of means)")):
+                            (axes[1], "loss_recovered_ratio_of_means",
+                             "loss recovered, ratio of means\n(1 = full model, 0 = baseline)")):
         per = [seeds[seeds.hypothesis == h][col].to_numpy(dtype=float) for h in labels]
         ax.bar(x, [v.mean() for v in per], color="#9ab", width=0.6)
         for i, v in enumerate(per):
@@ -171,6 +172,6 @@ def scrubbing(seeds, task: str):
         ax.axhline(0, color="k", lw=0.6)
         ax.set_ylabel(ylabel)
     axes[0].set_yscale("symlog", linthresh=1e-3)  # the baseline's KL is orders of magnitude above the rest
+    axes[0].set_ylabel("KL(full || scrubbed), nats (symlog)")
     fig.suptitle(f"Causal scrubbing: {task} (bars: mean over seeds; dots: seeds)")
-    fig.tight_layout()
     return fig

@@ -121,7 +121,8 @@ def train(out_dir: Path = TOY_DIR, steps: int = 6000, batch: int = 32, n_per_tas
           seed: int = 0, lr: float = 2e-3) -> dict:
     """Train the toy model deterministically on CPU and save it in Hugging Face format."""
     from transformers import GPT2Config, GPT2LMHeadModel
-    from tqdm import tqdm
+
+    from lib import progress
 
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
@@ -137,7 +138,8 @@ def train(out_dir: Path = TOY_DIR, steps: int = 6000, batch: int = 32, n_per_tas
     gen = torch.Generator().manual_seed(seed)
     t0, log = time.time(), []
     model.train()
-    for step in (bar := tqdm(range(steps), desc="train toy", unit="step")):
+    bar = progress.bar(steps, "train toy", "step")
+    for step in range(steps):
         share = FOCUS_BATCHES if step >= FOCUS_FROM else {}
         loss, parts = _step_loss(model, data, {name: int(batch * share.get(name, 1.0)) for name in data}, gen,
                                  TASK_WEIGHTS)
@@ -147,8 +149,10 @@ def train(out_dir: Path = TOY_DIR, steps: int = 6000, batch: int = 32, n_per_tas
         opt.step()
         sched.step()
         if step % 100 == 0 or step == steps - 1:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+            bar.set_postfix(**{k: f"{v:.3f}" for k, v in parts.items()})
             log.append({"step": step, **parts})
+        bar.update(1)
+    bar.close()
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)

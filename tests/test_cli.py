@@ -229,4 +229,4 @@ def test_interrupt_is_one_line_exit_130(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(app, [])
     assert e.value.code == 130
-    assert capsys.readouterr().err.strip() == "error: interrupted"
+    assert capsys.readouterr().err.strip() == "error: interrupted by Ctrl-C"

@@ -1,0 +1,115 @@
+"""Circuit diagrams: nodes on a layer x head grid (MLPs in their own column), edge colour by the sign of the
+score and width by |score|; as a PNG (matplotlib) and as Graphviz DOT text (no system package needed)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import FancyArrowPatch  # noqa: E402
+
+POSITIVE, NEGATIVE, UNSCORED = "#1f63b4", "#c8372d", "#777777"
+STYLES = {"q": "-", "k": "--", "v": ":", "": "-"}  # line style by the receiving input of a head
+MIN_WIDTH, MAX_WIDTH = 0.6, 4.5
+
+Edge = tuple[str, str, float]  # (source node, receiver name, score)
+
+
+def node_of(receiver: str) -> tuple[str, str]:
+    """'a3.h1<q>' -> ('a3.h1', 'q'); 'm2' -> ('m2', '')."""
+    if receiver.endswith(">"):
+        node, kind = receiver[:-1].split("<")
+        return node, kind
+    return receiver, ""
+
+
+def grid_position(node: str, n_layers: int, n_heads: int) -> tuple[float, float]:
+    """x = head index (MLPs in a column after the heads), y = layer (input below, logits above)."""
+    if node == "input":
+        return ((n_heads - 1) / 2, -1.0)
+    if node == "logits":
+        return ((n_heads - 1) / 2, float(n_layers))
+    if node.startswith("m"):
+        return (n_heads + 0.5, float(node[1:]))
+    layer, head = node[1:].split(".h")
+    return (float(head), float(layer))
+
+
+def _width(score: float, top: float) -> float:
+    return MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * abs(score) / top if np.isfinite(score) else MIN_WIDTH
+
+
+def _colour(score: float) -> str:
+    return UNSCORED if not np.isfinite(score) else POSITIVE if score >= 0 else NEGATIVE
+
+
+def _top(edges: list[Edge]) -> float:
+    return max((abs(s) for _, _, s in edges if np.isfinite(s)), default=1.0) or 1.0
+
+
+def circuit_figure(edges: list[Edge], n_layers: int, n_heads: int, title: str, score_name: str = "score"):
+    """The circuit on the layer x head grid, with a legend for colour (sign), width (|score|) and style (q/k/v)."""
+    fig, ax = plt.subplots(figsize=(0.75 * (n_heads + 2) + 3.2, 0.6 * (n_layers + 2) + 1.2), layout="constrained")
+    xs, ys = np.meshgrid(np.arange(n_heads), np.arange(n_layers))
+    ax.scatter(xs.ravel(), ys.ravel(), s=14, color="0.85", zorder=1)  # every head: the grid itself
+    ax.scatter(np.full(n_layers, n_heads + 0.5), np.arange(n_layers), s=14, color="0.85", marker="s", zorder=1)
+    top, used = _top(edges), set()
+    for src, rcv, score in edges:
+        dst, kind = node_of(rcv)
+        used |= {src, dst}
+        p0, p1 = grid_position(src, n_layers, n_heads), grid_position(dst, n_layers, n_heads)
+        ax.add_patch(FancyArrowPatch(p0, p1, connectionstyle="arc3,rad=0.12", arrowstyle="-|>", mutation_scale=7,
+                                     lw=_width(score, top), ls=STYLES[kind], color=_colour(score), alpha=0.7,
+                                     shrinkA=5, shrinkB=5, zorder=2))
+    for node in used:
+        x, y = grid_position(node, n_layers, n_heads)
+        marker = "s" if node.startswith("m") else "D" if node in ("input", "logits") else "o"
+        ax.scatter([x], [y], s=70, color="white", edgecolor="k", marker=marker, zorder=3)
+        if node in ("input", "logits"):
+            ax.annotate(node, (x, y), xytext=(9, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_xticks(list(range(n_heads)) + [n_heads + 0.5], [str(h) for h in range(n_heads)] + ["MLP"])
+    ax.set_yticks(range(n_layers))
+    ax.set_xlim(-0.8, n_heads + 1.3)
+    ax.set_ylim(-1.6, n_layers + 0.6)
+    ax.set_xlabel("head (MLP of the layer in its own column)")
+    ax.set_ylabel("layer")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    handles = [Line2D([], [], color=POSITIVE, lw=2.5, label=f"{score_name} > 0"),
+               Line2D([], [], color=NEGATIVE, lw=2.5, label=f"{score_name} < 0"),
+               Line2D([], [], color="k", lw=MAX_WIDTH, label=f"|{score_name}| = {top:.3g}"),
+               Line2D([], [], color="k", lw=_width(top / 2, top), label=f"|{score_name}| = {top / 2:.3g}"),
+               Line2D([], [], color="k", lw=1.5, ls="-", label="into q (or MLP, logits)"),
+               Line2D([], [], color="k", lw=1.5, ls="--", label="into k"),
+               Line2D([], [], color="k", lw=1.5, ls=":", label="into v")]
+    if any(not np.isfinite(s) for _, _, s in edges):
+        handles.insert(2, Line2D([], [], color=UNSCORED, lw=2.5, label="no score"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def circuit_dot(edges: list[Edge], n_layers: int, n_heads: int, title: str, score_name: str = "score") -> str:
+    """The same circuit as Graphviz DOT text: one rank per layer, inputs at the bottom, logits on top."""
+    top = _top(edges)
+    nodes = {"input", "logits"} | {s for s, _, _ in edges} | {node_of(r)[0] for _, r, _ in edges}
+    lines = ["digraph circuit {", f'  label="{title}"; labelloc=t; rankdir=BT; newrank=true;',
+             '  node [shape=circle, fontsize=10, width=0.5, fixedsize=true];',
+             '  input [shape=box]; logits [shape=box];']
+    for layer in range(n_layers):
+        members = [n for n in [f"a{layer}.h{h}" for h in range(n_heads)] + [f"m{layer}"] if n in nodes]
+        if members:
+            lines.append("  { rank=same; " + " ".join(f'"{n}"{" [shape=box]" if n[0] == "m" else ""};'
+                                                        for n in members) + " }")
+    for src, rcv, score in edges:
+        dst, kind = node_of(rcv)
+        style = {"q": "solid", "k": "dashed", "v": "dotted", "": "solid"}[kind]
+        label = f', label="{kind}"' if kind else ""
+        value = f"{score:.6g}" if np.isfinite(score) else "none"
+        lines.append(f'  "{src}" -> "{dst}" [color="{_colour(score)}", penwidth={_width(score, top):.2f}, '
+                     f'style={style}{label}, tooltip="{score_name} {value}"];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
