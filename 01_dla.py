@@ -8,8 +8,11 @@ import numpy as np
 import pandas as pd
 from lib import cli, plots, progress
 from lib.dla import direct_logit_attribution
+from lib.headline import Metric, extract as headline
 
 app = cli.script_app(__doc__)
+HEADLINE = [Metric("model_logit_diff", "dla_check.csv", "model_logit_diff"),
+            Metric("dla_max_abs_error", "dla_check.csv", "max_abs_error")]
 
 
 @app.command()
@@ -35,6 +38,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
             "DLA onto the answer direction (logit difference)"))
         run.figure("dla_top.png", plots.top_bars(bars, "Top components by |DLA| (mean over prompts; error bars: "
                                                  "±1 std over prompts)", "DLA (logit difference)"))
+        run.csv("headline.csv", headline(HEADLINE, run.path))
         print(pd.DataFrame(checks).to_string(index=False, float_format="%.4f"))
 
 

@@ -10,11 +10,17 @@ import pandas as pd
 from lib import cli, plots
 from lib.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.evaluate import behaviour
+from lib.headline import Metric, extract as headline
 from lib.metrics import data_metric, normalized
 from lib.patching import evaluate_mask
 from lib.plots import TASK_METRIC_LABELS
 
 app = cli.script_app(__doc__)
+HEADLINE = [Metric("clean_mean", "summary.csv", "mean", {"condition": "clean", "group": "all"}),
+            Metric("clean_accuracy", "summary.csv", "accuracy", {"condition": "clean", "group": "all"}),
+            Metric("corrupted_mean", "summary.csv", "mean", {"condition": "corrupted", "group": "all"}),
+            Metric("faithfulness", "summary.csv", "faithfulness", {"condition": "circuit", "group": "all"}),
+            Metric("faithfulness_median", "summary.csv", "faithfulness_median", {"condition": "circuit", "group": "all"})]
 
 
 def summary_rows(items: pd.DataFrame, column: str, condition: str) -> list[dict]:
@@ -63,6 +69,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                  f"circuit ({d.circuit.iloc[0]})": d.metric_circuit.to_numpy()}
              for t, d in items.groupby("task", sort=False)}, "Task metric per prompt",
             {t: TASK_METRIC_LABELS[datasets[t].metric_kind] for t in datasets}, "prompts"))
+        run.csv("headline.csv", headline(HEADLINE, run.path))
         overall = summary[summary.group == "all"][["task", "circuit", "condition", "n", "mean", "std", "accuracy",
                                                    "faithfulness", "faithfulness_median"]]
         print(overall.to_string(index=False, float_format="%.4f"))

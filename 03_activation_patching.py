@@ -12,9 +12,15 @@ import typer
 from lib import cli, plots, progress
 from lib.errors import UserError
 from lib.evaluate import behaviour
+from lib.headline import Metric, extract as headline
 from lib.node_patching import DIRECTIONS, heads_and_mlps, patch_metrics, residual_positions
 
 app = cli.script_app(__doc__)
+HEADLINE = [  # the strongest single head and MLP per direction (normalized metric)
+    Metric("top_head_{direction}", "patching.csv", by=("direction",), where={"kind": "head"},
+           fn=lambda d: d.normalized.max() if d.direction.iloc[0] == "denoise" else d.normalized.min()),
+    Metric("top_mlp_{direction}", "patching.csv", by=("direction",), where={"kind": "mlp"},
+           fn=lambda d: d.normalized.max() if d.direction.iloc[0] == "denoise" else d.normalized.min())]
 
 
 def aligned_group(data) -> list[int]:
@@ -101,6 +107,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                 {key: values}, f"Residual stream patching at each position\n({meaning})", "position (token)",
                 "residual stream", "normalized metric", xticklabels=shown,
                 yticklabels=[f"resid_pre {l}" for l in range(lm.n_layers)] + [f"resid_post {lm.n_layers - 1}"]))
+        run.csv("headline.csv", headline(HEADLINE, run.path))
         df = pd.DataFrame(rows)
         top = df[df.kind.isin(["head", "mlp"])].assign(a=lambda x: (x.normalized - (x.direction == "noise")).abs())
         print(top.sort_values("a", ascending=False).groupby(["task", "direction"]).head(3)[

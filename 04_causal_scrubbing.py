@@ -17,12 +17,17 @@ import typer
 from lib import cli, plots, progress
 from lib.circuit_option import CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.errors import UserError
+from lib.headline import Metric, extract as headline
 from lib.hypotheses import BASELINE, COMPLEMENT_ONLY, HYPOTHESES, baseline, complement_only, main_hypothesis
 from lib.metrics import data_metric, kl_divergence, kl_interpretation, reverse_kl
 from lib.model import answer_logits
 from lib.scrubbing import Pool, draw, scrubbed_logits
 
 app = cli.script_app(__doc__)
+HEADLINE = [Metric("kl_mean", "summary.csv", "kl_mean", {"test": "feature hypothesis"}),
+            Metric("loss_recovered", "summary.csv", "loss_recovered_ratio_of_means", {"test": "feature hypothesis"}),
+            Metric("complement_only_loss_recovered", "summary.csv", "loss_recovered_ratio_of_means",
+                   {"test": "complement-only (weaker test)"})]
 HypothesisOpt = Annotated[str, typer.Option("--hypothesis", help="auto (published per-node features for a "
                                             "canonical circuit, else answer-feature) | canonical | "
                                             "answer-feature | whole-prompt")]
@@ -129,6 +134,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         run.csv("hypothesis.csv", pd.DataFrame(described, columns=["task", "hypothesis", "node", "features", "position"]))
         for name in opts.tasks:
             run.figure(f"scrubbing_{name}.png", plots.scrubbing(seeds[seeds.task == name], name))
+        run.csv("headline.csv", headline(HEADLINE, run.path))
         print(summary[["task", "hypothesis", "kl_mean", "kl_mean_std", "loss_recovered_ratio_of_means",
                        "resampled_fraction", "interpretation"]].to_string(index=False, float_format="%.4f"))
 

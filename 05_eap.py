@@ -14,9 +14,13 @@ from lib.eap import METHODS, edge_scores
 from lib.errors import UserError
 from lib.faithfulness import Evaluator, discovery_and_held_out, log_grid, roc_curve, top_k_mask
 from lib.graph import Circuit, graph_of
+from lib.headline import Metric, extract as headline
 from lib.patching import ABLATIONS
 
 app = cli.script_app(__doc__)
+HEADLINE = [Metric("edges_for_0.8_faithfulness", "faithfulness_curve.csv",
+                   fn=lambda d: d.edges_kept[d.faithfulness >= 0.8].min() if (d.faithfulness >= 0.8).any() else float("nan")),
+            Metric("auc", "roc.csv", fn=lambda d: d.auc.iloc[0])]
 DIAGRAM_EDGES = 40  # edges drawn in the diagram (the top ones by |score|)
 
 
@@ -69,6 +73,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
             run.figure("roc.png", plots.curves({k: (f, t) for k, (f, t, _) in rocs.items()}, "ROC against the canonical circuit",
                                                "false positive rate", "true positive rate", diagonal=True,
                                                labels={k: f"{k} (AUC {a:.3f})" for k, (_, _, a) in rocs.items()}))
+        run.csv("headline.csv", headline(HEADLINE, run.path))
         print(pd.DataFrame(curve_rows).groupby("task").tail(3).to_string(index=False, float_format="%.4f"))
 
 

@@ -17,9 +17,13 @@ from lib.circuits import canonical_circuit
 from lib.errors import UserError
 from lib.faithfulness import Evaluator, discovery_and_held_out, roc_from_points
 from lib.graph import Circuit, graph_of
+from lib.headline import Metric, extract as headline
 from lib.patching import ABLATIONS
 
 app = cli.script_app(__doc__)
+HEADLINE = [Metric("edges_kept@tau={tau:g}", "acdc_sweep.csv", "edges_kept", by=("tau",)),
+            Metric("faithfulness@tau={tau:g}", "acdc_sweep.csv", "faithfulness", by=("tau",)),
+            Metric("auc", "roc.csv", fn=lambda d: d.auc.iloc[0])]
 CHECKPOINT_SECONDS = 15.0  # the search state is saved at least this often (and always on an interrupt)
 
 
@@ -112,6 +116,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
             run.figure("roc.png", plots.curves({k: (f, t) for k, (f, t, _) in rocs.items()}, "ACDC ROC against the canonical circuit (one point per tau)",
                                                "false positive rate", "true positive rate", diagonal=True,
                                                labels={k: f"{k} (AUC {a:.3f})" for k, (_, _, a) in rocs.items()}))
+        run.csv("headline.csv", headline(HEADLINE, run.path))
         shown = sweep.assign(seconds=[timings.get(f"{r.task}_tau{r.tau:g}", np.nan) for r in sweep.itertuples()])
         print(shown[["task", "tau", "edges_kept", "edges_tried", "forward_passes", "seconds", "faithfulness"]].to_string(
             index=False, float_format="%.4f"))

@@ -10,11 +10,16 @@ import pandas as pd
 from scipy.stats import spearmanr
 from lib import cli, plots
 from lib.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
+from lib.headline import Metric, extract as headline
 from lib.metrics import DIVERGENCES, data_metric, kl_interpretation, normalized, summarize
 from lib.model import answer_logits
 from lib.patching import evaluate_mask
 
 app = cli.script_app(__doc__)
+HEADLINE = [Metric("kl_mean", "summary.csv", "mean", {"metric": "kl"}),
+            Metric("js_mean", "summary.csv", "mean", {"metric": "js"}),
+            Metric("tv_mean", "summary.csv", "mean", {"metric": "tv"}),
+            Metric("faithfulness", "summary.csv", "ratio_of_means", {"metric": "logit_diff_faithfulness"})]
 MODE_DROPPING_RATIO = 0.1  # JS below this fraction of KL reads as mode-dropping (project convention)
 
 
@@ -56,6 +61,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         run.figure("kl_vs_js.png", plots.scatter({t: (d.kl.to_numpy(), d.js.to_numpy()) for t, d in items.groupby(
             "task", sort=False)}, "Per-prompt KL vs JS (one dot per prompt)", "KL(full || circuit), nats (symlog)",
             "JS(full, circuit), nats (symlog)", loglog=True))
+        run.csv("headline.csv", headline(HEADLINE, run.path))
         print(spread[["task", "circuit", "kl_mean", "js_mean", "interpretation"]].to_string(index=False, float_format="%.4f"))
 
 

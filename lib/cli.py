@@ -96,7 +96,7 @@ def check_finite(what: str, *values: float | None) -> None:
 def common(tasks: str, model: str, device: str, dtype: str, n_prompts: int, batch_size: int, seed: int,
            out: Path, quiet: bool = False) -> Common:
     """Validate the shared options (before any model is loaded)."""
-    from lib.model import check_model_name, resolve_device, resolve_dtype
+    from lib.model import check_device_name, check_model_name, resolve_dtype
 
     if n_prompts < 1:
         raise UserError(f"--n-prompts must be at least 1 (got {n_prompts})")
@@ -106,7 +106,7 @@ def common(tasks: str, model: str, device: str, dtype: str, n_prompts: int, batc
         raise UserError(f"--seed must be between 0 and {SEED_MAX} (got {seed})")
     names = parse_tasks(tasks)
     check_model_name(model)
-    resolve_device(device)
+    check_device_name(device)
     resolve_dtype(dtype)
     progress.set_quiet(quiet)
     return Common(names, model, device, dtype, n_prompts, batch_size, seed, out)
@@ -126,6 +126,45 @@ class Suspended(Exception):
         self.code = code
 
 
+class _Checked(Exception):
+    """Raised where a script would start loading its model, when only its options are being checked."""
+
+
+_check_only = False
+
+
+def check_argv(app: typer.Typer, argv: list[str]) -> str | None:
+    """Run a script's own option parsing and checks on argv, stopping before the model loads; returns the
+    error line it would print (None if the options are accepted). Nothing is written."""
+    global _check_only
+    command = typer.main.get_command(app)
+    _check_only = True
+    try:
+        command.main(args=_join_variadic(list(argv)), prog_name="check", standalone_mode=False)
+    except _Checked:
+        return None
+    except UserError as e:
+        return str(e)
+    except _click_exceptions.UsageError as e:
+        return e.format_message()
+    finally:
+        _check_only = False
+    return None
+
+
+def load_script(name: str):
+    """A numbered script's module (its typer `app`, HEADLINE, ...) by file name, e.g. '06_acdc.py'."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / name
+    if not (path.is_file() and name[:2].isdigit() and name.endswith(".py")):
+        raise UserError(f"unknown script {name!r}")
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @contextmanager
 def experiment(script: str, opts: Common, resume: Path | None = None, **extra_options):
     """Load the model, open a run directory; on success the run is moved into place whole. An interrupted
@@ -133,6 +172,8 @@ def experiment(script: str, opts: Common, resume: Path | None = None, **extra_op
     from lib.model import load_model
     from lib.results import RunDir
 
+    if _check_only:
+        raise _Checked
     seed_everything(opts.seed)
     record = {"options": {**asdict(opts), "out": str(opts.out), **extra_options}, "seed": opts.seed}
     run = RunDir(opts.out, script, record, ARGV, resume=resume)  # checks --out is writable before the model load
@@ -203,18 +244,12 @@ def _resume_argv(argv: list[str], script: str) -> tuple[list[str], str | None]:
     return list(read_checkpoint(Path(where), script)["argv"]), where
 
 
-def main(app: typer.Typer, argv: list[str] | None = None) -> None:
-    """Run a script's typer app: usage and input errors print one line and exit 2; Ctrl-C, SIGTERM and
-    SIGHUP keep finished work and exit 128 + the signal number (130, 143, 129)."""
-    global ARGV
-    command = typer.main.get_command(app)
-    script = Path(app.registered_commands[0].callback.__code__.co_filename).stem
-    prog = f"{script}.py"
+def guarded(prog: str, invoke, interrupted_note: str = "") -> None:
+    """Run a typer command (invoke() returns its exit code) under the error policy: usage and input errors
+    print one line and exit 2; Ctrl-C, SIGTERM and SIGHUP exit 128 + the signal number (130, 143, 129)."""
     with interrupts.handled():
         try:
-            ARGV, resume = _resume_argv(list(sys.argv[1:] if argv is None else argv), script)
-            args = _join_variadic(ARGV) + (["--resume", resume] if resume else [])
-            code = command.main(args=args, prog_name=prog, standalone_mode=False)
+            code = invoke()
             if isinstance(code, int) and code:  # typer turns Ctrl-C into exit code 130, returned not raised
                 if code == 130:
                     raise interrupts.last or KeyboardInterrupt
@@ -229,8 +264,23 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> None:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.code)
         except (typer.Abort, KeyboardInterrupt) as e:
-            print(f"error: interrupted by {getattr(e, 'name', 'Ctrl-C')}", file=sys.stderr)
+            print(f"error: interrupted by {getattr(e, 'name', 'Ctrl-C')}{interrupted_note}", file=sys.stderr)
             sys.exit(interrupts.exit_code(e))
+
+
+def main(app: typer.Typer, argv: list[str] | None = None) -> None:
+    """Run a numbered script's typer app under the error policy (see guarded); `--resume DIR` replays the
+    interrupted run's own arguments."""
+    command = typer.main.get_command(app)
+    script = Path(app.registered_commands[0].callback.__code__.co_filename).stem
+
+    def invoke():
+        global ARGV
+        ARGV, resume = _resume_argv(list(sys.argv[1:] if argv is None else argv), script)
+        args = _join_variadic(ARGV) + (["--resume", resume] if resume else [])
+        return command.main(args=args, prog_name=f"{script}.py", standalone_mode=False)
+
+    guarded(f"{script}.py", invoke)
 
 
 def script_app(help_text: str) -> typer.Typer:

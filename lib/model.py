@@ -48,11 +48,16 @@ class LoadedModel:
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
 
 
+def check_device_name(device: str) -> None:
+    """The name only (availability is checked where the model loads: a SLURM login node has no GPU)."""
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(device: str) -> torch.device:
+    check_device_name(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UserError(f"unknown device {device!r}; use auto, cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     return torch.device(device)

@@ -66,15 +66,12 @@ def run_cli(script: str, *args: str):
     """Run a numbered script's CLI in this process (same entry point as the command line, minus the
     interpreter start-up); returns returncode, stdout, stderr like subprocess.run."""
     import contextlib
-    import importlib.util
     import io
     import subprocess
 
     from lib import cli
 
-    spec = importlib.util.spec_from_file_location(f"script_{script[:2]}", ROOT / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = cli.load_script(script)
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -1,0 +1,196 @@
+"""batch.py: grid expansion, refusal before any work, a real toy grid (local executor, 2 jobs), rerun and
+resume after SIGTERM, a failing cell, the SLURM path through submitit's local executor, seed folding."""
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from lib import grid
+from lib.aggregate import t_interval
+from lib.errors import UserError
+
+SMOKE = """
+[defaults]
+model = "toy"
+n-prompts = 4
+device = "cpu"
+
+[[experiment]]
+script = "01_dla.py"
+tasks = ["ioi", "sva"]
+seed = [0, 1]
+"""
+
+
+def batch(*args):
+    """batch.py's entry point in this process: (exit code, stdout, stderr)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("batch_cli", ROOT / "batch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            module.main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_expansion_products_defaults_overrides():
+    cells = grid.expand({"defaults": {"model": "toy", "seed": [0, 1], "n_prompts": 8},
+                         "experiment": [{"script": "21_output_variants.py", "tasks": ["ioi", "sva"],
+                                         "ablation": ["resample", "mean"]},
+                                        {"script": "06_acdc.py", "tasks": "all", "seed": 5, "thresholds": "0.01 0.1"}]})
+    assert len(cells) == 2 * 2 * 2 + 4
+    first = cells[0]
+    assert dict(first.options) == {"tasks": "ioi", "model": "toy", "seed": 0, "n-prompts": 8, "ablation": "resample"}
+    assert first.argv() == ["--tasks", "ioi", "--model", "toy", "--seed", "0", "--n-prompts", "8", "--ablation", "resample"]
+    acdc = [c for c in cells if c.script == "06_acdc.py"]
+    assert [c.task for c in acdc] == ["ioi", "sva", "docstring", "greater-than"]
+    assert dict(acdc[0].options)["seed"] == 5 and acdc[0].argv()[-3:] == ["--thresholds", "0.01", "0.1"]
+    assert len({c.id for c in cells}) == len(cells)
+    # the id is a hash of the script and the option set, not of the order they were written in
+    same = grid.Cell("21_output_variants.py", tuple(reversed(first.options)), 9)
+    assert same.id == first.id
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[experiment]]\nscript = "21_output_variants.py"\nablation = "foo"',
+     "experiment 1, cell 21_output_variants.py tasks=ioi ablation=foo: unknown ablation 'foo'"),
+    ('[[experiment]]\nscript = "21_output_variants.py"\nbogus = 1', "No such option: --bogus"),
+    ('[[experiment]]\nscript = "99_nothing.py"', "experiment 1: unknown script '99_nothing.py'"),
+    ('[[experiment]]\nscript = "01_dla.py"\nout = "x"', "option out is set by the runner"),
+    ('[[experiment]]\nscript = "06_acdc.py"\nthresholds = "nan"', "--thresholds must be a finite number"),
+    ('[defaults]\nseed = []\n[[experiment]]\nscript = "01_dla.py"', "option seed has an empty list"),
+    ("[[experiment]\n", "is not valid TOML"),
+    ('[defaults]\nmodel = "toy"', "needs at least one [[experiment]] table"),
+])
+def test_bad_grid_refused_before_any_work(tmp_path, text, message):
+    (tmp_path / "g.toml").write_text(text)
+    code, out, err = batch("run", str(tmp_path / "g.toml"), "--out", str(tmp_path / "out"))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_across_seed_interval_by_hand():
+    mean, std, lo, hi = t_interval(np.array([1.0, 2.0, 3.0, 4.0]))
+    # mean 2.5, s = sqrt(5/3), t_{0.975, 3} = 3.182446305 (tables), half-width = t * s / 2
+    half = 3.182446305284263 * np.sqrt(5 / 3) / 2
+    assert mean == 2.5 and np.isclose(std, np.sqrt(5 / 3)) and np.isclose(lo, 2.5 - half) and np.isclose(hi, 2.5 + half)
+    assert np.isnan(t_interval(np.array([1.0]))[2])
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The smoke grid run once, uninterrupted, with 2 local jobs."""
+    where = tmp_path_factory.mktemp("batch")
+    (where / "smoke.toml").write_text(SMOKE)
+    t0 = time.time()
+    code, out, err = batch("run", str(where / "smoke.toml"), "--out", str(where / "a"), "--jobs", "2")
+    assert code == 0, err + out
+    return where, time.time() - t0, out
+
+
+def test_smoke_grid_end_to_end(smoke_run):
+    where, seconds, out = smoke_run
+    a = where / "a"
+    m = pd.read_csv(a / "manifest.csv")
+    assert len(m) == 4 and (m.state == "done").all() and m.run_dir.str.contains("01_dla/").all()
+    s = pd.read_csv(a / "summary.csv")
+    assert set(s.metric) == {"model_logit_diff", "dla_max_abs_error"} and len(s) == 4 * 2
+    assert {"cell_id", "script", "task", "model", "seed", "value", "ci_low", "ci_high"} <= set(s.columns)
+    assert "wall_seconds" not in s.columns  # timings stay in the manifest
+    folded = pd.read_csv(a / "summary_by_seed.csv")
+    assert len(folded) == 2 * 2 and (folded.n_seeds == 2).all() and (folded.seeds == "0 1").all()
+    for (task, metric), d in s.groupby(["task", "metric"]):
+        row = folded[(folded.task == task) & (folded.metric == metric)].iloc[0]
+        assert np.isclose(row["mean"], d.value.mean()) and np.isclose(row["std"], d.value.std(ddof=1))
+    md, tex = (a / "tables.md").read_text(), (a / "tables.tex").read_text()
+    assert "## 01_dla.py" in md and "| ioi" in md and "| sva" in md and "±" in md
+    assert "\\begin{tabular}" in tex and "ioi" in tex and "sva" in tex
+    assert (a / "plots" / "01_dla.png").is_file()
+    record = json.loads((a / "batch.json").read_text())
+    assert record["grid"] == SMOKE and len(record["cells"]) == 4 and record["executor"]["jobs"] == 2
+    # a rerun runs nothing and gives the same summary, byte for byte
+    before = (a / "summary.csv").read_bytes()
+    code, out, err = batch("run", str(where / "smoke.toml"), "--out", str(a), "--jobs", "2")
+    assert code == 0 and "0 of 4 cells to run" in out, err
+    assert (a / "summary.csv").read_bytes() == before
+    code, out, err = batch("status", str(a))
+    assert code == 0 and out.startswith("done=4 failed=0 interrupted=0 pending=0")
+
+
+def test_sigterm_then_rerun_finishes_only_the_rest(smoke_run):
+    where, _, _ = smoke_run
+    b = where / "b"
+    log = where / "b.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "batch.py"), "run", str(where / "smoke.toml"), "--out",
+                                 str(b), "--jobs", "2"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        t0 = time.time()
+        while time.time() - t0 < 300:  # wait until one cell is done, then stop the runner
+            if (b / "manifest.csv").is_file() and (pd.read_csv(b / "manifest.csv").state == "done").sum() >= 1:
+                break
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143, log.read_text()
+    assert "rerun the same command to continue" in log.read_text()
+    m = pd.read_csv(b / "manifest.csv")
+    finished = int((m.state == "done").sum())
+    assert 1 <= finished < 4 and not m.state.isin(["running"]).any()
+    code, out, err = batch("run", str(where / "smoke.toml"), "--out", str(b), "--jobs", "2")
+    assert code == 0 and f"{4 - finished} of 4 cells to run" in out, err + out
+    assert (b / "summary.csv").read_bytes() == (where / "a" / "summary.csv").read_bytes()
+
+
+def test_failing_cell_recorded_while_others_finish(tmp_path):
+    """A circuit file that parses but does not fit the model fails in its cell, with its error line."""
+    (tmp_path / "c.json").write_text('{"edges": [{"edge": "a9.h9->logits"}]}')
+    (tmp_path / "g.toml").write_text(f"""
+[defaults]
+model = "toy"
+n-prompts = 4
+[[experiment]]
+script = "01_dla.py"
+tasks = ["ioi"]
+[[experiment]]
+script = "21_output_variants.py"
+tasks = ["ioi"]
+circuit = "{tmp_path / 'c.json'}"
+""")
+    code, out, err = batch("run", str(tmp_path / "g.toml"), "--out", str(tmp_path / "out"), "--jobs", "2")
+    assert code == 0, err
+    m = pd.read_csv(tmp_path / "out" / "manifest.csv")
+    assert list(m.state) == ["done", "failed"]
+    assert "edge 'a9.h9->logits' does not exist in a 4-layer, 4-head model" in m.error[1]
+    code, out, err = batch("status", str(tmp_path / "out"))
+    assert "done=1 failed=1" in out and "a9.h9->logits" in out
+    code, out, err = batch("run", str(tmp_path / "g.toml"), "--out", str(tmp_path / "out"), "--only-failed", "--dry-run")
+    assert "1 of 2 cells would run" in out
+
+
+def test_slurm_path_through_submitit_local_executor(smoke_run, tmp_path):
+    """The SLURM code path (submitit job array), run by submitit's local executor: same cells, same summary."""
+    where, _, _ = smoke_run
+    code, out, err = batch("run", str(where / "smoke.toml"), "--out", str(tmp_path / "c"), "--executor",
+                           "submitit-local", "--cpus-per-task", "1", "--timeout-min", "20")
+    assert code == 0, err + out
+    a, c = pd.read_csv(where / "a" / "manifest.csv"), pd.read_csv(tmp_path / "c" / "manifest.csv")
+    assert list(a.cell_id) == list(c.cell_id) and (c.state == "done").all()
+    assert (tmp_path / "c" / "summary.csv").read_bytes() == (where / "a" / "summary.csv").read_bytes()
+    assert any((tmp_path / "c" / "submitit").iterdir())
