@@ -70,7 +70,8 @@ def _run_local(out: Path, all_cells: list, todo: list, jobs: int) -> None:
         except KeyboardInterrupt:
             for f in pending:
                 f.cancel()
-            cells.stop_running()  # the cells checkpoint and exit; their outcomes are written
+            cells.stop_running()  # the cells checkpoint and exit...
+            wait(pending)  # ...and their threads write their outcomes before the manifest is
             raise
         finally:
             cells.write_manifest(out, all_cells)

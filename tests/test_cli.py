@@ -24,7 +24,7 @@ def test_dla_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     (run,) = run_dirs(tmp_path, "01_dla")
     assert {p.name for p in run.iterdir()} == {"run.json", "dataset.csv", "dla.csv", "dla_check.csv",
-                                               "dla_heads.png", "dla_top.png"}
+                                               "dla_heads.png", "dla_top.png", "headline.csv"}
     check = pd.read_csv(run / "dla_check.csv")
     assert list(check.task) == ["ioi", "greater-than"]
     assert (check.max_abs_error < 1e-3).all()
@@ -182,7 +182,7 @@ def test_causal_scrubbing_end_to_end(tmp_path):
         assert r.returncode == 0, r.stderr
     first, second = run_dirs(tmp_path, "04_causal_scrubbing")
     assert {p.name for p in first.iterdir()} == {
-        "run.json", "dataset.csv", "items.csv", "seeds.csv", "summary.csv", "hypothesis.csv",
+        "run.json", "dataset.csv", "items.csv", "seeds.csv", "summary.csv", "hypothesis.csv", "headline.csv",
         "scrubbing_sva.png", "scrubbing_docstring.png"}
     for name in ("items.csv", "seeds.csv", "summary.csv"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
