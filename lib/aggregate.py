@@ -118,8 +118,8 @@ def plots(out: Path, folded: pd.DataFrame) -> list[Path]:
             ax.set_xticks(range(len(m)), labels, rotation=60, ha="right", fontsize=7)
             ax.set_title(metric, fontsize=9)
             ax.axhline(0, color="k", lw=0.5)
-        axes[0][0].set_ylabel("mean over seeds (error bars: 95% t-interval)")
-        fig.suptitle(f"{script}: headline metrics across seeds")
+        axes[0][0].set_ylabel("mean over seeds")
+        fig.suptitle(f"{script}: headline metrics, mean over seeds (error bars: 95% Student-t interval across seeds)")
         path = Path(out) / "plots" / f"{script.removesuffix('.py')}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
