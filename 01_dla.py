@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from lib import cli, plots, progress
+from lib import cli, intervals, plots, progress
 from lib.dla import direct_logit_attribution
 from lib.headline import Metric, extract as headline
 
@@ -18,9 +18,9 @@ HEADLINE = [Metric("model_logit_diff", "dla_check.csv", "model_logit_diff"),
 @app.command()
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
-         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), quiet: cli.QuietOpt = False,
-         resume: cli.ResumeOpt = None):
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
+         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), n_bootstrap: cli.NBootstrapOpt = 1000,
+         quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     with cli.experiment("01_dla", opts, resume=resume) as (lm, run):
         datasets = cli.task_builds(lm, opts)
         with progress.bar(sum(map(len, datasets.values())), "DLA", "prompt") as bar:
@@ -47,13 +47,16 @@ def dla_task(lm, name: str, data, opts, bar) -> dict:
     r = direct_logit_attribution(lm, data, opts.batch_size, progress=bar)
     att = r.attributions.numpy()
     mean, std = att.mean(0), att.std(0, ddof=1) if len(att) > 1 else np.zeros(att.shape[1])
+    low, high = intervals.interval(intervals.mean, att.T, n_resamples=opts.n_bootstrap, seed=opts.seed)  # [C] each
     rows = []
     for c, comp in enumerate(r.components):
         layer, head = _layer_head(comp)
         rows.append({"task": name, "component": comp, "kind": _kind(comp), "layer": layer,
-                     "head": head, "mean": mean[c], "std": std[c]})
+                     "head": head, "mean": mean[c], "std": std[c], "mean_ci_low": low[c], "mean_ci_high": high[c]})
     total = att.sum(1)
-    check = {"task": name, "n": len(data), "model_logit_diff": r.model_diff.mean().item(),
+    ci = dict(n_resamples=opts.n_bootstrap, seed=opts.seed)
+    check = {"task": name, "n": len(data),
+             **intervals.columns("model_logit_diff", intervals.mean, r.model_diff.numpy(), **ci),
              "components_sum": total.mean(), "bias_terms": r.bias.mean().item(),
              "residual": (r.model_diff.numpy() - total).mean(),
              "max_abs_error": np.abs(r.model_diff.numpy() - total - r.bias.numpy()).max()}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from lib import cli, plots
+from lib import cli, intervals, metrics, plots
 from lib.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.evaluate import behaviour
 from lib.headline import Metric, extract as headline
@@ -23,18 +23,24 @@ HEADLINE = [Metric("clean_mean", "summary.csv", "mean", {"condition": "clean", "
             Metric("faithfulness_median", "summary.csv", "faithfulness_median", {"condition": "circuit", "group": "all"})]
 
 
-def summary_rows(items: pd.DataFrame, column: str, condition: str) -> list[dict]:
-    """Mean, std, median, accuracy (metric > 0) of one metric column, over all items and per group;
-    for the circuit, normalized faithfulness too."""
+def summary_rows(items: pd.DataFrame, column: str, condition: str, n_bootstrap: int, seed: int) -> list[dict]:
+    """Mean, std, median, accuracy (metric > 0) of one metric column, over all items and per group, with 95%
+    bootstrap intervals over prompts; for the circuit, normalized faithfulness too (prompts resampled jointly)."""
     rows = []
     for (task, group), df in [((t, "all"), d) for t, d in items.groupby("task", sort=False)] + list(
             items.groupby(["task", "group"], sort=True)):
         v = df[column].to_numpy()
+        ci = dict(n_resamples=n_bootstrap, seed=seed)
         row = {"task": task, "circuit": df.circuit.iloc[0], "condition": condition, "group": group, "n": len(v),
-               "mean": v.mean(), "std": v.std(ddof=1) if len(v) > 1 else 0.0, "median": np.median(v),
-               "accuracy": (v > 0).mean(), "faithfulness": np.nan, "faithfulness_median": np.nan}
+               **intervals.columns("mean", intervals.mean, v, **ci), "std": v.std(ddof=1) if len(v) > 1 else 0.0,
+               **intervals.columns("median", intervals.median, v, **ci),
+               **intervals.columns("accuracy", intervals.positive_share, v, **ci)}
+        for name in ("faithfulness", "faithfulness_median"):
+            row |= {name: np.nan, f"{name}_ci_low": np.nan, f"{name}_ci_high": np.nan}
         if condition == "circuit":
-            row.update(normalized(v, df.metric_clean.to_numpy(), df.metric_corrupted.to_numpy()))
+            samples = (v, df.metric_clean.to_numpy(), df.metric_corrupted.to_numpy())
+            row |= intervals.columns("faithfulness", intervals.ratio_of_means, *samples, **ci)
+            row |= intervals.columns("faithfulness_median", metrics.median_of_ratios, *samples, **ci)
         rows.append(row)
     return rows
 
@@ -43,9 +49,10 @@ def summary_rows(items: pd.DataFrame, column: str, condition: str) -> list[dict]
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
          seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), circuit: CircuitOpt = "auto",
-         ablation: AblationOpt = "resample", quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
+         ablation: AblationOpt = "resample", n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False,
+         resume: cli.ResumeOpt = None):
     check_options(circuit, ablation)
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     with circuit_experiment("02_logit_diff", opts, circuit, ablation, resume=resume) as (lm, run, graph, datasets):
         def task_items(name: str) -> pd.DataFrame:
             data = datasets[name]
@@ -58,9 +65,10 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
             return items
 
         items = pd.concat(cli.per_task(run, opts.tasks, task_items).values(), ignore_index=True)
-        summary = pd.DataFrame(summary_rows(items, "metric_clean", "clean")
-                               + summary_rows(items, "metric_corrupted", "corrupted")
-                               + summary_rows(items, "metric_circuit", "circuit"))
+        boot = (opts.n_bootstrap, opts.seed)
+        summary = pd.DataFrame(summary_rows(items, "metric_clean", "clean", *boot)
+                               + summary_rows(items, "metric_corrupted", "corrupted", *boot)
+                               + summary_rows(items, "metric_circuit", "circuit", *boot))
         run.csv("dataset.csv", pd.concat([d.dataset_frame(lm.tokenizer) for d in datasets.values()]))
         run.csv("items.csv", items)
         run.csv("summary.csv", summary)
@@ -70,8 +78,9 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
              for t, d in items.groupby("task", sort=False)}, "Task metric per prompt",
             {t: TASK_METRIC_LABELS[datasets[t].metric_kind] for t in datasets}, "prompts"))
         run.csv("headline.csv", headline(HEADLINE, run.path))
-        overall = summary[summary.group == "all"][["task", "circuit", "condition", "n", "mean", "std", "accuracy",
-                                                   "faithfulness", "faithfulness_median"]]
+        overall = summary[summary.group == "all"][["task", "circuit", "condition", "n", "mean", "mean_ci_low",
+                                                   "mean_ci_high", "accuracy", "faithfulness", "faithfulness_ci_low",
+                                                   "faithfulness_ci_high"]]
         print(overall.to_string(index=False, float_format="%.4f"))
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 import typer
-from lib import cli, plots, progress
+from lib import cli, intervals, plots, progress
 from lib.errors import UserError
 from lib.evaluate import behaviour
 from lib.headline import Metric, extract as headline
@@ -31,46 +31,56 @@ def aligned_group(data) -> list[int]:
     return np.flatnonzero((keys == best).to_numpy()).tolist()
 
 
-def run_patches(lm, data, components, direction, batch_size, rows_per_pass, desc):
-    """Mean task metric per component over all items, [C]."""
-    total = np.zeros(len(components))
+def run_patches(lm, data, components, direction, batch_size, rows_per_pass, desc) -> np.ndarray:
+    """Task metric per component and item, [C, N]."""
     per_pass = max(1, rows_per_pass // min(batch_size, len(data)))
     n_batches = -(-len(data) // batch_size)
+    parts = []
     with progress.bar(len(components) * n_batches, desc, "patch") as bar:
         for start in range(0, len(data), batch_size):
             batch = data.subset(slice(start, start + batch_size))
-            total += patch_metrics(lm, batch, components, direction, per_pass, progress=bar).sum(1).numpy()
-    return total / len(data)
+            parts.append(patch_metrics(lm, batch, components, direction, per_pass, progress=bar).numpy())
+    return np.concatenate(parts, axis=1)
 
 
-def patch_task(lm, name: str, data, directions: list[str], batch_size: int, rows_per_pass: int) -> dict:
+def with_intervals(per_item: np.ndarray, clean: np.ndarray, corrupt: np.ndarray, n_bootstrap: int, seed: int) -> dict:
+    """Per component [C]: mean metric and normalized metric (ratio of means), each with its 95% bootstrap
+    interval over prompts (prompts resampled jointly with their clean and corrupted metric)."""
+    ci = dict(n_resamples=n_bootstrap, seed=seed)
+    out = {"metric": per_item.mean(1), "normalized": intervals.ratio_of_means(per_item, clean, corrupt)}
+    out["metric_ci_low"], out["metric_ci_high"] = intervals.interval(intervals.mean, per_item, **ci)
+    out["normalized_ci_low"], out["normalized_ci_high"] = intervals.interval(intervals.ratio_of_means, per_item,
+                                                                             clean, corrupt, **ci)
+    return out
+
+
+def patch_task(lm, name: str, data, directions: list[str], opts, rows_per_pass: int) -> dict:
     """One task's rows, head maps and residual-stream maps, per direction."""
     rows, head_maps, resid_maps = [], {}, {}
-    L, H = lm.n_layers, lm.n_heads
+    L, H, batch_size = lm.n_layers, lm.n_heads, opts.batch_size
     base = behaviour(lm, data, batch_size)
-    clean, corrupt = base.metric_clean.mean(), base.metric_corrupted.mean()
+    clean, corrupt = base.metric_clean.to_numpy(), base.metric_corrupted.to_numpy()
     aligned_idx = aligned_group(data)
-    aligned, aligned_base = data.subset(aligned_idx), base.iloc[aligned_idx]
+    aligned = data.subset(aligned_idx)
     tokens = lm.tokenizer.convert_ids_to_tokens(aligned.clean[0, : int(aligned.lengths[0])].tolist())
     for d in directions:
         comps = heads_and_mlps(L, H)
-        means = run_patches(lm, data, comps, d, batch_size, rows_per_pass, f"{name} {d}: heads+MLPs")
-        norm = (means - corrupt) / (clean - corrupt)
-        for c, m, f in zip(comps, means, norm):
+        r = with_intervals(run_patches(lm, data, comps, d, batch_size, rows_per_pass, f"{name} {d}: heads+MLPs"),
+                           clean, corrupt, opts.n_bootstrap, opts.seed)
+        for i, c in enumerate(comps):
             rows.append({"task": name, "direction": d, "component": c.name, "kind": c.kind, "layer": c.layer,
                          "head": c.index if c.kind == "head" else -1, "position": -1, "token": "",
-                         "n": len(data), "metric": m, "normalized": f})
-        head_maps[f"{name} ({d})"] = norm[: L * H].reshape(L, H)
+                         "n": len(data), **{k: v[i] for k, v in r.items()}})
+        head_maps[f"{name} ({d})"] = r["normalized"][: L * H].reshape(L, H)
         P = int(aligned.lengths[0])
         rcomps = residual_positions(L, P)
-        rmeans = run_patches(lm, aligned, rcomps, d, batch_size, rows_per_pass, f"{name} {d}: resid x pos")
-        a_clean, a_corrupt = aligned_base.metric_clean.mean(), aligned_base.metric_corrupted.mean()
-        rnorm = (rmeans - a_corrupt) / (a_clean - a_corrupt)
-        for c, m, f in zip(rcomps, rmeans, rnorm):
+        r = with_intervals(run_patches(lm, aligned, rcomps, d, batch_size, rows_per_pass, f"{name} {d}: resid x pos"),
+                           clean[aligned_idx], corrupt[aligned_idx], opts.n_bootstrap, opts.seed)
+        for i, c in enumerate(rcomps):
             rows.append({"task": name, "direction": d, "component": c.name, "kind": c.label, "layer": c.layer,
                          "head": -1, "position": c.index, "token": tokens[c.index], "n": len(aligned),
-                         "metric": m, "normalized": f})
-        resid_maps[f"{name} ({d})"] = (rnorm.reshape(L + 1, P), tokens)
+                         **{k: v[i] for k, v in r.items()}})
+        resid_maps[f"{name} ({d})"] = (r["normalized"].reshape(L + 1, P), tokens)
     return {"rows": rows, "head_maps": head_maps, "resid_maps": resid_maps}
 
 
@@ -80,18 +90,18 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"),
          direction: Annotated[str, typer.Option(help="denoise | noise | both")] = "both",
          rows_per_pass: Annotated[int, typer.Option(help="prompt copies per forward pass (components x prompts)")] = 256,
-         quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
+         n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     directions = list(DIRECTIONS) if direction == "both" else [direction]
     if any(d not in DIRECTIONS for d in directions):
         raise UserError(f"unknown direction {direction!r}; choose from denoise, noise, both")
     if rows_per_pass < 1:
         raise UserError(f"--rows-per-pass must be at least 1 (got {rows_per_pass})")
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     with cli.experiment("03_activation_patching", opts, resume=resume, direction=direction,
                         rows_per_pass=rows_per_pass) as (lm, run):
         datasets = cli.task_builds(lm, opts)
         results = cli.per_task(run, opts.tasks, lambda name: patch_task(
-            lm, name, datasets[name], directions, opts.batch_size, rows_per_pass))
+            lm, name, datasets[name], directions, opts, rows_per_pass))
         rows = [row for r in results.values() for row in r["rows"]]
         head_maps = {k: v for r in results.values() for k, v in r["head_maps"].items()}
         resid_maps = {k: v for r in results.values() for k, v in r["resid_maps"].items()}

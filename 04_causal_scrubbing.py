@@ -14,7 +14,7 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 import typer
-from lib import cli, plots, progress
+from lib import cli, intervals, plots, progress
 from lib.circuit_option import CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.errors import UserError
 from lib.headline import Metric, extract as headline
@@ -75,21 +75,35 @@ def seed_rows(items: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_rows(seeds: pd.DataFrame, items: pd.DataFrame, stats: dict) -> pd.DataFrame:
+def _mean_of_seed_ratios(*arrays, axis=-1):
+    """Mean over seeds of each seed's loss recovered (ratio of means); arrays = (scrubbed, full, baseline) per seed."""
+    return np.mean([intervals.ratio_of_means(*arrays[i:i + 3], axis=axis) for i in range(0, len(arrays), 3)], axis=0)
+
+
+def summary_rows(seeds: pd.DataFrame, items: pd.DataFrame, stats: dict, n_bootstrap: int = 0,
+                 seed: int = 0) -> pd.DataFrame:
     """Per task x hypothesis: mean and spread (std over seeds) of each per-seed statistic; KL quantiles over
-    every (prompt, seed)."""
+    every (prompt, seed); 95% bootstrap intervals over prompts (resampled jointly across seeds) of the KL means
+    and of loss recovered."""
     rows = []
     for (task, hyp), d in seeds.groupby(["task", "hypothesis"], sort=False):
         it = items[(items.task == task) & (items.hypothesis == hyp)]
         row = {"task": task, "hypothesis": hyp, "test": d.test.iloc[0], "circuit": d.circuit.iloc[0],
                "n_seeds": len(d), "n_prompts": int(it.item.nunique())}
+        by_seed = [g.sort_values("item") for _, g in it.groupby("seed", sort=True)]  # [S] frames over the same prompts
+        ci = dict(n_resamples=n_bootstrap, seed=seed)
         for m in ("kl", "reverse_kl"):
-            row |= {f"{m}_mean": d[f"{m}_mean"].mean(), f"{m}_mean_std": d[f"{m}_mean"].std(ddof=1),
+            low, high = intervals.interval(intervals.mean, np.mean([g[m].to_numpy() for g in by_seed], axis=0), **ci)
+            row |= {f"{m}_mean": d[f"{m}_mean"].mean(), f"{m}_mean_ci_low": low, f"{m}_mean_ci_high": high,
+                    f"{m}_mean_std": d[f"{m}_mean"].std(ddof=1),
                     f"{m}_median": np.median(it[m]), f"{m}_q25": np.quantile(it[m], 0.25),
                     f"{m}_q75": np.quantile(it[m], 0.75)}
         for m in ("metric_full", "metric_scrubbed", "metric_baseline", "loss_recovered_ratio_of_means",
                   "loss_recovered_mean_of_ratios", "loss_recovered_median_of_ratios"):
             row |= {m: d[m].mean(), f"{m}_std": d[m].std(ddof=1)}
+            if m == "loss_recovered_ratio_of_means":
+                arrays = [g[c].to_numpy() for g in by_seed for c in ("metric_scrubbed", "metric_full", "metric_baseline")]
+                row[f"{m}_ci_low"], row[f"{m}_ci_high"] = intervals.interval(_mean_of_seed_ratios, *arrays, **ci)
         s = stats[(task, hyp)]
         row["resampled_fraction"] = s["agreeing_draws_moved"] / s["agreeing_draws"] if s["agreeing_draws"] else np.nan
         row["instances_per_prompt"] = s["instances"] / (len(d) * row["n_prompts"])
@@ -105,7 +119,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
          seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), circuit: CircuitOpt = "auto",
          hypothesis: HypothesisOpt = "auto", n_seeds: SeedsOpt = 3, pool_size: PoolOpt = 2000,
-         quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
+         n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     check_options(circuit, "resample")
     if hypothesis not in HYPOTHESES:
         raise UserError(f"unknown hypothesis {hypothesis!r}; choose from {', '.join(HYPOTHESES)}")
@@ -113,7 +127,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         raise UserError(f"--n-seeds must be at least 1 (got {n_seeds})")
     if pool_size < n_prompts:
         raise UserError(f"--pool-size ({pool_size}) must be at least --n-prompts ({n_prompts})")
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
 
     with circuit_experiment("04_causal_scrubbing", opts, circuit, "resample", resume=resume, hypothesis=hypothesis,
                             n_seeds=n_seeds, pool_size=pool_size) as (lm, run, graph, _):
@@ -126,7 +140,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         stats = {k: v for r in results.values() for k, v in r["stats"].items()}
         described = [row for r in results.values() for row in r["described"]]
         seeds = seed_rows(items)
-        summary = summary_rows(seeds, items, stats)
+        summary = summary_rows(seeds, items, stats, opts.n_bootstrap, opts.seed)
         run.csv("dataset.csv", pd.concat([r["frame"] for r in results.values()]))
         run.csv("items.csv", items)
         run.csv("seeds.csv", seeds)

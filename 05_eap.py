@@ -34,7 +34,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          top_k: Annotated[str, typer.Option("--top-k", help="circuit sizes to save, space-separated")] = "100",
          threshold: Annotated[float, typer.Option(help="also save the circuit of edges with |score| >= this")] = None,
          ablation: Annotated[str, typer.Option(help="resample | mean | zero (for the faithfulness curve)")] = "resample",
-         quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
+         n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False,
+         resume: cli.ResumeOpt = None):
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if metric == "kl":
@@ -50,7 +51,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     if not ks or any(k < 1 for k in ks):
         raise UserError("--top-k sizes must be at least 1")
     cli.check_finite("--threshold", threshold)
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     extra = dict(method=method, ig_steps=ig_steps, metric=metric, top_k=ks, threshold=threshold, ablation=ablation)
     with cli.experiment("05_eap", opts, resume=resume, **extra) as (lm, run):
         graph = graph_of(lm)
@@ -101,7 +102,7 @@ def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: li
         if keep.any():
             _save(run, graph, lm, name, method, {**params, "threshold": threshold}, keep, scores,
                   f"circuit_{name}_threshold.json")
-    ev = Evaluator(lm, graph, held_out, ablation, opts.batch_size)
+    ev = Evaluator(lm, graph, held_out, ablation, opts.batch_size, opts.n_bootstrap, opts.seed)
     grid, curve_rows = log_grid(graph.n_edges), []
     with progress.bar(len(grid), f"{name}: faithfulness curve", "circuit") as bar:
         for k in grid:

@@ -35,7 +35,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          metric: Annotated[str, typer.Option(help="kl (KL(clean || circuit)) | task")] = "kl",
          ablation: Annotated[str, typer.Option(help="resample | mean | zero")] = "resample",
          absolute: Annotated[bool, typer.Option("--absolute", help="threshold |metric change| instead of worsening")] = False,
-         quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
+         n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False,
+         resume: cli.ResumeOpt = None):
     taus = cli.parse_floats(thresholds, "--thresholds")
     if not taus or any(t < 0 for t in taus):
         raise UserError("--thresholds must be one or more non-negative numbers")
@@ -43,7 +44,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         raise UserError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     if ablation not in ABLATIONS:
         raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     extra = dict(thresholds=taus, metric=metric, ablation=ablation, absolute=absolute)
     with cli.experiment("06_acdc", opts, resume=resume, **extra) as (lm, run):
         graph = graph_of(lm)
@@ -81,13 +82,13 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                                   {e: state.kept.get(e, float("nan")) for e in graph.edges_of(keep)})
                 if keep.any():
                     run.json(f"circuit_{unit}.json", circuit.to_json(graph))
-                ev = ev or Evaluator(lm, graph, held_out, ablation, opts.batch_size)
+                ev = ev or Evaluator(lm, graph, held_out, ablation, opts.batch_size, opts.n_bootstrap, opts.seed)
                 f = ev.faithfulness(keep)
                 row = {"task": name, "tau": tau, "metric": metric, "ablation": ablation, "absolute": absolute,
                        "edges_kept": int(keep.sum()), "nodes_kept": len(graph.nodes_of(keep)), "edges_tried": state.tried,
                        "forward_passes": state.forward_passes,
                        "final_metric_discovery": state.current, "n_held_out": len(held_out),
-                       "faithfulness": f["faithfulness"], "faithfulness_median": f["faithfulness_median"],
+                       **{k: v for k, v in f.items() if k.startswith("faithfulness")},
                        "tpr": np.nan, "fpr": np.nan, "reference_edges": np.nan}
                 if reference is not None:
                     exists = graph.edge_exists

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
-from lib import cli, plots
+from lib import cli, intervals, plots
 from lib.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.headline import Metric, extract as headline
-from lib.metrics import DIVERGENCES, data_metric, kl_interpretation, normalized, summarize
+from lib.metrics import DIVERGENCES, data_metric, kl_interpretation, summarize
 from lib.model import answer_logits
 from lib.patching import evaluate_mask
 
@@ -34,9 +34,10 @@ def interpretation(kl_mean: float, js_mean: float) -> str:
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
          seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), circuit: CircuitOpt = "auto",
-         ablation: AblationOpt = "resample", quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
+         ablation: AblationOpt = "resample", n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False,
+         resume: cli.ResumeOpt = None):
     check_options(circuit, ablation)
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     with circuit_experiment("21_output_variants", opts, circuit, ablation, resume=resume) as (lm, run, graph, datasets):
         results = cli.per_task(run, opts.tasks, lambda name: variants_task(
             lm, graph, run, name, datasets[name], opts, circuit, ablation))
@@ -48,16 +49,20 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         run.csv("items.csv", items)
         run.csv("summary.csv", summary)
         run.csv("spread.csv", spread)
-        means = summary.pivot(index="task", columns="metric", values="mean").loc[list(datasets)]
+        def table(column: str, metrics: list[str]) -> pd.DataFrame:
+            return summary.pivot(index="task", columns="metric", values=column).loc[list(datasets), metrics]
+
+        div = ["kl", "reverse_kl", "js", "tv"]
         faith = summary[summary.metric == "logit_diff_faithfulness"].set_index("task").loc[list(datasets)]
+        cols = {"ratio_of_means": "ratio of means (headline)", "median": "median of per-prompt ratios"}
         run.figure("metrics_by_task.png", plots.grouped_bars({
-            "divergences (mean over prompts)": (means[["kl", "reverse_kl", "js", "tv"]],
-                                                "KL, reverse KL, JS: nats; TV: in [0, 1]"),
+            "divergences (mean over prompts)": (table("mean", div), "KL, reverse KL, JS: nats; TV: in [0, 1]",
+                                                (table("mean_ci_low", div), table("mean_ci_high", div))),
             "normalized logit-difference faithfulness": (
-                faith[["ratio_of_means", "median"]].rename(columns={"ratio_of_means": "ratio of means (headline)",
-                                                                    "median": "median of per-prompt ratios"}),
-                "1 = full model, 0 = corrupted")},
-            f"Circuit vs full model ({ablation} ablation)"))
+                faith[list(cols)].rename(columns=cols), "1 = full model, 0 = corrupted",
+                (faith[[f"{c}_ci_low" for c in cols]].set_axis(list(cols.values()), axis=1),
+                 faith[[f"{c}_ci_high" for c in cols]].set_axis(list(cols.values()), axis=1)))},
+            f"Circuit vs full model ({ablation} ablation; error bars: 95% bootstrap intervals over prompts)"))
         run.figure("kl_vs_js.png", plots.scatter({t: (d.kl.to_numpy(), d.js.to_numpy()) for t, d in items.groupby(
             "task", sort=False)}, "Per-prompt KL vs JS (one dot per prompt)", "KL(full || circuit), nats (symlog)",
             "JS(full, circuit), nats (symlog)", loglog=True))
@@ -80,16 +85,18 @@ def variants_task(lm, graph, run, name: str, data, opts, circuit: str, ablation:
     per.insert(2, "item", np.arange(len(data)))
     per.insert(3, "group", data.info["group"].to_numpy())
     per["metric_full"], per["metric_corrupted"], per["metric_circuit"] = m_full, m_corrupt, m_circ
-    summary = []
+    summary, ci = [], dict(n_resamples=opts.n_bootstrap, seed=opts.seed)
     for metric in list(DIVERGENCES) + ["logit_diff_faithfulness"]:
         v = per[metric].to_numpy()
+        finite = v[np.isfinite(v)]
         row = {"task": name, "circuit": resolved.label, "circuit_edges": resolved.n_edges,
-               "ablation": ablation, "metric": metric, "n": int(np.isfinite(v).sum()),
-               **summarize(v[np.isfinite(v)])}
-        if metric == "logit_diff_faithfulness":  # worst = lowest faithfulness; ratio of means too
-            low = v[np.isfinite(v)]
-            row["worst5"] = low[low <= np.quantile(low, 0.05)].mean()
-            row["ratio_of_means"] = normalized(m_circ, m_full, m_corrupt)["faithfulness"]
+               "ablation": ablation, "metric": metric, "n": len(finite), **summarize(finite),
+               **intervals.columns("mean", intervals.mean, finite, **ci),
+               **intervals.columns("median", intervals.median, finite, **ci),
+               "ratio_of_means": np.nan, "ratio_of_means_ci_low": np.nan, "ratio_of_means_ci_high": np.nan}
+        if metric == "logit_diff_faithfulness":  # worst = lowest faithfulness; the headline is the ratio of means
+            row["worst5"] = finite[finite <= np.quantile(finite, 0.05)].mean()
+            row |= intervals.columns("ratio_of_means", intervals.ratio_of_means, m_circ, m_full, m_corrupt, **ci)
         summary.append(row)
     kl_mean, js_mean = per.kl.mean(), per.js.mean()
     rho = spearmanr(per[list(DIVERGENCES)].to_numpy()).statistic

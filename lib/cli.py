@@ -30,6 +30,8 @@ NPromptsOpt = Annotated[int, typer.Option("--n-prompts", help="prompts per task"
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="prompts per forward pass")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed for prompt generation and sampling")]
 OutOpt = Annotated[Path, typer.Option("--out", help="results root; each run gets results/<script>/<run-id>/")]
+NBootstrapOpt = Annotated[int, typer.Option("--n-bootstrap", help="bootstrap resamples for the 95% intervals "
+                                            "over prompts (seeded by --seed; 0: no intervals)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="no progress output (batch jobs)")]
 ResumeOpt = Annotated[Optional[Path], typer.Option(
     "--resume", help="continue an interrupted run (<run-id>.interrupted, or a killed run's .staging-<run-id>) "
@@ -50,6 +52,7 @@ class Common:
     batch_size: int
     seed: int
     out: Path
+    n_bootstrap: int = 1000
 
 
 def parse_tasks(spec: str) -> list[str]:
@@ -94,7 +97,7 @@ def check_finite(what: str, *values: float | None) -> None:
 
 
 def common(tasks: str, model: str, device: str, dtype: str, n_prompts: int, batch_size: int, seed: int,
-           out: Path, quiet: bool = False) -> Common:
+           out: Path, quiet: bool = False, n_bootstrap: int = 1000) -> Common:
     """Validate the shared options (before any model is loaded)."""
     from lib.model import check_device_name, check_model_name, resolve_dtype
 
@@ -104,12 +107,14 @@ def common(tasks: str, model: str, device: str, dtype: str, n_prompts: int, batc
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
     if not 0 <= seed <= SEED_MAX:
         raise UserError(f"--seed must be between 0 and {SEED_MAX} (got {seed})")
+    if n_bootstrap < 0:
+        raise UserError(f"--n-bootstrap must be at least 0 (got {n_bootstrap})")
     names = parse_tasks(tasks)
     check_model_name(model)
     check_device_name(device)
     resolve_dtype(dtype)
     progress.set_quiet(quiet)
-    return Common(names, model, device, dtype, n_prompts, batch_size, seed, out)
+    return Common(names, model, device, dtype, n_prompts, batch_size, seed, out, n_bootstrap)
 
 
 def seed_everything(seed: int) -> None:

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from lib.graph import Graph
-from lib.metrics import data_metric, normalized
+from lib import intervals
+from lib.metrics import data_metric, median_of_ratios, normalized
 from lib.evaluate import behaviour
 from lib.patching import evaluate_mask
 
@@ -35,8 +36,10 @@ def discovery_and_held_out(task: str, tokenizer, n: int, seed: int):
 class Evaluator:
     """Clean and corrupted metrics of a dataset, computed once; faithfulness of any mask against them."""
 
-    def __init__(self, model, graph: Graph, data, ablation: str = "resample", batch_size: int = 32):
+    def __init__(self, model, graph: Graph, data, ablation: str = "resample", batch_size: int = 32,
+                 n_bootstrap: int = 0, seed: int = 0):
         self.model, self.graph, self.data, self.ablation, self.batch_size = model, graph, data, ablation, batch_size
+        self.n_bootstrap, self.seed = n_bootstrap, seed  # > 0: 95% bootstrap intervals over prompts too
         base = behaviour(model, data, batch_size)
         self.clean, self.corrupt = base.metric_clean.to_numpy(), base.metric_corrupted.to_numpy()
 
@@ -45,8 +48,16 @@ class Evaluator:
         return data_metric(logits, self.data).cpu().numpy()
 
     def faithfulness(self, keep: torch.Tensor) -> dict:
+        """Mean metric and normalized faithfulness (ratio of means, median of ratios) of a kept-edge mask,
+        with `<name>_ci_low/_ci_high` columns when the evaluator bootstraps."""
         m = self.metric(keep)
-        return {"metric": float(m.mean()), **normalized(m, self.clean, self.corrupt)}
+        out = {"metric": float(m.mean()), **normalized(m, self.clean, self.corrupt)}
+        if self.n_bootstrap:
+            ci = dict(n_resamples=self.n_bootstrap, seed=self.seed)
+            out |= intervals.columns("metric", intervals.mean, m, **ci)
+            out |= intervals.columns("faithfulness", intervals.ratio_of_means, m, self.clean, self.corrupt, **ci)
+            out |= intervals.columns("faithfulness_median", median_of_ratios, m, self.clean, self.corrupt, **ci)
+        return out
 
 
 def log_grid(n_edges: int, per_decade: int = 4) -> list[int]:

@@ -24,7 +24,7 @@ class Metric:
     where: dict = field(default_factory=dict)
     by: tuple[str, ...] = ()
     fn: Callable[[pd.DataFrame], float] | None = None
-    ci: tuple[str, str] = ("ci_low", "ci_high")
+    ci: tuple[str, str] | None = None  # default: <value>_ci_low, <value>_ci_high
 
 
 def _rows(metric: Metric, df: pd.DataFrame) -> list[dict]:
@@ -43,7 +43,8 @@ def _rows(metric: Metric, df: pd.DataFrame) -> list[dict]:
                     raise ValueError(f"headline {name}: {len(part)} rows of {metric.file} match for task {task}")
                 row = part.iloc[0]
                 value = row[metric.value]
-                lo, hi = (row[c] if c in part.columns else np.nan for c in metric.ci)
+                ci = metric.ci or (f"{metric.value}_ci_low", f"{metric.value}_ci_high")
+                lo, hi = (row[c] if c in part.columns else np.nan for c in ci)
             out.append({"task": task, "metric": name, "value": float(value), "ci_low": float(lo), "ci_high": float(hi)})
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -72,14 +73,24 @@ def data_metric(logits: torch.Tensor, data) -> torch.Tensor:
     return task_metric(logits, data.correct, data.wrong, data.metric_kind)
 
 
+def median_of_ratios(m, m_clean, m_corrupt, axis=-1):
+    """Median over prompts (last axis) of per-prompt (m - m_corrupt) / (m_clean - m_corrupt); prompts whose
+    clean and corrupted metric agree have no ratio and are left out (nan if none has one)."""
+    gap = np.asarray(m_clean) - np.asarray(m_corrupt)
+    ok = np.abs(gap) > 1e-12
+    per_prompt = np.where(ok, (np.asarray(m) - m_corrupt) / np.where(ok, gap, 1.0), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices give nan
+        return np.nanmedian(per_prompt, axis=axis)
+
+
 def normalized(m: np.ndarray, m_clean: np.ndarray, m_corrupt: np.ndarray) -> dict:
     """Normalized faithfulness (m - m_corrupt) / (m_clean - m_corrupt): ratio of means, median of ratios."""
     m, c, k = (np.asarray(x, dtype=np.float64) for x in (m, m_clean, m_corrupt))
     denom = c.mean() - k.mean()
-    per_prompt = (m - k) / np.where(np.abs(c - k) > 1e-12, c - k, np.nan)
     return {
         "faithfulness": float((m.mean() - k.mean()) / denom) if abs(denom) > 1e-12 else float("nan"),
-        "faithfulness_median": float(np.nanmedian(per_prompt)) if np.isfinite(per_prompt).any() else float("nan"),
+        "faithfulness_median": float(median_of_ratios(m, c, k)),
     }
 
 

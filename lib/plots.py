@@ -126,15 +126,18 @@ def curves(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel:
 
 
 def grouped_bars(panels: dict[str, tuple], title: str):
-    """Side-by-side panels {panel title: (table, y label)}; in each, bars grouped by row (e.g. task), one
-    colour per column (e.g. metric). Quantities with different units go in different panels."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(sum(1.2 * len(t) + 2.5 for t, _ in panels.values()) + 1, 4),
+    """Side-by-side panels {panel title: (table, y label[, (low table, high table)])}; in each, bars grouped by
+    row (e.g. task), one colour per column (e.g. metric), with interval error bars where given. Quantities
+    with different units go in different panels."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(1.2 * len(p[0]) + 2.5 for p in panels.values()) + 1, 4),
                              squeeze=False, layout="constrained")
-    for ax, (name, (table, ylabel)) in zip(axes[0], panels.items()):
+    for ax, (name, (table, ylabel, *ci)) in zip(axes[0], panels.items()):
         width = 0.8 / max(len(table.columns), 1)
         x = np.arange(len(table))
         for i, col in enumerate(table.columns):
-            ax.bar(x + i * width - 0.4 + width / 2, table[col].to_numpy(dtype=float), width, label=col)
+            v = table[col].to_numpy(dtype=float)
+            err = np.vstack([v - ci[0][0][col].to_numpy(dtype=float), ci[0][1][col].to_numpy(dtype=float) - v]) if ci else None
+            ax.bar(x + i * width - 0.4 + width / 2, v, width, yerr=err, capsize=2, label=col)
         ax.set_xticks(x, table.index)
         ax.axhline(0, color="k", lw=0.6)
         ax.set_ylabel(ylabel)

@@ -30,6 +30,7 @@ def test_dla_end_to_end(tmp_path):
     assert (check.max_abs_error < 1e-3).all()
     dla = pd.read_csv(run / "dla.csv")
     assert len(dla) == 2 * (1 + 4 * 4 + 4)
+    assert ((dla.mean_ci_low <= dla["mean"] + 1e-9) & (dla["mean"] <= dla.mean_ci_high + 1e-9)).all()
     record = json.loads((run / "run.json").read_text())
     assert record["options"]["tasks"] == ["ioi", "greater-than"] and record["seed"] == 0
     assert record["model"]["name"] == "toy" and record["versions"]["torch"] and "commit" in record["git"]
@@ -57,6 +58,8 @@ def test_logit_diff_reruns_are_byte_identical(tmp_path):
         assert info["reached_target"] == (info["discovery_faithfulness"] >= 0.8)
     circuit = summary[(summary.condition == "circuit") & (summary.group == "all")]
     assert circuit.faithfulness.notna().all()
+    assert (circuit.faithfulness_ci_low <= circuit.faithfulness).all() and (circuit.faithfulness <= circuit.faithfulness_ci_high).all()
+    assert {"mean_ci_low", "median_ci_high", "accuracy_ci_low", "faithfulness_median_ci_high"} <= set(summary.columns)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -109,6 +112,7 @@ def test_activation_patching_end_to_end(tmp_path):
     df = pd.read_csv(run / "patching.csv")
     heads = df[df.kind == "head"]
     assert len(heads) == 2 * 16 and set(df.direction) == {"denoise", "noise"}
+    assert ((heads.normalized_ci_low <= heads.normalized + 1e-9) & (heads.normalized <= heads.normalized_ci_high + 1e-9)).all()
     final = df[(df.kind == "resid_post") & (df.position == df[df.kind == "resid_post"].position.max())]
     assert (abs(final.normalized - final.direction.map({"denoise": 1.0, "noise": 0.0})) < 1e-4).all()
 
@@ -147,6 +151,7 @@ def test_eap_end_to_end(tmp_path):
     assert len(scores) == 479 and sorted(scores.abs_rank) == list(range(1, 480))
     curve = pd.read_csv(run / "faithfulness_curve.csv")
     assert curve.edges_kept.iloc[-1] == 479 and abs(curve.faithfulness.iloc[-1] - 1.0) < 1e-4  # all kept = clean
+    assert {"faithfulness_ci_low", "faithfulness_ci_high", "metric_ci_low"} <= set(curve.columns)
     assert len(json.loads((run / "circuit_ioi_top10.json").read_text())["edges"]) == 10
 
 
@@ -170,6 +175,7 @@ def test_acdc_end_to_end_and_resume_errors(tmp_path):
     assert "checkpoint.json" not in names  # a finished run keeps no resume state
     sweep = pd.read_csv(run / "acdc_sweep.csv")
     assert list(sweep.tau) == [0.01, 1.0] and (sweep.edges_tried == 479).all()
+    assert (sweep.faithfulness_ci_low <= sweep.faithfulness).all() and (sweep.faithfulness <= sweep.faithfulness_ci_high).all()
     r = run_cli("06_acdc.py", "--resume", str(run))
     assert r.returncode == 2 and "not an interrupted run" in r.stderr
 
@@ -188,6 +194,9 @@ def test_causal_scrubbing_end_to_end(tmp_path):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     summary = pd.read_csv(first / "summary.csv")
     assert len(summary) == 6 and (summary.n_seeds == 2).all() and (summary.n_prompts == 12).all()
+    feature = summary[summary.test == "feature hypothesis"]
+    assert (feature.loss_recovered_ratio_of_means_ci_low <= feature.loss_recovered_ratio_of_means).all()
+    assert (feature.kl_mean_ci_low <= feature.kl_mean).all() and (feature.kl_mean <= feature.kl_mean_ci_high).all()
     assert list(summary.test[:3]) == ["feature hypothesis", "complement-only (weaker test)",
                                       "baseline (all inputs resampled)"]
     assert summary.hypothesis[0] == "answer feature (number)" and summary.resampled_fraction[0] > 0.5

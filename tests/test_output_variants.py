@@ -38,4 +38,7 @@ def test_against_independent_computation(toy, tmp_path):
     summary = pd.read_csv(run / "summary.csv")
     kl = summary[summary.metric == "kl"].iloc[0]
     assert np.isclose(kl["mean"], items.kl.mean()) and np.isclose(kl["median"], items.kl.median())
+    assert kl.mean_ci_low <= kl["mean"] <= kl.mean_ci_high and kl.median_ci_low <= kl["median"] <= kl.median_ci_high
+    faith = summary[summary.metric == "logit_diff_faithfulness"].iloc[0]
+    assert faith.ratio_of_means_ci_low <= faith.ratio_of_means <= faith.ratio_of_means_ci_high
     assert {"metrics_by_task.png", "kl_vs_js.png", "spread.csv"} <= {f.name for f in run.iterdir()}
