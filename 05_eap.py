@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import typer
 from lib import cli, diagram, plots, progress
+from lib.area import mib_curves
 from lib.circuits import canonical_circuit
 from lib.eap import METHODS, edge_scores
 from lib.errors import UserError
@@ -20,7 +21,10 @@ from lib.patching import ABLATIONS
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("edges_for_0.8_faithfulness", "faithfulness_curve.csv",
                    fn=lambda d: d.edges_kept[d.faithfulness >= 0.8].min() if (d.faithfulness >= 0.8).any() else float("nan")),
-            Metric("auc", "roc.csv", fn=lambda d: d.auc.iloc[0])]
+            Metric("auc", "roc.csv", fn=lambda d: d.auc.iloc[0]),
+            Metric("cpr", "area.csv", "value", {"metric": "cpr"}),
+            Metric("cmd", "area.csv", "value", {"metric": "cmd"}),
+            Metric("cpr_relative_to_random", "area.csv", "relative_to_random", {"metric": "cpr"})]
 DIAGRAM_EDGES = 40  # edges drawn in the diagram (the top ones by |score|)
 
 
@@ -34,7 +38,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          top_k: Annotated[str, typer.Option("--top-k", help="circuit sizes to save, space-separated")] = "100",
          threshold: Annotated[float, typer.Option(help="also save the circuit of edges with |score| >= this")] = None,
          ablation: Annotated[str, typer.Option(help="resample | mean | zero (for the faithfulness curve)")] = "resample",
-         n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False,
+         n_random: Annotated[int, typer.Option("--n-random", help="random circuits per size for the area baseline")] = 10,
+         export: cli.ExportOpt = "", n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False,
          resume: cli.ResumeOpt = None):
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -51,12 +56,17 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     if not ks or any(k < 1 for k in ks):
         raise UserError("--top-k sizes must be at least 1")
     cli.check_finite("--threshold", threshold)
+    if export not in cli.EXPORTS:
+        raise UserError(f"unknown --export {export!r}; use eap-ig")
+    if n_random < 0:
+        raise UserError(f"--n-random must be at least 0 (got {n_random})")
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
-    extra = dict(method=method, ig_steps=ig_steps, metric=metric, top_k=ks, threshold=threshold, ablation=ablation)
+    extra = dict(method=method, ig_steps=ig_steps, metric=metric, top_k=ks, threshold=threshold, ablation=ablation,
+                 n_random=n_random, export=export)
     with cli.experiment("05_eap", opts, resume=resume, **extra) as (lm, run):
         graph = graph_of(lm)
         results = cli.per_task(run, opts.tasks, lambda name: eap_task(
-            lm, graph, run, name, opts, method, ig_steps, ks, threshold, ablation))
+            lm, graph, run, name, opts, method, ig_steps, ks, threshold, ablation, n_random, export))
         curve_rows = [row for r in results.values() for row in r["curve_rows"]]
         roc_rows = [row for r in results.values() for row in r["roc_rows"]]
         rocs = {name: r["roc"] for name, r in results.items() if r["roc"] is not None}
@@ -69,6 +79,11 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
             curves, f"Faithfulness of top-k {method} circuits (held-out prompts, {ablation} ablation)",
             "edges kept (log scale)", "normalized faithfulness (1 = full model, 0 = corrupted)", logx=True,
             hlines={1.0: "full model", 0.0: "corrupted"}))
+        mib = pd.DataFrame([row for r in results.values() for row in r["mib_rows"]])
+        run.csv("mib_curve.csv", mib)
+        run.csv("area.csv", pd.DataFrame([row for r in results.values() for row in r["area_rows"]]))
+        run.figure("mib_curve.png", plots.area_curves(
+            mib, f"{method} circuits at MIB's sizes (held-out prompts, {ablation} ablation, pruned of dangling edges)"))
         if rocs:
             run.csv("roc.csv", pd.DataFrame(roc_rows))
             run.figure("roc.png", plots.curves({k: (f, t) for k, (f, t, _) in rocs.items()}, "ROC against the canonical circuit",
@@ -78,7 +93,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         print(pd.DataFrame(curve_rows).groupby("task").tail(3).to_string(index=False, float_format="%.4f"))
 
 
-def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: list[int], threshold, ablation: str) -> dict:
+def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: list[int], threshold, ablation: str,
+             n_random: int, export: str) -> dict:
     """One task: edge scores on discovery prompts, saved circuits and diagram, held-out curve, ROC."""
     # discovery prompts and disjoint held-out prompts for the faithfulness curve
     discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
@@ -96,12 +112,13 @@ def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: li
               "n_prompts": len(discovery), "seed": opts.seed}
     for k in ks:
         keep = top_k_mask(graph, scores, min(k, graph.n_edges))
-        _save(run, graph, lm, name, method, {**params, "top_k": k}, keep, scores, f"circuit_{name}_top{k}.json")
+        _save(run, graph, lm, name, method, {**params, "top_k": k}, keep, scores, f"circuit_{name}_top{k}.json",
+              export)
     if threshold is not None:
         keep = (scores.abs() >= threshold) & exists
         if keep.any():
             _save(run, graph, lm, name, method, {**params, "threshold": threshold}, keep, scores,
-                  f"circuit_{name}_threshold.json")
+                  f"circuit_{name}_threshold.json", export)
     ev = Evaluator(lm, graph, held_out, ablation, opts.batch_size, opts.n_bootstrap, opts.seed)
     grid, curve_rows = log_grid(graph.n_edges), []
     with progress.bar(len(grid), f"{name}: faithfulness curve", "circuit") as bar:
@@ -109,6 +126,8 @@ def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: li
             f = ev.faithfulness(top_k_mask(graph, scores, k))
             curve_rows.append({"task": name, "edges_kept": k, "ablation": ablation, "n_held_out": len(held_out), **f})
             bar.update(1)
+    mib_rows, area_rows = (
+        [{"task": name, **r} for r in rows] for rows in mib_curves(ev, graph, scores, n_random, opts.seed, opts.n_bootstrap))
     reference, roc, roc_rows = canonical_circuit(name, graph, lm.name), None, []
     if reference is not None:
         fpr, tpr, auc = roc_curve(graph, scores, reference)
@@ -121,13 +140,15 @@ def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: li
     run.figure(f"diagram_{name}.png", diagram.circuit_figure(edges, lm.n_layers, lm.n_heads, title, f"{method} score"))
     run.text(f"diagram_{name}.dot", diagram.circuit_dot(edges, lm.n_layers, lm.n_heads, title, f"{method} score"))
     return {"score_rows": score_rows, "curve_rows": curve_rows, "grid": grid, "roc_rows": roc_rows, "roc": roc,
-            "frame": frame}
+            "frame": frame, "mib_rows": mib_rows, "area_rows": area_rows}
 
 
-def _save(run, graph, lm, task, method, params, keep, scores, filename):
+def _save(run, graph, lm, task, method, params, keep, scores, filename, export: str):
     edges = {e: float(scores[graph.edge_index(e)]) for e in graph.edges_of(keep)}
     circuit = Circuit(lm.name, task, method, params, edges)
     run.json(filename, circuit.to_json(graph))
+    if export == "eap-ig":
+        run.json(filename.replace(".json", ".eap-ig.json"), circuit.to_eap_ig(graph, scores, lm.d_model))
 
 
 if __name__ == "__main__":

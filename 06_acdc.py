@@ -35,7 +35,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          metric: Annotated[str, typer.Option(help="kl (KL(clean || circuit)) | task")] = "kl",
          ablation: Annotated[str, typer.Option(help="resample | mean | zero")] = "resample",
          absolute: Annotated[bool, typer.Option("--absolute", help="threshold |metric change| instead of worsening")] = False,
-         n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False,
+         export: cli.ExportOpt = "", n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False,
          resume: cli.ResumeOpt = None):
     taus = cli.parse_floats(thresholds, "--thresholds")
     if not taus or any(t < 0 for t in taus):
@@ -44,8 +44,10 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         raise UserError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     if ablation not in ABLATIONS:
         raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
+    if export not in cli.EXPORTS:
+        raise UserError(f"unknown --export {export!r}; use eap-ig")
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
-    extra = dict(thresholds=taus, metric=metric, ablation=ablation, absolute=absolute)
+    extra = dict(thresholds=taus, metric=metric, ablation=ablation, absolute=absolute, export=export)
     with cli.experiment("06_acdc", opts, resume=resume, **extra) as (lm, run):
         graph = graph_of(lm)
         rows, datasets = [], []
@@ -82,6 +84,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                                   {e: state.kept.get(e, float("nan")) for e in graph.edges_of(keep)})
                 if keep.any():
                     run.json(f"circuit_{unit}.json", circuit.to_json(graph))
+                    if export == "eap-ig":  # scores: each kept edge's worsening; 0 for removed edges
+                        run.json(f"circuit_{unit}.eap-ig.json", circuit.to_eap_ig(graph, None, lm.d_model))
                 ev = ev or Evaluator(lm, graph, held_out, ablation, opts.batch_size, opts.n_bootstrap, opts.seed)
                 f = ev.faithfulness(keep)
                 row = {"task": name, "tau": tau, "metric": metric, "ablation": ablation, "absolute": absolute,

@@ -32,6 +32,9 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="seed for prompt generation
 OutOpt = Annotated[Path, typer.Option("--out", help="results root; each run gets results/<script>/<run-id>/")]
 NBootstrapOpt = Annotated[int, typer.Option("--n-bootstrap", help="bootstrap resamples for the 95% intervals "
                                             "over prompts (seeded by --seed; 0: no intervals)")]
+ExportOpt = Annotated[str, typer.Option("--export", help="eap-ig: also write every circuit in the EAP-IG "
+                                       "library's graph JSON (the format of MIB submissions), as <name>.eap-ig.json")]
+EXPORTS = ("", "eap-ig")
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="no progress output (batch jobs)")]
 ResumeOpt = Annotated[Optional[Path], typer.Option(
     "--resume", help="continue an interrupted run (<run-id>.interrupted, or a killed run's .staging-<run-id>) "

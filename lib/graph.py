@@ -181,6 +181,8 @@ class Circuit:
             raise UserError(f"circuit file {path} is a directory") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
             raise UserError(f"circuit file {path} is not valid JSON ({' '.join(str(e).split())})") from None
+        if isinstance(obj, dict) and isinstance(obj.get("edges"), dict) and "cfg" in obj:
+            return cls.from_eap_ig(obj, path)
         if not isinstance(obj, dict) or not isinstance(obj.get("edges"), list):
             raise UserError(f"circuit file {path} has no 'edges' list")
         edges = {}
@@ -201,9 +203,51 @@ class Circuit:
                    params if isinstance(params, dict) else {}, edges)
 
     @classmethod
+    def from_eap_ig(cls, obj: dict, path) -> "Circuit":
+        """A circuit in the EAP-IG library's graph JSON (the format of MIB submissions): {"cfg": {n_layers,
+        n_heads, parallel_attn_mlp, ...}, "nodes": {name: {"in_graph"}}, "edges": {name: {"score", "in_graph"}}};
+        the circuit is the edges with in_graph true."""
+        cfg = obj["cfg"]
+        if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), int) for k in ("n_layers", "n_heads")):
+            raise UserError(f"circuit file {path}: EAP-IG graph JSON without integer cfg.n_layers and cfg.n_heads")
+        if cfg.get("parallel_attn_mlp"):
+            raise UserError(f"circuit file {path}: a graph of a parallel attention/MLP model, which this graph is not")
+        edges = {}
+        for name, info in obj["edges"].items():
+            if not isinstance(info, dict) or "in_graph" not in info or "->" not in str(name):
+                raise UserError(f"circuit file {path}: EAP-IG edge {name!r} needs {{'score', 'in_graph'}}")
+            if info["in_graph"]:
+                try:
+                    edges[name] = float(info.get("score", float("nan")))
+                except (TypeError, ValueError):
+                    raise UserError(f"circuit file {path}: edge {name}'s score is not a number") from None
+        if not edges:
+            raise UserError(f"circuit file {path} has no edges in the graph (in_graph)")
+        return cls("?", "?", "eap-ig-json", {"format": "eap-ig", "cfg": cfg}, edges)
+
+    def to_eap_ig(self, graph: Graph, scores: torch.Tensor | None = None, d_model: int | None = None) -> dict:
+        """This circuit in the EAP-IG library's graph JSON: every edge of the graph with its score (scores [S, R]
+        where given, else this circuit's scores and 0 outside it) and in_graph."""
+        keep = self.mask(graph)
+        on_nodes = set(graph.nodes_of(keep))
+        edges = {}
+        for e in graph.edge_names:
+            s, r = graph.edge_index(e)
+            score = float(scores[s, r]) if scores is not None else float(self.edges.get(e, 0.0))
+            edges[e] = {"score": score if score == score else 0.0, "in_graph": bool(keep[s, r])}
+        return {"cfg": {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "parallel_attn_mlp": False,
+                        "d_model": d_model},
+                "nodes": {n: {"in_graph": n in on_nodes} for n in graph.nodes},
+                "edges": edges}
+
+    @classmethod
     def load(cls, path: Path, graph: Graph) -> "Circuit":
         """read() and check every edge against graph."""
         circuit = cls.read(path)
+        cfg = circuit.params.get("cfg") if circuit.params.get("format") == "eap-ig" else None
+        if cfg and (cfg["n_layers"], cfg["n_heads"]) != (graph.n_layers, graph.n_heads):
+            raise UserError(f"circuit file {path}: an EAP-IG graph of a {cfg['n_layers']}-layer, {cfg['n_heads']}-head "
+                            f"model, not of this {graph.n_layers}-layer, {graph.n_heads}-head one")
         for name in circuit.edges:
             try:
                 graph.edge_index(name)

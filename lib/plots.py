@@ -178,3 +178,30 @@ def scrubbing(seeds, task: str):
     axes[0].set_ylabel("KL(full || scrubbed), nats (symlog)")
     fig.suptitle(f"Causal scrubbing: {task} (bars: mean over seeds; dots: seeds)")
     return fig
+
+
+def area_curves(curves, title: str):
+    """Per task panel: faithfulness of the signed (CPR) and |score| (CMD) rankings against the fraction of edges
+    (log axis), with the mean and 2.5-97.5 % band of random circuits; curves is mib_curve.csv as a DataFrame."""
+    tasks = list(dict.fromkeys(curves.task))
+    fig, axes = _grid(len(tasks))
+    for ax, task in zip(axes, tasks):
+        d = curves[curves.task == task]
+        for ranking, style in (("signed", "C0"), ("abs", "C1")):
+            r = d[d.ranking == ranking]
+            ax.plot(r.fraction * 100, r.faithfulness, marker=".", color=style,
+                    label={"signed": "signed score (CPR)", "abs": "|score| (CMD)"}[ranking])
+        r = d[d.ranking == "signed"]
+        if r.random_mean.notna().any():
+            ax.plot(r.fraction * 100, r.random_mean, color="0.4", ls="--", label="random circuits (mean)")
+            ax.fill_between(r.fraction * 100, r.random_low, r.random_high, color="0.8", alpha=0.6,
+                            label="random circuits (2.5-97.5 %)")
+        ax.axhline(1, color="grey", lw=0.6, ls=":")
+        ax.axhline(0, color="grey", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("edges kept, % of all edges (log scale)")
+        ax.set_ylabel("faithfulness (1 = full model, 0 = empty circuit)")
+        ax.set_title(task)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig

@@ -1,0 +1,102 @@
+"""MIB area metrics (CPR, CMD) against hand computations, pruning of dangling edges, random circuits, the
+curve on the toy model, and circuits in the EAP-IG library's graph JSON."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lib import area
+from lib.errors import UserError
+from lib.graph import Circuit, Graph
+
+G = Graph(2, 2)
+
+
+def test_areas_by_hand():
+    x = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    f = [0, 0, 0, 0, 0, 0, 0.5, 0.5, 1.0, 1.0]
+    a = area.areas(x, f)
+    # trapezoids on the linear axis: (0.1-0.05)*0.25 + (0.2-0.1)*0.5 + (0.5-0.2)*0.75 + (1-0.5)*1
+    assert np.isclose(a["area"], 0.0125 + 0.05 + 0.225 + 0.5)
+    assert np.isclose(a["area_from_1"], (1.0 - 0.001) - a["area"])  # f in [0, 1]: |1 - f| = 1 - f
+    perfect = area.areas(x, np.ones(10))
+    # MIB's grid starts at 0.1 %: a perfect circuit scores 1 - 0.001 on the linear axis, 1 on the log axis
+    assert np.isclose(perfect["area"], 0.999) and perfect["area_from_1"] == 0 and np.isclose(perfect["log_area"], 1)
+    lx = np.log10(x)
+    assert np.isclose(a["log_area"], np.trapezoid(f, lx) / 3)
+
+
+def test_prune_dangling_by_hand():
+    keep = G.mask_of(["a1.h0->logits"])  # a1.h0 reads nothing kept: dangling
+    assert not area.prune_dangling(G, keep).any()
+    keep = G.mask_of(["input->a0.h1<q>", "a0.h1->logits", "a0.h0->m0"])  # a0.h0 has no input; m0 no output
+    assert G.edges_of(area.prune_dangling(G, keep)) == ["input->a0.h1<q>", "a0.h1->logits"]
+    keep = G.mask_of(["input->a0.h0<k>", "a0.h0->m0", "m0->logits"])
+    assert torch.equal(area.prune_dangling(G, keep), keep)  # a connected chain stays whole
+    assert torch.equal(area.prune_dangling(G, G.edge_exists), G.edge_exists)
+
+
+def test_random_circuits_have_the_requested_size_and_structure():
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 20, G.n_edges):
+        key = torch.as_tensor(rng.random(G.edge_exists.shape))
+        flat = torch.where(G.edge_exists, key, torch.tensor(-1.0, dtype=torch.float64)).flatten()
+        drawn = (flat >= torch.sort(flat, descending=True).values[n - 1]) & G.edge_exists.flatten()
+        assert int(drawn.sum()) == n  # the draw has exactly n edges...
+        keep = area.random_circuit(G, n, np.random.default_rng(int(rng.integers(1 << 30))))
+        assert int(keep.sum()) <= n and torch.equal(area.prune_dangling(G, keep), keep)  # ...pruned like a ranked one
+    assert torch.equal(area.random_circuit(G, G.n_edges, rng), G.edge_exists)
+
+
+def test_signed_ranking_keeps_the_most_negative_scores_first():
+    scores = torch.zeros(G.n_sources, G.n_receivers, dtype=torch.float64)
+    scores[G.edge_index("a0.h1->logits")] = -5.0  # ablating it lowers the metric most
+    scores[G.edge_index("input->a0.h1<v>")] = -4.0
+    scores[G.edge_index("m1->logits")] = 6.0  # ablating it raises the metric
+    signed = area.top_n(G, area.ranking_key(scores, "signed"), 2)
+    assert G.edges_of(signed) == ["input->a0.h1<v>", "a0.h1->logits"]
+    key = area.ranking_key(scores, "abs")
+    assert key[G.edge_index("m1->logits")] == key.max()  # first by |score|, but alone it dangles (m1 reads nothing)
+    assert not area.top_n(G, key, 1).any()
+
+
+def test_curve_on_toy_ends_at_the_full_model(toy):
+    from lib.eap import edge_scores
+    from lib.faithfulness import Evaluator
+    from lib.graph import graph_of
+    from tasks import TASKS
+
+    g, data = graph_of(toy), TASKS["sva"].build(toy.tokenizer, 8, 0)
+    scores = edge_scores(toy, g, data, 8, "eap")
+    rows, areas = area.mib_curves(Evaluator(toy, g, data, "resample", 8), g, scores, n_random=2, seed=0, n_bootstrap=200)
+    last = [r for r in rows if r["fraction"] == 1.0]
+    assert all(abs(r["faithfulness"] - 1) < 1e-6 and r["edges_kept"] == g.n_edges for r in last)
+    assert all(r["faithfulness"] == 0 for r in rows if r["edges_requested"] == 0)  # empty circuit = 0 by definition
+    cpr = next(a for a in areas if a["metric"] == "cpr")
+    assert cpr["value_ci_low"] <= cpr["value"] <= cpr["value_ci_high"] and cpr["n_random"] == 2
+    f = [r["faithfulness"] for r in rows if r["ranking"] == "signed"]
+    assert np.isclose(cpr["value"], area.areas(area.MIB_FRACTIONS, f)["area"])
+
+
+def test_eap_ig_json_round_trip_and_hand_written(tmp_path):
+    c = Circuit("toy", "ioi", "eap", {}, {"input->a0.h1<q>": -1.5, "a0.h1->logits": 2.0})
+    scores = torch.zeros(G.n_sources, G.n_receivers, dtype=torch.float64)
+    scores[G.edge_index("m1->logits")] = 0.25
+    obj = c.to_eap_ig(G, scores, d_model=8)
+    assert len(obj["edges"]) == G.n_edges and obj["edges"]["m1->logits"] == {"score": 0.25, "in_graph": False}
+    assert obj["nodes"]["a0.h1"]["in_graph"] and not obj["nodes"]["m1"]["in_graph"]
+    (tmp_path / "g.json").write_text(json.dumps(obj))
+    back = Circuit.load(tmp_path / "g.json", G)
+    assert torch.equal(back.mask(G), c.mask(G)) and back.method == "eap-ig-json"
+    # written by hand, as the EAP-IG library writes it (only the fields it reads)
+    (tmp_path / "hand.json").write_text(json.dumps({
+        "cfg": {"n_layers": 2, "n_heads": 2, "parallel_attn_mlp": False, "d_model": 8},
+        "nodes": {"input": {"in_graph": True}, "m0": {"in_graph": True}, "logits": {"in_graph": True}},
+        "edges": {"input->m0": {"score": 0.5, "in_graph": True}, "m0->logits": {"score": 0.1, "in_graph": True},
+                  "input->logits": {"score": 0.0, "in_graph": False}}}))
+    hand = Circuit.load(tmp_path / "hand.json", G)
+    assert hand.edges == {"input->m0": 0.5, "m0->logits": 0.1}
+    with pytest.raises(UserError, match="an EAP-IG graph of a 2-layer, 2-head model, not of this 3-layer"):
+        Circuit.load(tmp_path / "hand.json", Graph(3, 2))
