@@ -127,7 +127,7 @@ def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: li
             curve_rows.append({"task": name, "edges_kept": k, "ablation": ablation, "n_held_out": len(held_out), **f})
             bar.update(1)
     mib_rows, area_rows = (
-        [{"task": name, **r} for r in rows] for rows in mib_curves(ev, graph, scores, n_random, opts.seed, opts.n_bootstrap))
+        [{"task": name, **r} for r in rows] for rows in mib_curves(ev, graph, -scores, n_random, opts.seed, opts.n_bootstrap))
     reference, roc, roc_rows = canonical_circuit(name, graph, lm.name), None, []
     if reference is not None:
         fpr, tpr, auc = roc_curve(graph, scores, reference)

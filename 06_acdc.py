@@ -9,10 +9,12 @@ from typing import Annotated
 
 import numpy as np
 import pandas as pd
+import torch
 import typer
 
 from lib import cli, plots, progress
 from lib.acdc import METRICS, ACDCState, edge_order, kept_mask, run_acdc
+from lib.area import mib_curves
 from lib.circuits import canonical_circuit
 from lib.errors import UserError
 from lib.faithfulness import Evaluator, discovery_and_held_out, roc_from_points
@@ -23,7 +25,9 @@ from lib.patching import ABLATIONS
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("edges_kept@tau={tau:g}", "acdc_sweep.csv", "edges_kept", by=("tau",)),
             Metric("faithfulness@tau={tau:g}", "acdc_sweep.csv", "faithfulness", by=("tau",)),
-            Metric("auc", "roc.csv", fn=lambda d: d.auc.iloc[0])]
+            Metric("auc", "roc.csv", fn=lambda d: d.auc.iloc[0]),
+            Metric("cpr@tau={tau:g}", "area.csv", "value", {"metric": "cpr"}, by=("tau",)),
+            Metric("cmd@tau={tau:g}", "area.csv", "value", {"metric": "cmd"}, by=("tau",))]
 CHECKPOINT_SECONDS = 15.0  # the search state is saved at least this often (and always on an interrupt)
 
 
@@ -35,6 +39,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          metric: Annotated[str, typer.Option(help="kl (KL(clean || circuit)) | task")] = "kl",
          ablation: Annotated[str, typer.Option(help="resample | mean | zero")] = "resample",
          absolute: Annotated[bool, typer.Option("--absolute", help="threshold |metric change| instead of worsening")] = False,
+         n_random: Annotated[int, typer.Option("--n-random", help="random circuits per size for the area baseline")] = 10,
          export: cli.ExportOpt = "", n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False,
          resume: cli.ResumeOpt = None):
     taus = cli.parse_floats(thresholds, "--thresholds")
@@ -46,8 +51,10 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
     if export not in cli.EXPORTS:
         raise UserError(f"unknown --export {export!r}; use eap-ig")
+    if n_random < 0:
+        raise UserError(f"--n-random must be at least 0 (got {n_random})")
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
-    extra = dict(thresholds=taus, metric=metric, ablation=ablation, absolute=absolute, export=export)
+    extra = dict(thresholds=taus, metric=metric, ablation=ablation, absolute=absolute, export=export, n_random=n_random)
     with cli.experiment("06_acdc", opts, resume=resume, **extra) as (lm, run):
         graph = graph_of(lm)
         rows, datasets = [], []
@@ -99,10 +106,23 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                     row.update(tpr=float((keep & reference).sum() / reference.sum()),
                                fpr=float((keep & ~reference & exists).sum() / (~reference & exists).sum()),
                                reference_edges=int(reference.sum()))
+                importance = torch.zeros(graph.n_sources, graph.n_receivers, dtype=torch.float64)
+                for e, worse in state.scores.items():
+                    importance[graph.edge_index(e)] = worse
+                curve, areas = mib_curves(ev, graph, importance, n_random, opts.seed, opts.n_bootstrap)
+                row["mib_curve"] = [{"task": name, "tau": tau, **r} for r in curve]
+                row["area"] = [{"task": name, "tau": tau, **r} for r in areas]
                 rows.append(row)
                 timings[unit] = round(time.time() - t0, 3)
                 run.save_unit(unit, row)
-        sweep = pd.DataFrame(rows)
+        mib = pd.DataFrame([r for row in rows for r in row["mib_curve"]])
+        area_table = pd.DataFrame([r for row in rows for r in row["area"]])
+        sweep = pd.DataFrame([{k: v for k, v in row.items() if k not in ("mib_curve", "area")} for row in rows])
+        run.csv("mib_curve.csv", mib)
+        run.csv("area.csv", area_table)
+        run.figure("mib_curve.png", plots.area_curves(
+            mib.assign(task=[f"{t} tau={u:g}" for t, u in zip(mib.task, mib.tau)]),
+            f"ACDC edges ranked by their worsening, at MIB's sizes ({ablation} ablation, pruned)"))
         run.csv("dataset.csv", pd.concat(datasets))
         run.csv("acdc_sweep.csv", sweep)
         curves = {t: (d.edges_kept.to_numpy(), d.faithfulness.to_numpy()) for t, d in sweep.sort_values("edges_kept").groupby("task", sort=False)}

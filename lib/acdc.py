@@ -31,6 +31,7 @@ class ACDCState:
     tau: float
     removed: list[str] = field(default_factory=list)
     kept: dict[str, float] = field(default_factory=dict)  # kept edge -> how much its removal worsened the metric
+    scores: dict[str, float] = field(default_factory=dict)  # every tried edge -> that worsening (its importance)
     next_trial: int = 0  # index into edge_order
     current: float | None = None
     tried: int = 0
@@ -164,6 +165,7 @@ def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation
             with interrupts.deferred():  # a trial is recorded whole or not at all (then it is redone on resume)
                 state.tried += 1
                 state.forward_passes += len(runner.batches)
+                state.scores[name] = worse
                 if worse <= tau:
                     state.current = new
                     state.removed.append(name)

@@ -56,7 +56,8 @@ def prune_dangling(graph: Graph, keep: torch.Tensor) -> torch.Tensor:
 
 
 def ranking_key(scores: torch.Tensor, ranking: str) -> torch.Tensor:
-    """Larger = kept first: -score for the signed ranking (see the module docstring), |score| for abs."""
+    """For EAP scores (estimates of m(ablated) - m(clean)), larger = kept first: -score for the signed ranking
+    (see the module docstring), |score| for abs."""
     return -scores if ranking == "signed" else scores.abs()
 
 
@@ -100,11 +101,12 @@ def _area_statistic(fractions, key: str):
     return statistic
 
 
-def mib_curves(ev, graph: Graph, scores: torch.Tensor, n_random: int = 10, seed: int = 0, n_bootstrap: int = 0,
+def mib_curves(ev, graph: Graph, importance: torch.Tensor, n_random: int = 10, seed: int = 0, n_bootstrap: int = 0,
                fractions=MIB_FRACTIONS) -> tuple[list[dict], list[dict]]:
-    """(curve rows, area rows) of the signed (CPR) and |score| (CMD) rankings and of n_random random circuits
-    per size, on the prompts of ev (a lib.faithfulness.Evaluator); the areas get 95% bootstrap intervals over
-    prompts (every size's circuit, the full model and the empty circuit resampled jointly)."""
+    """(curve rows, area rows) of the signed (CPR) and absolute (CMD) rankings of `importance` (larger = more
+    important: -score for EAP, the worsening for ACDC) and of n_random random circuits per size, on the prompts
+    of ev (a lib.faithfulness.Evaluator); the areas get 95% bootstrap intervals over prompts (every size's
+    circuit, the full model and the empty circuit resampled jointly)."""
     from lib import intervals
 
     full_m = np.asarray(ev.clean, dtype=float)
@@ -127,7 +129,7 @@ def mib_curves(ev, graph: Graph, scores: torch.Tensor, n_random: int = 10, seed:
     for metric, ranking in RANKINGS.items():
         per_size = []
         for j, (frac, n) in enumerate(zip(fractions, ns)):
-            keep = top_n(graph, ranking_key(scores, ranking), n)
+            keep = top_n(graph, importance if ranking == "signed" else importance.abs(), n)
             per_size.append(ev.metric(keep))
             curve_rows.append({"ranking": ranking, "fraction": frac, "edges_requested": n,
                                "edges_kept": int(keep.sum()), "faithfulness": faithfulness(per_size[-1]),

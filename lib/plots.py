@@ -205,3 +205,29 @@ def area_curves(curves, title: str):
         ax.legend(fontsize=7)
     fig.suptitle(title)
     return fig
+
+
+def null_distributions(panels: dict[str, dict], title: str):
+    """One panel per test: its null distribution (bars of a pmf, or a histogram of simulated statistics)
+    with the observed statistic as a vertical line, the p-value in the panel title."""
+    fig, axes = _grid(len(panels), width=4.0, height=3.3)
+    for ax, (name, p) in zip(axes, panels.items()):
+        if "pmf" in p:
+            x, y = p["pmf"]
+            ax.bar(x, y, width=(x[1] - x[0]) if len(x) > 1 else 0.05, color="0.7", label="null (boundary of H0)")
+            ax.set_ylabel("probability")
+        elif len(p.get("null", [])):
+            values = np.asarray(p["null"], dtype=float)
+            lo, hi = values.min(), values.max()
+            bins = np.unique(np.r_[0.0, np.geomspace(max(lo, 1e-6), max(hi, 1e-6) * 1.01, 30)]) if p.get("symlog") else 30
+            ax.hist(values, bins=bins, color="0.5", label=p.get("null_label", "null"))
+            ax.set_ylabel("count")
+        for value, label, color in p.get("observed", []):
+            ax.axvline(value, color=color, lw=1.2, label=label)
+        if p.get("symlog"):  # distances span orders of magnitude
+            ax.set_xscale("symlog", linthresh=1e-4)
+        ax.set_xlabel(p["xlabel"])
+        ax.set_title(f"{name} (p = {p['p_value']:.3g})", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.suptitle(title)
+    return fig

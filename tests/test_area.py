@@ -70,7 +70,7 @@ def test_curve_on_toy_ends_at_the_full_model(toy):
 
     g, data = graph_of(toy), TASKS["sva"].build(toy.tokenizer, 8, 0)
     scores = edge_scores(toy, g, data, 8, "eap")
-    rows, areas = area.mib_curves(Evaluator(toy, g, data, "resample", 8), g, scores, n_random=2, seed=0, n_bootstrap=200)
+    rows, areas = area.mib_curves(Evaluator(toy, g, data, "resample", 8), g, -scores, n_random=2, seed=0, n_bootstrap=200)
     last = [r for r in rows if r["fraction"] == 1.0]
     assert all(abs(r["faithfulness"] - 1) < 1e-6 and r["edges_kept"] == g.n_edges for r in last)
     assert all(r["faithfulness"] == 0 for r in rows if r["edges_requested"] == 0)  # empty circuit = 0 by definition
