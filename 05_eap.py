@@ -13,7 +13,7 @@ from lib.area import mib_curves
 from lib.circuits import canonical_circuit
 from lib.eap import METHODS, edge_scores
 from lib.errors import UserError
-from lib.faithfulness import Evaluator, discovery_and_held_out, log_grid, roc_curve, top_k_mask
+from lib.faithfulness import Evaluator, auc_interval, discovery_and_held_out, log_grid, roc_curve, top_k_mask
 from lib.graph import Circuit, graph_of
 from lib.headline import Metric, extract as headline
 from lib.patching import ABLATIONS
@@ -21,7 +21,7 @@ from lib.patching import ABLATIONS
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("edges_for_0.8_faithfulness", "faithfulness_curve.csv",
                    fn=lambda d: d.edges_kept[d.faithfulness >= 0.8].min() if (d.faithfulness >= 0.8).any() else float("nan")),
-            Metric("auc", "roc.csv", fn=lambda d: d.auc.iloc[0]),
+            Metric("auc", "roc.csv", fn=lambda d: (d.auc.iloc[0], d.auc_ci_low.iloc[0], d.auc_ci_high.iloc[0])),
             Metric("cpr", "area.csv", "value", {"metric": "cpr"}),
             Metric("cmd", "area.csv", "value", {"metric": "cmd"}),
             Metric("cpr_relative_to_random", "area.csv", "relative_to_random", {"metric": "cpr"})]
@@ -98,8 +98,11 @@ def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: li
     """One task: edge scores on discovery prompts, saved circuits and diagram, held-out curve, ROC."""
     # discovery prompts and disjoint held-out prompts for the faithfulness curve
     discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
-    with progress.bar(len(discovery), f"{name}: {method} scores", "prompt") as bar:
-        scores = edge_scores(lm, graph, discovery, opts.batch_size, method, ig_steps, progress=bar)
+    reference = canonical_circuit(name, graph, lm.name)
+    with progress.bar(len(discovery), f"{name}: {method} scores", "prompt") as bar:  # per prompt for AUC intervals
+        scores = edge_scores(lm, graph, discovery, opts.batch_size, method, ig_steps, progress=bar,
+                             per_prompt=reference is not None)
+    scores, item_scores = scores if reference is not None else (scores, None)
     exists = graph.edge_exists
     flat = scores[exists].numpy()
     rank = np.empty(len(flat), dtype=int)
@@ -128,11 +131,13 @@ def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: li
             bar.update(1)
     mib_rows, area_rows = (
         [{"task": name, **r} for r in rows] for rows in mib_curves(ev, graph, -scores, n_random, opts.seed, opts.n_bootstrap))
-    reference, roc, roc_rows = canonical_circuit(name, graph, lm.name), None, []
+    roc, roc_rows = None, []
     if reference is not None:
         fpr, tpr, auc = roc_curve(graph, scores, reference)
+        low, high = auc_interval(graph, item_scores, reference, opts.n_bootstrap, opts.seed)
         roc_rows = [{"task": name, "reference": "canonical", "reference_edges": int(reference.sum()),
-                     "fpr": a, "tpr": b, "auc": auc} for a, b in zip(fpr, tpr)]
+                     "fpr": a, "tpr": b, "auc": auc, "auc_ci_low": low, "auc_ci_high": high}
+                    for a, b in zip(fpr, tpr)]
         roc = (fpr, tpr, auc)
     top = top_k_mask(graph, scores, min(DIAGRAM_EDGES, graph.n_edges))
     edges = [(e.split("->")[0], e.split("->")[1], float(scores[graph.edge_index(e)])) for e in graph.edges_of(top)]

@@ -20,26 +20,31 @@ METHODS = ("eap", "eap-ig")
 
 
 def edge_scores(model, graph: Graph, data, batch_size: int = 32, method: str = "eap", ig_steps: int = 5,
-                progress=None) -> torch.Tensor:
-    """Attribution score of every edge, [S, R] float64 (0 where no edge), mean over the items of data."""
+                progress=None, per_prompt: bool = False):
+    """Attribution score of every edge, [S, R] float64 (0 where no edge), mean over the items of data; with
+    per_prompt also each item's own scores, [N, S, R] float32 (their mean is the first result)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     steps = 1 if method == "eap" else ig_steps
     alphas = [1.0] + [k / steps for k in range(1, steps)]  # alpha = 1 first: it records the clean outputs
     scores = torch.zeros(graph.n_sources, graph.n_receivers, dtype=torch.float64, device=model.device)
+    items = torch.zeros(len(data), graph.n_sources, graph.n_receivers, device=model.device) if per_prompt else None
     for start in range(0, len(data), batch_size):
         batch = data.subset(slice(start, start + batch_size)).to(model.device)
         corrupt = source_outputs(model, graph, batch.corrupt)  # [S, B, P, D]
         delta = torch.empty_like(corrupt)  # corrupted - clean, filled during the alpha = 1 pass
+        rows = items[start:start + len(batch)] if per_prompt else None
         for alpha in alphas:
             _accumulate(model, graph, batch, corrupt, delta, alpha, record_clean=alpha == 1.0,
-                        scores=scores, weight=1.0 / (steps * len(data)))
+                        scores=scores, weight=1.0 / (steps * len(data)), items=rows, item_weight=1.0 / steps)
         if progress is not None:
             progress.update(len(batch))
-    return (scores * graph.edge_exists.to(scores.device)).cpu()
+    mean = (scores * graph.edge_exists.to(scores.device)).cpu()
+    return (mean, (items * graph.edge_exists.to(items.device)).cpu()) if per_prompt else mean
 
 
-def _accumulate(model, graph, batch, corrupt, delta, alpha, record_clean, scores, weight):
+def _accumulate(model, graph, batch, corrupt, delta, alpha, record_clean, scores, weight, items=None,
+                item_weight=1.0):
     embed_corrupt = corrupt[0]  # [B, P, D]
 
     def input_hook(x, hook):
@@ -59,6 +64,11 @@ def _accumulate(model, graph, batch, corrupt, delta, alpha, record_clean, scores
             h = g.shape[2]
             # one matrix product [s, B*P*D] @ [B*P*D, h] in the model's dtype (torch.einsum's layout choice
             # here is ~6x slower on CPU); the small [s, h] result accumulates in float64
+            if items is not None:  # per item: [B, s, P*D] @ [B, P*D, h]
+                b = g.shape[0]
+                items[:, :n_sources, cols] += item_weight * torch.bmm(
+                    delta[:n_sources].reshape(n_sources, b, -1).transpose(0, 1),
+                    g.to(delta.dtype).permute(0, 1, 3, 2).reshape(b, -1, h)).float()
             g = g.to(delta.dtype).permute(0, 1, 3, 2).reshape(-1, h)
             scores[:n_sources, cols] += weight * (delta[:n_sources].reshape(n_sources, -1) @ g).double()
         return hook

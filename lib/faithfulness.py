@@ -96,3 +96,34 @@ def roc_from_points(fpr, tpr) -> tuple[np.ndarray, np.ndarray, float]:
     f = np.array([0.0] + [p[0] for p in pts] + [1.0])
     t = np.array([0.0] + [p[1] for p in pts] + [1.0])
     return f, t, float(np.trapezoid(t, f))
+
+
+def auc_of_ranking(abs_scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """ROC AUC of ranking edges by |score| against a reference set, per row of abs_scores [..., E]: the
+    Mann-Whitney form (ties count one half), equal to roc_curve's trapezoids."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(abs_scores, axis=-1)
+    pos, neg = truth.sum(), (~truth).sum()
+    return (ranks[..., truth].sum(-1) - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def auc_interval(graph: Graph, item_scores: torch.Tensor, reference: torch.Tensor, n_bootstrap: int,
+                 seed: int) -> tuple[float, float]:
+    """95% bootstrap interval over prompts of the AUC of the mean edge scores (item_scores [N, S, R]):
+    prompts are resampled as indices, so each resample's AUC ranks all edges of its own mean scores."""
+    from lib import intervals
+
+    exists = graph.edge_exists
+    per_item = item_scores[:, exists].double().numpy()  # [N, E]
+    truth = reference[exists].numpy().astype(bool)
+    n = len(per_item)
+
+    def statistic(idx, axis=-1):
+        idx = np.asarray(idx).astype(int)  # [..., n] resampled prompt indices
+        flat = idx.reshape(-1, idx.shape[-1])
+        counts = np.stack([np.bincount(row, minlength=n) for row in flat]) / flat.shape[-1]  # [b, N]
+        mean = counts @ per_item  # [b, E]
+        return auc_of_ranking(np.abs(mean), truth).reshape(idx.shape[:-1])
+
+    return intervals.interval(statistic, np.arange(n, dtype=float), n_resamples=n_bootstrap, seed=seed)

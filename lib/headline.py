@@ -36,8 +36,9 @@ def _rows(metric: Metric, df: pd.DataFrame) -> list[dict]:
         for key, part in groups:
             key = key if isinstance(key, tuple) else (key,)
             name = metric.name.format(**dict(zip(metric.by, key)))
-            if metric.fn is not None:
-                value, lo, hi = metric.fn(part), np.nan, np.nan
+            if metric.fn is not None:  # a value, or (value, ci_low, ci_high)
+                got = metric.fn(part)
+                value, lo, hi = got if isinstance(got, tuple) else (got, np.nan, np.nan)
             else:
                 if len(part) != 1:
                     raise ValueError(f"headline {name}: {len(part)} rows of {metric.file} match for task {task}")

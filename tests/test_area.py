@@ -100,3 +100,34 @@ def test_eap_ig_json_round_trip_and_hand_written(tmp_path):
     assert hand.edges == {"input->m0": 0.5, "m0->logits": 0.1}
     with pytest.raises(UserError, match="an EAP-IG graph of a 2-layer, 2-head model, not of this 3-layer"):
         Circuit.load(tmp_path / "hand.json", Graph(3, 2))
+
+
+def test_per_prompt_edge_scores_average_to_the_scores(tiny):
+    from lib.eap import edge_scores
+    from lib.graph import graph_of
+    from tasks import TASKS
+
+    g, data = graph_of(tiny), TASKS["ioi"].build(tiny.tokenizer, 6, 0)
+    mean, items = edge_scores(tiny, g, data, 4, "eap-ig", ig_steps=2, per_prompt=True)
+    assert items.shape == (6, g.n_sources, g.n_receivers)
+    assert torch.allclose(items.double().mean(0), mean, atol=1e-5, rtol=1e-4)
+    assert torch.equal(mean, edge_scores(tiny, g, data, 4, "eap-ig", ig_steps=2))  # the mean path is unchanged
+
+
+def test_auc_interval_over_prompts():
+    from lib.faithfulness import auc_interval, auc_of_ranking, roc_curve
+
+    rng = np.random.default_rng(0)
+    reference = torch.zeros_like(G.edge_exists)
+    for e in G.edge_names[::5]:
+        reference[G.edge_index(e)] = True
+    signal = torch.where(reference, 1.0, 0.2)
+    items = (signal[None] + 0.8 * torch.as_tensor(rng.normal(size=(30, *G.edge_exists.shape)))).float()
+    items[:, 3, :] = 0.5  # some tied scores
+    items = items * G.edge_exists
+    mean = items.double().mean(0)
+    _, _, auc = roc_curve(G, mean, reference)
+    exists = G.edge_exists
+    assert np.isclose(auc_of_ranking(mean.abs()[exists].numpy(), reference[exists].numpy()), auc)
+    low, high = auc_interval(G, items, reference, 300, seed=0)
+    assert low <= auc + 1e-12 and auc <= high + 1e-12 and 0.5 < low  # (the AUC is computed two ways: float noise)
