@@ -12,7 +12,7 @@ import pandas as pd
 import typer
 from scipy.stats import binom
 
-from lib import cli, hypothesis_tests as ht, plots
+from lib import cli, hypothesis_tests as ht, plots, progress
 from lib.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.errors import UserError
 from lib.faithfulness import Evaluator
@@ -67,8 +67,11 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
             tie = 1e-5 * (1 + float(np.abs(m_full).max()))  # float error of the engine: below this, a tie
             eq = ht.equivalence(m_full, m_circuit, epsilon, tie)
             ind = ht.independence(m_full, m_knockout, n_permutations, opts.seed)
-            mini = ht.minimality(ev.metric, graph, keep, n_random, quantile, opts.seed, max_edges or None)
-            suf = ht.sufficiency(ev.metric, graph, keep, m_full, n_random, quantile, opts.seed)
+            n_edges = min(resolved.n_edges, max_edges or resolved.n_edges)
+            with progress.bar(2 * n_random + n_edges, f"{name}: masked evaluations of minimality, sufficiency",
+                              "circuit") as bar:
+                mini = ht.minimality(ev.metric, graph, keep, n_random, quantile, opts.seed, max_edges or None, bar)
+                suf = ht.sufficiency(ev.metric, graph, keep, m_full, n_random, quantile, opts.seed, bar)
             base = {"task": name, "circuit": resolved.label, "circuit_edges": resolved.n_edges, "n_prompts": len(data)}
             rows = [
                 {**base, "test": "equivalence", "statistic_name": "share of prompts where the circuit beats the model",

@@ -95,7 +95,7 @@ def random_path(graph: Graph, rng: np.random.Generator) -> list[str]:
 
 
 def minimality(metric, graph: Graph, keep: torch.Tensor, n_random: int, quantile: float, seed: int,
-               max_edges: int | None = None) -> dict:
+               max_edges: int | None = None, progress=None) -> dict:
     """Per circuit edge e, H0: knocking e out of C changes the output more than knocking a random edge out of
     C inflated by a random path, with probability >= quantile; binomial test (alternative 'less'), Holm across
     edges. metric(keep) gives per-prompt metrics. A rejected edge is one the circuit could do without."""
@@ -110,6 +110,8 @@ def minimality(metric, graph: Graph, keep: torch.Tensor, n_random: int, quantile
         knocked = inflated.clone()
         knocked[graph.edge_index(added[int(rng.integers(len(added)))])] = False
         random_d.append(distance(metric(inflated), metric(knocked)))
+        if progress is not None:
+            progress.update(1)
     random_d = np.array(random_d)
     edges = graph.edges_of(keep)[:max_edges]
     rows = []
@@ -117,6 +119,8 @@ def minimality(metric, graph: Graph, keep: torch.Tensor, n_random: int, quantile
         k = keep.clone()
         k[graph.edge_index(e)] = False
         d = distance(base, metric(k))
+        if progress is not None:
+            progress.update(1)
         stat = int((d > random_d).sum())
         rows.append({"edge": e, "knockout_distance": d, "share_above_random": stat / n_random,
                      "p_value": binomtest(stat, n_random, quantile, alternative="less").pvalue})
@@ -128,7 +132,7 @@ def minimality(metric, graph: Graph, keep: torch.Tensor, n_random: int, quantile
 
 
 def sufficiency(metric, graph: Graph, keep: torch.Tensor, m_full: np.ndarray, n_random: int, quantile: float,
-                seed: int) -> dict:
+                seed: int, progress=None) -> dict:
     """H0: the circuit is at most as faithful (distance to M) as the quantile-th random circuit of the same
     size; statistic = #{random circuits at least as far from M}; binomial test (alternative 'greater'). Small
     p: the circuit is better than random circuits of its size."""
@@ -141,6 +145,8 @@ def sufficiency(metric, graph: Graph, keep: torch.Tensor, m_full: np.ndarray, n_
         r = torch.zeros(graph.edge_exists.numel(), dtype=torch.bool)
         r[rng.choice(exists, size=n, replace=False)] = True
         random_d.append(distance(m_full, metric(r.view_as(keep))))
+        if progress is not None:
+            progress.update(1)
     random_d = np.array(random_d)
     stat = int((d_circuit <= random_d).sum())
     return {"statistic": stat / n_random, "p_value": binomtest(stat, n_random, quantile, alternative="greater").pvalue,
