@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from lib import cli, intervals, plots, progress
-from lib.dla import direct_logit_attribution
-from lib.headline import Metric, extract as headline
+from lib.io import cli, plots, progress
+from lib.io.headline import Metric, extract as headline
+from lib.methods import intervals
+from lib.methods.dla import direct_logit_attribution
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("model_logit_diff", "dla_check.csv", "model_logit_diff"),

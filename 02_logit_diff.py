@@ -7,13 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from lib import cli, intervals, metrics, plots
-from lib.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
-from lib.evaluate import behaviour
-from lib.headline import Metric, extract as headline
-from lib.metrics import data_metric, normalized
-from lib.patching import evaluate_mask
-from lib.plots import TASK_METRIC_LABELS
+from lib.core import metrics
+from lib.core.evaluate import behaviour
+from lib.core.metrics import data_metric, normalized
+from lib.core.patching import evaluate_mask
+from lib.io import cli, plots
+from lib.io.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
+from lib.io.headline import Metric, extract as headline
+from lib.io.plots import TASK_METRIC_LABELS
+from lib.methods import intervals
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("clean_mean", "summary.csv", "mean", {"condition": "clean", "group": "all"}),

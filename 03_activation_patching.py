@@ -9,11 +9,12 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 import typer
-from lib import cli, intervals, plots, progress
-from lib.errors import UserError
-from lib.evaluate import behaviour
-from lib.headline import Metric, extract as headline
-from lib.node_patching import DIRECTIONS, heads_and_mlps, patch_metrics, residual_positions
+from lib.core.errors import UserError
+from lib.core.evaluate import behaviour
+from lib.io import cli, plots, progress
+from lib.io.headline import Metric, extract as headline
+from lib.methods import intervals
+from lib.methods.node_patching import DIRECTIONS, heads_and_mlps, patch_metrics, residual_positions
 
 app = cli.script_app(__doc__)
 HEADLINE = [  # the strongest single head and MLP per direction (normalized metric)

@@ -14,14 +14,15 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 import typer
-from lib import cli, intervals, plots, progress
-from lib.circuit_option import CircuitOpt, check_options, circuit_experiment, resolve_with_progress
-from lib.errors import UserError
-from lib.headline import Metric, extract as headline
-from lib.hypotheses import BASELINE, COMPLEMENT_ONLY, HYPOTHESES, baseline, complement_only, main_hypothesis
-from lib.metrics import data_metric, kl_divergence, kl_interpretation, reverse_kl
-from lib.model import answer_logits
-from lib.scrubbing import Pool, draw, scrubbed_logits
+from lib.core.errors import UserError
+from lib.core.metrics import data_metric, kl_divergence, kl_interpretation, reverse_kl
+from lib.core.model import answer_logits
+from lib.io import cli, plots, progress
+from lib.io.circuit_option import CircuitOpt, check_options, circuit_experiment, resolve_with_progress
+from lib.io.headline import Metric, extract as headline
+from lib.methods import intervals
+from lib.methods.hypotheses import BASELINE, COMPLEMENT_ONLY, HYPOTHESES, baseline, complement_only, main_hypothesis
+from lib.methods.scrubbing import Pool, draw, scrubbed_logits
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("kl_mean", "summary.csv", "kl_mean", {"test": "feature hypothesis"}),

@@ -8,15 +8,15 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 import typer
-from lib import cli, diagram, plots, progress
-from lib.area import mib_curves
-from lib.circuits import canonical_circuit
-from lib.eap import METHODS, edge_scores
-from lib.errors import UserError
-from lib.faithfulness import Evaluator, auc_interval, discovery_and_held_out, log_grid, roc_curve, top_k_mask
-from lib.graph import Circuit, graph_of
-from lib.headline import Metric, extract as headline
-from lib.patching import ABLATIONS
+from lib.core.circuits import canonical_circuit
+from lib.core.errors import UserError
+from lib.core.graph import Circuit, graph_of
+from lib.core.patching import ABLATIONS
+from lib.io import cli, diagram, plots, progress
+from lib.io.headline import Metric, extract as headline
+from lib.methods.area import mib_curves
+from lib.methods.eap import METHODS, edge_scores
+from lib.methods.faithfulness import Evaluator, auc_interval, discovery_and_held_out, log_grid, roc_curve, top_k_mask
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("edges_for_0.8_faithfulness", "faithfulness_curve.csv",

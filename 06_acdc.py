@@ -12,15 +12,15 @@ import pandas as pd
 import torch
 import typer
 
-from lib import cli, plots, progress
-from lib.acdc import METRICS, ACDCState, edge_order, kept_mask, run_acdc
-from lib.area import mib_curves
-from lib.circuits import canonical_circuit
-from lib.errors import UserError
-from lib.faithfulness import Evaluator, discovery_and_held_out, roc_from_points
-from lib.graph import Circuit, graph_of
-from lib.headline import Metric, extract as headline
-from lib.patching import ABLATIONS
+from lib.core.circuits import canonical_circuit
+from lib.core.errors import UserError
+from lib.core.graph import Circuit, graph_of
+from lib.core.patching import ABLATIONS
+from lib.io import cli, plots, progress
+from lib.io.headline import Metric, extract as headline
+from lib.methods.acdc import METRICS, ACDCState, edge_order, kept_mask, run_acdc
+from lib.methods.area import mib_curves
+from lib.methods.faithfulness import Evaluator, discovery_and_held_out, roc_from_points
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("edges_kept@tau={tau:g}", "acdc_sweep.csv", "edges_kept", by=("tau",)),

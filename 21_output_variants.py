@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
-from lib import cli, intervals, plots
-from lib.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
-from lib.headline import Metric, extract as headline
-from lib.metrics import DIVERGENCES, data_metric, kl_interpretation, summarize
-from lib.model import answer_logits
-from lib.patching import evaluate_mask
+from lib.core.metrics import DIVERGENCES, data_metric, kl_interpretation, summarize
+from lib.core.model import answer_logits
+from lib.core.patching import evaluate_mask
+from lib.io import cli, plots
+from lib.io.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
+from lib.io.headline import Metric, extract as headline
+from lib.methods import intervals
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("kl_mean", "summary.csv", "mean", {"metric": "kl"}),

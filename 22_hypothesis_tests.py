@@ -12,11 +12,13 @@ import pandas as pd
 import typer
 from scipy.stats import binom
 
-from lib import cli, hypothesis_tests as ht, plots, progress
-from lib.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
-from lib.errors import UserError
-from lib.faithfulness import Evaluator
-from lib.headline import Metric, extract as headline
+from lib.io import cli, plots, progress
+
+from lib.core.errors import UserError
+from lib.io.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
+from lib.io.headline import Metric, extract as headline
+from lib.methods import hypothesis_tests as ht
+from lib.methods.faithfulness import Evaluator
 
 app = cli.script_app(__doc__)
 TESTS = ("equivalence", "independence", "minimality", "sufficiency")

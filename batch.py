@@ -14,9 +14,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from lib import aggregate, cells, cli, grid
-from lib.errors import UserError
-from lib.results import git_commit, versions
+from lib.batch import aggregate, cells, grid
+
+from lib.core.errors import UserError
+from lib.io import cli
+from lib.io.results import git_commit, versions
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 EXECUTORS = ("local", "slurm", "submitit-local")

@@ -26,15 +26,15 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib import cli  # noqa: E402
-from lib.circuits import canonical_circuit  # noqa: E402
-from lib.acdc import PartialRunner, edge_order  # noqa: E402
-from lib.eap import edge_scores  # noqa: E402
-from lib.graph import graph_of  # noqa: E402
-from lib.metrics import data_metric  # noqa: E402
-from lib.model import load_model  # noqa: E402
-from lib.node_patching import heads_and_mlps, patch_metrics  # noqa: E402
-from lib.patching import ablate_mask, ablation_values, masked_answer_logits  # noqa: E402
+from lib.core.circuits import canonical_circuit  # noqa: E402
+from lib.core.graph import graph_of  # noqa: E402
+from lib.core.metrics import data_metric  # noqa: E402
+from lib.core.model import load_model  # noqa: E402
+from lib.core.patching import ablate_mask, ablation_values, masked_answer_logits  # noqa: E402
+from lib.io import cli  # noqa: E402
+from lib.methods.acdc import PartialRunner, edge_order  # noqa: E402
+from lib.methods.eap import edge_scores  # noqa: E402
+from lib.methods.node_patching import heads_and_mlps, patch_metrics  # noqa: E402
 from tasks import TASKS  # noqa: E402
 
 app = cli.script_app(__doc__)
@@ -131,8 +131,8 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
                       "ratio": float(len(edge_order(graph)) * len(runner.batches)), "target": float("nan"),
                       "peak_memory_mb": float("nan")})
 
-    from lib.hypotheses import answer_feature, canonical_features
-    from lib.scrubbing import Pool, draw, scrubbed_logits
+    from lib.methods.hypotheses import answer_feature, canonical_features
+    from lib.methods.scrubbing import Pool, draw, scrubbed_logits
 
     pool = Pool.of(TASKS["ioi"].build(lm.tokenizer, 10 * n_prompts, seed), TASKS["ioi"])
     hyp = canonical_features("ioi", graph, keep) if canonical_circuit("ioi", graph, lm.name) is not None \
@@ -161,7 +161,7 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
          "peak_memory_mb": peak_memory_mb(dev)},
     ] + acdc_rows + scrub_rows).assign(model=lm.name, device=str(dev), n_prompts=len(data), positions=int(data.clean.shape[1]))
     print(table.to_string(index=False, float_format="%.3f"))
-    from lib.results import RunDir
+    from lib.io.results import RunDir
     run = RunDir(opts.out, "benchmarks", {"options": {"model": model, "device": device, "n_prompts": n_prompts,
                                                       "repeats": repeats, "seed": seed}})
     run.csv("bench_engine.csv", table)

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import pandas as pd
 import torch
 
-from lib.errors import UserError
+from lib.core.errors import UserError
 
 # How a task scores the logits at the answer position (lib.metrics.task_metric implements each):
 #   logit_diff       logit(correct[0]) - logit(wrong[0])                      (IOI)

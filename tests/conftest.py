@@ -16,7 +16,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def toy():
-    from lib.model import load_model
+    from lib.core.model import load_model
 
     return load_model("toy", device="cpu")
 
@@ -26,7 +26,7 @@ def toy_tokenizer(tmp_path_factory):
     """The toy tokenizer, built fresh and loaded from disk like any Hugging Face tokenizer."""
     from transformers import AutoTokenizer
 
-    from lib.toy import build_tokenizer
+    from lib.core.toy import build_tokenizer
 
     where = tmp_path_factory.mktemp("toy-tokenizer")
     build_tokenizer().save_pretrained(where)
@@ -36,7 +36,7 @@ def toy_tokenizer(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny(toy_tokenizer):
     """2 layers, 4 heads, d_model 32, random weights and biases, the toy tokenizer."""
-    from lib.model import random_gpt2
+    from lib.core.model import random_gpt2
 
     return random_gpt2(toy_tokenizer, seed=3, name="tiny", random_biases=True,
                        n_layer=2, n_head=4, n_embd=32, n_inner=64, n_positions=64, initializer_range=0.3)
@@ -69,7 +69,7 @@ def run_cli(script: str, *args: str):
     import io
     import subprocess
 
-    from lib import cli
+    from lib.io import cli
 
     module = cli.load_script(script)
     out, err = io.StringIO(), io.StringIO()

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib import area
-from lib.errors import UserError
-from lib.graph import Circuit, Graph
+from lib.core.errors import UserError
+from lib.core.graph import Circuit, Graph
+from lib.methods import area
 
 G = Graph(2, 2)
 
@@ -63,9 +63,9 @@ def test_signed_ranking_keeps_the_most_negative_scores_first():
 
 
 def test_curve_on_toy_ends_at_the_full_model(toy):
-    from lib.eap import edge_scores
-    from lib.faithfulness import Evaluator
-    from lib.graph import graph_of
+    from lib.core.graph import graph_of
+    from lib.methods.eap import edge_scores
+    from lib.methods.faithfulness import Evaluator
     from tasks import TASKS
 
     g, data = graph_of(toy), TASKS["sva"].build(toy.tokenizer, 8, 0)
@@ -103,8 +103,8 @@ def test_eap_ig_json_round_trip_and_hand_written(tmp_path):
 
 
 def test_per_prompt_edge_scores_average_to_the_scores(tiny):
-    from lib.eap import edge_scores
-    from lib.graph import graph_of
+    from lib.core.graph import graph_of
+    from lib.methods.eap import edge_scores
     from tasks import TASKS
 
     g, data = graph_of(tiny), TASKS["ioi"].build(tiny.tokenizer, 6, 0)
@@ -115,7 +115,7 @@ def test_per_prompt_edge_scores_average_to_the_scores(tiny):
 
 
 def test_auc_interval_over_prompts():
-    from lib.faithfulness import auc_interval, auc_of_ranking, roc_curve
+    from lib.methods.faithfulness import auc_interval, auc_of_ranking, roc_curve
 
     rng = np.random.default_rng(0)
     reference = torch.zeros_like(G.edge_exists)

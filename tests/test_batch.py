@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from lib import grid
-from lib.aggregate import t_interval
-from lib.errors import UserError
+from lib.batch import grid
+from lib.batch.aggregate import t_interval
+from lib.core.errors import UserError
 
 SMOKE = """
 [defaults]

@@ -80,7 +80,7 @@ def test_bad_input_one_line_exit_2(tmp_path, args, message):
 
 def test_circuit_file_option(tmp_path):
     """A circuit JSON with every edge gives faithfulness 1 (all kept = clean); bad files fail cleanly."""
-    from lib.graph import Circuit, Graph
+    from lib.core.graph import Circuit, Graph
 
     g = Graph(4, 4)
     Circuit("toy", "ioi", "all", {}, {e: 0.0 for e in g.edge_names}).save(tmp_path / "all.json", g)
@@ -227,7 +227,7 @@ def test_causal_scrubbing_bad_input(tmp_path, args, message):
 
 
 def test_interrupt_is_one_line_exit_130(capsys):
-    from lib import cli
+    from lib.io import cli
 
     app = cli.script_app("interrupted")
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lib.dla import answer_weights, direct_logit_attribution
-from lib.metrics import data_metric
-from lib.model import answer_logits
+from lib.core.metrics import data_metric
+from lib.core.model import answer_logits
+from lib.methods.dla import answer_weights, direct_logit_attribution
 from tasks import TASKS
 
 

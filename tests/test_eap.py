@@ -4,10 +4,10 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from lib.eap import edge_scores
-from lib.graph import graph_of
-from lib.metrics import data_metric
-from lib.patching import ablation_values, masked_answer_logits
+from lib.core.graph import graph_of
+from lib.core.metrics import data_metric
+from lib.core.patching import ablation_values, masked_answer_logits
+from lib.methods.eap import edge_scores
 from tasks import TASKS
 
 

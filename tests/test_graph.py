@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from lib.circuits import canonical_circuit
-from lib.errors import UserError
-from lib.graph import Circuit, Graph
+from lib.core.circuits import canonical_circuit
+from lib.core.errors import UserError
+from lib.core.graph import Circuit, Graph
 
 G = Graph(12, 12)
 

@@ -8,8 +8,8 @@ import pandas as pd
 import torch
 
 from conftest import run_cli
-from lib import hypothesis_tests as ht
-from lib.graph import Graph
+from lib.core.graph import Graph
+from lib.methods import hypothesis_tests as ht
 
 
 def test_holm_by_hand():
@@ -55,8 +55,8 @@ def test_random_paths_are_real_connected_paths():
 
 
 def test_empty_circuit_is_not_equivalent_and_the_full_graph_is(toy):
-    from lib.faithfulness import Evaluator
-    from lib.graph import graph_of
+    from lib.core.graph import graph_of
+    from lib.methods.faithfulness import Evaluator
     from tasks import TASKS
 
     g = graph_of(toy)

@@ -4,7 +4,7 @@ resample ratio statistics jointly, fall back to percentile where BCa is undefine
 import numpy as np
 from scipy.stats import bootstrap
 
-from lib import intervals
+from lib.methods import intervals
 
 
 def test_equals_scipy_bca_on_a_known_sample():

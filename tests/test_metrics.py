@@ -9,7 +9,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import log_softmax
 from scipy.stats import entropy
 
-from lib.metrics import (js_divergence, kl_divergence, kl_interpretation, normalized, reverse_kl, task_metric,
+from lib.core.metrics import (js_divergence, kl_divergence, kl_interpretation, normalized, reverse_kl, task_metric,
                          total_variation)
 
 

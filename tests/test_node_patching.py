@@ -2,10 +2,10 @@
 
 import torch
 
-from lib.graph import graph_of
-from lib.metrics import data_metric
-from lib.node_patching import Component, heads_and_mlps, patch_metrics, residual_positions
-from lib.patching import evaluate_mask
+from lib.core.graph import graph_of
+from lib.core.metrics import data_metric
+from lib.core.patching import evaluate_mask
+from lib.methods.node_patching import Component, heads_and_mlps, patch_metrics, residual_positions
 from tasks import TASKS
 
 

@@ -8,9 +8,9 @@ from scipy.special import softmax
 from scipy.stats import entropy
 
 from conftest import run_cli
-from lib.graph import Circuit, graph_of
-from lib.model import answer_logits
-from lib.patching import ablate_mask, ablation_values
+from lib.core.graph import Circuit, graph_of
+from lib.core.model import answer_logits
+from lib.core.patching import ablate_mask, ablation_values
 from tasks import TASKS
 from test_patching import slow_reference
 

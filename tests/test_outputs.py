@@ -6,8 +6,8 @@ import io
 import numpy as np
 import pandas as pd
 
-from lib import diagram, plots
-from lib.progress import LineProgress
+from lib.io import diagram, plots
+from lib.io.progress import LineProgress
 
 
 def test_line_progress_is_plain_and_bounded():

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lib.graph import Graph, graph_of
-from lib.model import answer_logits
-from lib.patching import EdgePatch, ablate_mask, ablation_values, as_sources, evaluate_mask, masked_answer_logits, \
+from lib.core.graph import Graph, graph_of
+from lib.core.model import answer_logits
+from lib.core.patching import EdgePatch, ablate_mask, ablation_values, as_sources, evaluate_mask, masked_answer_logits, \
     receiver_hooks, source_hooks
 from tasks import TASKS
 
@@ -103,7 +103,7 @@ def test_edge_set_matches_slow_reference(tiny, data, ablation, kept_fraction):
 
 
 def test_mean_ablation_values_are_positionwise_means(tiny, data):
-    from lib.patching import mean_outputs, source_outputs
+    from lib.core.patching import mean_outputs, source_outputs
 
     g = graph_of(tiny)
     vals = ablation_values(tiny, g, data, "mean")

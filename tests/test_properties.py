@@ -70,7 +70,7 @@ LOGITS = arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(2, 12)),
 @settings(max_examples=200, deadline=None)
 @given(p=LOGITS, data=st.data())
 def test_divergences_keep_their_properties_on_any_logits(p, data):
-    from lib.metrics import js_divergence, kl_divergence, reverse_kl, total_variation
+    from lib.core.metrics import js_divergence, kl_divergence, reverse_kl, total_variation
 
     q = data.draw(arrays(np.float64, p.shape, elements=st.floats(-1e30, 1e30)))
     P, Q = torch.tensor(p), torch.tensor(q)
@@ -86,7 +86,7 @@ def test_divergences_keep_their_properties_on_any_logits(p, data):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_circuit_json_round_trips(tmp_path, data):
-    from lib.graph import Circuit, Graph
+    from lib.core.graph import Circuit, Graph
 
     g = Graph(data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
     edges = data.draw(st.lists(st.sampled_from(g.edge_names), min_size=1, unique=True))
@@ -103,8 +103,8 @@ def test_circuit_json_round_trips(tmp_path, data):
 
 @pytest.fixture(scope="module")
 def acdc_setup(tiny):
-    from lib.acdc import run_acdc
-    from lib.graph import graph_of
+    from lib.core.graph import graph_of
+    from lib.methods.acdc import run_acdc
     from tasks import TASKS
 
     g, data = graph_of(tiny), TASKS["sva"].build(tiny.tokenizer, 4, 1)
@@ -131,8 +131,8 @@ class _Progress:
 def test_acdc_resumed_after_an_interrupt_anywhere_equals_uninterrupted(acdc_setup, monkeypatch_session, k, inside):
     """SIGTERM at the k-th metric evaluation (outside a trial's bookkeeping) or at the k-th progress update
     (inside it, deferred); the state as the interrupted run left it, resumed, gives the same circuit."""
-    import lib.acdc as acdc
-    from lib import interrupts
+    import lib.methods.acdc as acdc
+    from lib.io import interrupts
 
     model, g, data, whole = acdc_setup
     calls = [0]

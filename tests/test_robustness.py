@@ -100,13 +100,13 @@ def test_sigkill_then_resume_of_the_staging_directory(tmp_path):
 
 
 def test_signal_before_any_work_keeps_nothing(tmp_path):
-    from lib import cli
+    from lib.io import cli
 
     app = cli.script_app("terminated")
 
     @app.command()
     def main(out: cli.OutOpt = tmp_path / "res", resume: cli.ResumeOpt = None):
-        from lib.results import RunDir
+        from lib.io.results import RunDir
 
         run = RunDir(out, "x", {"options": {}}, [])
         try:
@@ -122,7 +122,7 @@ def test_signal_before_any_work_keeps_nothing(tmp_path):
 
 
 def test_deferred_section_raises_at_its_end():
-    from lib import interrupts
+    from lib.io import interrupts
 
     done = []
     with interrupts.handled(), pytest.raises(interrupts.Interrupted) as e:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lib.errors import UserError
-from lib.toy import build_tokenizer
+from lib.core.errors import UserError
+from lib.core.toy import build_tokenizer
 from tasks import TASKS, docstring, greater_than, ioi, sva
 from tasks.base import single_tokens
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lib.evaluate import behaviour
-from lib.toy import TOY_DIR, train
+from lib.core.evaluate import behaviour
+from lib.core.toy import TOY_DIR, train
 from tasks import TASKS
 
 N = 60

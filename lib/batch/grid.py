@@ -11,8 +11,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from lib import cli
-from lib.errors import UserError
+from lib.core.errors import UserError
+from lib.io import cli
 
 RESERVED = {"out", "resume"}  # set by the runner for every cell
 Scalar = str | int | float | bool

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lib.errors import UserError
+from lib.core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lib.graph import Graph
-from lib import intervals
-from lib.metrics import data_metric, median_of_ratios, normalized
-from lib.evaluate import behaviour
-from lib.patching import evaluate_mask
+from lib.core.evaluate import behaviour
+from lib.core.graph import Graph
+from lib.core.metrics import data_metric, median_of_ratios, normalized
+from lib.core.patching import evaluate_mask
+from lib.methods import intervals
 
 
 def disjoint_split(data, n_first: int):
@@ -112,7 +112,7 @@ def auc_interval(graph: Graph, item_scores: torch.Tensor, reference: torch.Tenso
                  seed: int) -> tuple[float, float]:
     """95% bootstrap interval over prompts of the AUC of the mean edge scores (item_scores [N, S, R]):
     prompts are resampled as indices, so each resample's AUC ranks all edges of its own mean scores."""
-    from lib import intervals
+    from lib.methods import intervals
 
     exists = graph.edge_exists
     per_item = item_scores[:, exists].double().numpy()  # [N, E]

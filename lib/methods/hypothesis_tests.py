@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy.stats import binom, binomtest
 
-from lib.graph import Graph
+from lib.core.graph import Graph
 
 
 def holm(p_values) -> np.ndarray:

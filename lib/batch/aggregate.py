@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lib.results import FLOAT_FORMAT
+from lib.io.results import FLOAT_FORMAT
 
 CONFIDENCE = 0.95
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from lib.graph import Graph
-from lib.metrics import data_metric
-from lib.patching import as_sources, receiver_hooks, source_hooks, source_outputs
+from lib.core.graph import Graph
+from lib.core.metrics import data_metric
+from lib.core.patching import as_sources, receiver_hooks, source_hooks, source_outputs
 
 METHODS = ("eap", "eap-ig")
 
@@ -88,7 +88,7 @@ def _accumulate(model, graph, batch, corrupt, delta, alpha, record_clean, scores
     assert len(bwd) == len(receiver_hooks(graph))
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
-    from lib.model import stop_before_unembedding, unembed_at
+    from lib.core.model import stop_before_unembedding, unembed_at
 
     with torch.enable_grad(), model.bridge.hooks(fwd_hooks=fwd + [stop_before_unembedding()], bwd_hooks=bwd):
         try:

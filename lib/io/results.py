@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.errors import UserError
+from lib.core.errors import UserError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "transformer-lens", "transformers", "numpy", "pandas", "matplotlib", "typer", "scipy")
 FLOAT_FORMAT = "%.9g"  # enough digits to recompute, and stable text for byte-identical reruns
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from lib import interrupts
-from lib.graph import Graph
-from lib.metrics import data_metric, kl_divergence
-from lib.model import unembed_at
-from lib.patching import ablation_values, add_ablated, as_sources, source_hooks
+from lib.core.graph import Graph
+from lib.core.metrics import data_metric, kl_divergence
+from lib.core.model import unembed_at
+from lib.core.patching import ablation_values, add_ablated, as_sources, source_hooks
+from lib.io import interrupts
 
 METRICS = ("kl", "task")
 

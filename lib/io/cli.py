@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import typer
 
-from lib import interrupts, progress
-from lib.errors import UserError
+from lib.core.errors import UserError
+from lib.io import interrupts, progress
 
 # typer vendors its own click: take its exception classes from a public typer name, not the click package
 _click_exceptions = sys.modules[typer.BadParameter.__module__]
@@ -102,7 +102,7 @@ def check_finite(what: str, *values: float | None) -> None:
 def common(tasks: str, model: str, device: str, dtype: str, n_prompts: int, batch_size: int, seed: int,
            out: Path, quiet: bool = False, n_bootstrap: int = 1000) -> Common:
     """Validate the shared options (before any model is loaded)."""
-    from lib.model import check_device_name, check_model_name, resolve_dtype
+    from lib.core.model import check_device_name, check_model_name, resolve_dtype
 
     if n_prompts < 1:
         raise UserError(f"--n-prompts must be at least 1 (got {n_prompts})")
@@ -164,7 +164,7 @@ def load_script(name: str):
     """A numbered script's module (its typer `app`, HEADLINE, ...) by file name, e.g. '06_acdc.py'."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / name
+    path = Path(__file__).resolve().parents[2] / name
     if not (path.is_file() and name[:2].isdigit() and name.endswith(".py")):
         raise UserError(f"unknown script {name!r}")
     spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
@@ -177,8 +177,8 @@ def load_script(name: str):
 def experiment(script: str, opts: Common, resume: Path | None = None, **extra_options):
     """Load the model, open a run directory; on success the run is moved into place whole. An interrupted
     run (Ctrl-C, SIGTERM, SIGHUP) keeps its finished units of work for --resume."""
-    from lib.model import load_model
-    from lib.results import RunDir
+    from lib.core.model import load_model
+    from lib.io.results import RunDir
 
     if _check_only:
         raise _Checked
@@ -238,7 +238,7 @@ def _join_variadic(argv: list[str]) -> list[str]:
 
 def _resume_argv(argv: list[str], script: str) -> tuple[list[str], str | None]:
     """(arguments, resume dir): `--resume DIR` alone gives the interrupted run's own arguments and DIR."""
-    from lib.results import read_checkpoint
+    from lib.io.results import read_checkpoint
 
     if "--resume" not in argv:
         return argv, None

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from lib.errors import UserError
+from lib.core.errors import UserError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
@@ -232,7 +232,7 @@ def check_model_name(name: str) -> None:
         raise UserError(f"--model {name}: no such local directory")
 
 
-TOY_DIR = Path(__file__).resolve().parent.parent / "models" / "toy"
+TOY_DIR = Path(__file__).resolve().parents[2] / "models" / "toy"
 # Built-in names; anything else is a local directory or a hub name.
 MODELS: dict[str, Callable] = {
     "gpt2-random": lambda device, dtype, seed: load_gpt2_random(device, dtype, seed),

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lib.graph import Graph
-from lib.model import stop_before_unembedding, unembed_at
-from lib.patching import receiver_columns, source_hooks
+from lib.core.graph import Graph
+from lib.core.model import stop_before_unembedding, unembed_at
+from lib.core.patching import receiver_columns, source_hooks
 
 WHOLE_PROMPT = ("prompt",)
 

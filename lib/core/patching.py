@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lib.graph import Graph
-from lib.model import stop_before_unembedding
+from lib.core.graph import Graph
+from lib.core.model import stop_before_unembedding
 
 ABLATIONS = ("resample", "mean", "zero")
 
@@ -219,7 +219,7 @@ def ablate_mask(graph: Graph, keep: torch.Tensor) -> torch.Tensor:
 def masked_answer_logits(model, graph: Graph, batch, ablation: torch.Tensor, ablate: torch.Tensor,
                          grad: bool = False) -> torch.Tensor:
     """Logits [B, V] at the answer positions with the edges in `ablate` patched (one forward pass)."""
-    from lib.model import logits_at
+    from lib.core.model import logits_at
 
     hooks = EdgePatch(graph, ablation, ablate.to(model.device)).hooks()
     return logits_at(model, batch.clean.to(model.device), batch.answer_pos, hooks, grad=grad)

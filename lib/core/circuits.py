@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from lib.errors import UserError
-from lib.graph import Graph
+from lib.core.errors import UserError
+from lib.core.graph import Graph
 
 
 def _head(spec: str) -> tuple[int, int]:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.grid import Cell
+from lib.batch.grid import Cell
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STATES = ("done", "failed", "interrupted", "pending")
 MANIFEST_COLUMNS = ["cell_id", "script", "task", "options", "state", "run_dir", "wall_seconds", "error"]
 

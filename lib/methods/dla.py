@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lib.model import LoadedModel
+from lib.core.model import LoadedModel
 
 
 @dataclass

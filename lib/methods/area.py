@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lib.graph import Graph
+from lib.core.graph import Graph
 
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 RANKINGS = {"cpr": "signed", "cmd": "abs"}  # which edge ranking each area uses
@@ -107,7 +107,7 @@ def mib_curves(ev, graph: Graph, importance: torch.Tensor, n_random: int = 10, s
     important: -score for EAP, the worsening for ACDC) and of n_random random circuits per size, on the prompts
     of ev (a lib.faithfulness.Evaluator); the areas get 95% bootstrap intervals over prompts (every size's
     circuit, the full model and the empty circuit resampled jointly)."""
-    from lib import intervals
+    from lib.methods import intervals
 
     full_m = np.asarray(ev.clean, dtype=float)
     empty_m = ev.metric(torch.zeros_like(graph.edge_exists))

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lib.metrics import data_metric
-from lib.model import logits_at
+from lib.core.metrics import data_metric
+from lib.core.model import logits_at
 
 DIRECTIONS = ("denoise", "noise")
 

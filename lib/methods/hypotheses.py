@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from lib.errors import UserError
-from lib.graph import Graph
-from lib.scrubbing import Hypothesis
+from lib.core.errors import UserError
+from lib.core.graph import Graph
+from lib.methods.scrubbing import Hypothesis
 
 HYPOTHESES = ("auto", "canonical", "answer-feature", "whole-prompt")
 COMPLEMENT_ONLY = "complement-only (weaker test)"

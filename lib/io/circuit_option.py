@@ -10,12 +10,12 @@ from typing import Annotated
 import torch
 import typer
 
-from lib.circuits import canonical_circuit
-from lib.eap import edge_scores
-from lib.errors import UserError
-from lib.faithfulness import Evaluator, log_grid, top_k_mask
-from lib.graph import Circuit, Graph
-from lib.patching import ABLATIONS
+from lib.core.circuits import canonical_circuit
+from lib.core.errors import UserError
+from lib.core.graph import Circuit, Graph
+from lib.core.patching import ABLATIONS
+from lib.methods.eap import edge_scores
+from lib.methods.faithfulness import Evaluator, log_grid, top_k_mask
 
 CircuitOpt = Annotated[str, typer.Option("--circuit", help="canonical | auto (canonical if published for this "
                                           "task and model, else the smallest EAP-IG top-k circuit reaching "
@@ -119,8 +119,8 @@ def discover_auto(model, graph: Graph, task: str, eval_data, seed: int, batch_si
 def circuit_experiment(script: str, opts, circuit: str, ablation: str, **extra_options):
     """cli.experiment for scripts that evaluate a circuit: the circuit option is checked against the
     model before any work; yields (model, run, graph, datasets), and run.json gets the circuits used."""
-    from lib import cli
-    from lib.graph import graph_of
+    from lib.core.graph import graph_of
+    from lib.io import cli
 
     with cli.experiment(script, opts, circuit=circuit, ablation=ablation, **extra_options) as (lm, run):
         graph = graph_of(lm)
@@ -131,7 +131,7 @@ def circuit_experiment(script: str, opts, circuit: str, ablation: str, **extra_o
 
 def resolve_with_progress(spec: str, model, graph: Graph, task: str, data, opts, ablation: str, run) -> ResolvedCircuit:
     """resolve_circuit with progress bars, recording the circuit used in run.json."""
-    from lib import progress
+    from lib.io import progress
 
     resolved = resolve_circuit(spec, model, graph, task, data, opts.seed, opts.batch_size, ablation,
                                progress_factory=lambda n, d: progress.bar(n, d, "step"))

@@ -1,7 +1,7 @@
 """The offline `toy` model: a small GPT-2 trained by the project on its four tasks.
 
-    uv run python -m lib.toy train      # rebuilds models/toy/ (tokenizer + weights), deterministic
-    uv run python -m lib.toy evaluate   # held-out accuracy and metrics per task
+    uv run python -m lib.core.toy train      # rebuilds models/toy/ (tokenizer + weights), deterministic
+    uv run python -m lib.core.toy evaluate   # held-out accuracy and metrics per task
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import typer
 
-TOY_DIR = Path(__file__).resolve().parent.parent / "models" / "toy"
+TOY_DIR = Path(__file__).resolve().parents[2] / "models" / "toy"
 BOS = "<|endoftext|>"
 UNK = "<unk>"
 # GPT-2's pre-tokenization regex, except that digits are split in pairs, so " 1732" -> " 17", "32"
@@ -122,7 +122,7 @@ def train(out_dir: Path = TOY_DIR, steps: int = 6000, batch: int = 32, n_per_tas
     """Train the toy model deterministically on CPU and save it in Hugging Face format."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lib import progress
+    from lib.io import progress
 
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
@@ -178,8 +178,8 @@ def train_cmd(out: Path = TOY_DIR, steps: int = 6000, batch: int = 32, seed: int
 @app.command("evaluate")
 def evaluate_cmd(n: int = 200, seed: int = 1, model_dir: str = "toy"):
     """Accuracy and clean/corrupted metric of the toy model on held-out prompts."""
-    from lib.evaluate import behaviour_summary
-    from lib.model import load_model
+    from lib.core.evaluate import behaviour_summary
+    from lib.core.model import load_model
     from tasks import TASKS
 
     model = load_model(model_dir, device="cpu")

@@ -1,0 +1,1 @@
+"""Grid reruns: grid files, running cells, aggregation."""

@@ -1,0 +1,1 @@
+"""Core: models, the graph, interventions, metrics, canonical circuits, the toy model."""

@@ -1,0 +1,1 @@
+"""I/O: the command line, run directories, progress, signals, plots, headline metrics."""

@@ -1,0 +1,1 @@
+"""Methods: attribution, ACDC, DLA, node patching, causal scrubbing, statistics of circuits."""
