@@ -131,3 +131,20 @@ def test_patching_from_the_kept_side_equals_the_ablated_side(tiny, data):
     torch.testing.assert_close(out["ablated"], out["kept"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out["ablated"], out["auto"], atol=1e-4, rtol=1e-4)
     assert (out["ablated"] - tiny.bridge(data.clean)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
+def test_many_circuits_per_pass_equal_one_circuit_per_pass(tiny, ablation):
+    """masks_metric (several circuits per forward pass, a mask per row) equals evaluate_mask circuit by circuit."""
+    from lib.core.graph import graph_of
+    from lib.core.metrics import data_metric
+    from lib.core.patching import evaluate_mask, masks_metric
+    from tasks import TASKS
+
+    g, data = graph_of(tiny), TASKS["ioi"].build(tiny.tokenizer, 7, 2)
+    rng = torch.Generator().manual_seed(0)
+    keeps = [torch.rand(g.n_sources, g.n_receivers, generator=rng) < p for p in (0.0, 0.2, 0.5, 0.8, 1.0)]
+    many = masks_metric(tiny, g, data, keeps, ablation, batch_size=4, rows_per_pass=8)  # 2 circuits per pass
+    for c, keep in enumerate(keeps):
+        one = data_metric(evaluate_mask(tiny, g, data, keep, ablation, batch_size=4), data)
+        assert torch.allclose(many[c], one, atol=1e-4, rtol=1e-4), (ablation, c)

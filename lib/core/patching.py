@@ -240,3 +240,51 @@ def evaluate_mask(model, graph: Graph, data, keep: torch.Tensor, ablation: str =
         if progress is not None:
             progress.update(len(batch))
     return torch.cat(out)
+
+
+def masks_metric(model, graph: Graph, data, keeps: list[torch.Tensor], ablation: str = "resample",
+                 batch_size: int = 32, rows_per_pass: int = 256, reference=None) -> torch.Tensor:
+    """The task metric [C, N] of many circuits (kept-edge masks) at once: each forward pass carries several
+    circuits, every prompt of the batch once per circuit, each row patched with its own circuit's mask."""
+    from lib.core.metrics import data_metric
+    from lib.core.model import logits_at
+
+    ablates = torch.stack([ablate_mask(graph, k) for k in keeps]).to(model.device)  # [C, S, R]
+    ref = reference if reference is not None else data
+    mean = mean_outputs(model, graph, ref, batch_size) if ablation == "mean" else None
+    out = torch.empty(len(keeps), len(data), dtype=torch.float64)
+    for start in range(0, len(data), batch_size):
+        batch = data.subset(slice(start, start + batch_size))
+        B = len(batch)
+        values = ablation_values(model, graph, batch, ablation, mean)  # [S, B, P, D]
+        per_pass = max(1, rows_per_pass // B)
+        for c0 in range(0, len(keeps), per_pass):
+            k = min(per_pass, len(keeps) - c0)
+            rep = batch.subset(torch.arange(B).repeat(k))  # circuit-major rows: circuit j has rows j*B..j*B+B-1
+            weights = ablates[c0:c0 + k].repeat_interleave(B, dim=0).to(values.dtype)  # [kB, S, R]
+            hooks = _row_mask_hooks(graph, values.repeat(1, k, 1, 1), weights)
+            logits = logits_at(model, rep.clean.to(model.device), rep.answer_pos, hooks)
+            out[c0:c0 + k, start:start + B] = data_metric(logits.float(), rep).view(k, B).cpu()
+    return out
+
+
+def _row_mask_hooks(graph: Graph, ablation: torch.Tensor, weights: torch.Tensor) -> list:
+    """Hooks patching every row b with its own ablate matrix weights[b] ([rows, S, R]); ablation [S, rows, P, D]."""
+    delta = torch.empty_like(ablation)
+
+    def save(rows: slice):
+        def hook(x, hook):
+            torch.sub(ablation[rows], as_sources(x), out=delta[rows])
+            return x
+        return hook
+
+    def patch(cols: slice, n_before: int):
+        def hook(x, hook):
+            add = torch.einsum("bsh,sbpd->bphd", weights[:, :n_before, cols], delta[:n_before])
+            return x + (add if x.dim() == 4 else add[:, :, 0])
+        return hook
+
+    hooks = [(name, save(rows)) for name, rows in source_hooks(graph)]
+    for name, cols, n_before in EdgePatch(graph, ablation, weights[0])._receiver_groups():
+        hooks.append((name, patch(cols, n_before)))
+    return hooks

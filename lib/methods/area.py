@@ -120,10 +120,11 @@ def mib_curves(ev, graph: Graph, importance: torch.Tensor, n_random: int = 10, s
     rng = np.random.default_rng(seed)
     random_f = np.full((n_random, len(ns)), np.nan)
     random_kept = np.zeros((n_random, len(ns)))
-    for d in range(n_random):
-        for j, n in enumerate(ns):
-            keep = random_circuit(graph, n, rng)
-            random_f[d, j], random_kept[d, j] = faithfulness(ev.metric(keep)), int(keep.sum())
+    draws = [random_circuit(graph, n, rng) for _ in range(n_random) for n in ns]  # draw-major
+    if draws:  # many circuits per forward pass
+        for i, m in enumerate(ev.metrics(draws)):
+            d, j = divmod(i, len(ns))
+            random_f[d, j], random_kept[d, j] = faithfulness(m), int(draws[i].sum())
     random_areas = [areas(fractions, random_f[d]) for d in range(n_random)]
     curve_rows, area_rows = [], []
     for metric, ranking in RANKINGS.items():

@@ -9,7 +9,7 @@ import torch
 from lib.core.evaluate import behaviour
 from lib.core.graph import Graph
 from lib.core.metrics import data_metric, median_of_ratios, normalized
-from lib.core.patching import evaluate_mask
+from lib.core.patching import evaluate_mask, masks_metric
 from lib.methods import intervals
 
 
@@ -46,6 +46,11 @@ class Evaluator:
     def metric(self, keep: torch.Tensor) -> np.ndarray:
         logits = evaluate_mask(self.model, self.graph, self.data, keep, self.ablation, self.batch_size)
         return data_metric(logits, self.data).cpu().numpy()
+
+    def metrics(self, keeps: list[torch.Tensor], rows_per_pass: int = 256) -> np.ndarray:
+        """Per-prompt metrics [C, N] of many circuits, several per forward pass."""
+        return masks_metric(self.model, self.graph, self.data, keeps, self.ablation, self.batch_size,
+                            rows_per_pass).numpy()
 
     def faithfulness(self, keep: torch.Tensor) -> dict:
         """Mean metric and normalized faithfulness (ratio of means, median of ratios) of a kept-edge mask,
