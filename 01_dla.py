@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from lib.io import cli, plots, progress
-from lib.io.headline import Metric, extract as headline
+from lib.io.headline import Metric
 from lib.methods import intervals
 from lib.methods.dla import direct_logit_attribution
 
@@ -22,7 +22,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), n_bootstrap: cli.NBootstrapOpt = 1000,
          quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
-    with cli.experiment("01_dla", opts, resume=resume) as (lm, run):
+    with cli.experiment("01_dla", opts, resume=resume, headline=HEADLINE) as (lm, run):
         datasets = cli.task_builds(lm, opts)
         with progress.bar(sum(map(len, datasets.values())), "DLA", "prompt") as bar:
             results = cli.per_task(run, opts.tasks, lambda name: dla_task(lm, name, datasets[name], opts, bar))
@@ -39,7 +39,6 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
             "DLA onto the answer direction (logit difference)"))
         run.figure("dla_top.png", plots.top_bars(bars, "Top components by |DLA| (mean over prompts; error bars: "
                                                  "±1 std over prompts)", "DLA (logit difference)"))
-        run.csv("headline.csv", headline(HEADLINE, run.path))
         print(pd.DataFrame(checks).to_string(index=False, float_format="%.4f"))
 
 

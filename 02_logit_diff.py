@@ -13,7 +13,7 @@ from lib.core.metrics import data_metric, normalized
 from lib.core.patching import evaluate_mask
 from lib.io import cli, plots
 from lib.io.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
-from lib.io.headline import Metric, extract as headline
+from lib.io.headline import Metric
 from lib.io.plots import TASK_METRIC_LABELS
 from lib.methods import intervals
 
@@ -55,7 +55,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          resume: cli.ResumeOpt = None):
     check_options(circuit, ablation)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
-    with circuit_experiment("02_logit_diff", opts, circuit, ablation, resume=resume) as (lm, run, graph, datasets):
+    with circuit_experiment("02_logit_diff", opts, circuit, ablation, resume=resume, headline=HEADLINE) as (
+            lm, run, graph, datasets):
         def task_items(name: str) -> pd.DataFrame:
             data = datasets[name]
             resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, ablation, run)
@@ -79,7 +80,6 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                  f"circuit ({d.circuit.iloc[0]})": d.metric_circuit.to_numpy()}
              for t, d in items.groupby("task", sort=False)}, "Task metric per prompt",
             {t: TASK_METRIC_LABELS[datasets[t].metric_kind] for t in datasets}, "prompts"))
-        run.csv("headline.csv", headline(HEADLINE, run.path))
         overall = summary[summary.group == "all"][["task", "circuit", "condition", "n", "mean", "mean_ci_low",
                                                    "mean_ci_high", "accuracy", "faithfulness", "faithfulness_ci_low",
                                                    "faithfulness_ci_high"]]

@@ -12,7 +12,7 @@ import typer
 from lib.core.errors import UserError
 from lib.core.evaluate import behaviour
 from lib.io import cli, plots, progress
-from lib.io.headline import Metric, extract as headline
+from lib.io.headline import Metric
 from lib.methods import intervals
 from lib.methods.node_patching import DIRECTIONS, heads_and_mlps, patch_metrics, residual_positions
 
@@ -95,10 +95,9 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     directions = list(DIRECTIONS) if direction == "both" else [direction]
     if any(d not in DIRECTIONS for d in directions):
         raise UserError(f"unknown direction {direction!r}; choose from denoise, noise, both")
-    if rows_per_pass < 1:
-        raise UserError(f"--rows-per-pass must be at least 1 (got {rows_per_pass})")
+    cli.check_at_least(1, ("--rows-per-pass", rows_per_pass))
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
-    with cli.experiment("03_activation_patching", opts, resume=resume, direction=direction,
+    with cli.experiment("03_activation_patching", opts, resume=resume, headline=HEADLINE, direction=direction,
                         rows_per_pass=rows_per_pass) as (lm, run):
         datasets = cli.task_builds(lm, opts)
         results = cli.per_task(run, opts.tasks, lambda name: patch_task(
@@ -118,7 +117,6 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                 {key: values}, f"Residual stream patching at each position\n({meaning})", "position (token)",
                 "residual stream", "normalized metric", xticklabels=shown,
                 yticklabels=[f"resid_pre {l}" for l in range(lm.n_layers)] + [f"resid_post {lm.n_layers - 1}"]))
-        run.csv("headline.csv", headline(HEADLINE, run.path))
         df = pd.DataFrame(rows)
         top = df[df.kind.isin(["head", "mlp"])].assign(a=lambda x: (x.normalized - (x.direction == "noise")).abs())
         print(top.sort_values("a", ascending=False).groupby(["task", "direction"]).head(3)[

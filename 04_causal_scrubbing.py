@@ -19,7 +19,7 @@ from lib.core.metrics import data_metric, kl_divergence, kl_interpretation, reve
 from lib.core.model import answer_logits
 from lib.io import cli, plots, progress
 from lib.io.circuit_option import CircuitOpt, check_options, circuit_experiment, resolve_with_progress
-from lib.io.headline import Metric, extract as headline
+from lib.io.headline import Metric
 from lib.methods import intervals
 from lib.methods.hypotheses import BASELINE, COMPLEMENT_ONLY, HYPOTHESES, baseline, complement_only, main_hypothesis
 from lib.methods.scrubbing import Pool, draw, scrubbed_logits
@@ -124,14 +124,13 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     check_options(circuit, "resample")
     if hypothesis not in HYPOTHESES:
         raise UserError(f"unknown hypothesis {hypothesis!r}; choose from {', '.join(HYPOTHESES)}")
-    if n_seeds < 1:
-        raise UserError(f"--n-seeds must be at least 1 (got {n_seeds})")
+    cli.check_at_least(1, ("--n-seeds", n_seeds))
     if pool_size < n_prompts:
         raise UserError(f"--pool-size ({pool_size}) must be at least --n-prompts ({n_prompts})")
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
 
-    with circuit_experiment("04_causal_scrubbing", opts, circuit, "resample", resume=resume, hypothesis=hypothesis,
-                            n_seeds=n_seeds, pool_size=pool_size) as (lm, run, graph, _):
+    with circuit_experiment("04_causal_scrubbing", opts, circuit, "resample", resume=resume, headline=HEADLINE,
+                            hypothesis=hypothesis, n_seeds=n_seeds, pool_size=pool_size) as (lm, run, graph, _):
         for name in opts.tasks if hypothesis == "canonical" else []:  # fail before any work
             main_hypothesis(hypothesis, name, graph, graph.edge_exists, "canonical")
         run.record.setdefault("scrubbing", {})
@@ -149,7 +148,6 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         run.csv("hypothesis.csv", pd.DataFrame(described, columns=["task", "hypothesis", "node", "features", "position"]))
         for name in opts.tasks:
             run.figure(f"scrubbing_{name}.png", plots.scrubbing(seeds[seeds.task == name], name))
-        run.csv("headline.csv", headline(HEADLINE, run.path))
         print(summary[["task", "hypothesis", "kl_mean", "kl_mean_std", "loss_recovered_ratio_of_means",
                        "resampled_fraction", "interpretation"]].to_string(index=False, float_format="%.4f"))
 

@@ -13,7 +13,7 @@ from lib.core.errors import UserError
 from lib.core.graph import Circuit, graph_of
 from lib.core.patching import ABLATIONS
 from lib.io import cli, diagram, plots, progress
-from lib.io.headline import Metric, extract as headline
+from lib.io.headline import Metric
 from lib.methods.area import mib_curves
 from lib.methods.eap import METHODS, edge_scores
 from lib.methods.faithfulness import Evaluator, auc_interval, discovery_and_held_out, log_grid, roc_curve, top_k_mask
@@ -48,22 +48,19 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                         "point; use --metric task")
     if metric != "task":
         raise UserError(f"unknown metric {metric!r} for EAP; use --metric task")
-    if ig_steps < 1:
-        raise UserError(f"--ig-steps must be at least 1 (got {ig_steps})")
+    cli.check_at_least(1, ("--ig-steps", ig_steps))
     if ablation not in ABLATIONS:
         raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
     ks = cli.parse_ints(top_k, "--top-k")
     if not ks or any(k < 1 for k in ks):
         raise UserError("--top-k sizes must be at least 1")
     cli.check_finite("--threshold", threshold)
-    if export not in cli.EXPORTS:
-        raise UserError(f"unknown --export {export!r}; use eap-ig")
-    if n_random < 0:
-        raise UserError(f"--n-random must be at least 0 (got {n_random})")
+    cli.check_export(export)
+    cli.check_at_least(0, ("--n-random", n_random))
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     extra = dict(method=method, ig_steps=ig_steps, metric=metric, top_k=ks, threshold=threshold, ablation=ablation,
                  n_random=n_random, export=export)
-    with cli.experiment("05_eap", opts, resume=resume, **extra) as (lm, run):
+    with cli.experiment("05_eap", opts, resume=resume, headline=HEADLINE, **extra) as (lm, run):
         graph = graph_of(lm)
         results = cli.per_task(run, opts.tasks, lambda name: eap_task(
             lm, graph, run, name, opts, method, ig_steps, ks, threshold, ablation, n_random, export))
@@ -89,7 +86,6 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
             run.figure("roc.png", plots.curves({k: (f, t) for k, (f, t, _) in rocs.items()}, "ROC against the canonical circuit",
                                                "false positive rate", "true positive rate", diagonal=True,
                                                labels={k: f"{k} (AUC {a:.3f})" for k, (_, _, a) in rocs.items()}))
-        run.csv("headline.csv", headline(HEADLINE, run.path))
         print(pd.DataFrame(curve_rows).groupby("task").tail(3).to_string(index=False, float_format="%.4f"))
 
 

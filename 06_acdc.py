@@ -17,7 +17,7 @@ from lib.core.errors import UserError
 from lib.core.graph import Circuit, graph_of
 from lib.core.patching import ABLATIONS
 from lib.io import cli, plots, progress
-from lib.io.headline import Metric, extract as headline
+from lib.io.headline import Metric
 from lib.methods.acdc import METRICS, ACDCState, edge_order, kept_mask, run_acdc
 from lib.methods.area import mib_curves
 from lib.methods.faithfulness import Evaluator, discovery_and_held_out, roc_from_points
@@ -49,13 +49,11 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         raise UserError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     if ablation not in ABLATIONS:
         raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
-    if export not in cli.EXPORTS:
-        raise UserError(f"unknown --export {export!r}; use eap-ig")
-    if n_random < 0:
-        raise UserError(f"--n-random must be at least 0 (got {n_random})")
+    cli.check_export(export)
+    cli.check_at_least(0, ("--n-random", n_random))
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     extra = dict(thresholds=taus, metric=metric, ablation=ablation, absolute=absolute, export=export, n_random=n_random)
-    with cli.experiment("06_acdc", opts, resume=resume, **extra) as (lm, run):
+    with cli.experiment("06_acdc", opts, resume=resume, headline=HEADLINE, **extra) as (lm, run):
         graph = graph_of(lm)
         rows, datasets = [], []
         timings = run.record.setdefault("seconds", {})  # wall time per task x tau (kept out of the CSVs)
@@ -88,7 +86,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                 keep = kept_mask(graph, state)
                 circuit = Circuit(lm.name, name, "acdc", {"tau": tau, "metric": metric, "ablation": ablation,
                                                           "absolute": absolute, "n_prompts": len(discovery)},
-                                  {e: state.kept.get(e, float("nan")) for e in graph.edges_of(keep)})
+                                  {e: state.scores.get(e, float("nan")) for e in graph.edges_of(keep)})
                 if keep.any():
                     run.json(f"circuit_{unit}.json", circuit.to_json(graph))
                     if export == "eap-ig":  # scores: each kept edge's worsening; 0 for removed edges
@@ -141,7 +139,6 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
             run.figure("roc.png", plots.curves({k: (f, t) for k, (f, t, _) in rocs.items()}, "ACDC ROC against the canonical circuit (one point per tau)",
                                                "false positive rate", "true positive rate", diagonal=True,
                                                labels={k: f"{k} (AUC {a:.3f})" for k, (_, _, a) in rocs.items()}))
-        run.csv("headline.csv", headline(HEADLINE, run.path))
         shown = sweep.assign(seconds=[timings.get(f"{r.task}_tau{r.tau:g}", np.nan) for r in sweep.itertuples()])
         print(shown[["task", "tau", "edges_kept", "edges_tried", "forward_passes", "seconds", "faithfulness"]].to_string(
             index=False, float_format="%.4f"))

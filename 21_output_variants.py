@@ -13,7 +13,7 @@ from lib.core.model import answer_logits
 from lib.core.patching import evaluate_mask
 from lib.io import cli, plots
 from lib.io.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
-from lib.io.headline import Metric, extract as headline
+from lib.io.headline import Metric
 from lib.methods import intervals
 
 app = cli.script_app(__doc__)
@@ -39,7 +39,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          resume: cli.ResumeOpt = None):
     check_options(circuit, ablation)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
-    with circuit_experiment("21_output_variants", opts, circuit, ablation, resume=resume) as (lm, run, graph, datasets):
+    with circuit_experiment("21_output_variants", opts, circuit, ablation, resume=resume, headline=HEADLINE) as (
+            lm, run, graph, datasets):
         results = cli.per_task(run, opts.tasks, lambda name: variants_task(
             lm, graph, run, name, datasets[name], opts, circuit, ablation))
         items = pd.concat([r["items"] for r in results.values()], ignore_index=True)
@@ -67,7 +68,6 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         run.figure("kl_vs_js.png", plots.scatter({t: (d.kl.to_numpy(), d.js.to_numpy()) for t, d in items.groupby(
             "task", sort=False)}, "Per-prompt KL vs JS (one dot per prompt)", "KL(full || circuit), nats (symlog)",
             "JS(full, circuit), nats (symlog)", loglog=True))
-        run.csv("headline.csv", headline(HEADLINE, run.path))
         print(spread[["task", "circuit", "kl_mean", "js_mean", "interpretation"]].to_string(index=False, float_format="%.4f"))
 
 

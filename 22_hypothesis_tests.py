@@ -16,7 +16,7 @@ from lib.io import cli, plots, progress
 
 from lib.core.errors import UserError
 from lib.io.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
-from lib.io.headline import Metric, extract as headline
+from lib.io.headline import Metric
 from lib.methods import hypothesis_tests as ht
 from lib.methods.faithfulness import Evaluator
 
@@ -48,17 +48,14 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         cli.check_finite(name, v)
         if not lo < v < hi:
             raise UserError(f"{name} must be strictly between {lo} and {hi} (got {v})")
-    for name, v in (("--n-random", n_random), ("--n-permutations", n_permutations)):
-        if v < 1:
-            raise UserError(f"{name} must be at least 1 (got {v})")
-    if max_edges < 0:
-        raise UserError(f"--max-edges must be at least 0 (got {max_edges})")
+    cli.check_at_least(1, ("--n-random", n_random), ("--n-permutations", n_permutations))
+    cli.check_at_least(0, ("--max-edges", max_edges))
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
     if opts.n_prompts < 2:
         raise UserError("the tests need at least 2 prompts (--n-prompts)")
     settings = dict(alpha=alpha, epsilon=epsilon, quantile=quantile, n_random=n_random,
                     n_permutations=n_permutations, max_edges=max_edges)
-    with circuit_experiment("22_hypothesis_tests", opts, circuit, ablation, resume=resume, **settings) as (
+    with circuit_experiment("22_hypothesis_tests", opts, circuit, ablation, resume=resume, headline=HEADLINE, **settings) as (
             lm, run, graph, datasets):
         def test_task(name: str) -> dict:
             data = datasets[name]
@@ -117,7 +114,6 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         run.csv("dataset.csv", pd.concat([d.dataset_frame(lm.tokenizer) for d in datasets.values()]))
         run.csv("tests.csv", table)
         run.csv("minimality_edges.csv", pd.DataFrame([e for res in results.values() for e in res["edges"]]))
-        run.csv("headline.csv", headline(HEADLINE, run.path))
         print(table[["task", "test", "statistic", "p_value", "p_value_holm", "rejected"]].to_string(
             index=False, float_format="%.4g"))
 

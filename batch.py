@@ -15,10 +15,9 @@ from typing import Annotated, Optional
 import typer
 
 from lib.batch import aggregate, cells, grid
-
 from lib.core.errors import UserError
 from lib.io import cli
-from lib.io.results import git_commit, versions
+from lib.io.results import atomic_write, git_commit, probe_writable, versions
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 EXECUTORS = ("local", "slurm", "submitit-local")
@@ -27,12 +26,20 @@ EXECUTORS = ("local", "slurm", "submitit-local")
 def _out_dir(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".probe"
-        probe.write_text("")
-        probe.unlink()
+        probe_writable(out)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot write under --out {out}: {getattr(e, 'strerror', None) or e}") from None
     return out
+
+
+def _counts(m) -> str:
+    """'done=.. failed=.. interrupted=.. pending=..' of a manifest."""
+    counts = m.state.value_counts()
+    return " ".join(f"{s}={int(counts.get(s, 0))}" for s in cells.STATES)
+
+
+def _outcome_line(cell, state: str, detail: str = "", error: str = "") -> str:
+    return f"{state:>11}  {cell.describe()}{'  ' + detail if detail else ''}{'  ' + error if error else ''}"
 
 
 def _todo(out: Path, all_cells: list, only_failed: bool) -> list:
@@ -51,9 +58,7 @@ def _record(out: Path, grid_file: Path, text: str, all_cells: list, executor: di
     record = {"grid_file": str(grid_file), "grid": text,
               "cells": [{"cell_id": c.id, "script": c.script, "options": dict(c.options)} for c in all_cells],
               "executor": executor, "git": git_commit(), "versions": versions(), "python": sys.executable}
-    tmp = out / ".batch.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(out / "batch.json")
+    atomic_write(out / "batch.json", lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
 
 
 def _run_local(out: Path, all_cells: list, todo: list, jobs: int) -> None:
@@ -66,8 +71,7 @@ def _run_local(out: Path, all_cells: list, todo: list, jobs: int) -> None:
                 for f in done:
                     c = pending.pop(f)
                     o = f.result()
-                    print(f"{o['state']:>11}  {c.describe()}  ({o['wall_seconds']:.1f} s){'  ' + o['error'] if o['error'] else ''}",
-                          flush=True)
+                    print(_outcome_line(c, o["state"], f"({o['wall_seconds']:.1f} s)", o["error"]), flush=True)
                     cells.write_manifest(out, all_cells)
         except KeyboardInterrupt:
             for f in pending:
@@ -93,9 +97,9 @@ def _run_submitit(out: Path, all_cells: list, todo: list, cluster: str, params: 
             c = pending.pop(job)
             try:
                 o = job.result()
-                line = f"{o['state']:>11}  {c.describe()}{'  ' + o['error'] if o['error'] else ''}"
+                line = _outcome_line(c, o["state"], error=o["error"])
             except Exception as e:  # noqa: BLE001 - the job itself failed (node lost, timeout): the cell is failed
-                line = f"{'failed':>11}  {c.describe()}  job {job.job_id}: {type(e).__name__}"
+                line = _outcome_line(c, "failed", f"job {job.job_id}: {type(e).__name__}")
             print(line, flush=True)
             cells.write_manifest(out, all_cells)
         time.sleep(1.0)
@@ -121,10 +125,8 @@ def run(grid_file: Annotated[Path, typer.Argument(help="the grid (TOML)")],
     """Run every cell of GRID_FILE not yet finished; then summarize."""
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
-    for name, v in (("--jobs", jobs), ("--cpus-per-task", cpus_per_task), ("--timeout-min", timeout_min),
-                    ("--slurm-array-parallelism", slurm_array_parallelism)):
-        if v < 1:
-            raise UserError(f"{name} must be at least 1 (got {v})")
+    cli.check_at_least(1, ("--jobs", jobs), ("--cpus-per-task", cpus_per_task), ("--timeout-min", timeout_min),
+                       ("--slurm-array-parallelism", slurm_array_parallelism))
     if gpus_per_task < 0 or not mem_gb > 0:
         raise UserError("--gpus-per-task must be >= 0 and --mem-gb > 0")
     extra = {}
@@ -160,8 +162,7 @@ def run(grid_file: Annotated[Path, typer.Argument(help="the grid (TOML)")],
 def _summarize(out: Path, all_cells: list) -> None:
     m = cells.write_manifest(out, all_cells)
     table, folded = aggregate.summarize(out, m)
-    counts = m.state.value_counts()
-    print(" ".join(f"{s}={int(counts.get(s, 0))}" for s in cells.STATES) + f"; wrote {out}/summary.csv "
+    print(_counts(m) + f"; wrote {out}/summary.csv "
           f"({len(table)} rows), summary_by_seed.csv, tables.md, tables.tex")
 
 
@@ -177,8 +178,7 @@ def _cells_of(out: Path) -> list:
 def status(out: Annotated[Path, typer.Argument(help="the batch directory")]):
     """Counts of cells by state, and the failed cells' error lines."""
     m = cells.write_manifest(out, _cells_of(out))
-    counts = m.state.value_counts()
-    print(" ".join(f"{s}={int(counts.get(s, 0))}" for s in cells.STATES) + f" (of {len(m)})")
+    print(_counts(m) + f" (of {len(m)})")
     for r in m[m.state.isin(["failed", "interrupted"])].itertuples():
         print(f"{r.state}  {r.cell_id}  {r.script} {r.task}  {r.error}")
 

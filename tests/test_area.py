@@ -55,9 +55,9 @@ def test_signed_ranking_keeps_the_most_negative_scores_first():
     scores[G.edge_index("a0.h1->logits")] = -5.0  # ablating it lowers the metric most
     scores[G.edge_index("input->a0.h1<v>")] = -4.0
     scores[G.edge_index("m1->logits")] = 6.0  # ablating it raises the metric
-    signed = area.top_n(G, area.ranking_key(scores, "signed"), 2)
+    signed = area.top_n(G, area.ranking_key(-scores, "signed"), 2)  # EAP importance is -score
     assert G.edges_of(signed) == ["input->a0.h1<v>", "a0.h1->logits"]
-    key = area.ranking_key(scores, "abs")
+    key = area.ranking_key(-scores, "abs")
     assert key[G.edge_index("m1->logits")] == key.max()  # first by |score|, but alone it dangles (m1 reads nothing)
     assert not area.top_n(G, key, 1).any()
 

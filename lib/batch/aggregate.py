@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lib.io.results import FLOAT_FORMAT
+from lib.io.results import FLOAT_FORMAT, atomic_write
 
 CONFIDENCE = 0.95
 
@@ -62,6 +62,14 @@ def by_seed(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SUMMARY_COLUMNS = ("script", "task", "metric", "n_seeds", "mean", "std", "ci_low", "ci_high", "seeds")
+
+
+def _varying(d: pd.DataFrame) -> list[str]:
+    """The option columns whose value differs between the rows of one script's folded table."""
+    return [c for c in d.columns if c not in SUMMARY_COLUMNS and d[c].nunique(dropna=False) > 1]
+
+
 def _cell_text(r) -> str:
     if not np.isfinite(r["mean"]):
         return "–"
@@ -74,8 +82,7 @@ def tables(folded: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per script: rows = task (and every option that varies), columns = metrics, `mean ± half-width`."""
     out = {}
     for script, d in folded.groupby("script", sort=False):
-        fixed = ("script", "metric", "n_seeds", "mean", "std", "ci_low", "ci_high", "seeds")
-        varying = [c for c in d.columns if c not in fixed and c != "task" and d[c].nunique(dropna=False) > 1]
+        varying = _varying(d)
         d = d.assign(text=[_cell_text(r) for _, r in d.iterrows()])
         table = d.pivot_table(index=["task", *varying], columns="metric", values="text", aggfunc="first", sort=False)
         out[script] = table.reset_index()
@@ -90,8 +97,8 @@ def write_tables(out: Path, folded: pd.DataFrame) -> None:
         md += [f"## {script}", "", note, "", table.to_markdown(index=False), ""]
         tex += [f"% {script}: {note}", table.to_latex(index=False, caption=f"{script}: {note}",
                                                         label=f"tab:{script.removesuffix('.py')}"), ""]
-    (Path(out) / "tables.md").write_text("\n".join(md))
-    (Path(out) / "tables.tex").write_text("\n".join(tex))
+    atomic_write(Path(out) / "tables.md", lambda p: p.write_text("\n".join(md)))
+    atomic_write(Path(out) / "tables.tex", lambda p: p.write_text("\n".join(tex)))
 
 
 def plots(out: Path, folded: pd.DataFrame) -> list[Path]:
@@ -108,8 +115,7 @@ def plots(out: Path, folded: pd.DataFrame) -> list[Path]:
         metrics = list(dict.fromkeys(d.metric))
         fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 1, 3.6), squeeze=False,
                                  layout="constrained")
-        fixed = ("script", "metric", "n_seeds", "mean", "std", "ci_low", "ci_high", "seeds", "task")
-        varying = [c for c in d.columns if c not in fixed and d[c].nunique(dropna=False) > 1]
+        varying = _varying(d)
         for ax, metric in zip(axes[0], metrics):
             m = d[d.metric == metric]
             labels = [" ".join([r.task, *(f"{c}={r[c]}" for c in varying)]) for _, r in m.iterrows()]
@@ -131,8 +137,8 @@ def summarize(out: Path, manifest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
     """Write summary.csv, summary_by_seed.csv, tables.md, tables.tex and plots/ under out."""
     table = summary(out, manifest)
     folded = by_seed(table) if len(table) else pd.DataFrame()
-    table.to_csv(Path(out) / "summary.csv", index=False, float_format=FLOAT_FORMAT)
-    folded.to_csv(Path(out) / "summary_by_seed.csv", index=False, float_format=FLOAT_FORMAT)
+    atomic_write(Path(out) / "summary.csv", lambda p: table.to_csv(p, index=False, float_format=FLOAT_FORMAT))
+    atomic_write(Path(out) / "summary_by_seed.csv", lambda p: folded.to_csv(p, index=False, float_format=FLOAT_FORMAT))
     if len(folded):
         write_tables(out, folded)
         plots(out, folded)

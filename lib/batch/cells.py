@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from lib.batch.grid import Cell
+from lib.io.results import atomic_write
 
 ROOT = Path(__file__).resolve().parents[2]
 STATES = ("done", "failed", "interrupted", "pending")
@@ -37,12 +38,6 @@ def read_outcome(out: Path, cell_id: str) -> dict | None:
         return json.loads((cell_dir(out, cell_id) / "cell.json").read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def _leftover(where: Path) -> Path | None:
@@ -88,7 +83,7 @@ def run_cell(cell: Cell, out: str, threads: int | None = None, python: str = sys
     outcome = {"cell_id": cell.id, "state": state, "exit_code": code,
                "run_dir": str(runs[-1].relative_to(out)) if state == "done" else "",
                "wall_seconds": round(time.time() - t0, 3), "error": "" if state == "done" else _error_line(log)}
-    _write_json(where / "cell.json", outcome)
+    atomic_write(where / "cell.json", lambda p: p.write_text(json.dumps(outcome, indent=1) + "\n"))
     return outcome
 
 
@@ -122,7 +117,5 @@ def manifest(out: Path, cells: list[Cell]) -> pd.DataFrame:
 def write_manifest(out: Path, cells: list[Cell]) -> pd.DataFrame:
     """Rewrite DIR/manifest.csv atomically; returns it."""
     df = manifest(out, cells)
-    tmp = Path(out) / ".manifest.csv.tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, Path(out) / "manifest.csv")
+    atomic_write(Path(out) / "manifest.csv", lambda p: df.to_csv(p, index=False))
     return df

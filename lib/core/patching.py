@@ -113,6 +113,16 @@ def add_ablated(x: torch.Tensor, cols: slice, chunks: list, ablate: torch.Tensor
     return x if add is None else x + (add if x.dim() == 4 else add[:, :, 0])
 
 
+def receiver_groups(graph: Graph):
+    """(hook name, receiver columns as a slice, number of sources written before it reads) in forward order."""
+    for name, cols in receiver_hooks(graph):
+        cols = cols if isinstance(cols, slice) else slice(cols, cols + 1)
+        layer = int(name.split(".")[1])
+        n_before = (graph.n_sources if cols.start == graph.logits_receiver else
+                    graph.sources_before_mlp(layer) if "mlp" in name else graph.sources_before_attn(layer))
+        yield name, cols, n_before
+
+
 @dataclass
 class _Group:
     """How one receiver group is patched: x (+ running total of deltas) + weight @ delta[rows]."""
@@ -151,15 +161,6 @@ class EdgePatch:
     ablate: torch.Tensor  # [S, R] float (may require grad)
     mode: str = "auto"
 
-    def _receiver_groups(self):
-        g = self.graph
-        for name, cols in receiver_hooks(g):
-            cols = cols if isinstance(cols, slice) else slice(cols, cols + 1)
-            layer = int(name.split(".")[1])
-            n_before = (g.n_sources if cols.start == g.logits_receiver else
-                        g.sources_before_mlp(layer) if "mlp" in name else g.sources_before_attn(layer))
-            yield name, cols, n_before
-
     def hooks(self) -> list:
         if self.ablate.requires_grad:
             return self._grad_hooks()
@@ -167,7 +168,7 @@ class EdgePatch:
         a_cpu = self.ablate.detach().cpu()
         delta = torch.empty_like(self.ablation)  # [S, B, P, D]
         total = torch.zeros_like(self.ablation[0])  # running sum of the deltas recorded so far, [B, P, D]
-        groups = [(name, _plan_group(ablate, a_cpu, n, cols, self.mode)) for name, cols, n in self._receiver_groups()]
+        groups = [(name, _plan_group(ablate, a_cpu, n, cols, self.mode)) for name, cols, n in receiver_groups(self.graph)]
         running = any(gp.complement for _, gp in groups)
 
         def save(rows: slice):
@@ -206,7 +207,7 @@ class EdgePatch:
             return hook
 
         hooks = [(name, save(rows)) for name, rows in source_hooks(self.graph)]
-        for name, cols, _ in self._receiver_groups():
+        for name, cols, _ in receiver_groups(self.graph):
             hooks.append((name, lambda x, hook, cols=cols: add_ablated(x, cols, chunks, ablate, self.graph.edge_exists)))
         return hooks
 
@@ -285,6 +286,6 @@ def _row_mask_hooks(graph: Graph, ablation: torch.Tensor, weights: torch.Tensor)
         return hook
 
     hooks = [(name, save(rows)) for name, rows in source_hooks(graph)]
-    for name, cols, n_before in EdgePatch(graph, ablation, weights[0])._receiver_groups():
+    for name, cols, n_before in receiver_groups(graph):
         hooks.append((name, patch(cols, n_before)))
     return hooks

@@ -93,6 +93,18 @@ def parse_ints(spec: str, what: str) -> list[int]:
         raise UserError(f"{what} must be whole numbers, got {spec!r}") from None
 
 
+def check_at_least(minimum: int, *options: tuple[str, int]) -> None:
+    """Each (option name, value) pair: the value must be at least minimum."""
+    for what, value in options:
+        if value < minimum:
+            raise UserError(f"{what} must be at least {minimum} (got {value})")
+
+
+def check_export(export: str) -> None:
+    if export not in EXPORTS:
+        raise UserError(f"unknown --export {export!r}; use eap-ig")
+
+
 def check_finite(what: str, *values: float | None) -> None:
     for v in values:
         if v is not None and not np.isfinite(v):
@@ -104,14 +116,10 @@ def common(tasks: str, model: str, device: str, dtype: str, n_prompts: int, batc
     """Validate the shared options (before any model is loaded)."""
     from lib.core.model import check_device_name, check_model_name, resolve_dtype
 
-    if n_prompts < 1:
-        raise UserError(f"--n-prompts must be at least 1 (got {n_prompts})")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
+    check_at_least(1, ("--n-prompts", n_prompts), ("--batch-size", batch_size))
     if not 0 <= seed <= SEED_MAX:
         raise UserError(f"--seed must be between 0 and {SEED_MAX} (got {seed})")
-    if n_bootstrap < 0:
-        raise UserError(f"--n-bootstrap must be at least 0 (got {n_bootstrap})")
+    check_at_least(0, ("--n-bootstrap", n_bootstrap))
     names = parse_tasks(tasks)
     check_model_name(model)
     check_device_name(device)
@@ -174,10 +182,13 @@ def load_script(name: str):
 
 
 @contextmanager
-def experiment(script: str, opts: Common, resume: Path | None = None, **extra_options):
-    """Load the model, open a run directory; on success the run is moved into place whole. An interrupted
+def experiment(script: str, opts: Common, resume: Path | None = None, headline: list | None = None,
+               **extra_options):
+    """Load the model, open a run directory; on success the run's headline metrics (the script's HEADLINE,
+    lib.io.headline) are written to headline.csv and the run is moved into place whole. An interrupted
     run (Ctrl-C, SIGTERM, SIGHUP) keeps its finished units of work for --resume."""
     from lib.core.model import load_model
+    from lib.io.headline import extract
     from lib.io.results import RunDir
 
     if _check_only:
@@ -200,6 +211,8 @@ def experiment(script: str, opts: Common, resume: Path | None = None, **extra_op
         if resume is None:
             run.abort()
         raise
+    if headline:
+        run.csv("headline.csv", extract(headline, run.path))
     final = run.finish()
     print(f"wrote {final}")
 

@@ -13,8 +13,8 @@ class Interrupted(KeyboardInterrupt):
     """Raised for a handled signal; code is the conventional exit status (130, 143, 129)."""
 
     def __init__(self, signum: int = signal.SIGINT):
-        super().__init__(HANDLED.get(signum, f"signal {signum}"))
         self.signum, self.code, self.name = signum, 128 + signum, HANDLED.get(signum, f"signal {signum}")
+        super().__init__(self.name)
 
 
 def exit_code(exc: BaseException) -> int:

@@ -43,10 +43,19 @@ def versions() -> dict:
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """write(tmp) to a hidden temporary name beside path, then move it into place in one step."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def probe_writable(directory: Path) -> None:
+    """Raise OSError now, rather than at the first result, when files cannot be created in directory."""
+    probe = Path(directory) / ".probe"
+    probe.write_text("")
+    probe.unlink()
 
 
 CHECKPOINT = "checkpoint.json"  # in a staged or interrupted run: the script, its argv and the run record
@@ -105,9 +114,7 @@ class RunDir:
             self.run_id = f"{stamp}-{os.getpid()}"
             self.staging = base / f".staging-{self.run_id}"
             self.staging.mkdir()
-            probe = self.staging / ".probe"
-            probe.write_text("")
-            probe.unlink()
+            probe_writable(self.staging)
         except (OSError, ValueError) as e:
             self._remove_created()
             raise UserError(f"cannot write results under {out}: {getattr(e, 'strerror', None) or e}") from None
@@ -121,7 +128,7 @@ class RunDir:
     def save_checkpoint(self) -> None:
         """Write what --resume needs: the script, its argv and the record so far."""
         obj = {"script": self.script, "argv": self.argv, "run_id": self.run_id, "record": self.record}
-        _atomic_write(self.staging / CHECKPOINT,
+        atomic_write(self.staging / CHECKPOINT,
                       lambda p: p.write_text(json.dumps(obj, indent=1, default=str) + "\n"))
 
     def unit(self, key: str):
@@ -132,7 +139,7 @@ class RunDir:
     def save_unit(self, key: str, value) -> None:
         """Checkpoint a unit of work (and the run record with it); a resumed run gets it from unit()."""
         (self.staging / UNITS).mkdir(exist_ok=True)
-        _atomic_write(self.staging / UNITS / f"{key}.pkl", lambda p: p.write_bytes(pickle.dumps(value)))
+        atomic_write(self.staging / UNITS / f"{key}.pkl", lambda p: p.write_bytes(pickle.dumps(value)))
         self.save_checkpoint()
 
     def has_work(self) -> bool:
@@ -140,19 +147,19 @@ class RunDir:
 
     def csv(self, name: str, df: pd.DataFrame) -> Path:
         path = self.staging / name
-        _atomic_write(path, lambda p: df.to_csv(p, index=False, float_format=FLOAT_FORMAT))
+        atomic_write(path, lambda p: df.to_csv(p, index=False, float_format=FLOAT_FORMAT))
         self.files.append(name)
         return path
 
     def json(self, name: str, obj) -> Path:
         path = self.staging / name
-        _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=1, default=str) + "\n"))
+        atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=1, default=str) + "\n"))
         self.files.append(name)
         return path
 
     def text(self, name: str, text: str) -> Path:
         path = self.staging / name
-        _atomic_write(path, lambda p: p.write_text(text))
+        atomic_write(path, lambda p: p.write_text(text))
         self.files.append(name)
         return path
 
@@ -160,7 +167,7 @@ class RunDir:
         import matplotlib.pyplot as plt
 
         path = self.staging / name
-        _atomic_write(path, lambda p: fig.savefig(p, dpi=120, bbox_inches="tight", format="png"))
+        atomic_write(path, lambda p: fig.savefig(p, dpi=120, bbox_inches="tight", format="png"))
         plt.close(fig)
         self.files.append(name)
         return path

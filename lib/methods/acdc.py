@@ -30,8 +30,7 @@ class ACDCState:
 
     tau: float
     removed: list[str] = field(default_factory=list)
-    kept: dict[str, float] = field(default_factory=dict)  # kept edge -> how much its removal worsened the metric
-    scores: dict[str, float] = field(default_factory=dict)  # every tried edge -> that worsening (its importance)
+    scores: dict[str, float] = field(default_factory=dict)  # every tried edge -> how much its removal worsened the metric
     next_trial: int = 0  # index into edge_order
     current: float | None = None
     tried: int = 0
@@ -170,7 +169,6 @@ def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation
                     state.current = new
                     state.removed.append(name)
                 else:
-                    state.kept[name] = worse
                     runner.ablate[s, r] = 0.0
                 state.next_trial = i + 1
                 if progress is not None:

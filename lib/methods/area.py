@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from lib.core.graph import Graph
+from lib.methods import intervals
+from lib.methods.faithfulness import top_k
 
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 RANKINGS = {"cpr": "signed", "cmd": "abs"}  # which edge ranking each area uses
@@ -55,32 +57,38 @@ def prune_dangling(graph: Graph, keep: torch.Tensor) -> torch.Tensor:
         keep = pruned
 
 
-def ranking_key(scores: torch.Tensor, ranking: str) -> torch.Tensor:
-    """For EAP scores (estimates of m(ablated) - m(clean)), larger = kept first: -score for the signed ranking
-    (see the module docstring), |score| for abs."""
-    return -scores if ranking == "signed" else scores.abs()
+def ranking_key(importance: torch.Tensor, ranking: str) -> torch.Tensor:
+    """Larger = kept first: the importance itself for the signed ranking (-score for EAP, see the module
+    docstring; the worsening for ACDC), its absolute value for abs."""
+    return importance if ranking == "signed" else importance.abs()
 
 
 def top_n(graph: Graph, key: torch.Tensor, n: int) -> torch.Tensor:
     """The n existing edges with the largest key (ties by edge order), pruned of dangling edges."""
-    flat = torch.where(graph.edge_exists, key.double(), torch.tensor(-torch.inf, dtype=torch.float64)).flatten()
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
-    keep[torch.sort(flat, descending=True, stable=True).indices[:n]] = True
-    return prune_dangling(graph, keep.view_as(graph.edge_exists))
+    return prune_dangling(graph, top_k(graph, key, n))
 
 
 def sizes(graph: Graph, fractions=MIB_FRACTIONS) -> list[int]:
     return [int(f * graph.n_edges) for f in fractions]
 
 
-def areas(fractions, faithfulness) -> dict:
-    """Trapezoid areas of f and of |1 - f| over the fractions: linear axis (MIB's CPR and CMD) and log10 axis
-    normalised by its length."""
+AREAS = ("area", "area_from_1", "log_area", "log_area_from_1")
+
+
+def area(faithfulness, fractions, key: str) -> np.ndarray:
+    """One trapezoid area over the last axis of faithfulness [..., len(fractions)]: of f ("area") or of |1 - f|
+    ("area_from_1"), on the linear axis of the fractions (MIB's CPR and CMD) or, for "log_..." keys, on the
+    log10 axis normalised by its length."""
     x, f = np.asarray(fractions, dtype=float), np.asarray(faithfulness, dtype=float)
-    lx = np.log10(x)
-    return {"area": float(np.trapezoid(f, x)), "area_from_1": float(np.trapezoid(np.abs(1 - f), x)),
-            "log_area": float(np.trapezoid(f, lx) / (lx[-1] - lx[0])),
-            "log_area_from_1": float(np.trapezoid(np.abs(1 - f), lx) / (lx[-1] - lx[0]))}
+    log = key.startswith("log_")
+    x = np.log10(x) if log else x
+    g = np.abs(1 - f) if key.endswith("from_1") else f
+    return np.trapezoid(g, x, axis=-1) / ((x[-1] - x[0]) if log else 1.0)
+
+
+def areas(fractions, faithfulness) -> dict:
+    """The four areas of one curve."""
+    return {k: float(area(faithfulness, fractions, k)) for k in AREAS}
 
 
 def random_circuit(graph: Graph, n: int, rng: np.random.Generator) -> torch.Tensor:
@@ -92,13 +100,15 @@ def _area_statistic(fractions, key: str):
     """A vectorised statistic for the bootstrap: arrays = (full, empty, m at each size), per prompt."""
     def statistic(full, empty, *ms, axis=-1):
         k, c = np.mean(empty, axis=axis), np.mean(full, axis=axis)
-        f = np.stack([(np.mean(m, axis=axis) - k) / (c - k) for m in ms], axis=-1)
-        x = np.asarray(fractions, dtype=float)
-        if key.startswith("log_"):
-            x = np.log10(x)
-        g = np.abs(1 - f) if key.endswith("from_1") else f
-        return np.trapezoid(g, x, axis=-1) / ((x[-1] - x[0]) if key.startswith("log_") else 1.0)
+        return area(np.stack([(np.mean(m, axis=axis) - k) / (c - k) for m in ms], axis=-1), fractions, key)
     return statistic
+
+
+def _spread(values: np.ndarray) -> tuple[float, float, float]:
+    """(mean, 2.5 %, 97.5 %) of the random circuits' values (nan without any)."""
+    if not len(values):
+        return np.nan, np.nan, np.nan
+    return float(np.mean(values)), float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
 
 
 def mib_curves(ev, graph: Graph, importance: torch.Tensor, n_random: int = 10, seed: int = 0, n_bootstrap: int = 0,
@@ -107,8 +117,6 @@ def mib_curves(ev, graph: Graph, importance: torch.Tensor, n_random: int = 10, s
     important: -score for EAP, the worsening for ACDC) and of n_random random circuits per size, on the prompts
     of ev (a lib.faithfulness.Evaluator); the areas get 95% bootstrap intervals over prompts (every size's
     circuit, the full model and the empty circuit resampled jointly)."""
-    from lib.methods import intervals
-
     full_m = np.asarray(ev.clean, dtype=float)
     empty_m = ev.metric(torch.zeros_like(graph.edge_exists))
     full, empty = float(full_m.mean()), float(empty_m.mean())
@@ -125,19 +133,17 @@ def mib_curves(ev, graph: Graph, importance: torch.Tensor, n_random: int = 10, s
         for i, m in enumerate(ev.metrics(draws)):
             d, j = divmod(i, len(ns))
             random_f[d, j], random_kept[d, j] = faithfulness(m), int(draws[i].sum())
-    random_areas = [areas(fractions, random_f[d]) for d in range(n_random)]
     curve_rows, area_rows = [], []
     for metric, ranking in RANKINGS.items():
         per_size = []
         for j, (frac, n) in enumerate(zip(fractions, ns)):
-            keep = top_n(graph, importance if ranking == "signed" else importance.abs(), n)
+            keep = top_n(graph, ranking_key(importance, ranking), n)
             per_size.append(ev.metric(keep))
+            mean, low, high = _spread(random_f[:, j])
             curve_rows.append({"ranking": ranking, "fraction": frac, "edges_requested": n,
                                "edges_kept": int(keep.sum()), "faithfulness": faithfulness(per_size[-1]),
-                               "random_mean": float(np.mean(random_f[:, j])) if n_random else np.nan,
-                               "random_low": float(np.quantile(random_f[:, j], 0.025)) if n_random else np.nan,
-                               "random_high": float(np.quantile(random_f[:, j], 0.975)) if n_random else np.nan,
-                               "random_edges_kept": float(np.mean(random_kept[:, j])) if n_random else np.nan})
+                               "random_mean": mean, "random_low": low, "random_high": high,
+                               "random_edges_kept": _spread(random_kept[:, j])[0]})
         a = areas(fractions, [faithfulness(m) for m in per_size])
         key, log_key = ("area", "log_area") if metric == "cpr" else ("area_from_1", "log_area_from_1")
         row = {"metric": metric, "ranking": ranking}
@@ -145,13 +151,10 @@ def mib_curves(ev, graph: Graph, importance: torch.Tensor, n_random: int = 10, s
             low, high = intervals.interval(_area_statistic(fractions, k), full_m, empty_m, *per_size,
                                            n_resamples=n_bootstrap, seed=seed)
             row |= {name: a[k], f"{name}_ci_low": low, f"{name}_ci_high": high}
-        rand = np.array([r[key] for r in random_areas])
-        rand_log = np.array([r[log_key] for r in random_areas])
-        row |= {"random_mean": float(rand.mean()) if n_random else np.nan,
-                "random_low": float(np.quantile(rand, 0.025)) if n_random else np.nan,
-                "random_high": float(np.quantile(rand, 0.975)) if n_random else np.nan,
-                "relative_to_random": a[key] / float(rand.mean()) if n_random and rand.mean() else np.nan,
-                "log_axis_random_mean": float(rand_log.mean()) if n_random else np.nan,
+        mean, low, high = _spread(area(random_f, fractions, key))
+        row |= {"random_mean": mean, "random_low": low, "random_high": high,
+                "relative_to_random": a[key] / mean if mean else np.nan,
+                "log_axis_random_mean": _spread(area(random_f, fractions, log_key))[0],
                 "n_random": n_random, "full_metric": full, "empty_metric": empty}
         area_rows.append(row)
     return curve_rows, area_rows

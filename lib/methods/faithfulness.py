@@ -72,13 +72,18 @@ def log_grid(n_edges: int, per_decade: int = 4) -> list[int]:
     return sorted(set(ks.tolist()) | {n_edges})
 
 
-def top_k_mask(graph: Graph, scores: torch.Tensor, k: int) -> torch.Tensor:
-    """The k existing edges with the largest |score| (ties broken by edge order), [S, R] bool."""
-    flat = torch.where(graph.edge_exists, scores.abs().double(), torch.tensor(-1.0, dtype=torch.float64)).flatten()
+def top_k(graph: Graph, key: torch.Tensor, k: int) -> torch.Tensor:
+    """The k existing edges with the largest key (ties broken by edge order), [S, R] bool."""
+    flat = torch.where(graph.edge_exists, key.double(), torch.tensor(-torch.inf, dtype=torch.float64)).flatten()
     order = torch.sort(flat, descending=True, stable=True).indices[:k]
     keep = torch.zeros(flat.numel(), dtype=torch.bool)
     keep[order] = True
     return keep.view_as(graph.edge_exists) & graph.edge_exists
+
+
+def top_k_mask(graph: Graph, scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k existing edges with the largest |score| (ties broken by edge order), [S, R] bool."""
+    return top_k(graph, scores.abs(), k)
 
 
 def roc_curve(graph: Graph, scores: torch.Tensor, reference: torch.Tensor) -> tuple[np.ndarray, np.ndarray, float]:
@@ -117,8 +122,6 @@ def auc_interval(graph: Graph, item_scores: torch.Tensor, reference: torch.Tenso
                  seed: int) -> tuple[float, float]:
     """95% bootstrap interval over prompts of the AUC of the mean edge scores (item_scores [N, S, R]):
     prompts are resampled as indices, so each resample's AUC ranks all edges of its own mean scores."""
-    from lib.methods import intervals
-
     exists = graph.edge_exists
     per_item = item_scores[:, exists].double().numpy()  # [N, E]
     truth = reference[exists].numpy().astype(bool)
@@ -127,7 +130,8 @@ def auc_interval(graph: Graph, item_scores: torch.Tensor, reference: torch.Tenso
     def statistic(idx, axis=-1):
         idx = np.asarray(idx).astype(int)  # [..., n] resampled prompt indices
         flat = idx.reshape(-1, idx.shape[-1])
-        counts = np.stack([np.bincount(row, minlength=n) for row in flat]) / flat.shape[-1]  # [b, N]
+        counts = np.zeros((len(flat), n))  # how often each prompt is drawn, per resample: [b, N]
+        np.add.at(counts, (np.arange(len(flat))[:, None], flat), 1.0 / flat.shape[-1])
         mean = counts @ per_item  # [b, E]
         return auc_of_ranking(np.abs(mean), truth).reshape(idx.shape[:-1])
 
