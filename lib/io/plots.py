@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -122,7 +125,11 @@ def curves(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel:
         ax.set_ylim(0, 1.02)
     if logx:
         ax.set_xscale("log")
-    return _label_axes(fig, ax, title, xlabel, ylabel)
+        xs = np.unique(np.concatenate([np.asarray(x, dtype=float) for x, _ in panels.values()]))
+        if len(xs) <= 10:  # less than a decade or two: label the points themselves, not log minor ticks
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    return _label_axes(fig, ax, textwrap.fill(title, 70), xlabel, ylabel)
 
 
 def grouped_bars(panels: dict[str, tuple], title: str):
@@ -200,10 +207,10 @@ def area_curves(curves, title: str):
         ax.axhline(0, color="grey", lw=0.6, ls=":")
         ax.set_xscale("log")
         ax.set_xlabel("edges kept, % of all edges (log scale)")
-        ax.set_ylabel("faithfulness (1 = full model, 0 = empty circuit)")
+        ax.set_ylabel("faithfulness")
         ax.set_title(task)
         ax.legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(f"{title}\nfaithfulness: 1 = full model, 0 = empty circuit")
     return fig
 
 
