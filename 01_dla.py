@@ -58,7 +58,7 @@ def dla_task(lm, name: str, data, opts, bar) -> dict:
     check = {"task": name, "n": len(data),
              **intervals.columns("model_logit_diff", intervals.mean, r.model_diff.numpy(), **ci),
              "components_sum": total.mean(), "bias_terms": r.bias.mean().item(),
-             "residual": (r.model_diff.numpy() - total).mean(),
+             "residual": (r.model_diff.numpy() - total).mean(), "bias_spread": r.bias_spread,
              "max_abs_error": np.abs(r.model_diff.numpy() - total - r.bias.numpy()).max()}
     return {"rows": rows, "check": check, "components": r.components, "mean": mean, "std": std}
 

@@ -18,10 +18,13 @@ class Graph:
 
     Sources (rows), in forward order: input, then per layer a{l}.h0..a{l}.h{H-1}, m{l}.
     Receivers (columns): per layer a{l}.h{h}<q> (all h), <k>, <v>, then m{l}; finally logits.
+    In a parallel block (GPT-NeoX, GPT-J) the MLP reads the block's input, so it has no edges from its own
+    layer's heads.
     """
 
     n_layers: int
     n_heads: int
+    parallel: bool = False
 
     @cached_property
     def sources(self) -> list[str]:
@@ -74,7 +77,7 @@ class Graph:
         return 1 + layer * (self.n_heads + 1)
 
     def sources_before_mlp(self, layer: int) -> int:
-        return 1 + layer * (self.n_heads + 1) + self.n_heads
+        return self.sources_before_attn(layer) + (0 if self.parallel else self.n_heads)
 
     def node_receivers(self, node: str) -> list[int]:
         """Receiver columns through which node reads the residual stream (none for input)."""
@@ -118,10 +121,13 @@ class Graph:
             src, rcv = name.split("->")
             s, r = self.source_index[src], self.receiver_index[rcv]
         except (ValueError, KeyError):
-            raise UserError(f"edge {name!r} does not exist in a {self.n_layers}-layer, {self.n_heads}-head model") from None
+            raise UserError(f"edge {name!r} does not exist in a {self.describe()} model") from None
         if not self.edge_exists[s, r]:
             raise UserError(f"edge {name!r} does not exist: {src} does not write before {rcv} reads")
         return s, r
+
+    def describe(self) -> str:
+        return f"{self.n_layers}-layer, {self.n_heads}-head{', parallel-block' if self.parallel else ''}"
 
     def mask_of(self, edges) -> torch.Tensor:
         """[S, R] bool mask of a collection of edge names."""
@@ -144,7 +150,7 @@ class Graph:
 
 
 def graph_of(model) -> Graph:
-    return Graph(model.n_layers, model.n_heads)
+    return Graph(model.n_layers, model.n_heads, model.arch.parallel)
 
 
 @dataclass
@@ -210,8 +216,6 @@ class Circuit:
         cfg = obj["cfg"]
         if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), int) for k in ("n_layers", "n_heads")):
             raise UserError(f"circuit file {path}: EAP-IG graph JSON without integer cfg.n_layers and cfg.n_heads")
-        if cfg.get("parallel_attn_mlp"):
-            raise UserError(f"circuit file {path}: a graph of a parallel attention/MLP model, which this graph is not")
         edges = {}
         for name, info in obj["edges"].items():
             if not isinstance(info, dict) or "in_graph" not in info or "->" not in str(name):
@@ -235,7 +239,7 @@ class Circuit:
             s, r = graph.edge_index(e)
             score = float(scores[s, r]) if scores is not None else float(self.edges.get(e, 0.0))
             edges[e] = {"score": score if score == score else 0.0, "in_graph": bool(keep[s, r])}
-        return {"cfg": {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "parallel_attn_mlp": False,
+        return {"cfg": {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "parallel_attn_mlp": graph.parallel,
                         "d_model": d_model},
                 "nodes": {n: {"in_graph": n in on_nodes} for n in graph.nodes},
                 "edges": edges}
@@ -245,9 +249,11 @@ class Circuit:
         """read() and check every edge against graph."""
         circuit = cls.read(path)
         cfg = circuit.params.get("cfg") if circuit.params.get("format") == "eap-ig" else None
-        if cfg and (cfg["n_layers"], cfg["n_heads"]) != (graph.n_layers, graph.n_heads):
-            raise UserError(f"circuit file {path}: an EAP-IG graph of a {cfg['n_layers']}-layer, {cfg['n_heads']}-head "
-                            f"model, not of this {graph.n_layers}-layer, {graph.n_heads}-head one")
+        if cfg and (cfg["n_layers"], cfg["n_heads"], bool(cfg.get("parallel_attn_mlp"))) != (
+                graph.n_layers, graph.n_heads, graph.parallel):
+            other = Graph(cfg["n_layers"], cfg["n_heads"], bool(cfg.get("parallel_attn_mlp")))
+            raise UserError(f"circuit file {path}: an EAP-IG graph of a {other.describe()} model, not of this "
+                            f"{graph.describe()} one")
         for name in circuit.edges:
             try:
                 graph.edge_index(name)

@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from lib.core import architecture
+from lib.core.architecture import Architecture
 from lib.core.errors import UserError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -29,6 +31,11 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     source: str  # where the weights came from, for run.json
+    arch: Architecture | None = None
+
+    def __post_init__(self):
+        if self.arch is None:
+            self.arch = architecture.read(self.bridge, self.bridge.cfg.n_heads)
 
     @property
     def n_layers(self) -> int:
@@ -45,7 +52,8 @@ class LoadedModel:
     def describe(self) -> dict:
         return {"name": self.name, "source": self.source, "n_layers": self.n_layers,
                 "n_heads": self.n_heads, "d_model": self.d_model, "d_vocab": self.bridge.cfg.d_vocab,
-                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                "architecture": self.arch.describe()}
 
 
 def check_device_name(device: str) -> None:
@@ -69,12 +77,11 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def prepare(bridge) -> None:
-    """HookedTransformer-equivalent numerics and the hooks of DESIGN §2; weights frozen."""
+def prepare(bridge, name: str) -> None:
+    """HookedTransformer-equivalent numerics and the hooks of DESIGN §2 (or the architecture's one-line
+    refusal); weights frozen."""
     bridge.enable_compatibility_mode(disable_warnings=True)
-    bridge.set_use_attn_result(True)
-    bridge.set_use_split_qkv_input(True)
-    bridge.set_use_hook_mlp_in(True)
+    architecture.check(bridge, name)  # also turns on per-head results, split q/k/v inputs and mlp_in
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
@@ -130,83 +137,109 @@ def _quiet(fn: Callable):
             logging.disable(level)
 
 
-def _from_module(hf_model, tokenizer, name: str, device: torch.device, dtype: torch.dtype):
+def bridge_from_hf(hf_model, tokenizer, name: str, device: torch.device, dtype: torch.dtype):
+    """(bridge, n_kv_heads) of any Hugging Face causal LM module: grouped-query attention ungrouped, cast
+    (float32 buffers such as rotary frequencies kept), moved, wrapped by TransformerBridge."""
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+    from transformer_lens.utilities.multi_gpu import maybe_cast_floating_params
 
-    hf_model = hf_model.to(device=device, dtype=dtype).eval()
-    return build_bridge_from_module(hf_model, "GPT2LMHeadModel", hf_config=hf_model.config,
-                                    tokenizer=tokenizer, model_name=name)
+    hf_model, n_kv = architecture.ungroup_kv(hf_model)
+    maybe_cast_floating_params(hf_model, dtype)
+    hf_model = hf_model.to(device=device).eval()
+    hf_model.config._attn_implementation = "eager"
+    arch = type(hf_model).__name__
+    try:
+        bridge = build_bridge_from_module(hf_model, arch, hf_config=hf_model.config, tokenizer=tokenizer,
+                                          model_name=name)
+    except Exception as e:  # noqa: BLE001 - an architecture the bridge has no adapter for
+        raise UserError(f"model {name} ({arch}) is not supported: TransformerBridge cannot wrap it "
+                        f"({type(e).__name__}: {first_sentence(e)})") from None
+    return bridge, n_kv
+
+
+def random_model(hf_class, config, tokenizer, seed: int = 0, random_biases: bool = False):
+    """A Hugging Face model of any architecture with seeded random weights; random_biases also perturbs
+    biases and norm weights away from their 0/1 defaults so that identities involving them are real."""
+    torch.manual_seed(seed)
+    hf = hf_class(config)
+    if random_biases:
+        with torch.no_grad():
+            for pname, p in hf.named_parameters():
+                if pname.endswith(".bias") or "norm" in pname or ".ln_" in pname:
+                    p.add_(0.1 * torch.randn_like(p))
+    return hf
 
 
 def _random_bridge(tokenizer, seed: int, name: str, device: torch.device, dtype: torch.dtype,
                    random_biases: bool = False, **config):
-    """A GPT-2-architecture model with seeded random weights (GPT-2's initialiser), prepared like any other.
-
-    random_biases also draws the biases and LayerNorm parameters (GPT-2's initialiser sets them to 0/1),
-    so that identities involving biases are really tested.
-    """
+    """A GPT-2-architecture model with seeded random weights (GPT-2's initialiser), prepared like any other."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(seed)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), **config))
-    if random_biases:
-        with torch.no_grad():
-            for pname, p in hf.named_parameters():
-                if pname.endswith(".bias") or ".ln_" in pname:
-                    p.add_(0.1 * torch.randn_like(p))
-    return _from_module(hf, tokenizer, name, device, dtype)
+    hf = random_model(GPT2LMHeadModel, GPT2Config(vocab_size=len(tokenizer), **config), tokenizer, seed,
+                      random_biases)
+    return bridge_from_hf(hf, tokenizer, name, device, dtype)[0]
+
+
+def from_hf(hf_model, tokenizer, name: str = "random", device="cpu", dtype=torch.float32,
+            source: str = "in memory") -> LoadedModel:
+    """A LoadedModel of a Hugging Face module in memory (tests, benchmarks), prepared (or refused) like any other."""
+    device = torch.device(device)
+    bridge, n_kv = _quiet(lambda: bridge_from_hf(hf_model, tokenizer, name, device, dtype))
+    return _finish(bridge, name, device, dtype, source, tokenizer, n_kv)
 
 
 def random_gpt2(tokenizer, seed: int = 0, name: str = "random", device="cpu", dtype=torch.float32,
                 random_biases: bool = False, **config) -> LoadedModel:
     """A small random GPT-2-architecture model in memory (tests, benchmarks); config as in GPT2Config."""
-    device = torch.device(device)
-    bridge = _quiet(lambda: _random_bridge(tokenizer, seed, name, device, dtype, random_biases, **config))
-    return _finish(bridge, name, device, dtype, f"random {name}, seed {seed}", tokenizer)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = random_model(GPT2LMHeadModel, GPT2Config(vocab_size=len(tokenizer), **config), tokenizer, seed,
+                      random_biases)
+    return from_hf(hf, tokenizer, name, device, dtype, f"random {name}, seed {seed}")
 
 
 def load_gpt2_random(device: torch.device, dtype: torch.dtype, seed: int):
     """GPT-2 small's exact shape, weights drawn from GPT-2's initialiser with a fixed seed."""
     bridge = _random_bridge(gpt2_tokenizer(), seed, "gpt2-random", device, dtype)
-    return bridge, f"random GPT-2 small, seed {seed}"
+    return bridge, f"random GPT-2 small, seed {seed}", bridge.cfg.n_heads
+
+
+def load_hf(where: str, device: torch.device, dtype: torch.dtype, name: str, what: str):
+    """(bridge, n_kv_heads) of a Hugging Face causal LM (local directory or hub name; `what` says which)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"cannot load the tokenizer of {what}: {type(e).__name__}: {first_sentence(e)}") from None
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(where, attn_implementation="eager", torch_dtype=dtype)
+    except ValueError as e:
+        if "Unrecognized configuration class" in str(e) or "AutoModelForCausalLM" in str(e):
+            raise UserError(f"{what} is not a causal language model that transformers knows "
+                            f"({first_sentence(e)})") from None
+        raise UserError(f"cannot load the weights of {what}: {type(e).__name__}: {first_sentence(e)}") from None
+    except Exception as e:  # noqa: BLE001 - unreadable or missing weights
+        raise UserError(f"cannot load the weights of {what}: {type(e).__name__}: {first_sentence(e)}") from None
+    return bridge_from_hf(hf, tokenizer, name, device, dtype)
 
 
 def load_local(path: Path, device: torch.device, dtype: torch.dtype, name: str):
     """A local directory in Hugging Face format (config, weights, tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"cannot load the model in local directory {path}: {type(e).__name__}: "
-                        f"{first_sentence(e)}") from None
-    if hf.config.model_type != "gpt2":
-        from transformer_lens.model_bridge import TransformerBridge
-
-        try:
-            return TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype), f"local {path}"
-        except Exception as e:  # noqa: BLE001 - an architecture the bridge does not know, unreadable weights
-            raise UserError(f"cannot load the model in local directory {path} through TransformerBridge: "
-                            f"{type(e).__name__}: {first_sentence(e)}") from None
-    return _from_module(hf, tokenizer, name, device, dtype), f"local directory {path}"
+    bridge, n_kv = load_hf(str(path), device, dtype, name, f"the model in local directory {path}")
+    return bridge, f"local directory {path}", n_kv
 
 
 def load_hub(name: str, device: torch.device, dtype: torch.dtype):
-    """Any model the bridge supports, from the Hugging Face hub or its local cache."""
-    from transformer_lens.model_bridge import TransformerBridge
-
-    try:
-        if not (in_hub_cache(name) or hub_reachable()):
-            raise ConnectionError("the hub is unreachable and the model is not in the local cache")
-        return TransformerBridge.boot_transformers(name, device=device, dtype=dtype), f"hub {name}"
-    except Exception as e:  # noqa: BLE001 - offline, unknown name, gated: all mean "cannot load"
+    """Any causal LM the bridge supports, from the Hugging Face hub or its local cache."""
+    if not (in_hub_cache(name) or hub_reachable()):
         builtins = ", ".join(sorted(MODELS))
         raise UserError(
             f"cannot load model {name!r} as a Hugging Face hub name (it is not a built-in name [{builtins}] "
-            f"nor a local directory, and the hub or its cache could not provide it: {type(e).__name__}: "
-            f"{first_sentence(e)}); {OFFLINE_HINT}"
-        ) from None
+            f"nor a local directory, and the hub is unreachable and the model is not in its local cache); "
+            f"{OFFLINE_HINT}")
+    bridge, n_kv = load_hf(name, device, dtype, name, f"hub model {name!r}")
+    return bridge, f"hub {name}", n_kv
 
 
 def first_sentence(error) -> str:
@@ -251,17 +284,18 @@ def load_model(name: str = "gpt2", device: str = "auto", dtype: str = "float32",
         loader = lambda: load_local(path, dev, dt, path.name)  # noqa: E731
     else:
         loader = lambda: load_hub(name, dev, dt)  # noqa: E731
-    bridge, source = _quiet(loader)
-    return _finish(bridge, name, dev, dt, source)
+    bridge, source, n_kv = _quiet(loader)
+    return _finish(bridge, name, dev, dt, source, None, n_kv)
 
 
 def _finish(bridge, name: str, device: torch.device, dtype: torch.dtype, source: str,
-            tokenizer=None) -> LoadedModel:
-    _quiet(lambda: prepare(bridge))
+            tokenizer=None, n_kv_heads: int | None = None) -> LoadedModel:
+    _quiet(lambda: prepare(bridge, name))
     tokenizer = tokenizer or bridge.tokenizer
     if tokenizer is None:
         raise UserError(f"model {name!r} has no tokenizer")
-    return LoadedModel(name, bridge, tokenizer, device, dtype, source)
+    arch = architecture.read(bridge, n_kv_heads or bridge.cfg.n_heads)
+    return LoadedModel(name, bridge, tokenizer, device, dtype, source, arch)
 
 
 def answer_logits(model: LoadedModel, tokens: torch.Tensor, pos: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -292,7 +326,8 @@ def stop_before_unembedding() -> tuple:
 def unembed_at(model: LoadedModel, resid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Final norm and unembedding of the residual stream [B, P, D] at one position per row: [B, V]."""
     rows = torch.arange(len(resid), device=resid.device)
-    return model.bridge.unembed(model.bridge.ln_final(resid[rows, pos.to(resid.device)][:, None]))[:, 0]
+    logits = model.bridge.unembed(model.bridge.ln_final(resid[rows, pos.to(resid.device)][:, None]))[:, 0]
+    return architecture.apply_softcap(logits, model.arch.softcap)
 
 
 def logits_at(model: LoadedModel, tokens: torch.Tensor, pos: torch.Tensor, hooks: list = (),

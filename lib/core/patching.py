@@ -168,7 +168,10 @@ class EdgePatch:
         a_cpu = self.ablate.detach().cpu()
         delta = torch.empty_like(self.ablation)  # [S, B, P, D]
         total = torch.zeros_like(self.ablation[0])  # running sum of the deltas recorded so far, [B, P, D]
-        groups = [(name, _plan_group(ablate, a_cpu, n, cols, self.mode)) for name, cols, n in receiver_groups(self.graph)]
+        # the running total holds every source recorded so far: in a parallel block that includes the
+        # heads of the MLP's own layer, which it does not read, so its MLP is patched from the ablated side
+        groups = [(name, _plan_group(ablate, a_cpu, n, cols, "ablated" if self.graph.parallel and "mlp" in name
+                                     else self.mode)) for name, cols, n in receiver_groups(self.graph)]
         running = any(gp.complement for _, gp in groups)
 
         def save(rows: slice):

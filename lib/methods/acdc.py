@@ -4,7 +4,8 @@
 Receivers are visited in reverse topological order, so every edge removed so far ends at a receiver in
 the same or a later layer: the model below the current receiver's layer is always the clean model.
 Each trial therefore recomputes only the blocks from that layer on, starting from the cached clean
-residual stream, with hooks registered once for the whole run and a mask edited in place.
+residual stream, with hooks registered once for the whole run and a mask edited in place. Blocks that need
+position embeddings from the model (rotary) cannot start mid-model; there every trial is a full forward pass.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class PartialRunner:
 
     def __init__(self, model, graph: Graph, data, ablation: str, batch_size: int):
         self.model, self.graph = model, graph
+        self.full = not model.arch.starts_mid_model  # rotary blocks cannot be called on a cached stream
         self.ablate = torch.zeros(graph.n_sources, graph.n_receivers)  # edited in place by the search
         self.batches, self.values, self.resid, self.clean_deltas, self.clean_logits = [], [], [], [], []
         names = [f"blocks.{l}.hook_resid_pre" for l in range(graph.n_layers)]
@@ -103,13 +105,21 @@ class PartialRunner:
         for l in range(g.n_layers):
             out += [(f"blocks.{l}.hook_{k}_input", patch(g.qkv_receivers(l, k))) for k in "qkv"]
             out.append((f"blocks.{l}.hook_mlp_in", patch(slice(g.mlp_receiver(l), g.mlp_receiver(l) + 1))))
+        if self.full:
+            out.append((f"blocks.{g.n_layers - 1}.hook_resid_post",
+                        patch(slice(g.logits_receiver, g.logits_receiver + 1))))
         return out
 
     def logits(self, i: int, start_layer: int) -> torch.Tensor:
         """[B, V] answer logits of batch i (hooks must be registered)."""
         g, bridge, batch = self.graph, self.model.bridge, self.batches[i]
         self.i = i
+        start_layer = 0 if self.full else start_layer
         self.deltas = list(self.clean_deltas[i][: 1 + 2 * start_layer])  # input, (heads, mlp) per layer below
+        if self.full:
+            with torch.no_grad():
+                logits = bridge(batch.clean)
+            return logits[torch.arange(len(batch), device=logits.device), batch.answer_pos]
         x = self.resid[i][start_layer]
         with torch.no_grad():
             for l in range(start_layer, g.n_layers):

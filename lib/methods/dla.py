@@ -1,5 +1,6 @@
 """Direct logit attribution: the final residual stream split into embedding, heads and MLPs,
-through the final LayerNorm with the scale of the full residual stream frozen, onto the answer direction."""
+through the final norm (LayerNorm: mean removed; RMSNorm: not) with the scale of the full residual stream
+frozen, onto the answer direction."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lib.core.errors import UserError
 from lib.core.model import LoadedModel
 
 
@@ -16,6 +18,7 @@ class DLAResult:
     attributions: torch.Tensor  # [N, C] per item and component
     bias: torch.Tensor  # [N] attention-output and unembedding biases along the direction
     model_diff: torch.Tensor  # [N] the model's logit difference along the same direction
+    bias_spread: float  # max |b_n - mean b| of the unexplained residual vector b_n = final - sum of components
 
 
 def component_names(n_layers: int, n_heads: int) -> list[str]:
@@ -45,11 +48,15 @@ def answer_weights(logits: torch.Tensor, data) -> torch.Tensor:
 
 
 def direct_logit_attribution(model: LoadedModel, data, batch_size: int = 64, progress=None) -> DLAResult:
+    if model.arch.softcap is not None:
+        raise UserError(f"DLA is not defined for model {model.name}: its logits are soft-capped (tanh), so they "
+                        "are not a sum of the components' direct effects")
     bridge, L = model.bridge, model.n_layers
+    centre = model.arch.norm == "LN"
     names = (["blocks.0.hook_resid_pre", f"blocks.{L - 1}.hook_resid_post", "ln_final.hook_scale"]
              + [f"blocks.{l}.attn.hook_result" for l in range(L)] + [f"blocks.{l}.hook_mlp_out" for l in range(L)])
     W_U, b_U = bridge.W_U.double(), bridge.b_U.double()  # [D, V], [V]
-    attributions, biases, diffs = [], [], []
+    attributions, biases, diffs, bias_vectors = [], [], [], []
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             batch = data.subset(slice(start, start + batch_size)).to(model.device)
@@ -67,12 +74,13 @@ def direct_logit_attribution(model: LoadedModel, data, batch_size: int = 64, pro
             ], dim=1)  # [B, C, D]
             final = at(f"blocks.{L - 1}.hook_resid_post")  # [B, D]
             bias_resid = final - comps.sum(1)  # attention output biases (b_O), not part of any head
+            bias_vectors.append(bias_resid.cpu())
             scale = at("ln_final.hook_scale")  # [B, 1]
             w = answer_weights(logits[rows, pos].double(), batch)  # [B, V]
             direction = w @ W_U.T  # [B, D]
 
-            def project(x):  # centre (LayerNorm's mean removal), frozen scale, onto the direction
-                x = x - x.mean(-1, keepdim=True)
+            def project(x):  # centre (LayerNorm's mean removal only), frozen scale, onto the direction
+                x = x - x.mean(-1, keepdim=True) if centre else x
                 return (x * direction.unsqueeze(-2) if x.dim() == 3 else x * direction).sum(-1) / (
                     scale if x.dim() == 2 else scale.unsqueeze(-1)).squeeze(-1)
 
@@ -81,5 +89,6 @@ def direct_logit_attribution(model: LoadedModel, data, batch_size: int = 64, pro
             diffs.append((w * logits[rows, pos].double()).sum(-1).cpu())
             if progress is not None:
                 progress.update(len(batch))
+    b = torch.cat(bias_vectors)
     return DLAResult(component_names(L, model.n_heads), torch.cat(attributions), torch.cat(biases),
-                     torch.cat(diffs))
+                     torch.cat(diffs), float((b - b.mean(0)).abs().max()))

@@ -1,0 +1,228 @@
+"""Every decoder architecture: the identities of DESIGN §4 on tiny random models (perturbed biases and norm
+weights), or the one-line refusal. GPT-2 is checked the same way in test_patching/test_eap/test_acdc."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import transformers as T
+from test_patching import slow_reference
+
+from lib.core.errors import UserError
+from lib.core.graph import graph_of
+from lib.core.metrics import data_metric
+from lib.core.model import answer_logits, from_hf, logits_at, random_model
+from lib.core.patching import (ablate_mask, ablation_values, as_sources, evaluate_mask, masked_answer_logits,
+                               receiver_groups, source_hooks)
+from lib.methods.acdc import PartialRunner, receiver_layer
+from lib.methods.dla import direct_logit_attribution
+from lib.methods.eap import edge_scores
+from tasks import TASKS
+
+SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+             max_position_embeddings=64, initializer_range=0.3)
+
+
+def tiny_configs(vocab: int) -> dict:
+    """One tiny config per architecture; the GQA ones with fewer key/value heads than query heads."""
+    s = dict(SHAPE, vocab_size=vocab)
+    return {
+        "gpt-neox": (T.GPTNeoXForCausalLM, T.GPTNeoXConfig(**s, rotary_pct=0.5, use_parallel_residual=True)),
+        "llama": (T.LlamaForCausalLM, T.LlamaConfig(**s, num_key_value_heads=2, attention_bias=True)),
+        "mistral": (T.MistralForCausalLM, T.MistralConfig(**s, num_key_value_heads=2)),
+        "qwen2": (T.Qwen2ForCausalLM, T.Qwen2Config(**s, num_key_value_heads=1)),
+        "gemma": (T.GemmaForCausalLM, T.GemmaConfig(**s, num_key_value_heads=2, head_dim=8)),
+        "gemma2": (T.Gemma2ForCausalLM, T.Gemma2Config(**s, num_key_value_heads=2, head_dim=8)),
+        "opt": (T.OPTForCausalLM, T.OPTConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                                              num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32)),
+        "gpt-j": (T.GPTJForCausalLM, T.GPTJConfig(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
+                                                  n_positions=64)),
+    }
+
+
+SUPPORTED = ["gpt-neox", "llama", "mistral", "qwen2", "gemma"]
+REFUSED = {
+    "gemma2": "is not supported: its blocks normalize the attention and MLP outputs before adding them to the "
+              "residual stream (ln1_post, ln2_post)",
+    "opt": "is not supported: TransformerBridge has no per-head attention results for this architecture "
+           "(set_use_attn_result is not implemented)",
+    "gpt-j": "is not supported: TransformerBridge has no per-head attention results for this architecture "
+             "(set_use_attn_result is not implemented)",
+}
+
+
+def build(arch: str, tokenizer):
+    """(the Hugging Face model as built, untouched; the same weights loaded for circuit work)."""
+    cls, cfg = tiny_configs(len(tokenizer))[arch]
+    hf = random_model(cls, cfg, tokenizer, seed=5, random_biases=True).eval()
+    reference = random_model(cls, cfg, tokenizer, seed=5, random_biases=True).eval()
+    return reference, from_hf(hf, tokenizer, arch)
+
+
+@pytest.fixture(scope="module", params=SUPPORTED)
+def arch(request, toy_tokenizer):
+    reference, model = build(request.param, toy_tokenizer)
+    data = TASKS["ioi"].build(toy_tokenizer, 6, 0)
+    return request.param, reference, model, graph_of(model), data
+
+
+def test_architecture_facts_come_from_the_config(arch):
+    name, _, model, g, _ = arch
+    a = model.arch
+    assert a.parallel == (name == "gpt-neox") and g.parallel == a.parallel
+    assert a.norm == ("LN" if name == "gpt-neox" else "RMS") and a.positional == "rotary"
+    assert a.n_kv_heads == {"gpt-neox": 4, "llama": 2, "mistral": 2, "qwen2": 1, "gemma": 2}[name]
+    # k/v receivers per query head (GQA ungrouped); a parallel MLP has no edges from its own layer's heads
+    assert g.n_edges == graph_of_gpt2_shape(model).n_edges - (model.n_layers * model.n_heads if a.parallel else 0)
+
+
+def graph_of_gpt2_shape(model):
+    from lib.core.graph import Graph
+
+    return Graph(model.n_layers, model.n_heads)
+
+
+def test_answer_logits_equal_the_models_own(arch):
+    """Up to a constant per row (the bridge centres the unembedding), so log-probabilities are equal."""
+    _, reference, model, _, data = arch
+    ours = answer_logits(model, data.clean, data.answer_pos, 4)
+    with torch.no_grad():
+        theirs = reference(data.clean).logits[torch.arange(len(data)), data.answer_pos]
+    torch.testing.assert_close(ours.log_softmax(-1), theirs.log_softmax(-1), atol=2e-5, rtol=1e-5)
+
+
+def test_receiver_inputs_are_sums_of_source_outputs(arch):
+    """Every receiver's input = sum of the outputs of the sources that write before it + a constant."""
+    _, _, model, g, data = arch
+    cache = {}
+
+    def keep(name):
+        def hook(x, hook):
+            cache[name] = x.detach()
+            return x
+        return hook
+    names = [n for n, _ in source_hooks(g)] + [n for n, _, _ in receiver_groups(g)]
+    with torch.no_grad():
+        model.bridge.run_with_hooks(data.clean, fwd_hooks=[(n, keep(n)) for n in dict.fromkeys(names)])
+    outs = torch.cat([as_sources(cache[n]) for n, _ in source_hooks(g)])  # [S, B, P, D]
+    for name, cols, n_before in receiver_groups(g):
+        x = cache[name]
+        x = x if x.dim() == 4 else x.unsqueeze(2)  # [B, P, h, D]
+        rest = x - outs[:n_before].sum(0).unsqueeze(2)
+        spread = (rest - rest[:1, :1]).abs().max().item()
+        assert spread < 1e-4 * max(1.0, x.abs().max().item()), (name, spread)
+    # and not trivially: a parallel MLP does not read its own layer's heads
+    if g.parallel:
+        x, heads = cache["blocks.1.hook_mlp_in"], outs[g.head_source(1, 0):g.mlp_source(1)].sum(0)
+        assert (x - outs[:g.sources_before_mlp(1)].sum(0) - heads).std() > 1e-2
+
+
+def test_all_kept_is_clean_and_all_ablated_is_corrupted(arch):
+    _, _, model, g, data = arch
+    clean = answer_logits(model, data.clean, data.answer_pos, 4)
+    corrupt = answer_logits(model, data.corrupt, data.answer_pos, 4)
+    torch.testing.assert_close(evaluate_mask(model, g, data, g.edge_exists, batch_size=4), clean,
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(evaluate_mask(model, g, data, torch.zeros_like(g.edge_exists), batch_size=4),
+                               corrupt, atol=1e-4, rtol=1e-4)
+
+
+def test_edge_set_matches_slow_reference(arch):
+    _, _, model, g, data = arch
+    keep = (torch.rand(g.n_sources, g.n_receivers, generator=torch.Generator().manual_seed(2)) < 0.5) & g.edge_exists
+    ablate = ablate_mask(g, keep)
+    values = ablation_values(model, g, data, "resample")
+    for mode in ("ablated", "kept"):
+        from lib.core.patching import EdgePatch
+
+        hooks = EdgePatch(g, values, ablate, mode).hooks()
+        fast = logits_at(model, data.clean, data.answer_pos, hooks)
+        torch.testing.assert_close(fast, slow_reference(model, g, data, values, ablate), atol=1e-4, rtol=1e-4)
+
+
+def test_eap_equals_autograd_on_the_mask(arch):
+    _, _, model, g, data = arch
+    scores = edge_scores(model, g, data, batch_size=3, method="eap")
+    ablate = torch.zeros(g.n_sources, g.n_receivers, requires_grad=True)
+    values = ablation_values(model, g, data, "resample")
+    data_metric(masked_answer_logits(model, g, data, values, ablate, grad=True), data).mean().backward()
+    expected = (ablate.grad * g.edge_exists).double()
+    assert expected.abs().max() > 1e-3
+    torch.testing.assert_close(scores, expected, atol=1e-5 * expected.abs().max().item(), rtol=1e-4)
+
+
+def test_acdc_partial_recompute_equals_the_full_forward_at_every_start_layer(arch):
+    _, _, model, g, data = arch
+    runner = PartialRunner(model, g, data, "resample", batch_size=4)
+    gen = torch.Generator().manual_seed(3)
+    receiver_layers = torch.tensor([receiver_layer(g, r) for r in range(g.n_receivers)])
+    values = ablation_values(model, g, data, "resample")
+    for start in range(g.n_layers + 1):
+        # what ACDC has removed before a trial at this layer: edges into receivers at layers >= start
+        ablate = ((torch.rand(g.n_sources, g.n_receivers, generator=gen) < 0.3) & g.edge_exists
+                  & (receiver_layers >= start)[None]).float()
+        runner.ablate.copy_(ablate)
+        with model.bridge.hooks(fwd_hooks=runner.hooks()):
+            partial = torch.cat([runner.logits(i, start) for i in range(len(runner.batches))])
+        full = masked_answer_logits(model, g, data, values, ablate)
+        torch.testing.assert_close(partial, full, atol=1e-4, rtol=1e-4)
+        assert start == g.n_layers or (full - torch.cat(runner.clean_logits)).abs().max() > 1e-3
+
+
+def test_dla_sums_with_a_constant_bias_term(arch):
+    _, _, model, _, data = arch
+    r = direct_logit_attribution(model, data, batch_size=4)
+    error = (r.model_diff - r.attributions.sum(1) - r.bias).abs().max().item()
+    assert error < 1e-4 * max(1.0, r.model_diff.abs().max().item())
+    assert r.bias_spread < 1e-5 and r.attributions.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_architectures_say_why_in_one_line(name, toy_tokenizer):
+    with pytest.raises(UserError) as e:
+        build(name, toy_tokenizer)
+    assert REFUSED[name] in str(e.value) and "\n" not in str(e.value)
+
+
+def test_soft_capped_logits_are_the_models_own(toy_tokenizer):
+    """unembed_at applies the final soft-cap (Gemma 2), and DLA refuses it."""
+    from lib.core import architecture
+
+    cls, cfg = tiny_configs(len(toy_tokenizer))["gemma2"]
+    cfg.final_logit_softcapping = 0.5  # small, so that it really bends these logits
+    reference = random_model(cls, cfg, toy_tokenizer, seed=5, random_biases=True).eval()
+    hf = random_model(cls, cfg, toy_tokenizer, seed=5, random_biases=True).eval()
+    from lib.core.model import LoadedModel, bridge_from_hf
+
+    bridge, n_kv = bridge_from_hf(hf, toy_tokenizer, "gemma2", torch.device("cpu"), torch.float32)
+    bridge.enable_compatibility_mode(disable_warnings=True)  # the refusal bypassed: unembedding only
+    model = LoadedModel("gemma2", bridge, toy_tokenizer, torch.device("cpu"), torch.float32, "test",
+                        architecture.read(bridge, n_kv))
+    assert model.arch.softcap == 0.5
+    tokens = torch.tensor([[1, 5, 9, 12], [1, 7, 3, 4]])
+    pos = torch.tensor([3, 2])
+    with torch.no_grad():
+        theirs = reference(tokens).logits[torch.arange(2), pos]
+    ours = logits_at(model, tokens, pos)
+    assert theirs.abs().max() <= 0.5 and (theirs.max(-1).values - theirs.min(-1).values).min() > 0.1
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    with pytest.raises(UserError, match="soft-capped"):
+        direct_logit_attribution(model, TASKS["ioi"].build(toy_tokenizer, 2, 0))
+
+
+def test_greater_than_refuses_a_digit_splitting_tokenizer(toy_tokenizer):
+    class DigitSplitting:
+        """The toy tokenizer, but every number is split into single digits (as Llama 3's and Qwen's)."""
+
+        def __getattr__(self, name):
+            return getattr(toy_tokenizer, name)
+
+        def __call__(self, texts, **kw):
+            if isinstance(texts, str):
+                return {"input_ids": self([texts], **kw)["input_ids"][0]}
+            return toy_tokenizer([re.sub(r"(\d)(?=\d)", r"\1 ", t) for t in texts], **kw)
+
+    with pytest.raises(UserError, match="task greater-than needs every two-digit year ending 00..99 as one token"):
+        TASKS["greater-than"].build(DigitSplitting(), 4, 0)
