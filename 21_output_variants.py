@@ -71,6 +71,16 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         print(spread[["task", "circuit", "kl_mean", "js_mean", "interpretation"]].to_string(index=False, float_format="%.4f"))
 
 
+def rank_correlation(a: pd.Series, b: pd.Series) -> float:
+    """Spearman's rho over the items where both are finite; nan (not an error) when either is constant, as
+    when a circuit of every edge gives zero divergence on every item."""
+    ok = np.isfinite(a.to_numpy()) & np.isfinite(b.to_numpy())
+    x, y = a.to_numpy()[ok], b.to_numpy()[ok]
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
 def variants_task(lm, graph, run, name: str, data, opts, circuit: str, ablation: str) -> dict:
     """One task: per-prompt divergences and faithfulness, their summaries, and the spread across metrics."""
     resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, ablation, run)
@@ -100,13 +110,11 @@ def variants_task(lm, graph, run, name: str, data, opts, circuit: str, ablation:
             row |= intervals.columns("ratio_of_means", intervals.ratio_of_means, m_circ, m_full, m_corrupt, **ci)
         summary.append(row)
     kl_mean, js_mean = per.kl.mean(), per.js.mean()
-    rho = spearmanr(per[list(DIVERGENCES)].to_numpy()).statistic
     spread = {"task": name, "circuit": resolved.label, "kl_mean": kl_mean, "js_mean": js_mean,
               "js_over_kl": js_mean / kl_mean if kl_mean > 0 else np.nan,
               "reverse_kl_over_kl": per.reverse_kl.mean() / kl_mean if kl_mean > 0 else np.nan,
-              "spearman_kl_js": rho[0, 2], "spearman_kl_tv": rho[0, 3],
-              "spearman_kl_logit_diff_faithfulness": spearmanr(per.kl, per.logit_diff_faithfulness,
-                                                               nan_policy="omit").statistic,
+              "spearman_kl_js": rank_correlation(per.kl, per.js), "spearman_kl_tv": rank_correlation(per.kl, per.tv),
+              "spearman_kl_logit_diff_faithfulness": rank_correlation(per.kl, per.logit_diff_faithfulness),
               "interpretation": interpretation(kl_mean, js_mean)}
     return {"items": per, "summary": summary, "spread": spread}
 

@@ -226,3 +226,45 @@ def test_greater_than_refuses_a_digit_splitting_tokenizer(toy_tokenizer):
 
     with pytest.raises(UserError, match="task greater-than needs every two-digit year ending 00..99 as one token"):
         TASKS["greater-than"].build(DigitSplitting(), 4, 0)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, toy_tokenizer):
+    """Tiny models saved as local Hugging Face directories, loaded by the scripts as a user's would be."""
+    def save(arch: str):
+        where = tmp_path_factory.mktemp(arch)
+        cls, cfg = tiny_configs(len(toy_tokenizer))[arch]
+        random_model(cls, cfg, toy_tokenizer, seed=5, random_biases=True).save_pretrained(where)
+        toy_tokenizer.save_pretrained(where)
+        return where
+    return save
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_scripts_refuse_in_one_line_and_write_nothing(name, saved, tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("05_eap.py", "--model", str(saved(name)), "--tasks", "ioi", "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().startswith("error: model ") and REFUSED[name] in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name,script", [("llama", "01_dla.py"), ("llama", "06_acdc.py"), ("gpt-neox", "05_eap.py")])
+def test_scripts_run_on_other_architectures(name, script, saved, tmp_path):
+    """A GQA/RMSNorm/rotary model and a parallel-block one through the CLI: complete runs with the identities
+    their checks report (DLA sums with a constant bias; ACDC on rotary blocks through full passes)."""
+    import json
+
+    import pandas as pd
+    from conftest import run_cli
+
+    r = run_cli(script, "--model", str(saved(name)), "--tasks", "ioi", "--n-prompts", "6", "--quiet",
+                "--n-bootstrap", "20", "--out", str(tmp_path), *(["--thresholds", "0.05"] if "acdc" in script else []))
+    assert r.returncode == 0, r.stderr
+    run = next((tmp_path / script.removesuffix(".py")).iterdir())
+    arch = json.loads((run / "run.json").read_text())["model"]["architecture"]
+    assert arch["parallel"] == (name == "gpt-neox") and arch["n_kv_heads"] == (2 if name == "llama" else 4)
+    if script == "01_dla.py":
+        check = pd.read_csv(run / "dla_check.csv")
+        assert (check.max_abs_error < 1e-4).all() and (check.bias_spread < 1e-5).all()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.core.graph import graph_of
+from lib.core.graph import Graph, graph_of
 from lib.core.metrics import kl_divergence
 from lib.core.model import answer_logits
 from lib.core.patching import receiver_hooks, source_outputs
@@ -64,7 +64,7 @@ def test_draws_agree_on_features_and_structure(toy_tokenizer):
     assert (other[~alone] != np.arange(len(data))[~alone]).all()
     assert (pool.structure[other] == pool.structure).all()
     # the tables a hypothesis uses: every circuit node's draw agrees on its features
-    g = graph_of(type("M", (), {"n_layers": 2, "n_heads": 4})())
+    g = Graph(2, 4)
     keep = g.edge_exists.clone()
     hyp = Hypothesis("h", keep, {"a0.h1": ("io_name",), "a1.h2": ("s_name",)})
     draws = draw(g, pool, hyp, 3)
