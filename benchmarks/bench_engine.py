@@ -1,12 +1,14 @@
 """Speed of the intervention engine, EAP and node patching, as ratios against the bare model.
 
     uv run python benchmarks/bench_engine.py --model gpt2-random --n-prompts 32 [--device cuda]
+    uv run python benchmarks/bench_engine.py --model pythia-160m-random --n-prompts 32   (second architecture)
 
 (a) EAP (2 forward + 1 backward by design) / (2 bare forward + 1 bare backward), and peak memory;
 (b) one masked evaluation (canonical IOI circuit where published, else half the edges) / one bare forward;
 (c) 03's node patching of every head and MLP (one direction) / the same number of bare forward passes;
 (d) one ACDC trial (edge into a receiver at layer l, recomputing blocks l.. with the search's hooks) / the
-    bare partial forward from layer l, for early, middle and late l; and ACDC's total forward passes;
+    bare partial forward from layer l, for early, middle and late l (on rotary models every trial is a full
+    pass, measured against the bare full forward); and ACDC's total forward passes;
 (e) causal scrubbing of the IOI hypothesis (canonical features on the canonical circuit where published,
     else the answer feature on half the edges; pool of 10 x n prompts) / one bare forward of the n
     prompts, and per forward row it needs (rows of its plain and scrubbed passes).
@@ -112,6 +114,8 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
         runner.ablate[s_idx, r_idx] = 1.0
 
         def bare_partial(layer=layer):
+            if runner.full:  # rotary blocks cannot start mid-model: ACDC's trials are full passes
+                return bare_forward()
             with torch.no_grad():
                 x = runner.resid[0][layer]
                 for l in range(layer, lm.n_layers):
@@ -123,7 +127,8 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
         with lm.bridge.hooks(fwd_hooks=runner.hooks()):
             t_trial = timed(lambda layer=layer: runner.logits(0, layer), repeats, dev)
         runner.ablate[s_idx, r_idx] = 0.0
-        acdc_rows.append({"measure": f"ACDC trial at layer {layer} / bare forward from layer {layer}",
+        floor = "bare full forward (rotary: no partial recompute)" if runner.full else f"bare forward from layer {layer}"
+        acdc_rows.append({"measure": f"ACDC trial at layer {layer} / {floor}",
                           "seconds": t_trial, "floor_seconds": t_bare, "ratio": t_trial / t_bare,
                           "target": float("nan"), "peak_memory_mb": peak_memory_mb(dev)})
     acdc_rows.append({"measure": "ACDC forward passes per threshold (edges x batches)",

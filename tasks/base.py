@@ -66,6 +66,12 @@ class TaskData:
             setattr(self, name, getattr(self, name).to(device))
         return self
 
+    def dropped(self) -> dict:
+        """What this tokenizer's constraints removed while building: generated prompts (clean and corrupted
+        of unequal length, or an unknown token) and vocabulary (words that are not single tokens)."""
+        return {"prompts_dropped": self.n_dropped,
+                "vocab_dropped": "; ".join(f"{k}: {' '.join(v)}" for k, v in sorted(self.vocab_dropped.items()))}
+
     def dataset_frame(self, tokenizer) -> pd.DataFrame:
         """The exact dataset: texts, token ids, answer ids, so any number can be recomputed."""
         rows = []
@@ -81,6 +87,7 @@ class TaskData:
                     "answer_pos": n - 1,
                     "correct_ids": " ".join(str(t) for t in self.correct[i].tolist() if t >= 0),
                     "wrong_ids": " ".join(str(t) for t in self.wrong[i].tolist() if t >= 0),
+                    **self.dropped(),
                 }
             )
         return pd.DataFrame(rows)

@@ -187,7 +187,8 @@ def test_refused_architectures_say_why_in_one_line(name, toy_tokenizer):
 
 
 def test_soft_capped_logits_are_the_models_own(toy_tokenizer):
-    """unembed_at applies the final soft-cap (Gemma 2), and DLA refuses it."""
+    """unembed_at applies the final soft-cap (Gemma 2), DLA refuses it, and the load-time identity probe
+    rejects Gemma 2's post-norms independently of the structural rule."""
     from lib.core import architecture
 
     cls, cfg = tiny_configs(len(toy_tokenizer))["gemma2"]
@@ -197,7 +198,9 @@ def test_soft_capped_logits_are_the_models_own(toy_tokenizer):
     from lib.core.model import LoadedModel, bridge_from_hf
 
     bridge, n_kv = bridge_from_hf(hf, toy_tokenizer, "gemma2", torch.device("cpu"), torch.float32)
-    bridge.enable_compatibility_mode(disable_warnings=True)  # the refusal bypassed: unembedding only
+    bridge.enable_compatibility_mode(disable_warnings=True)  # prepare() without its refusal
+    for method in ("set_use_attn_result", "set_use_split_qkv_input", "set_use_hook_mlp_in"):
+        getattr(bridge, method)(True)
     model = LoadedModel("gemma2", bridge, toy_tokenizer, torch.device("cpu"), torch.float32, "test",
                         architecture.read(bridge, n_kv))
     assert model.arch.softcap == 0.5
@@ -208,6 +211,9 @@ def test_soft_capped_logits_are_the_models_own(toy_tokenizer):
     ours = logits_at(model, tokens, pos)
     assert theirs.abs().max() <= 0.5 and (theirs.max(-1).values - theirs.min(-1).values).min() > 0.1
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    # the load-time probe catches the post-norms too, had no rule named them
+    hook, error = architecture.identity_error(model)
+    assert hook == "blocks.0.hook_mlp_in" and error > 0.01
     with pytest.raises(UserError, match="soft-capped"):
         direct_logit_attribution(model, TASKS["ioi"].build(toy_tokenizer, 2, 0))
 
@@ -268,3 +274,45 @@ def test_scripts_run_on_other_architectures(name, script, saved, tmp_path):
     if script == "01_dla.py":
         check = pd.read_csv(run / "dla_check.csv")
         assert (check.max_abs_error < 1e-4).all() and (check.bias_spread < 1e-5).all()
+
+
+def test_words_a_tokenizer_splits_are_dropped_and_recorded(toy_tokenizer):
+    """Every token constraint is checked against the loaded tokenizer; what it removed is in dataset.csv."""
+    class SplitsMary:
+        def __getattr__(self, name):
+            return getattr(toy_tokenizer, name)
+
+        def __call__(self, texts, **kw):
+            if isinstance(texts, str):
+                return {"input_ids": self([texts], **kw)["input_ids"][0]}
+            return toy_tokenizer([t.replace("Mary", "Ma ry") for t in texts], **kw)
+
+    data = TASKS["ioi"].build(SplitsMary(), 40, 0)
+    frame = data.dataset_frame(toy_tokenizer)
+    assert not frame.clean_text.str.contains("Mary").any()
+    assert set(frame.vocab_dropped) == {"names: Mary"} and (frame.prompts_dropped == data.n_dropped).all()
+
+
+def test_models_that_cannot_be_used_give_one_line(tmp_path, toy_tokenizer):
+    """Not a causal LM, an architecture the bridge has no adapter for, unreadable weights: exit 2, one
+    error line, nothing written."""
+    from conftest import run_cli
+
+    cases = {}
+    t5 = tmp_path / "t5"
+    T.T5Config(vocab_size=len(toy_tokenizer), d_model=16, d_ff=32, num_layers=1, num_heads=2).save_pretrained(t5)
+    cases[t5] = "is not a causal language model"
+    biogpt = tmp_path / "biogpt"
+    T.BioGptForCausalLM(T.BioGptConfig(vocab_size=len(toy_tokenizer), hidden_size=16, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=32)).save_pretrained(biogpt)
+    cases[biogpt] = "is not supported: TransformerBridge cannot wrap it"
+    broken = tmp_path / "broken"
+    cls, cfg = tiny_configs(len(toy_tokenizer))["llama"]
+    cls(cfg).save_pretrained(broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    cases[broken] = "cannot load the weights of the model in local directory"
+    for where, message in cases.items():
+        toy_tokenizer.save_pretrained(where)
+        r = run_cli("02_logit_diff.py", "--model", str(where), "--tasks", "ioi", "--out", str(tmp_path / "out"))
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -80,6 +80,7 @@ def canonical_circuit(task: str, graph: Graph, model_name: str) -> torch.Tensor 
     from tasks import TASKS
 
     canonical = TASKS[task].canonical
-    if canonical is None or not (graph.n_layers == 12 and graph.n_heads == 12 and model_name.startswith("gpt2")):
+    if canonical is None or graph.parallel or not (graph.n_layers == 12 and graph.n_heads == 12
+                                                  and model_name.startswith("gpt2")):
         return None
     return ioi_circuit(graph, canonical) if "edge_rules" in canonical else group_circuit(graph, canonical)

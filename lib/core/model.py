@@ -265,10 +265,26 @@ def check_model_name(name: str) -> None:
         raise UserError(f"--model {name}: no such local directory")
 
 
+def load_pythia_random(device: torch.device, dtype: torch.dtype, seed: int):
+    """Pythia-160m's shape (GPT-NeoX: parallel attention and MLP, rotary on a quarter of each head, LayerNorm)
+    with seeded random weights and the GPT-2 tokenizer: a second architecture offline (tests, benchmarks)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    tokenizer = gpt2_tokenizer()
+    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                           intermediate_size=3072, rotary_pct=0.25, use_parallel_residual=True,
+                           max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id)
+    hf = random_model(GPTNeoXForCausalLM, config, tokenizer, seed)
+    bridge, n_kv = bridge_from_hf(hf, tokenizer, "pythia-160m-random", device, dtype)
+    return bridge, f"random Pythia-160m shape (GPT-NeoX), GPT-2 tokenizer, seed {seed}", n_kv
+
+
 TOY_DIR = Path(__file__).resolve().parents[2] / "models" / "toy"
 # Built-in names; anything else is a local directory or a hub name.
 MODELS: dict[str, Callable] = {
     "gpt2-random": lambda device, dtype, seed: load_gpt2_random(device, dtype, seed),
+    "pythia-160m-random": lambda device, dtype, seed: load_pythia_random(device, dtype, seed),
     "toy": lambda device, dtype, seed: load_local(TOY_DIR, device, dtype, "toy"),
 }
 
@@ -295,7 +311,9 @@ def _finish(bridge, name: str, device: torch.device, dtype: torch.dtype, source:
     if tokenizer is None:
         raise UserError(f"model {name!r} has no tokenizer")
     arch = architecture.read(bridge, n_kv_heads or bridge.cfg.n_heads)
-    return LoadedModel(name, bridge, tokenizer, device, dtype, source, arch)
+    model = LoadedModel(name, bridge, tokenizer, device, dtype, source, arch)
+    architecture.check_identity(model)
+    return model
 
 
 def answer_logits(model: LoadedModel, tokens: torch.Tensor, pos: torch.Tensor, batch_size: int) -> torch.Tensor:
