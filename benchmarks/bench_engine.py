@@ -168,7 +168,7 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
     print(table.to_string(index=False, float_format="%.3f"))
     from lib.io.results import RunDir
     run = RunDir(opts.out, "benchmarks", {"options": {"model": model, "device": device, "n_prompts": n_prompts,
-                                                      "repeats": repeats, "seed": seed}})
+                                                      "repeats": repeats, "seed": seed}}, sys.argv[1:])
     run.csv("bench_engine.csv", table)
     print(f"wrote {run.finish(model=lm.describe())}")
 

@@ -190,3 +190,4 @@ class Task:
     aligned_by: tuple[str, ...] = ()
     answer_feature: str | None = None
     positions: Callable[[TaskData], dict] | None = None
+    corruptions: tuple[str, ...] = ()  # build(..., corruption=c); the first is the default

@@ -24,7 +24,9 @@ pattern style rule policy plan project program version release update change act
 query answer question problem solution reason""".split()
 FUNCTION_NAMES = """load save run check get set update create delete process parse build read write
 send fetch compute apply handle render init reset start stop test validate""".split()
-CORRUPTIONS = ("random_random",)
+# random_random: the def's and the docstring's parameter names all replaced (Heimersheim & Janiak's default);
+# random_doc: only the docstring's replaced, the def's kept (their "random_doc").
+CORRUPTIONS = ("random_random", "random_doc")
 
 TEMPLATE = (
     "\ndef {fname}({args}):\n"
@@ -62,7 +64,7 @@ def build(tokenizer, n: int, seed: int, corruption: str = "random_random", varie
             others = [*pre, a, b, *suf]
             yield {
                 "clean": fill(a, b, a, b),
-                "corrupt": fill(a2, b2, a3, b3),
+                "corrupt": fill(a2, b2, a3, b3) if corruption == "random_random" else fill(a, b, a3, b3),
                 "correct": [ids[c]],
                 "wrong": [ids[w] for w in others],
                 "group": f"prefix{n_pre}-suffix{n_suf}",
@@ -83,4 +85,5 @@ TASK = Task(
     features=("answer_param",),
     aligned_by=("group",),
     answer_feature="answer_param",
+    corruptions=CORRUPTIONS,
 )

@@ -58,7 +58,14 @@ def valid_years(tokenizer) -> list[int]:
     return years
 
 
-def build(tokenizer, n: int, seed: int) -> TaskData:
+# 01: the start year XX01, so every two-digit answer is "greater" (Hanna et al.); random_year: another valid
+# year of the same century, so the answer set changes rather than disappears.
+CORRUPTIONS = ("01", "random_year")
+
+
+def build(tokenizer, n: int, seed: int, corruption: str = "01") -> TaskData:
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"unknown greater-than corruption {corruption!r}; choose from {CORRUPTIONS}")
     nouns, dropped_nouns = single_tokens(tokenizer, NOUNS)
     require(nouns, 1, "greater-than nouns", "greater-than")
     yy_ids = year_tokens(tokenizer)
@@ -67,16 +74,19 @@ def build(tokenizer, n: int, seed: int) -> TaskData:
                         f"the probability of the later ones); this tokenizer has {len(yy_ids)} of the 100, so the "
                         "task is not defined for it")
     years = require(valid_years(tokenizer), 1, "greater-than years", "greater-than")
-    rng = rng_for(seed, "greater-than")
+    rng, alt = rng_for(seed, "greater-than"), rng_for(seed, "greater-than:random_year")
 
     def candidates():
         while True:
             noun, year = rng.choice(nouns), rng.choice(years)
             xx, yy = divmod(year, 100)
             text = "The {} lasted from the year {} to the year {}"
+            start = xx * 100 + 1
+            if corruption == "random_year":  # its own stream: the clean prompts are those of every corruption
+                start = alt.choice([y for y in years if y // 100 == xx and y != year])
             yield {
                 "clean": text.format(noun, year, xx),
-                "corrupt": text.format(noun, xx * 100 + 1, xx),
+                "corrupt": text.format(noun, start, xx),
                 "correct": [yy_ids[y] for y in range(yy + 1, 100)],
                 "wrong": [yy_ids[y] for y in range(0, yy + 1)],
                 "group": f"{xx}xx",
@@ -98,4 +108,5 @@ TASK = Task(
     canonical=CANONICAL,
     features=("yy",),
     answer_feature="yy",
+    corruptions=CORRUPTIONS,
 )

@@ -148,4 +148,5 @@ TASK = Task(
     aligned_by=("order", "template"),
     answer_feature="io_name",
     positions=positions,
+    corruptions=CORRUPTIONS,
 )

@@ -26,7 +26,13 @@ ANSWER_VERBS = [("is", "are"), ("has", "have"), ("does", "do"), ("goes", "go"), 
 STRUCTURES = ("simple", "pp", "rc")
 
 
-def build(tokenizer, n: int, seed: int) -> TaskData:
+# number: the subject's number flipped (same noun); other_noun: a different noun of the other number.
+CORRUPTIONS = ("number", "other_noun")
+
+
+def build(tokenizer, n: int, seed: int, corruption: str = "number") -> TaskData:
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"unknown SVA corruption {corruption!r}; choose from {CORRUPTIONS}")
     sing, _ = single_tokens(tokenizer, [s for s, _ in ANSWER_VERBS])
     plur, _ = single_tokens(tokenizer, [p for _, p in ANSWER_VERBS])
     verbs = [(s, p) for s, p in ANSWER_VERBS if s in sing and p in plur]
@@ -34,7 +40,7 @@ def build(tokenizer, n: int, seed: int) -> TaskData:
     require(verbs, 1, "SVA answer verb pairs", "sva")
     vid = {w: tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for pair in verbs for w in pair}
     sing_ids, plur_ids = [vid[s] for s, _ in verbs], [vid[p] for _, p in verbs]
-    rng = rng_for(seed, "sva")
+    rng, alt = rng_for(seed, "sva"), rng_for(seed, "sva:other_noun")
 
     def candidates():
         while True:
@@ -51,6 +57,8 @@ def build(tokenizer, n: int, seed: int) -> TaskData:
                 n2 = rng.randrange(2)
                 suffix = f" that the {other[n2]} {rng.choice(RC_VERBS)[n2]}"
             singular = number == "singular"
+            if corruption == "other_noun":  # its own stream: the clean prompts are those of every corruption
+                flipped = alt.choice([p for p in NOUNS if p != pair])[1 if singular else 0]
             yield {
                 "clean": f"The {noun}{suffix}",
                 "corrupt": f"The {flipped}{suffix}",
@@ -76,4 +84,5 @@ TASK = Task(
     features=("number",),
     aligned_by=("structure",),
     answer_feature="number",
+    corruptions=CORRUPTIONS,
 )

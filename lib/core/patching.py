@@ -160,6 +160,7 @@ class EdgePatch:
     ablation: torch.Tensor  # [S, B, P, D]
     ablate: torch.Tensor  # [S, R] float (may require grad)
     mode: str = "auto"
+    positions: torch.Tensor | None = None  # [B, P] bool: patch only there (elsewhere every edge is kept)
 
     def hooks(self) -> list:
         if self.ablate.requires_grad:
@@ -174,9 +175,13 @@ class EdgePatch:
                                      else self.mode)) for name, cols, n in receiver_groups(self.graph)]
         running = any(gp.complement for _, gp in groups)
 
+        where = None if self.positions is None else self.positions.to(delta.device, delta.dtype)[None, :, :, None]
+
         def save(rows: slice):
             def hook(x, hook):
                 torch.sub(self.ablation[rows], as_sources(x), out=delta[rows])
+                if where is not None:
+                    delta[rows] *= where
                 if running:
                     total.add_(delta[rows].sum(0))
                 return x
@@ -200,6 +205,8 @@ class EdgePatch:
                [(name, patch(gp)) for name, gp in groups]
 
     def _grad_hooks(self) -> list:
+        if self.positions is not None:
+            raise NotImplementedError("position-restricted patching has no differentiable mask")
         chunks: list[tuple[slice, torch.Tensor]] = []
         ablate = self.ablate.to(self.ablation.dtype)
 
@@ -221,18 +228,21 @@ def ablate_mask(graph: Graph, keep: torch.Tensor) -> torch.Tensor:
 
 
 def masked_answer_logits(model, graph: Graph, batch, ablation: torch.Tensor, ablate: torch.Tensor,
-                         grad: bool = False) -> torch.Tensor:
-    """Logits [B, V] at the answer positions with the edges in `ablate` patched (one forward pass)."""
+                         grad: bool = False, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [B, V] at the answer positions with the edges in `ablate` patched (one forward pass), at every
+    position or only where `positions` ([B, P] bool) is true."""
     from lib.core.model import logits_at
 
-    hooks = EdgePatch(graph, ablation, ablate.to(model.device)).hooks()
+    hooks = EdgePatch(graph, ablation, ablate.to(model.device), positions=positions).hooks()
     return logits_at(model, batch.clean.to(model.device), batch.answer_pos, hooks, grad=grad)
 
 
 def evaluate_mask(model, graph: Graph, data, keep: torch.Tensor, ablation: str = "resample",
-                  batch_size: int = 32, reference=None, progress=None) -> torch.Tensor:
-    """Logits [N, V] at the answer positions of every item with only the edges in `keep` intact.
-    Mean ablation averages over the corrupted prompts of `reference` (default: data itself)."""
+                  batch_size: int = 32, reference=None, progress=None,
+                  positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [N, V] at the answer positions of every item with only the edges in `keep` intact (at the
+    positions marked in `positions` [N, P] only, if given). Mean ablation averages over the corrupted prompts
+    of `reference` (default: data itself)."""
     ablate = ablate_mask(graph, keep)
     ref = reference if reference is not None else data
     mean = mean_outputs(model, graph, ref, batch_size) if ablation == "mean" else None
@@ -240,7 +250,8 @@ def evaluate_mask(model, graph: Graph, data, keep: torch.Tensor, ablation: str =
     for start in range(0, len(data), batch_size):
         batch = data.subset(slice(start, start + batch_size))
         values = ablation_values(model, graph, batch, ablation, mean)
-        out.append(masked_answer_logits(model, graph, batch, values, ablate).float())
+        where = None if positions is None else positions[start:start + batch_size, : batch.clean.shape[1]]
+        out.append(masked_answer_logits(model, graph, batch, values, ablate, positions=where).float())
         if progress is not None:
             progress.update(len(batch))
     return torch.cat(out)

@@ -238,3 +238,24 @@ def null_distributions(panels: dict[str, dict], title: str):
         ax.legend(fontsize=6)
     fig.suptitle(title)
     return fig
+
+
+def matrix(values: np.ndarray, rows: list[str], cols: list[str], title: str, cbar: str, vmin: float | None = None,
+           vmax: float | None = None):
+    """One annotated heatmap (rows x columns, e.g. choices x tasks or circuit x circuit); nan cells grey."""
+    values = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(cols) + 3), max(3.0, 0.42 * len(rows) + 1.8)),
+                           layout="constrained")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
+    im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+                   interpolation="nearest")
+    ax.set_xticks(range(len(cols)), cols, rotation=30 if len(cols) > 3 else 0, ha="right" if len(cols) > 3 else "center")
+    ax.set_yticks(range(len(rows)), rows)
+    lo, hi = im.get_clim()
+    for (i, j), v in np.ndenumerate(values):
+        text = "n/a" if not np.isfinite(v) else f"{v:.2f}"
+        light = np.isfinite(v) and (v - lo) < 0.5 * (hi - lo)
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if light else "black")
+    fig.colorbar(im, ax=ax, label=cbar, shrink=0.9)
+    ax.set_title("\n".join(textwrap.wrap(title, 80)) if "\n" not in title else title, fontsize=10)
+    return fig
