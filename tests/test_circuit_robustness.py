@@ -88,3 +88,21 @@ def test_verdict_names_the_extremes():
     v = robustness.verdict("ioi", rows)
     assert v["range"] == pytest.approx(0.7) and v["verdict"] == "not robust" and v["n_settings"] == 2
     assert "from 0.20 (zero/abc/edges/all positions/task) to 0.90 (resample/abc/edges/all positions/task)" in v["line"]
+
+
+def test_script_writes_a_complete_run(tmp_path):
+    import pandas as pd
+    from conftest import run_cli
+
+    r = run_cli("23_robustness.py", "--tasks", "ioi", "sva", "--model", "toy", "--n-prompts", "8", "--n-bootstrap",
+                "20", "--quiet", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    run = next((tmp_path / "23_robustness").iterdir())
+    assert {"robustness.csv", "robustness_summary.csv", "robustness_heatmap.png", "dataset.csv", "run.json",
+            "headline.csv"} <= {p.name for p in run.iterdir()}
+    grid = pd.read_csv(run / "robustness.csv")
+    assert len(grid[grid.task == "ioi"]) == 72 and len(grid[grid.task == "sva"]) == 36  # sva names no positions
+    assert {"corruption", "ablation", "level", "positions", "metric", "faithfulness_ci_low"} <= set(grid.columns)
+    summary = pd.read_csv(run / "robustness_summary.csv")
+    assert summary.line.str.startswith(("ioi: faithfulness", "sva: faithfulness")).all()
+    assert all(line in r.stdout for line in summary.line)

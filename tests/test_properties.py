@@ -25,6 +25,8 @@ STRING_OPTIONS = {
     "05_eap.py": ["--method", "--metric", "--top-k", "--threshold", "--ablation"],
     "06_acdc.py": ["--thresholds", "--metric", "--ablation", "--resume"],
     "21_output_variants.py": ["--circuit", "--ablation", "--tasks"],
+    "23_robustness.py": ["--circuit", "--tasks"],
+    "24_compare_circuits.py": ["--circuits", "--thresholds", "--tasks"],
 }
 INT_OPTIONS = {
     "01_dla.py": ["--n-prompts", "--batch-size", "--seed"],
@@ -32,6 +34,7 @@ INT_OPTIONS = {
     "04_causal_scrubbing.py": ["--n-seeds", "--pool-size", "--n-prompts"],
     "05_eap.py": ["--ig-steps", "--top-k", "--seed"],
     "06_acdc.py": ["--batch-size", "--thresholds"],
+    "24_compare_circuits.py": ["--top-k", "--n-resamples", "--ig-steps"],
 }
 # a model that cannot load: every run that gets past option parsing fails there, before anything is written
 NO_MODEL = ["--model", "./no-such-model-directory"]
