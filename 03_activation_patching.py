@@ -44,17 +44,6 @@ def run_patches(lm, data, components, direction, batch_size, rows_per_pass, desc
     return np.concatenate(parts, axis=1)
 
 
-def with_intervals(per_item: np.ndarray, clean: np.ndarray, corrupt: np.ndarray, n_bootstrap: int, seed: int) -> dict:
-    """Per component [C]: mean metric and normalized metric (ratio of means), each with its 95% bootstrap
-    interval over prompts (prompts resampled jointly with their clean and corrupted metric)."""
-    ci = dict(n_resamples=n_bootstrap, seed=seed)
-    out = {"metric": per_item.mean(1), "normalized": intervals.ratio_of_means(per_item, clean, corrupt)}
-    out["metric_ci_low"], out["metric_ci_high"] = intervals.interval(intervals.mean, per_item, **ci)
-    out["normalized_ci_low"], out["normalized_ci_high"] = intervals.interval(intervals.ratio_of_means, per_item,
-                                                                             clean, corrupt, **ci)
-    return out
-
-
 def patch_task(lm, name: str, data, directions: list[str], opts, rows_per_pass: int) -> dict:
     """One task's rows, head maps and residual-stream maps, per direction."""
     rows, head_maps, resid_maps = [], {}, {}
@@ -66,7 +55,7 @@ def patch_task(lm, name: str, data, directions: list[str], opts, rows_per_pass: 
     tokens = lm.tokenizer.convert_ids_to_tokens(aligned.clean[0, : int(aligned.lengths[0])].tolist())
     for d in directions:
         comps = heads_and_mlps(L, H)
-        r = with_intervals(run_patches(lm, data, comps, d, batch_size, rows_per_pass, f"{name} {d}: heads+MLPs"),
+        r = intervals.normalized_columns(run_patches(lm, data, comps, d, batch_size, rows_per_pass, f"{name} {d}: heads+MLPs"),
                            clean, corrupt, opts.n_bootstrap, opts.seed)
         for i, c in enumerate(comps):
             rows.append({"task": name, "direction": d, "component": c.name, "kind": c.kind, "layer": c.layer,
@@ -75,7 +64,7 @@ def patch_task(lm, name: str, data, directions: list[str], opts, rows_per_pass: 
         head_maps[f"{name} ({d})"] = r["normalized"][: L * H].reshape(L, H)
         P = int(aligned.lengths[0])
         rcomps = residual_positions(L, P)
-        r = with_intervals(run_patches(lm, aligned, rcomps, d, batch_size, rows_per_pass, f"{name} {d}: resid x pos"),
+        r = intervals.normalized_columns(run_patches(lm, aligned, rcomps, d, batch_size, rows_per_pass, f"{name} {d}: resid x pos"),
                            clean[aligned_idx], corrupt[aligned_idx], opts.n_bootstrap, opts.seed)
         for i, c in enumerate(rcomps):
             rows.append({"task": name, "direction": d, "component": c.name, "kind": c.label, "layer": c.layer,

@@ -62,3 +62,14 @@ def columns(name: str, statistic, *samples, n_resamples: int = N_BOOTSTRAP, seed
     value = statistic(*[np.asarray(s, dtype=np.float64) for s in samples])
     low, high = interval(statistic, *samples, n_resamples=n_resamples, seed=seed)
     return {name: float(value), f"{name}_ci_low": low, f"{name}_ci_high": high}
+
+
+def normalized_columns(per_item: np.ndarray, clean: np.ndarray, corrupt: np.ndarray, n_bootstrap: int,
+                       seed: int) -> dict:
+    """Per patched component [C] (per_item [C, N]): mean metric and normalized metric (ratio of means), each
+    with its 95% bootstrap interval over prompts (resampled jointly with their clean and corrupted metric)."""
+    ci = dict(n_resamples=n_bootstrap, seed=seed)
+    out = {"metric": per_item.mean(1), "normalized": ratio_of_means(per_item, clean, corrupt)}
+    out["metric_ci_low"], out["metric_ci_high"] = interval(mean, per_item, **ci)
+    out["normalized_ci_low"], out["normalized_ci_high"] = interval(ratio_of_means, per_item, clean, corrupt, **ci)
+    return out

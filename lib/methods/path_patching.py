@@ -1,0 +1,127 @@
+"""Path patching (Wang et al. 2022, appendix B): the effect of a sender's changed output on the metric only
+through a set of receivers. The sender's output is taken from the other prompt (noise: corrupted into the
+clean run; denoise: clean into the corrupted run); the base run is the other one.
+
+- direct: only the residual edges sender -> receivers carry the change (the edge engine with those edges
+  ablated); every other node reads the sender's base output.
+- through-mlps: the receivers also read the change as carried by the MLPs between sender and receiver, with
+  every other head frozen to its base output (Wang et al.'s definition: paths through MLPs count as direct).
+
+Receivers read additively (DESIGN §4): the change reaches a receiver's input, and what that receiver then
+computes flows on freely. Several senders share a forward pass, each in its own block of rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lib.core.graph import Graph
+from lib.core.metrics import data_metric
+from lib.core.model import logits_at
+from lib.core.patching import as_sources, receiver_groups, source_hooks, source_outputs
+
+PATHS = ("direct", "through-mlps")
+DIRECTIONS = ("noise", "denoise")
+
+
+def _mlp_changes(model, graph: Graph, base: torch.Tensor, outs: torch.Tensor, other: torch.Tensor,
+                 senders: list[int]) -> torch.Tensor:
+    """[M, L, B, P, D]: each MLP's output change when sender m's output is the other prompt's and every other
+    head is frozen to its base output (MLPs recompute)."""
+    M, B = len(senders), base.shape[0]
+    L = graph.n_layers
+    changes = torch.zeros(M, L, *outs.shape[1:], device=outs.device, dtype=outs.dtype)
+
+    def freeze(rows: slice):
+        def hook(x, hook):
+            x = x.clone()
+            if x.dim() == 4:  # heads: every row block frozen to the base outputs
+                x[:] = outs[rows].permute(1, 2, 0, 3).repeat(M, 1, 1, 1)
+            for m, s in enumerate(senders):
+                if rows.start <= s < rows.stop:
+                    block = slice(m * B, (m + 1) * B)
+                    if x.dim() == 4:
+                        x[block, :, s - rows.start] = other[s]
+                    else:
+                        x[block] = other[s]
+            return x
+        return hook
+
+    def record(layer: int):
+        def hook(x, hook):
+            changes[:, layer] = x.view(M, B, *x.shape[1:]) - outs[graph.mlp_source(layer)]
+            return x
+        return hook
+
+    hooks = []
+    for name, rows in source_hooks(graph)[1:]:
+        hooks.append((name, freeze(rows)))
+        if "mlp" in name:
+            hooks.append((name, record(int(name.split(".")[1]))))
+    with torch.no_grad():
+        model.bridge.run_with_hooks(base.repeat(M, 1), fwd_hooks=hooks)
+    for m, s in enumerate(senders):  # an MLP sender's own change is the sender's, not a path through it
+        if s in [graph.mlp_source(l) for l in range(L)]:
+            changes[m, (s - 1) // (graph.n_heads + 1)] = 0
+    return changes
+
+
+class PathPatcher:
+    """Path patching of one batch in one direction: the base and other runs' source outputs are computed once,
+    and the MLP changes of each chunk of senders once for all receiver sets."""
+
+    def __init__(self, model, graph: Graph, batch, direction: str):
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}")
+        self.model, self.graph, self.batch = model, graph, batch
+        base, other = (batch.clean, batch.corrupt) if direction == "noise" else (batch.corrupt, batch.clean)
+        self.base = base.to(model.device)
+        self.outs = source_outputs(model, graph, self.base)  # [S, B, P, D]
+        self.other = source_outputs(model, graph, other.to(model.device))
+        self._mlp: dict[tuple, torch.Tensor] = {}
+
+    def mlp_changes(self, senders: list[int]) -> torch.Tensor:
+        key = tuple(senders)
+        if key not in self._mlp:
+            self._mlp = {key: _mlp_changes(self.model, self.graph, self.base, self.outs, self.other, senders)}
+        return self._mlp[key]
+
+    def metrics(self, senders: list[int], receivers: torch.Tensor, path: str) -> torch.Tensor:
+        """Task metric [len(senders), B] with each sender (source row) patched along its paths to the receiver
+        columns marked in `receivers` ([R] bool), all senders in one forward pass (rows sender-major)."""
+        if path not in PATHS:
+            raise ValueError(f"unknown path {path!r}")
+        graph, outs, M, B = self.graph, self.outs, len(senders), self.base.shape[0]
+        idx = torch.as_tensor(senders, device=outs.device)
+        sender_delta = self.other[idx] - outs[idx]  # [M, B, P, D]
+        mlp = self.mlp_changes(senders) if path == "through-mlps" else None  # [M, L, B, P, D]
+        rcv = receivers.bool().cpu()
+        sender_rows = torch.as_tensor(senders)
+        mlp_rows = torch.tensor([graph.mlp_source(l) for l in range(graph.n_layers)])
+
+        def patch(cols: slice, n_before: int):
+            on = rcv[cols]  # [h]
+            direct = (graph.edge_exists[sender_rows][:, cols] & on).to(outs)  # [M, h]: the edge sender -> receiver
+            # [M, L, h]: MLP l lies between sender m and the receiver (writes after the sender, before the receiver)
+            via = (((mlp_rows[None, :] > sender_rows[:, None]) & (mlp_rows[None, :] < n_before))[:, :, None]
+                   & on).to(outs)
+
+            def hook(x, hook):
+                add = torch.einsum("mh,mbpd->mbphd", direct, sender_delta)
+                if mlp is not None:
+                    add = add + torch.einsum("mlh,mlbpd->mbphd", via, mlp)
+                add = add.reshape(M * B, *add.shape[2:])  # [M*B, P, h, D]
+                return x + (add if x.dim() == 4 else add[:, :, 0])
+            return hook
+
+        hooks = [(name, patch(cols, n)) for name, cols, n in receiver_groups(graph) if rcv[cols].any()]
+        rep = self.batch.subset(torch.arange(B).repeat(M))
+        with torch.no_grad():
+            logits = logits_at(self.model, self.base.repeat(M, 1), rep.answer_pos.to(self.model.device), hooks)
+        return data_metric(logits, rep).view(M, B).cpu()
+
+
+def path_patch_metrics(model, graph: Graph, batch, senders: list[int], receivers: torch.Tensor, path: str,
+                       direction: str) -> torch.Tensor:
+    """PathPatcher(...).metrics for one receiver set: [len(senders), B]."""
+    return PathPatcher(model, graph, batch, direction).metrics(senders, receivers, path)
