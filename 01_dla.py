@@ -9,7 +9,7 @@ import pandas as pd
 from lib.io import cli, plots, progress
 from lib.io.headline import Metric
 from lib.methods import intervals
-from lib.methods.dla import direct_logit_attribution
+from lib.methods.dla import direct_logit_attribution, residual_by_layer, stage_names
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("model_logit_diff", "dla_check.csv", "model_logit_diff"),
@@ -34,6 +34,16 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         run.csv("dataset.csv", pd.concat([d.dataset_frame(lm.tokenizer) for d in datasets.values()]))
         run.csv("dla.csv", pd.DataFrame(rows))
         run.csv("dla_check.csv", pd.DataFrame(checks))
+        layers = pd.DataFrame([row for r in results.values() for row in r["layers"]])
+        run.csv("dla_layers.csv", layers)
+        for name, part in layers.groupby("task", sort=False):
+            run.figure(f"dla_layers_{name}.png", plots.curves(
+                {"accumulated (logit lens of the answer direction)": (part.step.to_numpy(),
+                                                                      part.accumulated_projection.to_numpy()),
+                 "written by this stage": (part.step.to_numpy(), part.write_projection.to_numpy())},
+                f"{name}: the answer-position residual stream through the final norm (frozen scale) onto the answer "
+                "direction, mean over prompts", "residual stream read after each write (resid_mid l: attention l added; resid_post l: MLP l)",
+                "projection (logit difference)", hlines={0.0: ""}, xticks=list(part.stage)))
         run.figure("dla_heads.png", plots.heatmaps(
             heat, "Direct logit attribution per head (mean over prompts)", "head", "layer",
             "DLA onto the answer direction (logit difference)"))
@@ -60,7 +70,24 @@ def dla_task(lm, name: str, data, opts, bar) -> dict:
              "components_sum": total.mean(), "bias_terms": r.bias.mean().item(),
              "residual": (r.model_diff.numpy() - total).mean(), "bias_spread": r.bias_spread,
              "max_abs_error": np.abs(r.model_diff.numpy() - total - r.bias.numpy()).max()}
-    return {"rows": rows, "check": check, "components": r.components, "mean": mean, "std": std}
+    return {"rows": rows, "check": check, "components": r.components, "mean": mean, "std": std,
+            "layers": layer_rows(lm, name, data, opts)}
+
+
+def layer_rows(lm, name: str, data, opts) -> list[dict]:
+    """The answer-position residual stream layer by layer: accumulated projection on the answer direction
+    (logit lens, with intervals), what each stage writes, and the norm of that write."""
+    r = residual_by_layer(lm, data, opts.batch_size)
+    stream, write, norms = (r[k].numpy() for k in ("stream", "write", "norms"))
+    low, high = intervals.interval(intervals.mean, stream.T, n_resamples=opts.n_bootstrap, seed=opts.seed)
+    rows = []
+    for i, stage in enumerate(stage_names(lm.n_layers)):
+        kind = "embed" if i == 0 else ("attn" if i % 2 else "mlp")  # what was written to reach this stage
+        rows.append({"task": name, "step": i, "stage": stage, "written_by": kind, "layer": (i - 1) // 2,
+                     "accumulated_projection": stream[:, i].mean(), "accumulated_projection_ci_low": low[i],
+                     "accumulated_projection_ci_high": high[i], "write_projection": write[:, i].mean(),
+                     "write_projection_std": write[:, i].std(), "write_norm": norms[:, i].mean()})
+    return rows
 
 
 def _layer_head(comp: str) -> tuple[int, int]:

@@ -177,6 +177,11 @@ def test_dla_sums_with_a_constant_bias_term(arch):
     error = (r.model_diff - r.attributions.sum(1) - r.bias).abs().max().item()
     assert error < 1e-4 * max(1.0, r.model_diff.abs().max().item())
     assert r.bias_spread < 1e-5 and r.attributions.abs().max() > 1e-3
+    from lib.methods.dla import residual_by_layer
+
+    stream = residual_by_layer(model, data, batch_size=4)["stream"]  # the logit lens ends at the logit difference
+    torch.testing.assert_close(stream[:, -1], r.model_diff, atol=1e-4 * max(1.0, r.model_diff.abs().max().item()),
+                               rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))

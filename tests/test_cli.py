@@ -24,7 +24,10 @@ def test_dla_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     (run,) = run_dirs(tmp_path, "01_dla")
     assert {p.name for p in run.iterdir()} == {"run.json", "dataset.csv", "dla.csv", "dla_check.csv",
-                                               "dla_heads.png", "dla_top.png", "headline.csv"}
+                                               "dla_heads.png", "dla_top.png", "headline.csv", "dla_layers.csv",
+                                               "dla_layers_ioi.png", "dla_layers_greater-than.png"}
+    layers = pd.read_csv(run / "dla_layers.csv")
+    assert len(layers) == 2 * (1 + 2 * 4)  # per task: the embedding, then attention and MLP of 4 layers
     check = pd.read_csv(run / "dla_check.csv")
     assert list(check.task) == ["ioi", "greater-than"]
     assert (check.max_abs_error < 1e-3).all()

@@ -42,3 +42,19 @@ def test_single_component_matches_removal_with_frozen_scale(tiny):
 
     drop = logit_diff(final) - logit_diff(final - head)
     torch.testing.assert_close(drop, r.attributions[:, r.components.index("a1.h2")], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ioi", "greater-than"])
+def test_residual_stream_view_ends_at_the_logit_difference(tiny, name):
+    """The accumulated projection after the last layer is the model's logit difference (the unembedding bias
+    included); each step adds exactly what its stage writes; DLA's per-layer heads sum to the attention write
+    up to the output bias."""
+    from lib.methods.dla import residual_by_layer
+
+    data = TASKS[name].build(tiny.tokenizer, 6, 0)
+    r = direct_logit_attribution(tiny, data, batch_size=4)
+    layers = residual_by_layer(tiny, data, batch_size=4)
+    torch.testing.assert_close(layers["stream"][:, -1], r.model_diff, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layers["stream"].diff(dim=1), layers["write"][:, 1:], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(layers["write"][:, 0], r.attributions[:, 0], atol=1e-6, rtol=1e-6)
+    assert (layers["norms"] > 0).all() and layers["write"][:, 1:].abs().max() > 1e-3

@@ -111,7 +111,7 @@ def _label_axes(fig, ax, title: str, xlabel: str, ylabel: str, legend: bool = Tr
 
 def curves(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
            logx: bool = False, diagonal: bool = False, labels: dict[str, str] | None = None,
-           hlines: dict[float, str] | None = None):
+           hlines: dict[float, str] | None = None, xticks: list[str] | None = None):
     """One line per panel on shared axes (faithfulness vs edges kept, ROC curves); hlines marks references."""
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
     for name, (x, y) in panels.items():
@@ -123,6 +123,8 @@ def curves(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel:
         ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls="--", label="chance")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
+    if xticks is not None:  # named x positions 0..n-1
+        ax.set_xticks(range(len(xticks)), xticks, rotation=60, ha="right", fontsize=7)
     if logx:
         ax.set_xscale("log")
         xs = np.unique(np.concatenate([np.asarray(x, dtype=float) for x, _ in panels.values()]))

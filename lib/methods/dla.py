@@ -92,3 +92,46 @@ def direct_logit_attribution(model: LoadedModel, data, batch_size: int = 64, pro
     b = torch.cat(bias_vectors)
     return DLAResult(component_names(L, model.n_heads), torch.cat(attributions), torch.cat(biases),
                      torch.cat(diffs), float((b - b.mean(0)).abs().max()))
+
+
+def residual_by_layer(model: LoadedModel, data, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """The answer-position residual stream layer by layer, through the final norm with its frozen scale onto
+    the answer direction (a logit lens of the answer direction), per item:
+    stream [N, 2L+1] accumulated projection at resid_pre 0, then after each attention and each MLP (+ the
+    unembedding bias, so the last equals the model's logit difference); write [N, 2L+1] what the embedding,
+    each attention layer and each MLP adds; norms [N, 2L+1] of those writes (L2, residual-stream units)."""
+    if model.arch.softcap is not None:
+        raise UserError(f"the residual-stream view is not defined for model {model.name}: its logits are "
+                        "soft-capped (tanh), so no projection adds up to them")
+    bridge, L = model.bridge, model.n_layers
+    names = (["blocks.0.hook_resid_pre", "ln_final.hook_scale"] + [f"blocks.{l}.hook_attn_out" for l in range(L)]
+             + [f"blocks.{l}.hook_mlp_out" for l in range(L)])
+    W_U, b_U = bridge.W_U.double(), bridge.b_U.double()
+    centre = model.arch.norm == "LN"
+    out = {"stream": [], "write": [], "norms": []}
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = data.subset(slice(start, start + batch_size)).to(model.device)
+            logits, cache = bridge.run_with_cache(batch.clean, names_filter=lambda n: n in names)
+            rows = torch.arange(len(batch), device=model.device)
+
+            def at(name):
+                return cache[name][rows, batch.answer_pos].double()
+            writes = [at("blocks.0.hook_resid_pre")]
+            for l in range(L):
+                writes += [at(f"blocks.{l}.hook_attn_out"), at(f"blocks.{l}.hook_mlp_out")]
+            writes = torch.stack(writes, 1)  # [B, 2L+1, D]; attention writes include its output bias
+            w = answer_weights(logits[rows, batch.answer_pos].double(), batch)
+            direction = w @ W_U.T  # [B, D]
+            centred = writes - writes.mean(-1, keepdim=True) if centre else writes
+            projected = (centred * direction[:, None]).sum(-1) / at("ln_final.hook_scale")  # [B, 2L+1]
+            out["write"].append(projected.cpu())
+            out["stream"].append((projected.cumsum(1) + (w @ b_U)[:, None]).cpu())
+            out["norms"].append(writes.norm(dim=-1).cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def stage_names(n_layers: int) -> list[str]:
+    """Where each column of residual_by_layer is read: resid_pre 0 (the embedding), then per layer resid_mid
+    (after its attention) and resid_post (after its MLP; in a parallel block both are after the block's input)."""
+    return ["resid_pre 0"] + [f"{stream} {l}" for l in range(n_layers) for stream in ("resid_mid", "resid_post")]
