@@ -16,8 +16,9 @@ def setup(tiny):
     return tiny, graph_of(tiny), TASKS["ioi"].build(tiny.tokenizer, 6, 0)
 
 
-def slow_acdc(model, g, data, tau, metric, absolute=False):
-    """The algorithm as written: full forward passes with a fresh mask for every trial."""
+def slow_acdc(model, g, data, tau, metric, absolute=False, candidates=None):
+    """The algorithm as written: full forward passes with a fresh mask for every trial (only the candidate
+    edges tried, every other one removed from the start, where candidates are given)."""
     values = ablation_values(model, g, data, "resample")
     clean = answer_logits(model, data.clean, data.answer_pos, 64)
 
@@ -25,9 +26,9 @@ def slow_acdc(model, g, data, tau, metric, absolute=False):
         logits = masked_answer_logits(model, g, data, values, ablate_mask(g, keep))
         return (kl_divergence(clean, logits) if metric == "kl" else data_metric(logits, data)).mean().item()
 
-    keep = g.edge_exists.clone()
+    keep = g.edge_exists.clone() if candidates is None else g.edge_exists & candidates
     current = m(keep)
-    for s, r in edge_order(g):
+    for s, r in edge_order(g, candidates):
         keep[s, r] = False
         new = m(keep)
         if worsening(metric, new, current, absolute) <= tau:
@@ -79,3 +80,27 @@ def test_resume_after_interruption(setup, tmp_path):
         run_acdc(model, g, data, 0.01, "kl", batch_size=4, checkpoint=checkpoint)
     resumed = run_acdc(model, g, data, 0.01, "kl", batch_size=4, state=ACDCState.load(tmp_path / "state.json"))
     assert resumed.removed == full.removed and resumed.tried == g.n_edges - 0 - 0
+
+
+def test_pruned_acdc_over_every_edge_is_plain_acdc(setup):
+    model, g, data = setup
+    plain = run_acdc(model, g, data, 0.01, "kl", batch_size=4)
+    everything = run_acdc(model, g, data, 0.01, "kl", batch_size=4, candidates=g.edge_exists.clone())
+    assert everything.removed == plain.removed and everything.scores == plain.scores
+    assert everything.current == plain.current and everything.forward_passes == plain.forward_passes
+
+
+@pytest.mark.parametrize("metric, tau", [("kl", 0.01), ("task", 0.05)])
+def test_pruned_acdc_equals_slow_implementation(setup, metric, tau):
+    """EAP's top edges as candidates: the recompute from the receiver's layer starts from the stream with the
+    pruned edges ablated, and equals full forward passes with the whole mask."""
+    from lib.methods.eap import edge_scores
+    from lib.methods.faithfulness import top_k_mask
+
+    model, g, data = setup
+    candidates = top_k_mask(g, edge_scores(model, g, data, 6, "eap"), g.n_edges // 3)
+    state = run_acdc(model, g, data, tau, metric, batch_size=4, candidates=candidates)
+    slow = slow_acdc(model, g, data, tau, metric, candidates=candidates)
+    assert torch.equal(kept_mask(g, state), slow)
+    assert state.tried == int(candidates.sum()) and not (kept_mask(g, state) & ~candidates).any()
+    assert 0 < int(slow.sum()) < int(candidates.sum())

@@ -19,7 +19,7 @@ import torch
 from lib.core.graph import Graph
 from lib.core.metrics import data_metric, kl_divergence
 from lib.core.model import unembed_at
-from lib.core.patching import ablation_values, add_ablated, as_sources, source_hooks
+from lib.core.patching import EdgePatch, ablation_values, add_ablated, as_sources, source_hooks
 from lib.io import interrupts
 
 METRICS = ("kl", "task")
@@ -47,14 +47,16 @@ class ACDCState:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def edge_order(graph: Graph) -> list[tuple[int, int]]:
-    """(source, receiver) trials: receivers from the logits backwards, later sources first."""
+def edge_order(graph: Graph, candidates: torch.Tensor | None = None) -> list[tuple[int, int]]:
+    """(source, receiver) trials: receivers from the logits backwards, later sources first (only the
+    candidate edges, where given)."""
     receivers = [graph.logits_receiver]
     for l in reversed(range(graph.n_layers)):
         receivers.append(graph.mlp_receiver(l))
         for h in reversed(range(graph.n_heads)):
             receivers += [graph.qkv_receivers(l, k).start + h for k in "vkq"]
-    return [(s, r) for r in receivers for s in reversed(range(graph.n_sources)) if graph.edge_exists[s, r]]
+    keep = graph.edge_exists if candidates is None else graph.edge_exists & candidates.bool()
+    return [(s, r) for r in receivers for s in reversed(range(graph.n_sources)) if keep[s, r]]
 
 
 def receiver_layer(graph: Graph, r: int) -> int:
@@ -65,7 +67,9 @@ class PartialRunner:
     """Answer logits of the model with `ablate` edges patched, recomputing only blocks >= a start layer,
     for every batch of the data (clean caches and ablation values computed once)."""
 
-    def __init__(self, model, graph: Graph, data, ablation: str, batch_size: int):
+    def __init__(self, model, graph: Graph, data, ablation: str, batch_size: int, fixed: torch.Tensor | None = None):
+        """fixed: [S, R] bool edges ablated throughout (EAP-pruned ACDC); the cached stream is then that of the
+        model with them ablated, so recomputing from a layer stays exact."""
         self.model, self.graph = model, graph
         self.full = not model.arch.starts_mid_model  # rotary blocks cannot be called on a cached stream
         self.ablate = torch.zeros(graph.n_sources, graph.n_receivers)  # edited in place by the search
@@ -77,6 +81,11 @@ class PartialRunner:
             values = ablation_values(model, graph, batch, ablation)  # [S, B, P, D]
             with torch.no_grad():
                 logits, cache = model.bridge.run_with_cache(batch.clean, names_filter=lambda n: n in names)
+                if fixed is not None and fixed.any():  # the stream with the fixed edges ablated (the logits
+                    base = fixed.float().clone()       # receiver is patched by logits() itself)
+                    base[:, graph.logits_receiver] = 0
+                    with model.bridge.hooks(fwd_hooks=EdgePatch(graph, values, base.to(model.device)).hooks()):
+                        _, cache = model.bridge.run_with_cache(batch.clean, names_filter=lambda n: n in names)
             rows = torch.arange(len(batch), device=model.device)
             self.batches.append(batch)
             self.values.append(values)
@@ -143,15 +152,17 @@ def worsening(metric: str, new: float, current: float, absolute: bool) -> float:
 
 def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation: str = "resample",
              absolute: bool = False, batch_size: int = 64, state: ACDCState | None = None,
-             checkpoint=None, progress=None) -> ACDCState:
-    """Run (or resume from `state`) ACDC at threshold tau on data; returns the final state."""
+             checkpoint=None, progress=None, candidates: torch.Tensor | None = None) -> ACDCState:
+    """Run (or resume from `state`) ACDC at threshold tau on data; returns the final state. With candidates
+    ([S, R] bool, e.g. EAP's top edges) only those are tried; every other edge is removed from the start."""
     if metric not in METRICS:
         raise ValueError(f"unknown ACDC metric {metric!r}; choose from {METRICS}")
-    state = state or ACDCState(tau)
-    runner = PartialRunner(model, graph, data, ablation, batch_size)
+    fixed = None if candidates is None else graph.edge_exists & ~candidates.bool()
+    state = state or ACDCState(tau, removed=graph.edges_of(fixed) if fixed is not None else [])
+    runner = PartialRunner(model, graph, data, ablation, batch_size, fixed)
     for e in state.removed:
         runner.ablate[graph.edge_index(e)] = 1.0
-    order = edge_order(graph)
+    order = edge_order(graph, candidates)
 
     def evaluate(start_layer: int) -> float:
         total = sum(score(metric, runner.clean_logits[i], runner.logits(i, start_layer), b)
@@ -160,7 +171,7 @@ def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation
 
     with model.bridge.hooks(fwd_hooks=runner.hooks()):
         if state.current is None:
-            current = evaluate(graph.n_layers)  # nothing removed yet (0 for KL)
+            current = evaluate(graph.n_layers)  # nothing tried yet (0 for KL unless edges were pruned)
             with interrupts.deferred():
                 state.current, state.forward_passes = current, state.forward_passes + len(runner.batches)
         if progress is not None:
