@@ -158,7 +158,10 @@ def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation
     if metric not in METRICS:
         raise ValueError(f"unknown ACDC metric {metric!r}; choose from {METRICS}")
     fixed = None if candidates is None else graph.edge_exists & ~candidates.bool()
-    state = state or ACDCState(tau, removed=graph.edges_of(fixed) if fixed is not None else [])
+    state = state or ACDCState(tau)
+    if fixed is not None:  # the pruned edges are removed from the start (a resumed state has them already)
+        have = set(state.removed)
+        state.removed[:0] = [e for e in graph.edges_of(fixed) if e not in have]
     runner = PartialRunner(model, graph, data, ablation, batch_size, fixed)
     for e in state.removed:
         runner.ablate[graph.edge_index(e)] = 1.0
