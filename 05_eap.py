@@ -15,7 +15,7 @@ from lib.core.patching import ABLATIONS
 from lib.io import cli, diagram, plots, progress
 from lib.io.headline import Metric
 from lib.methods.area import mib_curves
-from lib.methods.eap import METHODS, edge_scores
+from lib.methods.eap import IG_POINTS, METHODS, edge_scores
 from lib.methods.faithfulness import Evaluator, auc_interval, discovery_and_held_out, log_grid, roc_curve, top_k_mask
 
 app = cli.script_app(__doc__)
@@ -32,8 +32,12 @@ DIAGRAM_EDGES = 40  # edges drawn in the diagram (the top ones by |score|)
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
          seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"),
-         method: Annotated[str, typer.Option(help="eap | eap-ig")] = "eap-ig",
+         method: Annotated[str, typer.Option(help="eap | eap-ig (input embeddings interpolated) | eap-ig-activations "
+                                             "(each node group's output interpolated) | clean-corrupted")] = "eap-ig",
          ig_steps: Annotated[int, typer.Option(help="integration steps of EAP-IG")] = 5,
+         ig_points: Annotated[str, typer.Option("--ig-points", help="right: alpha = k/steps, k = 1..steps (ends at "
+                                                "the clean point) | left: k = 0..steps-1 (starts at the corrupted "
+                                                "point, as the EAP-IG library)")] = "right",
          metric: Annotated[str, typer.Option(help="task (the task metric); kl is rejected for EAP")] = "task",
          top_k: Annotated[str, typer.Option("--top-k", help="circuit sizes to save, space-separated")] = "100",
          threshold: Annotated[float, typer.Option(help="also save the circuit of edges with |score| >= this")] = None,
@@ -49,6 +53,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     if metric != "task":
         raise UserError(f"unknown metric {metric!r} for EAP; use --metric task")
     cli.check_at_least(1, ("--ig-steps", ig_steps))
+    if ig_points not in IG_POINTS:
+        raise UserError(f"unknown --ig-points {ig_points!r}; choose from {', '.join(IG_POINTS)}")
     if ablation not in ABLATIONS:
         raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
     ks = cli.parse_ints(top_k, "--top-k")
@@ -58,12 +64,12 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     cli.check_export(export)
     cli.check_at_least(0, ("--n-random", n_random))
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
-    extra = dict(method=method, ig_steps=ig_steps, metric=metric, top_k=ks, threshold=threshold, ablation=ablation,
-                 n_random=n_random, export=export)
+    extra = dict(method=method, ig_steps=ig_steps, ig_points=ig_points, metric=metric, top_k=ks, threshold=threshold,
+                 ablation=ablation, n_random=n_random, export=export)
     with cli.experiment("05_eap", opts, resume=resume, headline=HEADLINE, **extra) as (lm, run):
         graph = graph_of(lm)
         results = cli.per_task(run, opts.tasks, lambda name: eap_task(
-            lm, graph, run, name, opts, method, ig_steps, ks, threshold, ablation, n_random, export))
+            lm, graph, run, name, opts, method, ig_steps, ks, threshold, ablation, n_random, export, ig_points))
         curve_rows = [row for r in results.values() for row in r["curve_rows"]]
         roc_rows = [row for r in results.values() for row in r["roc_rows"]]
         rocs = {name: r["roc"] for name, r in results.items() if r["roc"] is not None}
@@ -90,14 +96,14 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
 
 
 def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: list[int], threshold, ablation: str,
-             n_random: int, export: str) -> dict:
+             n_random: int, export: str, ig_points: str = "right") -> dict:
     """One task: edge scores on discovery prompts, saved circuits and diagram, held-out curve, ROC."""
     # discovery prompts and disjoint held-out prompts for the faithfulness curve
     discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
     reference = canonical_circuit(name, graph, lm.name)
     with progress.bar(len(discovery), f"{name}: {method} scores", "prompt") as bar:  # per prompt for AUC intervals
         scores = edge_scores(lm, graph, discovery, opts.batch_size, method, ig_steps, progress=bar,
-                             per_prompt=reference is not None)
+                             per_prompt=reference is not None, ig_points=ig_points)
     scores, item_scores = scores if reference is not None else (scores, None)
     exists = graph.edge_exists
     flat = scores[exists].numpy()
@@ -107,7 +113,9 @@ def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: li
     for e, s, r in zip(graph.edge_names, flat, rank):
         src, rcv = e.split("->")
         score_rows.append({"task": name, "edge": e, "source": src, "receiver": rcv, "score": s, "abs_rank": r})
-    params = {"method": method, "ig_steps": ig_steps if method == "eap-ig" else None,
+    integrated = method in ("eap-ig", "eap-ig-activations")
+    params = {"method": method, "ig_steps": ig_steps if integrated else None,
+              "ig_points": ig_points if integrated else None,
               "n_prompts": len(discovery), "seed": opts.seed}
     for k in ks:
         keep = top_k_mask(graph, scores, min(k, graph.n_edges))

@@ -95,8 +95,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                         run.save_unit(f"{_unit}.state", {"state": dict(st.__dict__), "seconds": time.time() - _t0})
                         last_save[0] = time.monotonic()
 
-                with progress.bar(len(edge_order(graph, cand)), f"{name} tau={tau:g} {method}: edges tried",
-                                  "edge") as bar:
+                desc = f"{name} tau={tau:g}" + (f" {method}" if cand is not None else "")
+                with progress.bar(len(edge_order(graph, cand)), f"{desc}: edges tried", "edge") as bar:
                     try:
                         state = run_acdc(lm, graph, discovery, tau, metric, ablation, absolute, opts.batch_size,
                                          state=state, checkpoint=checkpoint, progress=bar, candidates=cand)

@@ -60,3 +60,59 @@ def test_rank_correlation_with_exact_edge_patching(setup):
         rho = spearmanr(approx.abs(), exact.abs()).statistic
         print(method, rho)
         assert rho > 0.7, (method, rho)
+
+
+def slow_gradient_points(model, g, data, points):
+    """Each point as its own autograd pass (the chunk's output set to corrupted + alpha (clean - corrupted), a
+    zero probe on every receiver's input), scores = sum over points of delta . probe gradient, averaged."""
+    from lib.core.model import logits_at
+    from lib.core.patching import as_sources, receiver_groups, source_hooks, source_outputs
+
+    clean, corrupt = source_outputs(model, g, data.clean), source_outputs(model, g, data.corrupt)
+    delta = corrupt - clean
+    scores = torch.zeros(g.n_sources, g.n_receivers, dtype=torch.float64)
+    for chunk, alpha in points:
+        name, rows = source_hooks(g)[chunk]
+        kept = {}
+
+        def interpolate(x, hook, rows=rows, alpha=alpha):
+            value = corrupt[rows] + alpha * (clean[rows] - corrupt[rows])
+            return (value.permute(1, 2, 0, 3) if x.dim() == 4 else value[0]).clone().requires_grad_(True)
+
+        def keep(name):  # a zero probe added to the receiver's input: its gradient is the input's
+            def hook(x, hook):
+                kept[name] = torch.zeros_like(x, requires_grad=True)
+                return x + kept[name]
+            return hook
+        hooks = [("blocks.0.hook_resid_pre", lambda x, hook: x.detach().requires_grad_(True)), (name, interpolate)]
+        hooks += [(n, keep(n)) for n, _, _ in receiver_groups(g)]
+        data_metric(logits_at(model, data.clean, data.answer_pos, hooks, grad=True), data).sum().backward()
+        for n, cols, n_before in receiver_groups(g):
+            grad = kept[n].grad if kept[n].grad is not None else torch.zeros_like(kept[n])  # no path: 0
+            grad = grad if grad.dim() == 4 else grad.unsqueeze(2)  # [B, P, h, D]
+            scores[:n_before, cols] += torch.einsum("sbpd,bphd->sh", delta[:n_before].double(), grad.double())
+    return scores * g.edge_exists / (len(points) * len(data))
+
+
+@pytest.mark.parametrize("method, points", [("eap-ig", "right"), ("eap-ig", "left"), ("eap-ig-activations", "right"),
+                                            ("eap-ig-activations", "left"), ("clean-corrupted", "right")])
+def test_variants_equal_a_slow_autograd_reference(setup, method, points):
+    from lib.methods.eap import gradient_points
+
+    model, g, data = setup
+    ours = edge_scores(model, g, data, 3, method, ig_steps=2, ig_points=points)
+    slow = slow_gradient_points(model, g, data, gradient_points(g, method, 2, points))
+    assert slow.abs().max() > 1e-3
+    torch.testing.assert_close(ours, slow, atol=1e-5 * slow.abs().max().item(), rtol=1e-4)
+
+
+def test_one_step_reduces_to_its_endpoint(setup):
+    """Right points with 1 step: the clean point (EAP); left points: the corrupted point, the other half of
+    clean-corrupted."""
+    model, g, data = setup
+    eap = edge_scores(model, g, data, 4, "eap")
+    torch.testing.assert_close(edge_scores(model, g, data, 4, "eap-ig", ig_steps=1, ig_points="right"), eap)
+    left = edge_scores(model, g, data, 4, "eap-ig", ig_steps=1, ig_points="left")
+    both = edge_scores(model, g, data, 4, "clean-corrupted")
+    torch.testing.assert_close((left + eap) / 2, both, atol=1e-6 * both.abs().max().item(), rtol=1e-5)
+    assert (left - eap).abs().max() > 1e-3

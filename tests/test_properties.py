@@ -22,7 +22,7 @@ STRING_OPTIONS = {
     "02_logit_diff.py": ["--tasks", "--circuit", "--ablation", "--device"],
     "03_activation_patching.py": ["--direction", "--tasks"],
     "04_causal_scrubbing.py": ["--hypothesis", "--circuit"],
-    "05_eap.py": ["--method", "--metric", "--top-k", "--threshold", "--ablation"],
+    "05_eap.py": ["--method", "--metric", "--top-k", "--threshold", "--ablation", "--ig-points"],
     "06_acdc.py": ["--thresholds", "--metric", "--ablation", "--resume"],
     "21_output_variants.py": ["--circuit", "--ablation", "--tasks"],
     "23_robustness.py": ["--circuit", "--tasks"],

@@ -1,11 +1,15 @@
-"""Edge attribution patching (Syed, Rager & Conmy 2023) and EAP-IG (Hanna et al. 2024).
+"""Edge attribution patching (Syed, Rager & Conmy 2023) and its integrated-gradient variants (Hanna et al. 2024).
 
 score(u -> r) = sum_{positions, width} (out_u(corrupted) - out_u(clean)) * d metric / d input_r,
-averaged over prompts: the first-order estimate of metric(edge ablated) - metric(clean).
-EAP takes the gradient on the clean run; EAP-IG averages it over `ig_steps` points on the straight
-line from the corrupted to the clean input embeddings (alpha = k / steps, k = 1..steps), so 1 step = EAP.
-Per batch: one corrupted forward, then per step one forward and one backward (the alpha = 1 step also
-records the clean outputs); every edge at once, no per-edge passes.
+averaged over prompts (and over the gradient points): the first-order estimate of metric(edge ablated) -
+metric(clean). Where the gradient is taken:
+- eap: the clean run;
+- eap-ig: points on the straight line from the corrupted to the clean input embeddings, alpha = k / steps;
+- eap-ig-activations: the same line for one node group's output at a time (the input, each layer's heads,
+  each MLP), everything else computed from the clean prompt; averaged over groups and points;
+- clean-corrupted: the clean and the corrupted run, averaged.
+`ig_points` picks alpha: right (k = 1..steps, ending at the clean point; 1 step = EAP) or left (k = 0..steps-1,
+starting at the corrupted point, as the EAP-IG library does). Every edge at once, no per-edge passes.
 """
 
 from __future__ import annotations
@@ -16,40 +20,63 @@ from lib.core.graph import Graph
 from lib.core.metrics import data_metric
 from lib.core.patching import as_sources, receiver_hooks, source_hooks, source_outputs
 
-METHODS = ("eap", "eap-ig")
+METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted")
+IG_POINTS = ("right", "left")
+
+
+def gradient_points(graph: Graph, method: str, steps: int, ig_points: str = "right") -> list[tuple[int, float]]:
+    """(source chunk index into source_hooks, alpha) of every gradient point: that chunk's output is set to
+    corrupted + alpha * (clean - corrupted); chunk 0 is the input embedding."""
+    if method not in METHODS or ig_points not in IG_POINTS:
+        raise ValueError(f"unknown method {method!r} or ig_points {ig_points!r}")
+    ks = range(1, steps + 1) if ig_points == "right" else range(0, steps)
+    if method == "eap":
+        return [(0, 1.0)]
+    if method == "clean-corrupted":
+        return [(0, 1.0), (0, 0.0)]
+    groups = [0] if method == "eap-ig" else range(len(source_hooks(graph)))
+    return [(g, k / steps) for g in groups for k in ks]
 
 
 def edge_scores(model, graph: Graph, data, batch_size: int = 32, method: str = "eap", ig_steps: int = 5,
-                progress=None, per_prompt: bool = False):
+                progress=None, per_prompt: bool = False, ig_points: str = "right"):
     """Attribution score of every edge, [S, R] float64 (0 where no edge), mean over the items of data; with
     per_prompt also each item's own scores, [N, S, R] float32 (their mean is the first result)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-    steps = 1 if method == "eap" else ig_steps
-    alphas = [1.0] + [k / steps for k in range(1, steps)]  # alpha = 1 first: it records the clean outputs
+    points = gradient_points(graph, method, ig_steps, ig_points)
     scores = torch.zeros(graph.n_sources, graph.n_receivers, dtype=torch.float64, device=model.device)
     items = torch.zeros(len(data), graph.n_sources, graph.n_receivers, device=model.device) if per_prompt else None
     for start in range(0, len(data), batch_size):
         batch = data.subset(slice(start, start + batch_size)).to(model.device)
         corrupt = source_outputs(model, graph, batch.corrupt)  # [S, B, P, D]
-        delta = torch.empty_like(corrupt)  # corrupted - clean, filled during the alpha = 1 pass
         rows = items[start:start + len(batch)] if per_prompt else None
-        for alpha in alphas:
-            _accumulate(model, graph, batch, corrupt, delta, alpha, record_clean=alpha == 1.0,
-                        scores=scores, weight=1.0 / (steps * len(data)), items=rows, item_weight=1.0 / steps)
+        common = dict(scores=scores, weight=1.0 / (len(points) * len(data)), items=rows, item_weight=1.0 / len(points))
+        if (0, 1.0) in points:  # the clean point first: its pass records the clean outputs (delta)
+            delta = torch.empty_like(corrupt)
+            for point in [(0, 1.0)] + [p for p in points if p != (0, 1.0)]:
+                _accumulate(model, graph, batch, corrupt, delta, point, record_clean=point == (0, 1.0), **common)
+        else:
+            delta = corrupt - source_outputs(model, graph, batch.clean)
+            for point in points:
+                _accumulate(model, graph, batch, corrupt, delta, point, record_clean=False, **common)
         if progress is not None:
             progress.update(len(batch))
     mean = (scores * graph.edge_exists.to(scores.device)).cpu()
     return (mean, (items * graph.edge_exists.to(items.device)).cpu()) if per_prompt else mean
 
 
-def _accumulate(model, graph, batch, corrupt, delta, alpha, record_clean, scores, weight, items=None,
+def _accumulate(model, graph, batch, corrupt, delta, point, record_clean, scores, weight, items=None,
                 item_weight=1.0):
-    embed_corrupt = corrupt[0]  # [B, P, D]
+    chunk, alpha = point
+    name, chunk_rows = source_hooks(graph)[chunk]
 
-    def input_hook(x, hook):
-        if alpha != 1.0:
-            x = embed_corrupt + alpha * (x - embed_corrupt)
+    def interpolate(x, hook):  # the chunk's output on the line from corrupted (0) to clean (1), a leaf; x is
+        value = corrupt[chunk_rows] + alpha * (as_sources(x.detach()) - corrupt[chunk_rows])  # its clean output
+        value = value.permute(1, 2, 0, 3) if x.dim() == 4 else value[0]
+        return value.contiguous().requires_grad_(True)
+
+    def input_hook(x, hook):  # gradients need a leaf: the clean input, when another chunk is interpolated
         return x.detach().requires_grad_(True)
 
     def record(rows):
@@ -73,9 +100,10 @@ def _accumulate(model, graph, batch, corrupt, delta, alpha, record_clean, scores
             scores[:n_sources, cols] += weight * (delta[:n_sources].reshape(n_sources, -1) @ g).double()
         return hook
 
-    fwd = [("blocks.0.hook_resid_pre", input_hook)]
+    fwd = [] if chunk == 0 else [("blocks.0.hook_resid_pre", input_hook)]
     if record_clean:
-        fwd += [(name, record(rows)) for name, rows in source_hooks(graph)]
+        fwd += [(n, record(rows)) for n, rows in source_hooks(graph)]
+    fwd.append((name, interpolate))
     bwd = []
     for l in range(graph.n_layers):
         for kind in "qkv":
