@@ -9,6 +9,8 @@
 (d) one ACDC trial (edge into a receiver at layer l, recomputing blocks l.. with the search's hooks) / the
     bare partial forward from layer l, for early, middle and late l (on rotary models every trial is a full
     pass, measured against the bare full forward); and ACDC's total forward passes;
+(f) 08's exact single-edge effects per edge / one masked forward, and 07's direct path patching per sender /
+    one bare forward;
 (e) causal scrubbing of the IOI hypothesis (canonical features on the canonical circuit where published,
     else the answer feature on half the edges; pool of 10 x n prompts) / one bare forward of the n
     prompts, and per forward row it needs (rows of its plain and scrubbed passes).
@@ -102,6 +104,26 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
     ablate = ablate_mask(graph, keep)
     t_masked = timed(lambda: masked_answer_logits(lm, graph, data, values, ablate), repeats, dev)
 
+    # 08: exact single-edge effects, many edge masks per pass; per edge / one masked forward
+    from lib.methods.agreement import exact_effects
+    from lib.methods.path_patching import PathPatcher
+
+    clean_metric = data_metric(lm.bridge(data.clean)[rows, data.answer_pos], data).detach().cpu().numpy()
+    few = [tuple(e) for e in graph.edge_exists.nonzero().tolist()[:: max(1, graph.n_edges // 64)]][:64]
+    t_edges = timed(lambda: exact_effects(lm, graph, data, few, clean_metric, "resample", len(data)), 1, dev)
+    # 07: direct path patching of 16 senders to the logits; per sender / one bare forward
+    senders = list(range(1, min(17, graph.n_sources)))
+    to_logits = torch.zeros(graph.n_receivers, dtype=torch.bool)
+    to_logits[graph.logits_receiver] = True
+    t_path = timed(lambda: PathPatcher(lm, graph, data, "noise").metrics(senders, to_logits, "direct"), 1, dev)
+    path_rows = [
+        {"measure": f"08 exact effect per edge ({len(few)} edges) / masked forward", "seconds": t_edges / len(few),
+         "floor_seconds": t_masked, "ratio": t_edges / len(few) / t_masked, "target": 1.0,
+         "peak_memory_mb": peak_memory_mb(dev)},
+        {"measure": f"07 path patching per sender ({len(senders)} senders, direct) / bare forward",
+         "seconds": t_path / len(senders), "floor_seconds": t_fwd, "ratio": t_path / len(senders) / t_fwd,
+         "target": float("nan"), "peak_memory_mb": peak_memory_mb(dev)}]
+
     comps = heads_and_mlps(lm.n_layers, lm.n_heads)
     per_pass = max(1, 256 // len(data))
     t_patch = timed(lambda: patch_metrics(lm, data, comps, "denoise", per_pass), 1, dev, warmup=False) \
@@ -164,7 +186,7 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
         {"measure": f"03 heads+MLPs ({len(comps)} patches) / {len(comps)} bare forwards", "seconds": t_patch,
          "floor_seconds": len(comps) * t_fwd, "ratio": t_patch / (len(comps) * t_fwd), "target": float("nan"),
          "peak_memory_mb": peak_memory_mb(dev)},
-    ] + acdc_rows + scrub_rows).assign(model=lm.name, device=str(dev), n_prompts=len(data), positions=int(data.clean.shape[1]))
+    ] + acdc_rows + scrub_rows + path_rows).assign(model=lm.name, device=str(dev), n_prompts=len(data), positions=int(data.clean.shape[1]))
     print(table.to_string(index=False, float_format="%.3f"))
     from lib.io.results import RunDir
     run = RunDir(opts.out, "benchmarks", {"options": {"model": model, "device": device, "n_prompts": n_prompts,

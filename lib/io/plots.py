@@ -261,3 +261,37 @@ def matrix(values: np.ndarray, rows: list[str], cols: list[str], title: str, cba
     fig.colorbar(im, ax=ax, label=cbar, shrink=0.9)
     ax.set_title("\n".join(textwrap.wrap(title, 80)) if "\n" not in title else title, fontsize=10)
     return fig
+
+
+def fit_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[float, float]]], title: str,
+                xlabel: str, ylabel: str):
+    """One scatter per panel (x, y, marked [bool] or None, (slope, intercept)) with the line of best fit and
+    y = x; marked points (e.g. the canonical circuit's edges) drawn in another colour."""
+    fig, axes = _grid(len(panels), width=4.6, height=4.2)
+    for ax, (name, (x, y, marked, (slope, intercept))) in zip(axes, panels.items()):
+        ax.scatter(x, y, s=8, alpha=0.5, color="C0", label="edges")
+        if marked is not None and marked.any():
+            ax.scatter(x[marked], y[marked], s=14, color="C3", label="canonical circuit")
+        lo, hi = float(x.min()), float(x.max())  # lines over the scores' range
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.7, ls="--", label="y = x")
+        ax.plot([lo, hi], [slope * lo + intercept, slope * hi + intercept], color="k", lw=0.9,
+                label=f"fit: {slope:.2f} x + {intercept:.2g}")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def paired_curves(pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
+                  solid: str, dashed: str):
+    """Per key one colour: (x, y_solid, y_dashed), e.g. the exact metric along an interpolation and a linear
+    estimate of it."""
+    fig, ax = plt.subplots(figsize=(6.6, 4.6))
+    for i, (name, (x, a, b)) in enumerate(pairs.items()):
+        ax.plot(x, a, color=f"C{i}", marker=".", label=f"{name}")
+        ax.plot(x, b, color=f"C{i}", ls="--", lw=0.9)
+    ax.plot([], [], color="k", label=solid)
+    ax.plot([], [], color="k", ls="--", label=dashed)
+    return _label_axes(fig, ax, textwrap.fill(title, 70), xlabel, ylabel)

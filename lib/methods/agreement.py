@@ -1,0 +1,63 @@
+"""How good is the linear estimate? Exact single-edge effects next to EAP / EAP-IG scores (Syed, Rager &
+Conmy 2023, section 5): correlations, the line of best fit, top-k agreement, the worst outliers, and the
+metric along the straight line from an edge's clean to its ablated value.
+
+exact(u -> r) = mean over prompts of metric(edge u -> r ablated) - metric(clean), the quantity EAP estimates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import stats
+
+from lib.core.graph import Graph
+from lib.core.patching import ablates_metric
+
+
+def single_edge_ablates(graph: Graph, edges: list[tuple[int, int]], lam: float = 1.0) -> torch.Tensor:
+    """[E, S, R]: edge e (and only it) ablated by the fraction lam."""
+    out = torch.zeros(len(edges), graph.n_sources, graph.n_receivers)
+    for i, (s, r) in enumerate(edges):
+        out[i, s, r] = lam
+    return out
+
+
+def exact_effects(model, graph: Graph, data, edges: list[tuple[int, int]], clean_metric: np.ndarray,
+                  ablation: str = "resample", batch_size: int = 32, rows_per_pass: int = 256) -> np.ndarray:
+    """Per edge and prompt [E, N]: metric with that edge ablated minus the clean metric (many edges per pass)."""
+    m = ablates_metric(model, graph, data, single_edge_ablates(graph, edges), ablation, batch_size, rows_per_pass)
+    return m.numpy() - clean_metric[None]
+
+
+def interpolation(model, graph: Graph, data, edges: list[tuple[int, int]], lambdas: list[float],
+                  ablation: str = "resample", batch_size: int = 32) -> np.ndarray:
+    """[E, L] mean metric with each edge moved a fraction lambda from its clean value (0) to its ablated one (1)."""
+    ablates = torch.cat([single_edge_ablates(graph, [e], lam) for e in edges for lam in lambdas])
+    m = ablates_metric(model, graph, data, ablates, ablation, batch_size).numpy().mean(1)
+    return m.reshape(len(edges), len(lambdas))
+
+
+def agreement(estimate: np.ndarray, exact: np.ndarray, ks: tuple[int, ...] = (10, 50, 100)) -> dict:
+    """Pearson, Spearman, R^2 and the least-squares line exact ~ slope * estimate + intercept, and the Jaccard
+    of the top-k sets by |value| for each k."""
+    fit = stats.linregress(estimate, exact)
+    out = {"n_edges": len(exact), "pearson": float(fit.rvalue), "spearman": float(stats.spearmanr(estimate, exact).statistic),
+           "r2": float(fit.rvalue ** 2), "slope": float(fit.slope), "intercept": float(fit.intercept),
+           "mean_abs_error": float(np.abs(estimate - exact).mean())}
+    for k in ks:
+        if k <= len(exact):
+            a = set(np.argsort(-np.abs(estimate), kind="stable")[:k])
+            b = set(np.argsort(-np.abs(exact), kind="stable")[:k])
+            out[f"top{k}_jaccard"] = len(a & b) / len(a | b)
+    return out
+
+
+def stratified_sample(scores: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n indices spread over the rank of |score|: one drawn from each of n equal strata of the ranking."""
+    order = np.argsort(-np.abs(scores), kind="stable")
+    if n >= len(order):
+        return np.sort(order)
+    rng = np.random.default_rng(seed)
+    bounds = np.linspace(0, len(order), n + 1).astype(int)
+    return np.sort(np.array([order[rng.integers(lo, hi)] for lo, hi in zip(bounds[:-1], bounds[1:])]))
