@@ -25,9 +25,43 @@ def single_edge_ablates(graph: Graph, edges: list[tuple[int, int]], lam: float =
 
 def exact_effects(model, graph: Graph, data, edges: list[tuple[int, int]], clean_metric: np.ndarray,
                   ablation: str = "resample", batch_size: int = 32, rows_per_pass: int = 256) -> np.ndarray:
-    """Per edge and prompt [E, N]: metric with that edge ablated minus the clean metric (many edges per pass)."""
-    m = ablates_metric(model, graph, data, single_edge_ablates(graph, edges), ablation, batch_size, rows_per_pass)
-    return m.numpy() - clean_metric[None]
+    """Per edge and prompt [E, N]: metric with that edge ablated minus the clean metric. Many edges share a
+    forward pass, each in its own block of rows; a block differs from the clean run only at its receiver, which
+    reads delta_u = ablation(u) - out_u(this run) on top (u writes before r, and nothing before r is patched)."""
+    from lib.core.metrics import data_metric
+    from lib.core.model import logits_at
+    from lib.core.patching import ablation_values, receiver_groups, source_outputs
+
+    out = np.empty((len(edges), len(data)))
+    groups = list(receiver_groups(graph))
+    for start in range(0, len(data), batch_size):
+        batch = data.subset(slice(start, start + batch_size))
+        B = len(batch)
+        delta = ablation_values(model, graph, batch, ablation) - source_outputs(model, graph, batch.clean.to(model.device))
+        per_pass = max(1, rows_per_pass // B)
+        for e0 in range(0, len(edges), per_pass):
+            chunk = edges[e0:e0 + per_pass]
+            hooks = []
+            for name, cols, _ in groups:
+                mine = [(m, s, r - cols.start) for m, (s, r) in enumerate(chunk) if cols.start <= r < cols.stop]
+                if not mine:
+                    continue
+
+                def hook(x, hook, mine=mine):
+                    x = x.clone()
+                    for m, s, j in mine:
+                        rows = slice(m * B, (m + 1) * B)
+                        if x.dim() == 4:
+                            x[rows, :, j] += delta[s]
+                        else:
+                            x[rows] += delta[s]
+                    return x
+                hooks.append((name, hook))
+            rep = batch.subset(torch.arange(B).repeat(len(chunk)))
+            with torch.no_grad():
+                logits = logits_at(model, rep.clean.to(model.device), rep.answer_pos, hooks)
+            out[e0:e0 + len(chunk), start:start + B] = data_metric(logits, rep).view(len(chunk), B).cpu().numpy()
+    return out - clean_metric[None]
 
 
 def interpolation(model, graph: Graph, data, edges: list[tuple[int, int]], lambdas: list[float],
