@@ -53,11 +53,15 @@ REFUSED = {
 }
 
 
+def twins(cls, cfg):
+    """Two Hugging Face models with the same seeded weights: one stays untouched as the reference, the other
+    is handed to the bridge (which modifies the module it wraps)."""
+    return tuple(random_model(cls, cfg, seed=5, random_biases=True).eval() for _ in range(2))
+
+
 def build(arch: str, tokenizer):
     """(the Hugging Face model as built, untouched; the same weights loaded for circuit work)."""
-    cls, cfg = tiny_configs(len(tokenizer))[arch]
-    hf = random_model(cls, cfg, tokenizer, seed=5, random_biases=True).eval()
-    reference = random_model(cls, cfg, tokenizer, seed=5, random_biases=True).eval()
+    reference, hf = twins(*tiny_configs(len(tokenizer))[arch])
     return reference, from_hf(hf, tokenizer, arch)
 
 
@@ -198,8 +202,7 @@ def test_soft_capped_logits_are_the_models_own(toy_tokenizer):
 
     cls, cfg = tiny_configs(len(toy_tokenizer))["gemma2"]
     cfg.final_logit_softcapping = 0.5  # small, so that it really bends these logits
-    reference = random_model(cls, cfg, toy_tokenizer, seed=5, random_biases=True).eval()
-    hf = random_model(cls, cfg, toy_tokenizer, seed=5, random_biases=True).eval()
+    reference, hf = twins(cls, cfg)
     from lib.core.model import LoadedModel, bridge_from_hf
 
     bridge, n_kv = bridge_from_hf(hf, toy_tokenizer, "gemma2", torch.device("cpu"), torch.float32)
@@ -223,20 +226,25 @@ def test_soft_capped_logits_are_the_models_own(toy_tokenizer):
         direct_logit_attribution(model, TASKS["ioi"].build(toy_tokenizer, 2, 0))
 
 
+class Rewriting:
+    """A tokenizer that rewrites every text before tokenizing it (everything else as the wrapped one's)."""
+
+    def __init__(self, tokenizer, rewrite):
+        self.tokenizer, self.rewrite = tokenizer, rewrite
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, texts, **kw):
+        if isinstance(texts, str):
+            return {"input_ids": self([texts], **kw)["input_ids"][0]}
+        return self.tokenizer([self.rewrite(t) for t in texts], **kw)
+
+
 def test_greater_than_refuses_a_digit_splitting_tokenizer(toy_tokenizer):
-    class DigitSplitting:
-        """The toy tokenizer, but every number is split into single digits (as Llama 3's and Qwen's)."""
-
-        def __getattr__(self, name):
-            return getattr(toy_tokenizer, name)
-
-        def __call__(self, texts, **kw):
-            if isinstance(texts, str):
-                return {"input_ids": self([texts], **kw)["input_ids"][0]}
-            return toy_tokenizer([re.sub(r"(\d)(?=\d)", r"\1 ", t) for t in texts], **kw)
-
+    digit_splitting = Rewriting(toy_tokenizer, lambda t: re.sub(r"(\d)(?=\d)", r"\1 ", t))  # as Llama 3's, Qwen's
     with pytest.raises(UserError, match="task greater-than needs every two-digit year ending 00..99 as one token"):
-        TASKS["greater-than"].build(DigitSplitting(), 4, 0)
+        TASKS["greater-than"].build(digit_splitting, 4, 0)
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +253,7 @@ def saved(tmp_path_factory, toy_tokenizer):
     def save(arch: str):
         where = tmp_path_factory.mktemp(arch)
         cls, cfg = tiny_configs(len(toy_tokenizer))[arch]
-        random_model(cls, cfg, toy_tokenizer, seed=5, random_biases=True).save_pretrained(where)
+        random_model(cls, cfg, seed=5, random_biases=True).save_pretrained(where)
         toy_tokenizer.save_pretrained(where)
         return where
     return save
@@ -283,16 +291,7 @@ def test_scripts_run_on_other_architectures(name, script, saved, tmp_path):
 
 def test_words_a_tokenizer_splits_are_dropped_and_recorded(toy_tokenizer):
     """Every token constraint is checked against the loaded tokenizer; what it removed is in dataset.csv."""
-    class SplitsMary:
-        def __getattr__(self, name):
-            return getattr(toy_tokenizer, name)
-
-        def __call__(self, texts, **kw):
-            if isinstance(texts, str):
-                return {"input_ids": self([texts], **kw)["input_ids"][0]}
-            return toy_tokenizer([t.replace("Mary", "Ma ry") for t in texts], **kw)
-
-    data = TASKS["ioi"].build(SplitsMary(), 40, 0)
+    data = TASKS["ioi"].build(Rewriting(toy_tokenizer, lambda t: t.replace("Mary", "Ma ry")), 40, 0)
     frame = data.dataset_frame(toy_tokenizer)
     assert not frame.clean_text.str.contains("Mary").any()
     assert set(frame.vocab_dropped) == {"names: Mary"} and (frame.prompts_dropped == data.n_dropped).all()

@@ -31,11 +31,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     source: str  # where the weights came from, for run.json
-    arch: Architecture | None = None
-
-    def __post_init__(self):
-        if self.arch is None:
-            self.arch = architecture.read(self.bridge, self.bridge.cfg.n_heads)
+    arch: Architecture
 
     @property
     def n_layers(self) -> int:
@@ -157,7 +153,7 @@ def bridge_from_hf(hf_model, tokenizer, name: str, device: torch.device, dtype: 
     return bridge, n_kv
 
 
-def random_model(hf_class, config, tokenizer, seed: int = 0, random_biases: bool = False):
+def random_model(hf_class, config, seed: int = 0, random_biases: bool = False):
     """A Hugging Face model of any architecture with seeded random weights; random_biases also perturbs
     biases and norm weights away from their 0/1 defaults so that identities involving them are real."""
     torch.manual_seed(seed)
@@ -170,14 +166,11 @@ def random_model(hf_class, config, tokenizer, seed: int = 0, random_biases: bool
     return hf
 
 
-def _random_bridge(tokenizer, seed: int, name: str, device: torch.device, dtype: torch.dtype,
-                   random_biases: bool = False, **config):
-    """A GPT-2-architecture model with seeded random weights (GPT-2's initialiser), prepared like any other."""
+def _random_gpt2_hf(tokenizer, seed: int, random_biases: bool = False, **config):
+    """A GPT-2-architecture Hugging Face model with seeded random weights (GPT-2's initialiser)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    hf = random_model(GPT2LMHeadModel, GPT2Config(vocab_size=len(tokenizer), **config), tokenizer, seed,
-                      random_biases)
-    return bridge_from_hf(hf, tokenizer, name, device, dtype)[0]
+    return random_model(GPT2LMHeadModel, GPT2Config(vocab_size=len(tokenizer), **config), seed, random_biases)
 
 
 def from_hf(hf_model, tokenizer, name: str = "random", device="cpu", dtype=torch.float32,
@@ -191,17 +184,15 @@ def from_hf(hf_model, tokenizer, name: str = "random", device="cpu", dtype=torch
 def random_gpt2(tokenizer, seed: int = 0, name: str = "random", device="cpu", dtype=torch.float32,
                 random_biases: bool = False, **config) -> LoadedModel:
     """A small random GPT-2-architecture model in memory (tests, benchmarks); config as in GPT2Config."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    hf = random_model(GPT2LMHeadModel, GPT2Config(vocab_size=len(tokenizer), **config), tokenizer, seed,
-                      random_biases)
+    hf = _random_gpt2_hf(tokenizer, seed, random_biases, **config)
     return from_hf(hf, tokenizer, name, device, dtype, f"random {name}, seed {seed}")
 
 
 def load_gpt2_random(device: torch.device, dtype: torch.dtype, seed: int):
     """GPT-2 small's exact shape, weights drawn from GPT-2's initialiser with a fixed seed."""
-    bridge = _random_bridge(gpt2_tokenizer(), seed, "gpt2-random", device, dtype)
-    return bridge, f"random GPT-2 small, seed {seed}", bridge.cfg.n_heads
+    tokenizer = gpt2_tokenizer()
+    bridge, n_kv = bridge_from_hf(_random_gpt2_hf(tokenizer, seed), tokenizer, "gpt2-random", device, dtype)
+    return bridge, f"random GPT-2 small, seed {seed}", n_kv
 
 
 def load_hf(where: str, device: torch.device, dtype: torch.dtype, name: str, what: str):
@@ -275,7 +266,7 @@ def load_pythia_random(device: torch.device, dtype: torch.dtype, seed: int):
                            intermediate_size=3072, rotary_pct=0.25, use_parallel_residual=True,
                            max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
                            eos_token_id=tokenizer.eos_token_id)
-    hf = random_model(GPTNeoXForCausalLM, config, tokenizer, seed)
+    hf = random_model(GPTNeoXForCausalLM, config, seed)
     bridge, n_kv = bridge_from_hf(hf, tokenizer, "pythia-160m-random", device, dtype)
     return bridge, f"random Pythia-160m shape (GPT-NeoX), GPT-2 tokenizer, seed {seed}", n_kv
 
