@@ -35,12 +35,22 @@ def test_exact_effects_equal_single_edge_runs(setup):
 
 
 def test_interpolation_endpoints(setup):
+    """lambda = 0 is the clean model, 1 the single-edge ablation, and 0.5 the edge engine with that edge's
+    weight 0.5 (an independent implementation of the same intervention)."""
+    from lib.core.patching import ablation_values, masked_answer_logits
+
     model, g, data, clean = setup
     edges = [tuple(e) for e in g.edge_exists.nonzero().tolist()[:3]]
     line = agreement.interpolation(model, g, data, edges, [0.0, 0.5, 1.0], batch_size=4)
     exact = agreement.exact_effects(model, g, data, edges, clean, batch_size=4).mean(1)
     np.testing.assert_allclose(line[:, 0], clean.mean(), atol=1e-5)
     np.testing.assert_allclose(line[:, 2], clean.mean() + exact, atol=1e-5)
+    values = ablation_values(model, g, data, "resample")
+    for i, (s, r) in enumerate(edges):
+        half = torch.zeros(g.n_sources, g.n_receivers)
+        half[s, r] = 0.5
+        engine = data_metric(masked_answer_logits(model, g, data, values, half), data).mean().item()
+        assert line[i, 1] == pytest.approx(engine, abs=1e-5)
 
 
 def test_agreement_statistics_against_numpy():

@@ -261,28 +261,20 @@ def masks_metric(model, graph: Graph, data, keeps: list[torch.Tensor], ablation:
                  batch_size: int = 32, rows_per_pass: int = 256, reference=None) -> torch.Tensor:
     """The task metric [C, N] of many circuits (kept-edge masks) at once: each forward pass carries several
     circuits, every prompt of the batch once per circuit, each row patched with its own circuit's mask."""
-    ablates = torch.stack([ablate_mask(graph, k) for k in keeps])  # [C, S, R]
-    return ablates_metric(model, graph, data, ablates, ablation, batch_size, rows_per_pass, reference)
-
-
-def ablates_metric(model, graph: Graph, data, ablates: torch.Tensor, ablation: str = "resample",
-                   batch_size: int = 32, rows_per_pass: int = 256, reference=None) -> torch.Tensor:
-    """The task metric [C, N] of many ablate matrices ([C, S, R], 1 = ablated; fractions interpolate an edge
-    between its clean and its ablated value), several per forward pass, each row patched with its own."""
     from lib.core.metrics import data_metric
     from lib.core.model import logits_at
 
-    ablates = ablates.to(model.device)
+    ablates = torch.stack([ablate_mask(graph, k) for k in keeps]).to(model.device)  # [C, S, R]
     ref = reference if reference is not None else data
     mean = mean_outputs(model, graph, ref, batch_size) if ablation == "mean" else None
-    out = torch.empty(len(ablates), len(data), dtype=torch.float64)
+    out = torch.empty(len(keeps), len(data), dtype=torch.float64)
     for start in range(0, len(data), batch_size):
         batch = data.subset(slice(start, start + batch_size))
         B = len(batch)
         values = ablation_values(model, graph, batch, ablation, mean)  # [S, B, P, D]
         per_pass = max(1, rows_per_pass // B)
-        for c0 in range(0, len(ablates), per_pass):
-            k = min(per_pass, len(ablates) - c0)
+        for c0 in range(0, len(keeps), per_pass):
+            k = min(per_pass, len(keeps) - c0)
             rep = batch.subset(torch.arange(B).repeat(k))  # circuit-major rows: circuit j has rows j*B..j*B+B-1
             weights = ablates[c0:c0 + k].repeat_interleave(B, dim=0).to(values.dtype)  # [kB, S, R]
             hooks = _row_mask_hooks(graph, values.repeat(1, k, 1, 1), weights)

@@ -12,22 +12,14 @@ import torch
 from scipy import stats
 
 from lib.core.graph import Graph
-from lib.core.patching import ablates_metric
 
 
-def single_edge_ablates(graph: Graph, edges: list[tuple[int, int]], lam: float = 1.0) -> torch.Tensor:
-    """[E, S, R]: edge e (and only it) ablated by the fraction lam."""
-    out = torch.zeros(len(edges), graph.n_sources, graph.n_receivers)
-    for i, (s, r) in enumerate(edges):
-        out[i, s, r] = lam
-    return out
-
-
-def exact_effects(model, graph: Graph, data, edges: list[tuple[int, int]], clean_metric: np.ndarray,
-                  ablation: str = "resample", batch_size: int = 32, rows_per_pass: int = 256) -> np.ndarray:
-    """Per edge and prompt [E, N]: metric with that edge ablated minus the clean metric. Many edges share a
-    forward pass, each in its own block of rows; a block differs from the clean run only at its receiver, which
-    reads delta_u = ablation(u) - out_u(this run) on top (u writes before r, and nothing before r is patched)."""
+def single_edge_metrics(model, graph: Graph, data, edges: list[tuple[int, int, float]], ablation: str = "resample",
+                        batch_size: int = 32, rows_per_pass: int = 256) -> np.ndarray:
+    """Task metric [E, N] with each edge (s, r, lam) moved a fraction lam from its clean value (0) to its ablated
+    one (1), many edges per forward pass, each in its own block of rows. A block differs from the clean run only
+    at its receiver, which reads lam * delta_u = lam * (ablation(u) - out_u(this run)) on top: u writes before
+    r, and nothing before r is patched, so out_u is the clean run's."""
     from lib.core.metrics import data_metric
     from lib.core.model import logits_at
     from lib.core.patching import ablation_values, receiver_groups, source_outputs
@@ -43,33 +35,40 @@ def exact_effects(model, graph: Graph, data, edges: list[tuple[int, int]], clean
             chunk = edges[e0:e0 + per_pass]
             hooks = []
             for name, cols, _ in groups:
-                mine = [(m, s, r - cols.start) for m, (s, r) in enumerate(chunk) if cols.start <= r < cols.stop]
+                mine = [(m, s, r - cols.start, lam) for m, (s, r, lam) in enumerate(chunk) if cols.start <= r < cols.stop]
                 if not mine:
                     continue
 
                 def hook(x, hook, mine=mine):
                     x = x.clone()
-                    for m, s, j in mine:
+                    for m, s, j, lam in mine:
                         rows = slice(m * B, (m + 1) * B)
                         if x.dim() == 4:
-                            x[rows, :, j] += delta[s]
+                            x[rows, :, j] += lam * delta[s]
                         else:
-                            x[rows] += delta[s]
+                            x[rows] += lam * delta[s]
                     return x
                 hooks.append((name, hook))
             rep = batch.subset(torch.arange(B).repeat(len(chunk)))
             with torch.no_grad():
                 logits = logits_at(model, rep.clean.to(model.device), rep.answer_pos, hooks)
             out[e0:e0 + len(chunk), start:start + B] = data_metric(logits, rep).view(len(chunk), B).cpu().numpy()
-    return out - clean_metric[None]
+    return out
+
+
+def exact_effects(model, graph: Graph, data, edges: list[tuple[int, int]], clean_metric: np.ndarray,
+                  ablation: str = "resample", batch_size: int = 32, rows_per_pass: int = 256) -> np.ndarray:
+    """Per edge and prompt [E, N]: metric with that edge alone ablated minus the clean metric."""
+    m = single_edge_metrics(model, graph, data, [(s, r, 1.0) for s, r in edges], ablation, batch_size, rows_per_pass)
+    return m - clean_metric[None]
 
 
 def interpolation(model, graph: Graph, data, edges: list[tuple[int, int]], lambdas: list[float],
                   ablation: str = "resample", batch_size: int = 32) -> np.ndarray:
     """[E, L] mean metric with each edge moved a fraction lambda from its clean value (0) to its ablated one (1)."""
-    ablates = torch.cat([single_edge_ablates(graph, [e], lam) for e in edges for lam in lambdas])
-    m = ablates_metric(model, graph, data, ablates, ablation, batch_size).numpy().mean(1)
-    return m.reshape(len(edges), len(lambdas))
+    m = single_edge_metrics(model, graph, data, [(s, r, lam) for s, r in edges for lam in lambdas], ablation,
+                            batch_size)
+    return m.mean(1).reshape(len(edges), len(lambdas))
 
 
 def agreement(estimate: np.ndarray, exact: np.ndarray, ks: tuple[int, ...] = (10, 50, 100)) -> dict:
