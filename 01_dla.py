@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from lib.core.graph import layer_head
 from lib.io import cli, plots, progress
 from lib.io.headline import Metric
 from lib.methods import intervals
@@ -60,7 +61,7 @@ def dla_task(lm, name: str, data, opts, bar) -> dict:
     low, high = intervals.interval(intervals.mean, att.T, n_resamples=opts.n_bootstrap, seed=opts.seed)  # [C] each
     rows = []
     for c, comp in enumerate(r.components):
-        layer, head = _layer_head(comp)
+        layer, head = layer_head(comp)
         rows.append({"task": name, "component": comp, "kind": _kind(comp), "layer": layer,
                      "head": head, "mean": mean[c], "std": std[c], "mean_ci_low": low[c], "mean_ci_high": high[c]})
     total = att.sum(1)
@@ -89,12 +90,6 @@ def layer_rows(lm, name: str, data, opts) -> list[dict]:
                      "write_projection_std": write[:, i].std(), "write_norm": norms[:, i].mean()})
     return rows
 
-
-def _layer_head(comp: str) -> tuple[int, int]:
-    if comp.startswith("a"):
-        layer, head = comp[1:].split(".h")
-        return int(layer), int(head)
-    return (int(comp[1:]), -1) if comp.startswith("m") else (-1, -1)
 
 
 def _kind(comp: str) -> str:

@@ -13,7 +13,7 @@ import typer
 
 from lib.core.errors import UserError
 from lib.core.evaluate import behaviour
-from lib.core.graph import graph_of
+from lib.core.graph import graph_of, layer_head
 from lib.io import cli, plots, progress
 from lib.io.headline import Metric
 from lib.methods import intervals
@@ -95,7 +95,7 @@ def path_task(lm, graph, name: str, data, receiver_sets: list, sender_rows: list
         r = intervals.normalized_columns(per_item, clean, corrupt, opts.n_bootstrap, opts.seed)
         for i, s in enumerate(sender_rows):
             sender = graph.sources[s]
-            layer, head = _layer_head(sender)
+            layer, head = layer_head(sender)
             rows.append({"task": name, "sender": sender, "sender_kind": "head" if head >= 0 else "mlp",
                          "layer": layer, "head": head, "receivers": label, "scan": scan, "path": path,
                          "direction": direction, "n": len(data), "metric": r["metric"][i],
@@ -105,12 +105,6 @@ def path_task(lm, graph, name: str, data, receiver_sets: list, sender_rows: list
                          "change": r["normalized"][i] - (direction == "noise")})
     return rows
 
-
-def _layer_head(node: str) -> tuple[int, int]:
-    if node.startswith("a"):
-        layer, head = node[1:].split(".h")
-        return int(layer), int(head)
-    return int(node[1:]), -1
 
 
 def write_figures(run, lm, frame: pd.DataFrame) -> None:

@@ -17,7 +17,7 @@ from lib.core.errors import UserError
 from lib.core.graph import Circuit, graph_of
 from lib.io import cli, plots, progress
 from lib.io.headline import Metric
-from lib.methods import comparison
+from lib.methods import comparison, intervals
 from lib.methods.acdc import edge_order, kept_mask, run_acdc
 from lib.methods.eap import edge_scores
 from lib.methods.faithfulness import Evaluator, discovery_and_held_out, log_grid, top_k_mask
@@ -99,7 +99,7 @@ def compare_task(lm, graph, name: str, opts, loaded: dict, top_k: int, taus: lis
         previous = set()
         for k, keep, m in zip(grid, keeps, metric):
             nodes = comparison.node_set(graph, keep)
-            f = (m.mean() - ev.corrupt.mean()) / (ev.clean.mean() - ev.corrupt.mean())
+            f = intervals.ratio_of_means(m, ev.clean, ev.corrupt)
             sensitivity.append({"task": name, "method": method, "k": k, "nodes": len(nodes),
                                 "new_nodes": len(nodes - previous), "faithfulness": f})
             previous = nodes

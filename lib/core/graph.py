@@ -149,6 +149,14 @@ class Graph:
         return [n for n in self.nodes if n in on]
 
 
+def layer_head(node: str) -> tuple[int, int]:
+    """'a3.h1' -> (3, 1); 'm2' -> (2, -1); 'input', 'embed', 'logits' -> (-1, -1)."""
+    if node.startswith("a") and ".h" in node:
+        layer, head = node[1:].split(".h")
+        return int(layer), int(head)
+    return (int(node[1:]), -1) if node.startswith("m") and node[1:].isdigit() else (-1, -1)
+
+
 def graph_of(model) -> Graph:
     return Graph(model.n_layers, model.n_heads, model.arch.parallel)
 

@@ -120,8 +120,3 @@ class PathPatcher:
             logits = logits_at(self.model, self.base.repeat(M, 1), rep.answer_pos.to(self.model.device), hooks)
         return data_metric(logits, rep).view(M, B).cpu()
 
-
-def path_patch_metrics(model, graph: Graph, batch, senders: list[int], receivers: torch.Tensor, path: str,
-                       direction: str) -> torch.Tensor:
-    """PathPatcher(...).metrics for one receiver set: [len(senders), B]."""
-    return PathPatcher(model, graph, batch, direction).metrics(senders, receivers, path)
