@@ -79,18 +79,18 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
          seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"),
          direction: Annotated[str, typer.Option(help="denoise | noise | both")] = "both",
-         rows_per_pass: Annotated[int, typer.Option(help="prompt copies per forward pass (components x prompts)")] = 256,
+         rows_per_pass: cli.RowsPerPassOpt = None,
          n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     directions = list(DIRECTIONS) if direction == "both" else [direction]
     if any(d not in DIRECTIONS for d in directions):
         raise UserError(f"unknown direction {direction!r}; choose from denoise, noise, both")
-    cli.check_at_least(1, ("--rows-per-pass", rows_per_pass))
+    cli.check_rows_per_pass(rows_per_pass)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     with cli.experiment("03_activation_patching", opts, resume=resume, headline=HEADLINE, direction=direction,
                         rows_per_pass=rows_per_pass) as (lm, run):
         datasets = cli.task_builds(lm, opts)
         results = cli.per_task(run, opts.tasks, lambda name: patch_task(
-            lm, name, datasets[name], directions, opts, rows_per_pass))
+            lm, name, datasets[name], directions, opts, rows_per_pass or lm.rows_per_pass))
         rows = [row for r in results.values() for row in r["rows"]]
         head_maps = {k: v for r in results.values() for k, v in r["head_maps"].items()}
         resid_maps = {k: v for r in results.values() for k, v in r["resid_maps"].items()}

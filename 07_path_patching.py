@@ -36,7 +36,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          senders: Annotated[str, typer.Option("--senders", help="space-separated heads and MLPs (default: all)")] = "",
          path: Annotated[str, typer.Option("--path", help="direct | through-mlps | both")] = "both",
          direction: Annotated[str, typer.Option("--direction", help="noise | denoise | both")] = "both",
-         rows_per_pass: Annotated[int, typer.Option(help="prompt copies per forward pass (senders x prompts)")] = 256,
+         rows_per_pass: cli.RowsPerPassOpt = None,
          n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     paths = list(PATHS) if path == "both" else [path]
     directions = list(DIRECTIONS) if direction == "both" else [direction]
@@ -46,7 +46,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         raise UserError(f"unknown --direction {direction!r}; choose from noise, denoise, both")
     if not receivers.split():
         raise UserError("--receivers needs at least one receiver, node, group or scan")
-    cli.check_at_least(1, ("--rows-per-pass", rows_per_pass))
+    cli.check_rows_per_pass(rows_per_pass)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     with cli.experiment("07_path_patching", opts, resume=resume, headline=HEADLINE, receivers=receivers,
                         senders=senders, path=path, direction=direction, rows_per_pass=rows_per_pass) as (lm, run):
@@ -55,7 +55,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         sets = {name: parse_receivers(receivers, graph, name, lm.name) for name in opts.tasks}  # refuse early
         datasets = cli.task_builds(lm, opts)
         results = cli.per_task(run, opts.tasks, lambda name: path_task(
-            lm, graph, name, datasets[name], sets[name], sender_rows, paths, directions, opts, rows_per_pass))
+            lm, graph, name, datasets[name], sets[name], sender_rows, paths, directions, opts, rows_per_pass or lm.rows_per_pass))
         frame = pd.DataFrame([row for r in results.values() for row in r])
         run.csv("dataset.csv", pd.concat([d.dataset_frame(lm.tokenizer) for d in datasets.values()]))
         run.csv("path_patching.csv", frame)

@@ -36,17 +36,18 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                                               "(0: every edge)")] = 0,
          ig_steps: Annotated[int, typer.Option("--ig-steps", help="EAP-IG integration steps")] = 5,
          curves: Annotated[int, typer.Option("--curves", help="largest outliers whose interpolation is traced")] = 5,
-         rows_per_pass: Annotated[int, typer.Option(help="prompt copies per forward pass (edges x prompts)")] = 256,
+         rows_per_pass: cli.RowsPerPassOpt = None,
          n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     cli.check_at_least(0, ("--sample", sample), ("--curves", curves))
-    cli.check_at_least(1, ("--ig-steps", ig_steps), ("--rows-per-pass", rows_per_pass))
+    cli.check_at_least(1, ("--ig-steps", ig_steps))
+    cli.check_rows_per_pass(rows_per_pass)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     with cli.experiment("08_attribution_vs_patching", opts, resume=resume, headline=HEADLINE, sample=sample,
                         ig_steps=ig_steps, curves=curves, rows_per_pass=rows_per_pass) as (lm, run):
         graph = graph_of(lm)
         datasets = cli.task_builds(lm, opts)
         results = cli.per_task(run, opts.tasks, lambda name: compare_task(
-            lm, graph, name, datasets[name], opts, sample, ig_steps, curves, rows_per_pass))
+            lm, graph, name, datasets[name], opts, sample, ig_steps, curves, rows_per_pass or lm.rows_per_pass))
         frames = {k: pd.concat([r[k] for r in results.values()], ignore_index=True)
                   for k in ("edges", "agreement", "outliers", "curves", "nodes")}
         run.csv("dataset.csv", pd.concat([d.dataset_frame(lm.tokenizer) for d in datasets.values()]))
@@ -68,14 +69,10 @@ def compare_task(lm, graph, name: str, data, opts, sample: int, ig_steps: int, n
     eap_flat = scores["eap"][exists].numpy()
     chosen = agreement.stratified_sample(eap_flat, sample, opts.seed) if sample else np.arange(len(all_edges))
     edges = [tuple(all_edges[i]) for i in chosen]
-    per_pass = max(1, rows_per_pass // min(opts.batch_size, len(data)))
-    exact = np.zeros((len(edges), len(data)))
-    with progress.bar(len(edges), f"{name}: exact single-edge effects", "edge") as bar:
-        for e0 in range(0, len(edges), per_pass * 4):
-            part = edges[e0:e0 + per_pass * 4]
-            exact[e0:e0 + len(part)] = agreement.exact_effects(lm, graph, data, part, clean, "resample",
-                                                               opts.batch_size, rows_per_pass)
-            bar.update(len(part))
+    n_batches = -(-len(data) // opts.batch_size)
+    with progress.bar(len(edges) * n_batches, f"{name}: exact single-edge effects x {n_batches} batches", "edge") as bar:
+        exact = agreement.exact_effects(lm, graph, data, edges, clean, "resample", opts.batch_size, rows_per_pass,
+                                        progress=bar)
     exact_mean = exact.mean(1)
     low, high = intervals.interval(intervals.mean, exact, n_resamples=opts.n_bootstrap, seed=opts.seed)
     reference = canonical_circuit(name, graph, lm.name)

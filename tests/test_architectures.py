@@ -16,7 +16,7 @@ from lib.core.metrics import data_metric
 from lib.core.model import answer_logits, from_hf, logits_at, random_model
 from lib.core.patching import (ablate_mask, ablation_values, as_sources, evaluate_mask, masked_answer_logits,
                                receiver_groups, source_hooks)
-from lib.methods.acdc import PartialRunner, receiver_layer
+from lib.methods.acdc import PartialRunner
 from lib.methods.dla import direct_logit_attribution
 from lib.methods.eap import edge_scores
 from tasks import TASKS
@@ -161,7 +161,7 @@ def test_acdc_partial_recompute_equals_the_full_forward_at_every_start_layer(arc
     _, _, model, g, data = arch
     runner = PartialRunner(model, g, data, "resample", batch_size=4)
     gen = torch.Generator().manual_seed(3)
-    receiver_layers = torch.tensor([receiver_layer(g, r) for r in range(g.n_receivers)])
+    receiver_layers = torch.tensor([g.receiver_layer(r) for r in range(g.n_receivers)])
     values = ablation_values(model, g, data, "resample")
     for start in range(g.n_layers + 1):
         # what ACDC has removed before a trial at this layer: edges into receivers at layers >= start

@@ -72,6 +72,14 @@ class Graph:
     def logits_receiver(self) -> int:
         return self.n_receivers - 1
 
+    def receiver_layer(self, r: int) -> int:
+        """The layer whose block reads receiver column r (n_layers for the logits)."""
+        return self.n_layers if r == self.logits_receiver else r // (3 * self.n_heads + 1)
+
+    def source_layer(self, s: int) -> int:
+        """The layer whose block writes source row s (0 for the input)."""
+        return 0 if s == 0 else (s - 1) // (self.n_heads + 1)
+
     def sources_before_attn(self, layer: int) -> int:
         """Number of sources (a prefix of the rows) that write before layer's attention reads."""
         return 1 + layer * (self.n_heads + 1)

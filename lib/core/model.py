@@ -45,6 +45,12 @@ class LoadedModel:
     def d_model(self) -> int:
         return self.bridge.cfg.d_model
 
+    @property
+    def rows_per_pass(self) -> int:
+        """Default rows (interventions x prompts) of one stacked forward pass: wide on a GPU; on CPU passes
+        past ~32 rows run slower per row (memory-bound per-head tensors; benchmarks/bench_engine.py)."""
+        return 256 if self.device.type == "cuda" else 32
+
     def describe(self) -> dict:
         return {"name": self.name, "source": self.source, "n_layers": self.n_layers,
                 "n_heads": self.n_heads, "d_model": self.d_model, "d_vocab": self.bridge.cfg.d_vocab,

@@ -258,7 +258,7 @@ def evaluate_mask(model, graph: Graph, data, keep: torch.Tensor, ablation: str =
 
 
 def masks_metric(model, graph: Graph, data, keeps: list[torch.Tensor], ablation: str = "resample",
-                 batch_size: int = 32, rows_per_pass: int = 256, reference=None) -> torch.Tensor:
+                 batch_size: int = 32, rows_per_pass: int | None = None, reference=None) -> torch.Tensor:
     """The task metric [C, N] of many circuits (kept-edge masks) at once: each forward pass carries several
     circuits, every prompt of the batch once per circuit, each row patched with its own circuit's mask."""
     from lib.core.metrics import data_metric
@@ -272,7 +272,7 @@ def masks_metric(model, graph: Graph, data, keeps: list[torch.Tensor], ablation:
         batch = data.subset(slice(start, start + batch_size))
         B = len(batch)
         values = ablation_values(model, graph, batch, ablation, mean)  # [S, B, P, D]
-        per_pass = max(1, rows_per_pass // B)
+        per_pass = max(1, (rows_per_pass or model.rows_per_pass) // B)
         for c0 in range(0, len(keeps), per_pass):
             k = min(per_pass, len(keeps) - c0)
             rep = batch.subset(torch.arange(B).repeat(k))  # circuit-major rows: circuit j has rows j*B..j*B+B-1

@@ -35,6 +35,9 @@ NBootstrapOpt = Annotated[int, typer.Option("--n-bootstrap", help="bootstrap res
 ExportOpt = Annotated[str, typer.Option("--export", help="eap-ig: also write every circuit in the EAP-IG "
                                        "library's graph JSON (the format of MIB submissions), as <name>.eap-ig.json")]
 EXPORTS = ("", "eap-ig")
+RowsPerPassOpt = Annotated[Optional[int], typer.Option(
+    "--rows-per-pass", help="prompt copies per forward pass when interventions share one (interventions x prompts); "
+                            "default 256 on a GPU, 32 on CPU (wider passes are slower per row there)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="no progress output (batch jobs)")]
 ResumeOpt = Annotated[Optional[Path], typer.Option(
     "--resume", help="continue an interrupted run (<run-id>.interrupted, or a killed run's .staging-<run-id>) "
@@ -98,6 +101,11 @@ def check_at_least(minimum: int, *options: tuple[str, int]) -> None:
     for what, value in options:
         if value < minimum:
             raise UserError(f"{what} must be at least {minimum} (got {value})")
+
+
+def check_rows_per_pass(value: int | None) -> None:
+    if value is not None:
+        check_at_least(1, ("--rows-per-pass", value))
 
 
 def check_export(export: str) -> None:
@@ -199,6 +207,8 @@ def experiment(script: str, opts: Common, resume: Path | None = None, headline: 
     try:
         model = load_model(opts.model, opts.device, opts.dtype, seed=opts.seed)
         run.record["model"] = model.describe()
+        if "rows_per_pass" in extra_options and extra_options["rows_per_pass"] is None:  # the device's default
+            run.record["options"]["rows_per_pass"] = model.rows_per_pass
         yield model, run
     except KeyboardInterrupt as e:
         where, name = run.suspend(), getattr(e, "name", "Ctrl-C")

@@ -20,6 +20,7 @@ from lib.core.graph import Graph
 from lib.core.metrics import data_metric, kl_divergence
 from lib.core.model import unembed_at
 from lib.core.patching import EdgePatch, ablation_values, add_ablated, as_sources, source_hooks
+from lib.core.recompute import run_blocks
 from lib.io import interrupts
 
 METRICS = ("kl", "task")
@@ -57,10 +58,6 @@ def edge_order(graph: Graph, candidates: torch.Tensor | None = None) -> list[tup
             receivers += [graph.qkv_receivers(l, k).start + h for k in "vkq"]
     keep = graph.edge_exists if candidates is None else graph.edge_exists & candidates.bool()
     return [(s, r) for r in receivers for s in reversed(range(graph.n_sources)) if keep[s, r]]
-
-
-def receiver_layer(graph: Graph, r: int) -> int:
-    return graph.n_layers if r == graph.logits_receiver else r // (3 * graph.n_heads + 1)
 
 
 class PartialRunner:
@@ -129,11 +126,8 @@ class PartialRunner:
             with torch.no_grad():
                 logits = bridge(batch.clean)
             return logits[torch.arange(len(batch), device=logits.device), batch.answer_pos]
-        x = self.resid[i][start_layer]
         with torch.no_grad():
-            for l in range(start_layer, g.n_layers):
-                y = bridge.blocks[l](x)
-                x = y[0] if isinstance(y, tuple) else y
+            x = run_blocks(self.model, self.resid[i][start_layer], start_layer)
             x = add_ablated(x, slice(g.logits_receiver, g.logits_receiver + 1), self.deltas, self.ablate)
             return unembed_at(self.model, x, batch.answer_pos)
 
@@ -182,7 +176,7 @@ def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation
         for i in range(state.next_trial, len(order)):
             s, r = order[i]
             runner.ablate[s, r] = 1.0
-            new = evaluate(receiver_layer(graph, r))
+            new = evaluate(graph.receiver_layer(r))
             worse = worsening(metric, new, state.current, absolute)
             name = f"{graph.sources[s]}->{graph.receivers[r]}"
             with interrupts.deferred():  # a trial is recorded whole or not at all (then it is redone on resume)

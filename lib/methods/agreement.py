@@ -15,24 +15,28 @@ from lib.core.graph import Graph
 
 
 def single_edge_metrics(model, graph: Graph, data, edges: list[tuple[int, int, float]], ablation: str = "resample",
-                        batch_size: int = 32, rows_per_pass: int = 256) -> np.ndarray:
+                        batch_size: int = 32, rows_per_pass: int | None = None, progress=None) -> np.ndarray:
     """Task metric [E, N] with each edge (s, r, lam) moved a fraction lam from its clean value (0) to its ablated
     one (1), many edges per forward pass, each in its own block of rows. A block differs from the clean run only
     at its receiver, which reads lam * delta_u = lam * (ablation(u) - out_u(this run)) on top: u writes before
-    r, and nothing before r is patched, so out_u is the clean run's."""
+    r, and nothing before r is patched, so out_u is the clean run's. Edges are taken in receiver order and each
+    pass recomputes only from its earliest receiver's layer (lib.core.recompute)."""
     from lib.core.metrics import data_metric
-    from lib.core.model import logits_at
     from lib.core.patching import ablation_values, receiver_groups, source_outputs
+    from lib.core.recompute import Restart
 
     out = np.empty((len(edges), len(data)))
     groups = list(receiver_groups(graph))
+    order = sorted(range(len(edges)), key=lambda i: edges[i][1])
     for start in range(0, len(data), batch_size):
         batch = data.subset(slice(start, start + batch_size))
         B = len(batch)
-        delta = ablation_values(model, graph, batch, ablation) - source_outputs(model, graph, batch.clean.to(model.device))
-        per_pass = max(1, rows_per_pass // B)
-        for e0 in range(0, len(edges), per_pass):
-            chunk = edges[e0:e0 + per_pass]
+        restart = Restart(model, batch.clean)
+        delta = ablation_values(model, graph, batch, ablation) - source_outputs(model, graph, restart.tokens)
+        per_pass = max(1, (rows_per_pass or model.rows_per_pass) // B)
+        for e0 in range(0, len(order), per_pass):
+            idx = order[e0:e0 + per_pass]
+            chunk = [edges[i] for i in idx]
             hooks = []
             for name, cols, _ in groups:
                 mine = [(m, s, r - cols.start, lam) for m, (s, r, lam) in enumerate(chunk) if cols.start <= r < cols.stop]
@@ -50,16 +54,21 @@ def single_edge_metrics(model, graph: Graph, data, edges: list[tuple[int, int, f
                     return x
                 hooks.append((name, hook))
             rep = batch.subset(torch.arange(B).repeat(len(chunk)))
-            with torch.no_grad():
-                logits = logits_at(model, rep.clean.to(model.device), rep.answer_pos, hooks)
-            out[e0:e0 + len(chunk), start:start + B] = data_metric(logits, rep).view(len(chunk), B).cpu().numpy()
+            logits = restart.answer_logits(graph.receiver_layer(chunk[0][1]), rep.answer_pos.to(model.device), hooks,
+                                           copies=len(chunk))
+            out[idx, start:start + B] = data_metric(logits, rep).view(len(chunk), B).cpu().numpy()
+            if progress is not None:
+                progress.update(len(chunk))
     return out
 
 
 def exact_effects(model, graph: Graph, data, edges: list[tuple[int, int]], clean_metric: np.ndarray,
-                  ablation: str = "resample", batch_size: int = 32, rows_per_pass: int = 256) -> np.ndarray:
-    """Per edge and prompt [E, N]: metric with that edge alone ablated minus the clean metric."""
-    m = single_edge_metrics(model, graph, data, [(s, r, 1.0) for s, r in edges], ablation, batch_size, rows_per_pass)
+                  ablation: str = "resample", batch_size: int = 32, rows_per_pass: int | None = None,
+                  progress=None) -> np.ndarray:
+    """Per edge and prompt [E, N]: metric with that edge alone ablated minus the clean metric (progress counts
+    edges x batches)."""
+    m = single_edge_metrics(model, graph, data, [(s, r, 1.0) for s, r in edges], ablation, batch_size, rows_per_pass,
+                            progress)
     return m - clean_metric[None]
 
 

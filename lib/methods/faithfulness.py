@@ -47,7 +47,7 @@ class Evaluator:
         logits = evaluate_mask(self.model, self.graph, self.data, keep, self.ablation, self.batch_size)
         return data_metric(logits, self.data).cpu().numpy()
 
-    def metrics(self, keeps: list[torch.Tensor], rows_per_pass: int = 256) -> np.ndarray:
+    def metrics(self, keeps: list[torch.Tensor], rows_per_pass: int | None = None) -> np.ndarray:
         """Per-prompt metrics [C, N] of many circuits, several per forward pass."""
         return masks_metric(self.model, self.graph, self.data, keeps, self.ablation, self.batch_size,
                             rows_per_pass).numpy()

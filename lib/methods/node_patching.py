@@ -3,7 +3,8 @@
 A component's output (a head's result, an MLP's output, the residual stream at one layer and position)
 is replaced by its value from the other run: `denoise` patches clean values into the corrupted run,
 `noise` patches corrupted values into the clean run. Components are stacked along the batch: a pass
-over M components runs M copies of the batch, copy m patching component m.
+over M components runs M copies of the batch, copy m patching component m, and recomputes only from the
+earliest of their layers on (lib.core.recompute); components are taken in layer order to keep that late.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from lib.core.metrics import data_metric
-from lib.core.model import logits_at
+from lib.core.recompute import Restart
 
 DIRECTIONS = ("denoise", "noise")
 
@@ -64,9 +65,12 @@ def patch_metrics(model, batch, components: list[Component], direction: str, per
     with torch.no_grad():
         _, cache = model.bridge.run_with_cache(source, names_filter=lambda n: n in hooks_needed)
     B = len(target)
-    out = []
-    for start in range(0, len(components), per_pass):
-        chunk = components[start:start + per_pass]
+    restart = Restart(model, target)
+    order = sorted(range(len(components)), key=lambda i: components[i].layer)  # stable: layer by layer
+    out = torch.empty(len(components), B, dtype=torch.float64)
+    for start in range(0, len(order), per_pass):
+        idx = order[start:start + per_pass]
+        chunk = [components[i] for i in idx]
         by_hook: dict[str, list[tuple[int, Component]]] = {}
         for m, c in enumerate(chunk):
             by_hook.setdefault(c.hook, []).append((m, c))
@@ -86,11 +90,11 @@ def patch_metrics(model, batch, components: list[Component], direction: str, per
                 return x
             return hook
 
-        tokens = target.repeat(len(chunk), 1)  # [M * B, P]
         pos = batch.answer_pos.to(model.device).repeat(len(chunk))
-        answer = logits_at(model, tokens, pos, [(h, make_hook(h, i)) for h, i in by_hook.items()])
+        answer = restart.answer_logits(min(c.layer for c in chunk), pos,
+                                       [(h, make_hook(h, i)) for h, i in by_hook.items()], copies=len(chunk))
         repeated = batch.subset(torch.arange(B).repeat(len(chunk)))
-        out.append(data_metric(answer, repeated).view(len(chunk), B).cpu())
+        out[idx] = data_metric(answer, repeated).view(len(chunk), B).cpu()
         if progress is not None:
             progress.update(len(chunk))
-    return torch.cat(out)
+    return out

@@ -8,7 +8,8 @@ clean run; denoise: clean into the corrupted run); the base run is the other one
   every other head frozen to its base output (Wang et al.'s definition: paths through MLPs count as direct).
 
 Receivers read additively (DESIGN §4): the change reaches a receiver's input, and what that receiver then
-computes flows on freely. Several senders share a forward pass, each in its own block of rows.
+computes flows on freely. Several senders share a forward pass, each in its own block of rows, and the pass
+recomputes only from the first layer it changes (lib.core.recompute).
 """
 
 from __future__ import annotations
@@ -17,18 +18,18 @@ import torch
 
 from lib.core.graph import Graph
 from lib.core.metrics import data_metric
-from lib.core.model import logits_at
-from lib.core.patching import as_sources, receiver_groups, source_hooks, source_outputs
+from lib.core.patching import receiver_groups, source_hooks, source_outputs
+from lib.core.recompute import Restart
 
 PATHS = ("direct", "through-mlps")
 DIRECTIONS = ("noise", "denoise")
 
 
-def _mlp_changes(model, graph: Graph, base: torch.Tensor, outs: torch.Tensor, other: torch.Tensor,
+def _mlp_changes(graph: Graph, restart: Restart, pos: torch.Tensor, outs: torch.Tensor, other: torch.Tensor,
                  senders: list[int]) -> torch.Tensor:
     """[M, L, B, P, D]: each MLP's output change when sender m's output is the other prompt's and every other
     head is frozen to its base output (MLPs recompute)."""
-    M, B = len(senders), base.shape[0]
+    M, B = len(senders), outs.shape[1]
     L = graph.n_layers
     changes = torch.zeros(M, L, *outs.shape[1:], device=outs.device, dtype=outs.dtype)
 
@@ -58,11 +59,11 @@ def _mlp_changes(model, graph: Graph, base: torch.Tensor, outs: torch.Tensor, ot
         hooks.append((name, freeze(rows)))
         if "mlp" in name:
             hooks.append((name, record(int(name.split(".")[1]))))
-    with torch.no_grad():
-        model.bridge.run_with_hooks(base.repeat(M, 1), fwd_hooks=hooks)
+    # before the earliest sender every node reads its base output: MLP changes there are zero
+    restart.answer_logits(min(graph.source_layer(s) for s in senders), pos.repeat(M), hooks, copies=M)
     for m, s in enumerate(senders):  # an MLP sender's own change is the sender's, not a path through it
-        if s in [graph.mlp_source(l) for l in range(L)]:
-            changes[m, (s - 1) // (graph.n_heads + 1)] = 0
+        if s == graph.mlp_source(graph.source_layer(s)):
+            changes[m, graph.source_layer(s)] = 0
     return changes
 
 
@@ -76,6 +77,7 @@ class PathPatcher:
         self.model, self.graph, self.batch = model, graph, batch
         base, other = (batch.clean, batch.corrupt) if direction == "noise" else (batch.corrupt, batch.clean)
         self.base = base.to(model.device)
+        self.restart = Restart(model, self.base)
         self.outs = source_outputs(model, graph, self.base)  # [S, B, P, D]
         self.other = source_outputs(model, graph, other.to(model.device))
         self._mlp: dict[tuple, torch.Tensor] = {}
@@ -83,7 +85,8 @@ class PathPatcher:
     def mlp_changes(self, senders: list[int]) -> torch.Tensor:
         key = tuple(senders)
         if key not in self._mlp:
-            self._mlp = {key: _mlp_changes(self.model, self.graph, self.base, self.outs, self.other, senders)}
+            self._mlp = {key: _mlp_changes(self.graph, self.restart, self.batch.answer_pos.to(self.model.device),
+                                           self.outs, self.other, senders)}
         return self._mlp[key]
 
     def metrics(self, senders: list[int], receivers: torch.Tensor, path: str) -> torch.Tensor:
@@ -99,13 +102,7 @@ class PathPatcher:
         sender_rows = torch.as_tensor(senders)
         mlp_rows = torch.tensor([graph.mlp_source(l) for l in range(graph.n_layers)])
 
-        def patch(cols: slice, n_before: int):
-            on = rcv[cols]  # [h]
-            direct = (graph.edge_exists[sender_rows][:, cols] & on).to(outs)  # [M, h]: the edge sender -> receiver
-            # [M, L, h]: MLP l lies between sender m and the receiver (writes after the sender, before the receiver)
-            via = (((mlp_rows[None, :] > sender_rows[:, None]) & (mlp_rows[None, :] < n_before))[:, :, None]
-                   & on).to(outs)
-
+        def patch(direct: torch.Tensor, via: torch.Tensor):
             def hook(x, hook):
                 add = torch.einsum("mh,mbpd->mbphd", direct, sender_delta)
                 if mlp is not None:
@@ -114,9 +111,17 @@ class PathPatcher:
                 return x + (add if x.dim() == 4 else add[:, :, 0])
             return hook
 
-        hooks = [(name, patch(cols, n)) for name, cols, n in receiver_groups(graph) if rcv[cols].any()]
+        hooks, start = [], graph.n_layers
+        for name, cols, n_before in receiver_groups(graph):
+            on = rcv[cols]  # [h]
+            direct = (graph.edge_exists[sender_rows][:, cols] & on).to(outs)  # [M, h]: the edge sender -> receiver
+            # [M, L, h]: MLP l lies between sender m and the receiver (writes after the sender, before the receiver)
+            via = (((mlp_rows[None, :] > sender_rows[:, None]) & (mlp_rows[None, :] < n_before))[:, :, None]
+                   & on).to(outs)
+            if not direct.any() and (mlp is None or not via.any()):
+                continue  # no sender reaches these receivers: nothing to add
+            hooks.append((name, patch(direct, via)))
+            start = min(start, graph.receiver_layer(cols.start))
         rep = self.batch.subset(torch.arange(B).repeat(M))
-        with torch.no_grad():
-            logits = logits_at(self.model, self.base.repeat(M, 1), rep.answer_pos.to(self.model.device), hooks)
+        logits = self.restart.answer_logits(start, rep.answer_pos.to(self.model.device), hooks, copies=M)
         return data_metric(logits, rep).view(M, B).cpu()
-

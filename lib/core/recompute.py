@@ -1,0 +1,54 @@
+"""Forward passes restarted mid-model. A base run's residual stream is cached before every layer; a pass whose
+interventions all act at layer l or later recomputes only blocks l.. from that cache, which is exact: nothing
+before l differs from the base run. Blocks that need position embeddings from the model (rotary) cannot be
+called on a cached stream; there every pass is a full one (same hooks, same numbers, no saving)."""
+
+from __future__ import annotations
+
+import torch
+
+from lib.core.model import LoadedModel, logits_at, unembed_at
+
+
+def run_blocks(model: LoadedModel, x: torch.Tensor, start_layer: int) -> torch.Tensor:
+    """The residual stream [B, P, D] after the last block, from x entering block start_layer (hooks that are
+    registered on the bridge fire as in a full pass)."""
+    for l in range(start_layer, model.n_layers):
+        y = model.bridge.blocks[l](x)
+        x = y[0] if isinstance(y, tuple) else y
+    return x
+
+
+class Restart:
+    """Answer logits of `tokens` under hooks, recomputing only from the first layer the hooks touch."""
+
+    def __init__(self, model: LoadedModel, tokens: torch.Tensor):
+        self.model, self.tokens = model, tokens.to(model.device)
+        self.full = not model.arch.starts_mid_model
+        self.resid: list[torch.Tensor] = []  # [L + 1] x [B, P, D]: entering each block, then the final stream
+        if not self.full:
+            L = model.n_layers
+            names = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+            with torch.no_grad():
+                _, cache = model.bridge.run_with_cache(self.tokens, names_filter=lambda n: n in names)
+            self.resid = [cache[n] for n in names]
+
+    def answer_logits(self, start_layer: int, pos: torch.Tensor, hooks: list, copies: int = 1) -> torch.Tensor:
+        """[copies * B, V] logits at pos ([copies * B]) of `copies` stacked copies of the base run with `hooks`,
+        every one of which acts at start_layer or later (n_layers: only the final stream's hooks)."""
+        if self.full:
+            return logits_at(self.model, self.tokens.repeat(copies, 1), pos, hooks)
+        L, bridge = self.model.n_layers, self.model.bridge
+        start_layer = min(max(start_layer, 0), L)
+        x = self.resid[start_layer].repeat(copies, 1, 1)
+        with torch.no_grad():
+            if start_layer < L:
+                with bridge.hooks(fwd_hooks=hooks):
+                    x = run_blocks(self.model, x, start_layer)
+            else:  # no block runs: the hooks on the final stream are applied to it directly
+                final = bridge.blocks[L - 1].hook_out
+                for name, fn in hooks:
+                    if name not in (f"blocks.{L - 1}.hook_resid_post", f"blocks.{L - 1}.hook_out"):
+                        raise ValueError(f"hook {name} acts before the final stream")
+                    x = fn(x, hook=final)
+            return unembed_at(self.model, x, pos)
