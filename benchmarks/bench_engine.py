@@ -9,8 +9,8 @@
 (d) one ACDC trial (edge into a receiver at layer l, recomputing blocks l.. with the search's hooks) / the
     bare partial forward from layer l, for early, middle and late l (on rotary models every trial is a full
     pass, measured against the bare full forward); and ACDC's total forward passes;
-(f) 08's exact single-edge effects per edge / one masked forward, and 07's direct path patching per sender /
-    one bare forward;
+(f) 08's exact single-edge effects per edge / one masked forward, and 07's path patching (direct and
+    through-mlps, to the logits) per sender / one bare forward;
 (e) causal scrubbing of the IOI hypothesis (canonical features on the canonical circuit where published,
     else the answer feature on half the edges; pool of 10 x n prompts) / one bare forward of the n
     prompts, and per forward row it needs (rows of its plain and scrubbed passes).
@@ -115,8 +115,14 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
     senders = [int(s) for s in torch.linspace(1, graph.n_sources - 1, 32).long().unique()]
     to_logits = torch.zeros(graph.n_receivers, dtype=torch.bool)
     to_logits[graph.logits_receiver] = True
-    t_path = {p: timed(lambda p=p: PathPatcher(lm, graph, data, "noise").metrics(senders, to_logits, p), 1, dev)
-              for p in ("direct", "through-mlps")}
+    per_pass = max(1, lm.rows_per_pass // len(data))  # senders per pass, as 07 chunks them
+
+    def path_patching(path):
+        patcher = PathPatcher(lm, graph, data, "noise")
+        for s0 in range(0, len(senders), per_pass):
+            patcher.metrics(senders[s0:s0 + per_pass], to_logits, path)
+
+    t_path = {p: timed(lambda p=p: path_patching(p), 1, dev) for p in ("direct", "through-mlps")}
     path_rows = [
         {"measure": f"08 exact effect per edge ({len(few)} edges) / masked forward", "seconds": t_edges / len(few),
          "floor_seconds": t_masked, "ratio": t_edges / len(few) / t_masked, "target": 1.0,

@@ -3,6 +3,8 @@ agreement statistics against numpy/scipy, node attribution as the sum of the nod
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,4 @@ def test_script_writes_a_complete_run(tmp_path):
             "interpolation_greater-than.png", "nodes.png", "headline.csv", "run.json"} <= names
     edges = pd.read_csv(run / "edges.csv")
     assert len(edges) == 2 * 40 and set(pd.read_csv(run / "agreement.csv").level) == {"edge", "node"}
+    assert json.loads((run / "run.json").read_text())["options"]["rows_per_pass"] == 32  # the CPU default, resolved
