@@ -156,6 +156,7 @@ def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation
     if fixed is not None:  # the pruned edges are removed from the start (a resumed state has them already)
         have = set(state.removed)
         state.removed[:0] = [e for e in graph.edges_of(fixed) if e not in have]
+    n_pruned = 0 if fixed is None else int(fixed.sum())
     runner = PartialRunner(model, graph, data, ablation, batch_size, fixed)
     for e in state.removed:
         runner.ablate[graph.edge_index(e)] = 1.0
@@ -190,7 +191,8 @@ def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation
                     runner.ablate[s, r] = 0.0
                 state.next_trial = i + 1
                 if progress is not None:
-                    progress.set_postfix(kept=state.next_trial - len(state.removed), removed=len(state.removed),
+                    removed = len(state.removed) - n_pruned  # of the edges tried
+                    progress.set_postfix(kept=state.next_trial - removed, removed=removed,
                                          passes=state.forward_passes)
                     progress.update(1)
                 if checkpoint is not None:
