@@ -48,7 +48,12 @@ def test_restart_equals_a_full_pass_from_every_start_layer(model):
             torch.testing.assert_close(restart.answer_logits(start, pos, hooks, copies=2), full, atol=1e-5, rtol=1e-5)
 
 
-def test_final_stream_restart_refuses_earlier_hooks(tiny):
+def test_hooks_before_the_start_layer_are_refused(tiny):
     data = TASKS["ioi"].build(tiny.tokenizer, 3, 1)
+    restart = Restart(tiny, data.clean)
     with pytest.raises(ValueError, match="acts before the final stream"):
-        Restart(tiny, data.clean).answer_logits(tiny.n_layers, data.answer_pos, hooks_from(1, 2, tiny.d_model))
+        restart.answer_logits(tiny.n_layers, data.answer_pos, hooks_from(1, 2, tiny.d_model))
+    with pytest.raises(ValueError, match="acts before layer 1"):
+        restart.answer_logits(1, data.answer_pos, hooks_from(0, 2, tiny.d_model))
+    with pytest.raises(ValueError, match="hook_embed acts before layer 0"):
+        restart.answer_logits(0, data.answer_pos, [("hook_embed", lambda x, hook: x)])

@@ -36,6 +36,10 @@ class Restart:
     def answer_logits(self, start_layer: int, pos: torch.Tensor, hooks: list, copies: int = 1) -> torch.Tensor:
         """[copies * B, V] logits at pos ([copies * B]) of `copies` stacked copies of the base run with `hooks`,
         every one of which acts at start_layer or later (n_layers: only the final stream's hooks)."""
+        for name, _ in hooks:  # a hook before the start layer would silently not fire
+            layer = int(name.split(".")[1]) if name.startswith("blocks.") else -1
+            if layer < min(start_layer, self.model.n_layers - 1):
+                raise ValueError(f"hook {name} acts before layer {start_layer}, where this pass starts")
         if self.full:
             return logits_at(self.model, self.tokens.repeat(copies, 1), pos, hooks)
         L, bridge = self.model.n_layers, self.model.bridge
@@ -46,9 +50,8 @@ class Restart:
                 with bridge.hooks(fwd_hooks=hooks):
                     x = run_blocks(self.model, x, start_layer)
             else:  # no block runs: the hooks on the final stream are applied to it directly
-                final = bridge.blocks[L - 1].hook_out
                 for name, fn in hooks:
                     if name not in (f"blocks.{L - 1}.hook_resid_post", f"blocks.{L - 1}.hook_out"):
                         raise ValueError(f"hook {name} acts before the final stream")
-                    x = fn(x, hook=final)
+                    x = fn(x, hook=bridge.blocks[L - 1].hook_out)
             return unembed_at(self.model, x, pos)

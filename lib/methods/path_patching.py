@@ -54,13 +54,15 @@ def _mlp_changes(graph: Graph, restart: Restart, pos: torch.Tensor, outs: torch.
             return x
         return hook
 
-    hooks = []
+    # before the earliest sender every node reads its base output: MLP changes there are zero, and the pass
+    # starts at the sender's layer
+    start, hooks = min(graph.source_layer(s) for s in senders), []
     for name, rows in source_hooks(graph)[1:]:
-        hooks.append((name, freeze(rows)))
-        if "mlp" in name:
-            hooks.append((name, record(int(name.split(".")[1]))))
-    # before the earliest sender every node reads its base output: MLP changes there are zero
-    restart.answer_logits(min(graph.source_layer(s) for s in senders), pos.repeat(M), hooks, copies=M)
+        if int(name.split(".")[1]) >= start:
+            hooks.append((name, freeze(rows)))
+            if "mlp" in name:
+                hooks.append((name, record(int(name.split(".")[1]))))
+    restart.answer_logits(start, pos.repeat(M), hooks, copies=M)
     for m, s in enumerate(senders):  # an MLP sender's own change is the sender's, not a path through it
         if s == graph.mlp_source(graph.source_layer(s)):
             changes[m, graph.source_layer(s)] = 0
