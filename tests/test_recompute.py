@@ -5,7 +5,9 @@ import pytest
 import torch
 import transformers as T
 
+from lib.core.graph import graph_of
 from lib.core.model import from_hf, logits_at, random_model
+from lib.core.patching import source_outputs
 from lib.core.recompute import Restart
 from tasks import TASKS
 
@@ -57,3 +59,10 @@ def test_hooks_before_the_start_layer_are_refused(tiny):
         restart.answer_logits(1, data.answer_pos, hooks_from(0, 2, tiny.d_model))
     with pytest.raises(ValueError, match="hook_embed acts before layer 0"):
         restart.answer_logits(0, data.answer_pos, [("hook_embed", lambda x, hook: x)])
+
+
+def test_outputs_kept_from_the_cache_pass_are_the_source_outputs(model):
+    data = TASKS["ioi"].build(model.tokenizer, 4, 2)
+    g = graph_of(model)
+    torch.testing.assert_close(Restart(model, data.clean, g).outs, source_outputs(model, g, data.clean))
+    assert Restart(model, data.clean).outs is None

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from lib.core.model import LoadedModel, logits_at, unembed_at
+from lib.core.graph import Graph
+from lib.core.model import LoadedModel, logits_at, stop_before_unembedding, unembed_at
+from lib.core.patching import as_sources, source_hooks
 
 
 def run_blocks(model: LoadedModel, x: torch.Tensor, start_layer: int) -> torch.Tensor:
@@ -20,18 +22,30 @@ def run_blocks(model: LoadedModel, x: torch.Tensor, start_layer: int) -> torch.T
 
 
 class Restart:
-    """Answer logits of `tokens` under hooks, recomputing only from the first layer the hooks touch."""
+    """Answer logits of `tokens` under hooks, recomputing only from the first layer the hooks touch. Given a
+    graph it also keeps every source's output of the base run (`outs`, [S, B, P, D]) from the same pass."""
 
-    def __init__(self, model: LoadedModel, tokens: torch.Tensor):
+    def __init__(self, model: LoadedModel, tokens: torch.Tensor, graph: Graph | None = None):
         self.model, self.tokens = model, tokens.to(model.device)
         self.full = not model.arch.starts_mid_model
-        self.resid: list[torch.Tensor] = []  # [L + 1] x [B, P, D]: entering each block, then the final stream
-        if not self.full:
-            L = model.n_layers
-            names = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+        L = model.n_layers
+        resid_names = [] if self.full else [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [
+            f"blocks.{L - 1}.hook_resid_post"]
+        source_names = [] if graph is None else [n for n, _ in source_hooks(graph)]
+        saved: dict[str, torch.Tensor] = {}
+
+        def save(name: str):
+            def hook(x, hook):
+                saved[name] = x.detach()
+                return x
+            return hook
+
+        if resid_names or source_names:
             with torch.no_grad():
-                _, cache = model.bridge.run_with_cache(self.tokens, names_filter=lambda n: n in names)
-            self.resid = [cache[n] for n in names]
+                self.model.bridge.run_with_hooks(self.tokens, fwd_hooks=[
+                    (n, save(n)) for n in dict.fromkeys(resid_names + source_names)] + [stop_before_unembedding()])
+        self.resid = [saved[n] for n in resid_names]  # [L + 1] x [B, P, D]: entering each block, the final stream
+        self.outs = torch.cat([as_sources(saved[n]) for n in source_names]) if source_names else None
 
     def answer_logits(self, start_layer: int, pos: torch.Tensor, hooks: list, copies: int = 1) -> torch.Tensor:
         """[copies * B, V] logits at pos ([copies * B]) of `copies` stacked copies of the base run with `hooks`,

@@ -12,6 +12,9 @@ import torch
 from scipy import stats
 
 from lib.core.graph import Graph
+from lib.core.metrics import data_metric
+from lib.core.patching import ablation_values, receiver_groups
+from lib.core.recompute import Restart
 
 
 def single_edge_metrics(model, graph: Graph, data, edges: list[tuple[int, int, float]], ablation: str = "resample",
@@ -21,18 +24,14 @@ def single_edge_metrics(model, graph: Graph, data, edges: list[tuple[int, int, f
     at its receiver, which reads lam * delta_u = lam * (ablation(u) - out_u(this run)) on top: u writes before
     r, and nothing before r is patched, so out_u is the clean run's. Edges are taken in receiver order and each
     pass recomputes only from its earliest receiver's layer (lib.core.recompute)."""
-    from lib.core.metrics import data_metric
-    from lib.core.patching import ablation_values, receiver_groups, source_outputs
-    from lib.core.recompute import Restart
-
     out = np.empty((len(edges), len(data)))
     groups = list(receiver_groups(graph))
     order = sorted(range(len(edges)), key=lambda i: edges[i][1])
     for start in range(0, len(data), batch_size):
         batch = data.subset(slice(start, start + batch_size))
         B = len(batch)
-        restart = Restart(model, batch.clean)
-        delta = ablation_values(model, graph, batch, ablation) - source_outputs(model, graph, restart.tokens)
+        restart = Restart(model, batch.clean, graph)  # also the clean run's source outputs
+        delta = ablation_values(model, graph, batch, ablation) - restart.outs
         per_pass = max(1, (rows_per_pass or model.rows_per_pass) // B)
         for e0 in range(0, len(order), per_pass):
             idx = order[e0:e0 + per_pass]

@@ -58,10 +58,11 @@ def _mlp_changes(graph: Graph, restart: Restart, pos: torch.Tensor, outs: torch.
     # starts at the sender's layer
     start, hooks = min(graph.source_layer(s) for s in senders), []
     for name, rows in source_hooks(graph)[1:]:
-        if int(name.split(".")[1]) >= start:
+        layer = graph.source_layer(rows.start)
+        if layer >= start:
             hooks.append((name, freeze(rows)))
             if "mlp" in name:
-                hooks.append((name, record(int(name.split(".")[1]))))
+                hooks.append((name, record(layer)))
     restart.answer_logits(start, pos.repeat(M), hooks, copies=M)
     for m, s in enumerate(senders):  # an MLP sender's own change is the sender's, not a path through it
         if s == graph.mlp_source(graph.source_layer(s)):
@@ -79,8 +80,8 @@ class PathPatcher:
         self.model, self.graph, self.batch = model, graph, batch
         base, other = (batch.clean, batch.corrupt) if direction == "noise" else (batch.corrupt, batch.clean)
         self.base = base.to(model.device)
-        self.restart = Restart(model, self.base)
-        self.outs = source_outputs(model, graph, self.base)  # [S, B, P, D]
+        self.restart = Restart(model, self.base, graph)
+        self.outs = self.restart.outs  # [S, B, P, D]
         self.other = source_outputs(model, graph, other.to(model.device))
         self._mlp: dict[tuple, torch.Tensor] = {}
 
