@@ -14,7 +14,7 @@ from lib.core.evaluate import behaviour
 from lib.io import cli, plots, progress
 from lib.io.headline import Metric
 from lib.methods import intervals
-from lib.methods.node_patching import DIRECTIONS, heads_and_mlps, patch_metrics, residual_positions
+from lib.methods.node_patching import DIRECTIONS, data_patch_metrics, heads_and_mlps, residual_positions
 
 app = cli.script_app(__doc__)
 HEADLINE = [  # the strongest single head and MLP per direction (normalized metric)
@@ -34,14 +34,9 @@ def aligned_group(data) -> list[int]:
 
 def run_patches(lm, data, components, direction, batch_size, rows_per_pass, desc) -> np.ndarray:
     """Task metric per component and item, [C, N]."""
-    per_pass = max(1, rows_per_pass // min(batch_size, len(data)))
     n_batches = -(-len(data) // batch_size)
-    parts = []
     with progress.bar(len(components) * n_batches, desc, "patch") as bar:
-        for start in range(0, len(data), batch_size):
-            batch = data.subset(slice(start, start + batch_size))
-            parts.append(patch_metrics(lm, batch, components, direction, per_pass, progress=bar).numpy())
-    return np.concatenate(parts, axis=1)
+        return data_patch_metrics(lm, data, components, direction, batch_size, rows_per_pass, progress=bar)
 
 
 def patch_task(lm, name: str, data, directions: list[str], opts, rows_per_pass: int) -> dict:

@@ -20,7 +20,7 @@ from lib.io import cli, plots, progress
 from lib.io.headline import Metric
 from lib.methods import agreement, intervals
 from lib.methods.eap import edge_scores
-from lib.methods.node_patching import heads_and_mlps, patch_metrics
+from lib.methods.node_patching import data_patch_metrics, heads_and_mlps
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("r2_{method}", "agreement.csv", "r2", {"level": "edge"}, by=("method",)),
@@ -100,9 +100,7 @@ def compare_task(lm, graph, name: str, data, opts, sample: int, ig_steps: int, n
                                    "linear_eap": clean.mean() + lam * w["eap"],
                                    "linear_eap_ig": clean.mean() + lam * w["eap-ig"]})
     comps = heads_and_mlps(lm.n_layers, lm.n_heads)
-    per = max(1, rows_per_pass // min(opts.batch_size, len(data)))
-    patched = np.concatenate([patch_metrics(lm, data.subset(slice(b, b + opts.batch_size)), comps, "noise", per).numpy()
-                              for b in range(0, len(data), opts.batch_size)], axis=1)
+    patched = data_patch_metrics(lm, data, comps, "noise", opts.batch_size, rows_per_pass)
     node_exact = (patched - clean[None]).mean(1)
     rows_idx = [graph.source_index[c.name] for c in comps]
     node_frame = pd.DataFrame({"task": name, "node": [c.name for c in comps], "exact": node_exact,

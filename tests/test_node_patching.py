@@ -5,7 +5,7 @@ import torch
 from lib.core.graph import graph_of
 from lib.core.metrics import data_metric
 from lib.core.patching import evaluate_mask
-from lib.methods.node_patching import Component, heads_and_mlps, patch_metrics, residual_positions
+from lib.methods.node_patching import Component, data_patch_metrics, heads_and_mlps, patch_metrics, residual_positions
 from tasks import TASKS
 
 
@@ -33,3 +33,12 @@ def test_residual_identities(tiny):
     torch.testing.assert_close(denoised[final_at_answer].double(), clean.double(), atol=1e-4, rtol=1e-4)
     # patching the embedding at every position at once is the clean run: check one position moves it
     assert (denoised[:P] - denoised[final_at_answer]).abs().max() > 0
+
+
+def test_batches_over_the_data_equal_one_batch(tiny):
+    data = TASKS["ioi"].build(tiny.tokenizer, 5, 2)
+    comps = heads_and_mlps(tiny.n_layers, tiny.n_heads)
+    whole = patch_metrics(tiny, data, comps, "denoise", per_pass=len(comps)).numpy()
+    torch.testing.assert_close(torch.as_tensor(data_patch_metrics(tiny, data, comps, "denoise", batch_size=2,
+                                                                  rows_per_pass=4)), torch.as_tensor(whole),
+                               atol=1e-6, rtol=1e-6)

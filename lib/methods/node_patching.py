@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lib.core.metrics import data_metric
@@ -98,3 +99,11 @@ def patch_metrics(model, batch, components: list[Component], direction: str, per
         if progress is not None:
             progress.update(len(chunk))
     return out
+
+
+def data_patch_metrics(model, data, components: list[Component], direction: str, batch_size: int,
+                       rows_per_pass: int, progress=None) -> np.ndarray:
+    """Task metric [len(components), N] over all of data, batch by batch (progress counts components x batches)."""
+    per_pass = max(1, rows_per_pass // min(batch_size, len(data)))
+    return np.concatenate([patch_metrics(model, data.subset(slice(b, b + batch_size)), components, direction, per_pass,
+                                         progress).numpy() for b in range(0, len(data), batch_size)], axis=1)
