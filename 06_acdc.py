@@ -20,8 +20,8 @@ from lib.io import cli, plots, progress
 from lib.io.headline import Metric
 from lib.methods.acdc import METRICS, ACDCState, edge_order, kept_mask, run_acdc
 from lib.methods.area import mib_curves
-from lib.methods.eap import edge_scores
-from lib.methods.faithfulness import Evaluator, discovery_and_held_out, roc_from_points, top_k_mask
+from lib.methods.eap import IG_STEPS, edge_scores, gradient_points
+from lib.methods.faithfulness import Evaluator, discovery_and_held_out, roc_from_points, roc_point, top_k_mask
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("edges_kept@tau={tau:g}", "acdc_sweep.csv", "edges_kept", {"method": "acdc"}, by=("tau",)),
@@ -122,10 +122,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                        **{k: v for k, v in f.items() if k.startswith("faithfulness")},
                        "tpr": np.nan, "fpr": np.nan, "reference_edges": np.nan}
                 if reference is not None:
-                    exists = graph.edge_exists
-                    row.update(tpr=float((keep & reference).sum() / reference.sum()),
-                               fpr=float((keep & ~reference & exists).sum() / (~reference & exists).sum()),
-                               reference_edges=int(reference.sum()))
+                    row.update(roc_point(graph, keep, reference))
                 importance = torch.zeros(graph.n_sources, graph.n_receivers, dtype=torch.float64)
                 for e, worse in state.scores.items():
                     importance[graph.edge_index(e)] = worse
@@ -191,12 +188,12 @@ def prune_candidates(lm, graph, run, name: str, discovery, opts, method: str, to
     saved = run.unit(unit)
     if saved is None:
         with progress.bar(len(discovery), f"{name}: {method} scores for pruning", "prompt") as bar:
-            scores = edge_scores(lm, graph, discovery, opts.batch_size, method, progress=bar)
+            scores = edge_scores(lm, graph, discovery, opts.batch_size, method, IG_STEPS, progress=bar)
         keep = top_k_mask(graph, scores, top) if top else (scores.abs() >= threshold) & graph.edge_exists
         n_batches = -(-len(discovery) // opts.batch_size)
-        steps = 1 if method == "eap" else 5
+        points = len(gradient_points(graph, method, IG_STEPS))  # per batch: a corrupted pass, then 1 fwd + 1 bwd each
         saved = {"candidates": keep, "label": f"{method}-top{top}" if top else f"{method}>={threshold:g}",
-                 "scoring": {"forward_passes": n_batches * (1 + steps), "backward_passes": n_batches * steps}}
+                 "scoring": {"forward_passes": n_batches * (1 + points), "backward_passes": n_batches * points}}
         run.save_unit(unit, saved)
     if not saved["candidates"].any():
         raise UserError(f"task {name}: --prune-threshold keeps no edge (the largest |score| is below it)")
@@ -212,10 +209,7 @@ def scored_row(name, label, keep, ev, graph, reference, n_held_out, scoring) -> 
            "n_held_out": n_held_out, **{k: v for k, v in f.items() if k.startswith("faithfulness")},
            "tpr": np.nan, "fpr": np.nan, "reference_edges": np.nan, "mib_curve": [], "area": []}
     if reference is not None:
-        exists = graph.edge_exists
-        row.update(tpr=float((keep & reference).sum() / reference.sum()),
-                   fpr=float((keep & ~reference & exists).sum() / (~reference & exists).sum()),
-                   reference_edges=int(reference.sum()))
+        row.update(roc_point(graph, keep, reference))
     return row
 
 

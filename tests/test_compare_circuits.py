@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from lib.core.graph import Graph, graph_of
 from lib.methods import comparison
 from lib.methods.eap import edge_scores
-from lib.methods.faithfulness import top_k_mask
+from lib.methods.faithfulness import roc_point, top_k_mask
 from tasks import TASKS
 
 G = Graph(2, 2)
@@ -95,3 +95,12 @@ def test_one_circuit_file_is_not_a_comparison(tmp_path):
     f.write_text('{"edges": ["input->logits"]}')
     r = run_cli("24_compare_circuits.py", "--circuits", str(f), "--model", "toy", "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "at least two files" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_roc_point_by_hand():
+    g = Graph(1, 1)  # 8 edges
+    reference = g.mask_of(["input->logits", "a0.h0->logits"])
+    keep = g.mask_of(["input->logits", "input->m0", "m0->logits"])
+    assert g.n_edges == 8
+    assert roc_point(g, keep, reference) == pytest.approx({"tpr": 0.5, "fpr": 2 / 6, "reference_edges": 2})
+    assert comparison.overlap(g, keep, reference)["reference_recall"] == 0.5

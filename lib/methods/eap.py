@@ -22,6 +22,7 @@ from lib.core.patching import as_sources, receiver_hooks, source_hooks, source_o
 
 METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted")
 IG_POINTS = ("right", "left")
+IG_STEPS = 5  # default integration steps
 
 
 def gradient_points(graph: Graph, method: str, steps: int, ig_points: str = "right") -> list[tuple[int, float]]:
@@ -38,8 +39,8 @@ def gradient_points(graph: Graph, method: str, steps: int, ig_points: str = "rig
     return [(g, k / steps) for g in groups for k in ks]
 
 
-def edge_scores(model, graph: Graph, data, batch_size: int = 32, method: str = "eap", ig_steps: int = 5,
-                progress=None, per_prompt: bool = False, ig_points: str = "right"):
+def edge_scores(model, graph: Graph, data, batch_size: int = 32, method: str = "eap",
+                ig_steps: int = IG_STEPS, progress=None, per_prompt: bool = False, ig_points: str = "right"):
     """Attribution score of every edge, [S, R] float64 (0 where no edge), mean over the items of data; with
     per_prompt also each item's own scores, [N, S, R] float32 (their mean is the first result)."""
     if method not in METHODS:

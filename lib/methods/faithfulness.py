@@ -100,6 +100,14 @@ def roc_curve(graph: Graph, scores: torch.Tensor, reference: torch.Tensor) -> tu
     return fpr, tpr, float(np.trapezoid(tpr, fpr))
 
 
+def roc_point(graph: Graph, keep: torch.Tensor, reference: torch.Tensor) -> dict:
+    """One circuit's point against a reference circuit: tpr (its share of the reference's edges), fpr (its share
+    of the other edges) and the reference's size."""
+    others = ~reference & graph.edge_exists
+    return {"tpr": float((keep & reference).sum() / reference.sum()), "fpr": float((keep & others).sum() / others.sum()),
+            "reference_edges": int(reference.sum())}
+
+
 def roc_from_points(fpr, tpr) -> tuple[np.ndarray, np.ndarray, float]:
     """A ROC curve through (0, 0), the given operating points (e.g. one per threshold) and (1, 1), with AUC."""
     pts = sorted(zip(fpr, tpr))
