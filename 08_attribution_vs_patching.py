@@ -138,7 +138,7 @@ def write_figures(run, frames: dict) -> None:
         (node_fits.loc[(t, "eap")].slope, node_fits.loc[(t, "eap")].intercept)) for t, g in nodes.groupby("task", sort=False)}
     run.figure("nodes.png", plots.fit_scatter(panels, "Nodes: attribution patching vs activation patching (noise)",
                                               "attribution score (sum of the node's edges)",
-                                              "exact effect of patching the node"))
+                                              "exact effect of patching the node", points="nodes"))
 
 
 if __name__ == "__main__":

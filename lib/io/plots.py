@@ -264,12 +264,12 @@ def matrix(values: np.ndarray, rows: list[str], cols: list[str], title: str, cba
 
 
 def fit_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[float, float]]], title: str,
-                xlabel: str, ylabel: str):
+                xlabel: str, ylabel: str, points: str = "edges"):
     """One scatter per panel (x, y, marked [bool] or None, (slope, intercept)) with the line of best fit and
     y = x; marked points (e.g. the canonical circuit's edges) drawn in another colour."""
     fig, axes = _grid(len(panels), width=4.6, height=4.2)
     for ax, (name, (x, y, marked, (slope, intercept))) in zip(axes, panels.items()):
-        ax.scatter(x, y, s=8, alpha=0.5, color="C0", label="edges")
+        ax.scatter(x, y, s=8, alpha=0.5, color="C0", label=points)
         if marked is not None and marked.any():
             ax.scatter(x[marked], y[marked], s=14, color="C3", label="canonical circuit")
         lo, hi = float(x.min()), float(x.max())  # lines over the scores' range
