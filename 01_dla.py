@@ -5,12 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from lib.core.graph import layer_head
-from lib.io import cli, plots, progress
+
+from lib.io import cli, progress
 from lib.io.headline import Metric
-from lib.methods import intervals
-from lib.methods.dla import direct_logit_attribution, residual_by_layer, stage_names
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("model_logit_diff", "dla_check.csv", "model_logit_diff"),
@@ -23,6 +20,10 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), n_bootstrap: cli.NBootstrapOpt = 1000,
          quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    # the work's imports, once the options are valid (--help and option errors never pay for them)
+    import pandas as pd
+
+    from lib.io import plots
     with cli.experiment("01_dla", opts, resume=resume, headline=HEADLINE) as (lm, run):
         datasets = cli.task_builds(lm, opts)
         with progress.bar(sum(map(len, datasets.values())), "DLA", "prompt") as bar:
@@ -55,6 +56,9 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
 
 def dla_task(lm, name: str, data, opts, bar) -> dict:
     """One task's DLA rows, its check row, and the per-component mean and std over prompts."""
+    from lib.core.graph import layer_head
+    from lib.methods import intervals
+    from lib.methods.dla import direct_logit_attribution
     r = direct_logit_attribution(lm, data, opts.batch_size, progress=bar)
     att = r.attributions.numpy()
     mean, std = att.mean(0), att.std(0, ddof=1) if len(att) > 1 else np.zeros(att.shape[1])
@@ -78,6 +82,8 @@ def dla_task(lm, name: str, data, opts, bar) -> dict:
 def layer_rows(lm, name: str, data, opts) -> list[dict]:
     """The answer-position residual stream layer by layer: accumulated projection on the answer direction
     (logit lens, with intervals), what each stage writes, and the norm of that write."""
+    from lib.methods import intervals
+    from lib.methods.dla import residual_by_layer, stage_names
     r = residual_by_layer(lm, data, opts.batch_size)
     stream, write, norms = (r[k].numpy() for k in ("stream", "write", "norms"))
     low, high = intervals.interval(intervals.mean, stream.T, n_resamples=opts.n_bootstrap, seed=opts.seed)

@@ -4,18 +4,16 @@ metric, accuracy, normalized faithfulness (ratio of means, median of per-prompt 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from lib.core import metrics
-from lib.core.evaluate import behaviour
-from lib.core.metrics import data_metric, normalized
-from lib.core.patching import evaluate_mask
-from lib.io import cli, plots
+
+from lib.io import cli
 from lib.io.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.io.headline import Metric
-from lib.io.plots import TASK_METRIC_LABELS
-from lib.methods import intervals
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("clean_mean", "summary.csv", "mean", {"condition": "clean", "group": "all"}),
@@ -28,6 +26,9 @@ HEADLINE = [Metric("clean_mean", "summary.csv", "mean", {"condition": "clean", "
 def summary_rows(items: pd.DataFrame, column: str, condition: str, n_bootstrap: int, seed: int) -> list[dict]:
     """Mean, std, median, accuracy (metric > 0) of one metric column, over all items and per group, with 95%
     bootstrap intervals over prompts; for the circuit, normalized faithfulness too (prompts resampled jointly)."""
+    from lib.core import metrics
+    from lib.methods import intervals
+
     rows = []
     for (task, group), df in [((t, "all"), d) for t, d in items.groupby("task", sort=False)] + list(
             items.groupby(["task", "group"], sort=True)):
@@ -55,6 +56,14 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          resume: cli.ResumeOpt = None):
     check_options(circuit, ablation)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    # the work's imports, once the options are valid (--help and option errors never pay for them)
+    import pandas as pd
+
+    from lib.core.evaluate import behaviour
+    from lib.core.metrics import data_metric
+    from lib.core.patching import evaluate_mask
+    from lib.io import plots
+    from lib.io.plots import TASK_METRIC_LABELS
     with circuit_experiment("02_logit_diff", opts, circuit, ablation, resume=resume, headline=HEADLINE) as (
             lm, run, graph, datasets):
         def task_items(name: str) -> pd.DataFrame:

@@ -7,14 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import pandas as pd
 import typer
+
+from lib.core import choices
 from lib.core.errors import UserError
-from lib.core.evaluate import behaviour
-from lib.io import cli, plots, progress
+from lib.io import cli, progress
 from lib.io.headline import Metric
-from lib.methods import intervals
-from lib.methods.node_patching import DIRECTIONS, data_patch_metrics, heads_and_mlps, residual_positions
 
 app = cli.script_app(__doc__)
 HEADLINE = [  # the strongest single head and MLP per direction (normalized metric)
@@ -27,6 +25,7 @@ HEADLINE = [  # the strongest single head and MLP per direction (normalized metr
 def aligned_group(data) -> list[int]:
     """Indices of the largest set of items sharing template (IOI; ABBA and BABA align) or group, and
     length, so that positions mean the same tokens."""
+    import pandas as pd
     keys = data.info["template" if "template" in data.info else "group"].astype(str) + "|" + pd.Series(data.lengths.tolist()).astype(str)
     best = keys.value_counts(sort=True).index[0]
     return np.flatnonzero((keys == best).to_numpy()).tolist()
@@ -34,6 +33,7 @@ def aligned_group(data) -> list[int]:
 
 def run_patches(lm, data, components, direction, batch_size, rows_per_pass, desc) -> np.ndarray:
     """Task metric per component and item, [C, N]."""
+    from lib.methods.node_patching import data_patch_metrics
     n_batches = -(-len(data) // batch_size)
     with progress.bar(len(components) * n_batches, desc, "patch") as bar:
         return data_patch_metrics(lm, data, components, direction, batch_size, rows_per_pass, progress=bar)
@@ -41,6 +41,9 @@ def run_patches(lm, data, components, direction, batch_size, rows_per_pass, desc
 
 def patch_task(lm, name: str, data, directions: list[str], opts, rows_per_pass: int) -> dict:
     """One task's rows, head maps and residual-stream maps, per direction."""
+    from lib.core.evaluate import behaviour
+    from lib.methods import intervals
+    from lib.methods.node_patching import heads_and_mlps, residual_positions
     rows, head_maps, resid_maps = [], {}, {}
     L, H, batch_size = lm.n_layers, lm.n_heads, opts.batch_size
     base = behaviour(lm, data, batch_size)
@@ -76,11 +79,15 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          direction: Annotated[str, typer.Option(help="denoise | noise | both")] = "both",
          rows_per_pass: cli.RowsPerPassOpt = None,
          n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
-    directions = list(DIRECTIONS) if direction == "both" else [direction]
-    if any(d not in DIRECTIONS for d in directions):
+    directions = list(choices.NODE_PATCH_DIRECTIONS) if direction == "both" else [direction]
+    if any(d not in choices.NODE_PATCH_DIRECTIONS for d in directions):
         raise UserError(f"unknown direction {direction!r}; choose from denoise, noise, both")
     cli.check_rows_per_pass(rows_per_pass)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    # the work's imports, once the options are valid (--help and option errors never pay for them)
+    import pandas as pd
+
+    from lib.io import plots
     with cli.experiment("03_activation_patching", opts, resume=resume, headline=HEADLINE, direction=direction,
                         rows_per_pass=rows_per_pass) as (lm, run):
         datasets = cli.task_builds(lm, opts)

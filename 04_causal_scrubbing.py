@@ -9,20 +9,19 @@ input resampled), each over --n-seeds resampling seeds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
-import pandas as pd
 import typer
+
+from lib.core import choices
 from lib.core.errors import UserError
-from lib.core.metrics import data_metric, kl_divergence, kl_interpretation, reverse_kl
-from lib.core.model import answer_logits
-from lib.io import cli, plots, progress
+from lib.io import cli, progress
 from lib.io.circuit_option import CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.io.headline import Metric
-from lib.methods import intervals
-from lib.methods.hypotheses import BASELINE, COMPLEMENT_ONLY, HYPOTHESES, baseline, complement_only, main_hypothesis
-from lib.methods.scrubbing import Pool, draw, scrubbed_logits
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("kl_mean", "summary.csv", "kl_mean", {"test": "feature hypothesis"}),
@@ -58,6 +57,7 @@ def loss_recovered(m: np.ndarray, m_full: np.ndarray, m_base: np.ndarray) -> dic
 
 def seed_rows(items: pd.DataFrame) -> pd.DataFrame:
     """Per task x hypothesis x seed: KL and reverse KL statistics, metrics, loss recovered."""
+    import pandas as pd
     rows = []
     for (task, hyp, seed), d in items.groupby(["task", "hypothesis", "seed"], sort=False):
         lr = loss_recovered(d.metric_scrubbed.to_numpy(), d.metric_full.to_numpy(), d.metric_baseline.to_numpy())
@@ -78,6 +78,7 @@ def seed_rows(items: pd.DataFrame) -> pd.DataFrame:
 
 def _mean_of_seed_ratios(*arrays, axis=-1):
     """Mean over seeds of each seed's loss recovered (ratio of means); arrays = (scrubbed, full, baseline) per seed."""
+    from lib.methods import intervals
     return np.mean([intervals.ratio_of_means(*arrays[i:i + 3], axis=axis) for i in range(0, len(arrays), 3)], axis=0)
 
 
@@ -86,6 +87,11 @@ def summary_rows(seeds: pd.DataFrame, items: pd.DataFrame, stats: dict, n_bootst
     """Per task x hypothesis: mean and spread (std over seeds) of each per-seed statistic; KL quantiles over
     every (prompt, seed); 95% bootstrap intervals over prompts (resampled jointly across seeds) of the KL means
     and of loss recovered."""
+    import pandas as pd
+
+    from lib.core.metrics import kl_interpretation
+    from lib.methods import intervals
+    from lib.methods.hypotheses import BASELINE, COMPLEMENT_ONLY
     rows = []
     for (task, hyp), d in seeds.groupby(["task", "hypothesis"], sort=False):
         it = items[(items.task == task) & (items.hypothesis == hyp)]
@@ -122,12 +128,17 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          hypothesis: HypothesisOpt = "auto", n_seeds: SeedsOpt = 3, pool_size: PoolOpt = 2000,
          n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     check_options(circuit, "resample")
-    if hypothesis not in HYPOTHESES:
-        raise UserError(f"unknown hypothesis {hypothesis!r}; choose from {', '.join(HYPOTHESES)}")
+    if hypothesis not in choices.HYPOTHESES:
+        raise UserError(f"unknown hypothesis {hypothesis!r}; choose from {', '.join(choices.HYPOTHESES)}")
     cli.check_at_least(1, ("--n-seeds", n_seeds))
     if pool_size < n_prompts:
         raise UserError(f"--pool-size ({pool_size}) must be at least --n-prompts ({n_prompts})")
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    # the work's imports, once the options are valid (--help and option errors never pay for them)
+    import pandas as pd
+
+    from lib.io import plots
+    from lib.methods.hypotheses import main_hypothesis
 
     with circuit_experiment("04_causal_scrubbing", opts, circuit, "resample", resume=resume, headline=HEADLINE,
                             hypothesis=hypothesis, n_seeds=n_seeds, pool_size=pool_size) as (lm, run, graph, _):
@@ -154,6 +165,12 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
 
 def scrub_task(lm, graph, run, name: str, opts, circuit: str, hypothesis: str, n_seeds: int, pool_size: int) -> dict:
     """One task: per-prompt rows of every hypothesis and seed, draw statistics, the claims tested."""
+    import pandas as pd
+
+    from lib.core.metrics import data_metric, kl_divergence, reverse_kl
+    from lib.core.model import answer_logits
+    from lib.methods.hypotheses import COMPLEMENT_ONLY, baseline, complement_only, main_hypothesis
+    from lib.methods.scrubbing import Pool, draw, scrubbed_logits
     from tasks import TASKS
 
     n_prompts = opts.n_prompts

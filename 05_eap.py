@@ -6,17 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import pandas as pd
 import typer
-from lib.core.circuits import canonical_circuit
+
+from lib.core import choices
 from lib.core.errors import UserError
-from lib.core.graph import Circuit, graph_of
-from lib.core.patching import ABLATIONS
-from lib.io import cli, diagram, plots, progress
+from lib.io import cli, progress
+from lib.io.circuit_json import Circuit, eap_ig_json
 from lib.io.headline import Metric
-from lib.methods.area import mib_curves
-from lib.methods.eap import IG_POINTS, METHODS, edge_scores
-from lib.methods.faithfulness import Evaluator, auc_interval, discovery_and_held_out, log_grid, roc_curve, top_k_mask
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("edges_for_0.8_faithfulness", "faithfulness_curve.csv",
@@ -45,29 +41,37 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          n_random: Annotated[int, typer.Option("--n-random", help="random circuits per size for the area baseline")] = 10,
          export: cli.ExportOpt = "", n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False,
          resume: cli.ResumeOpt = None):
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method not in choices.EAP_METHODS:
+        raise UserError(f"unknown method {method!r}; choose from {', '.join(choices.EAP_METHODS)}")
     if metric == "kl":
         raise UserError("--metric kl cannot drive EAP: the gradient of KL(clean || model) is zero at the clean "
                         "point; use --metric task")
     if metric != "task":
         raise UserError(f"unknown metric {metric!r} for EAP; use --metric task")
     cli.check_at_least(1, ("--ig-steps", ig_steps))
-    if ig_points not in IG_POINTS:
-        raise UserError(f"unknown --ig-points {ig_points!r}; choose from {', '.join(IG_POINTS)}")
-    if ablation not in ABLATIONS:
-        raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
+    if ig_points not in choices.IG_POINTS:
+        raise UserError(f"unknown --ig-points {ig_points!r}; choose from {', '.join(choices.IG_POINTS)}")
+    if ablation not in choices.ABLATIONS:
+        raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(choices.ABLATIONS)}")
     ks = cli.parse_ints(top_k, "--top-k")
     if not ks or any(k < 1 for k in ks):
         raise UserError("--top-k sizes must be at least 1")
     cli.check_finite("--threshold", threshold)
+    if threshold is not None and threshold < 0:
+        raise UserError(f"--threshold must be non-negative (a circuit is the edges with |score| >= it; got {threshold})")
     cli.check_export(export)
     cli.check_at_least(0, ("--n-random", n_random))
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    # the work's imports, once the options are valid (--help and option errors never pay for them)
+    import pandas as pd
+
+    from lib.core.graph import graph_of
+    from lib.io import plots
     extra = dict(method=method, ig_steps=ig_steps, ig_points=ig_points, metric=metric, top_k=ks, threshold=threshold,
                  ablation=ablation, n_random=n_random, export=export)
     with cli.experiment("05_eap", opts, resume=resume, headline=HEADLINE, **extra) as (lm, run):
         graph = graph_of(lm)
+        cli.check_edge_counts(graph, *(("--top-k", k) for k in ks))
         results = cli.per_task(run, opts.tasks, lambda name: eap_task(
             lm, graph, run, name, opts, method, ig_steps, ks, threshold, ablation, n_random, export, ig_points))
         curve_rows = [row for r in results.values() for row in r["curve_rows"]]
@@ -98,6 +102,18 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
 def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: list[int], threshold, ablation: str,
              n_random: int, export: str, ig_points: str = "right") -> dict:
     """One task: edge scores on discovery prompts, saved circuits and diagram, held-out curve, ROC."""
+    from lib.core.circuits import canonical_circuit
+    from lib.io import diagram
+    from lib.methods.area import mib_circuit_count, mib_curves
+    from lib.methods.eap import edge_scores
+    from lib.methods.faithfulness import (
+        Evaluator,
+        auc_interval,
+        discovery_and_held_out,
+        log_grid,
+        roc_curve,
+        top_k_mask,
+    )
     # discovery prompts and disjoint held-out prompts for the faithfulness curve
     discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
     reference = canonical_circuit(name, graph, lm.name)
@@ -133,8 +149,9 @@ def eap_task(lm, graph, run, name: str, opts, method: str, ig_steps: int, ks: li
             f = ev.faithfulness(top_k_mask(graph, scores, k))
             curve_rows.append({"task": name, "edges_kept": k, "ablation": ablation, "n_held_out": len(held_out), **f})
             bar.update(1)
-    mib_rows, area_rows = (
-        [{"task": name, **r} for r in rows] for rows in mib_curves(ev, graph, -scores, n_random, opts.seed, opts.n_bootstrap))
+    with progress.bar(mib_circuit_count(n_random), f"{name}: circuits at MIB's sizes", "circuit") as bar:
+        curves = mib_curves(ev, graph, -scores, n_random, opts.seed, opts.n_bootstrap, progress=bar)
+    mib_rows, area_rows = ([{"task": name, **r} for r in rows] for rows in curves)
     roc, roc_rows = None, []
     if reference is not None:
         fpr, tpr, auc = roc_curve(graph, scores, reference)
@@ -156,8 +173,8 @@ def _save(run, graph, lm, task, method, params, keep, scores, filename, export: 
     edges = {e: float(scores[graph.edge_index(e)]) for e in graph.edges_of(keep)}
     circuit = Circuit(lm.name, task, method, params, edges)
     run.json(filename, circuit.to_json(graph))
-    if export == "eap-ig":
-        run.json(filename.replace(".json", ".eap-ig.json"), circuit.to_eap_ig(graph, scores, lm.d_model))
+    if export == "eap-ig":  # the library's convention: higher = more important, so -our score
+        run.json(filename.replace(".json", ".eap-ig.json"), eap_ig_json(graph, keep, -scores, lm.d_model, lm.name))
 
 
 if __name__ == "__main__":

@@ -8,20 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import pandas as pd
-import torch
 import typer
 
-from lib.core.circuits import canonical_circuit
+from lib.core import choices
 from lib.core.errors import UserError
-from lib.core.graph import Circuit, graph_of
-from lib.core.patching import ABLATIONS
-from lib.io import cli, plots, progress
+from lib.io import cli, progress
+from lib.io.circuit_json import Circuit, eap_ig_json
 from lib.io.headline import Metric
-from lib.methods.acdc import METRICS, ACDCState, edge_order, kept_mask, run_acdc
-from lib.methods.area import mib_curves
-from lib.methods.eap import IG_STEPS, edge_scores, gradient_points
-from lib.methods.faithfulness import Evaluator, discovery_and_held_out, roc_from_points, roc_point, top_k_mask
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("edges_kept@tau={tau:g}", "acdc_sweep.csv", "edges_kept", {"method": "acdc"}, by=("tau",)),
@@ -39,7 +32,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          thresholds: Annotated[str, typer.Option("--thresholds", help="tau values, space-separated")] = "0.01",
          metric: Annotated[str, typer.Option(help="kl (KL(clean || circuit)) | task")] = "kl",
          ablation: Annotated[str, typer.Option(help="resample | mean | zero")] = "resample",
-         absolute: Annotated[bool, typer.Option("--absolute", help="threshold |metric change| instead of worsening")] = False,
+         absolute: Annotated[bool, typer.Option("--absolute/--no-absolute", help="threshold |metric change| instead of worsening")] = False,
          n_random: Annotated[int, typer.Option("--n-random", help="random circuits per size for the area baseline")] = 10,
          prune_with: Annotated[str, typer.Option("--prune-with", help="eap | eap-ig: score edges first and run "
                                                  "ACDC over the kept ones only (the EAP paper's hybrid)")] = "",
@@ -53,19 +46,30 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     taus = cli.parse_floats(thresholds, "--thresholds")
     if not taus or any(t < 0 for t in taus):
         raise UserError("--thresholds must be one or more non-negative numbers")
-    if metric not in METRICS:
-        raise UserError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    if ablation not in ABLATIONS:
-        raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
+    if metric not in choices.ACDC_METRICS:
+        raise UserError(f"unknown metric {metric!r}; choose from {', '.join(choices.ACDC_METRICS)}")
+    if ablation not in choices.ABLATIONS:
+        raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(choices.ABLATIONS)}")
     cli.check_export(export)
     cli.check_at_least(0, ("--n-random", n_random))
     check_pruning(prune_with, prune_top, prune_threshold, plain)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    # the work's imports, once the options are valid (--help and option errors never pay for them)
+    import pandas as pd
+    import torch
+
+    from lib.core.circuits import canonical_circuit
+    from lib.core.graph import graph_of
+    from lib.io import plots
+    from lib.methods.acdc import ACDCState, edge_order, kept_mask, run_acdc
+    from lib.methods.area import mib_circuit_count, mib_curves
+    from lib.methods.faithfulness import Evaluator, discovery_and_held_out, roc_from_points, roc_point
     extra = dict(thresholds=taus, metric=metric, ablation=ablation, absolute=absolute, export=export, n_random=n_random,
                  prune_with=prune_with, prune_top=prune_top, plain=plain,
                  prune_threshold=None if np.isnan(prune_threshold) else prune_threshold)
     with cli.experiment("06_acdc", opts, resume=resume, headline=HEADLINE, **extra) as (lm, run):
         graph = graph_of(lm)
+        cli.check_edge_counts(graph, ("--prune-top", prune_top))
         rows, datasets = [], []
         timings = run.record.setdefault("seconds", {})  # wall time per task x tau (kept out of the CSVs)
         for name in opts.tasks:
@@ -104,13 +108,16 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                         checkpoint(state, force=True)
                         raise
                 keep = kept_mask(graph, state)
+                importance = torch.zeros(graph.n_sources, graph.n_receivers, dtype=torch.float64)  # [S, R]
+                for e, worse in state.scores.items():  # each tried edge's worsening (MIB's sign); 0 untried
+                    importance[graph.edge_index(e)] = worse
                 circuit = Circuit(lm.name, name, method, {"tau": tau, "metric": metric, "ablation": ablation,
                                                           "absolute": absolute, "n_prompts": len(discovery)},
                                   {e: state.scores.get(e, float("nan")) for e in graph.edges_of(keep)})
                 if keep.any():  # plain: circuit_<task>_tau<tau>.json; pruned: circuit_<task>_tau<tau>_pruned.json
                     run.json(f"circuit_{unit}.json", circuit.to_json(graph))
-                    if export == "eap-ig":  # scores: each kept edge's worsening; 0 for removed edges
-                        run.json(f"circuit_{unit}.eap-ig.json", circuit.to_eap_ig(graph, None, lm.d_model))
+                    if export == "eap-ig":  # the importance its MIB areas rank by, so MIB ranks the same way
+                        run.json(f"circuit_{unit}.eap-ig.json", eap_ig_json(graph, keep, importance, lm.d_model, lm.name))
                 ev = ev or Evaluator(lm, graph, held_out, ablation, opts.batch_size, opts.n_bootstrap, opts.seed)
                 f = ev.faithfulness(keep)
                 row = {"task": name, "method": method, "tau": tau, "metric": metric, "ablation": ablation,
@@ -123,10 +130,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                        "tpr": np.nan, "fpr": np.nan, "reference_edges": np.nan}
                 if reference is not None:
                     row.update(roc_point(graph, keep, reference))
-                importance = torch.zeros(graph.n_sources, graph.n_receivers, dtype=torch.float64)
-                for e, worse in state.scores.items():
-                    importance[graph.edge_index(e)] = worse
-                curve, areas = mib_curves(ev, graph, importance, n_random, opts.seed, opts.n_bootstrap)
+                with progress.bar(mib_circuit_count(n_random), f"{desc}: circuits at MIB's sizes", "circuit") as bar:
+                    curve, areas = mib_curves(ev, graph, importance, n_random, opts.seed, opts.n_bootstrap, progress=bar)
                 row["mib_curve"] = [{"task": name, "method": method, "tau": tau, **r} for r in curve]
                 row["area"] = [{"task": name, "method": method, "tau": tau, **r} for r in areas]
                 rows.append(row)
@@ -184,6 +189,8 @@ def check_pruning(prune_with: str, prune_top: int, prune_threshold: float, plain
 def prune_candidates(lm, graph, run, name: str, discovery, opts, method: str, top: int, threshold: float):
     """(candidate mask, label, scoring record): the edges EAP or EAP-IG keeps on the discovery prompts
     (saved as a unit, so a resumed run tries the same edges)."""
+    from lib.methods.eap import IG_STEPS, edge_scores, gradient_points
+    from lib.methods.faithfulness import top_k_mask
     unit = f"{name}_prune"
     saved = run.unit(unit)
     if saved is None:
@@ -202,6 +209,7 @@ def prune_candidates(lm, graph, run, name: str, discovery, opts, method: str, to
 
 def scored_row(name, label, keep, ev, graph, reference, n_held_out, scoring) -> dict:
     """The pruning method alone (its candidate set as the circuit), next to ACDC and the hybrid."""
+    from lib.methods.faithfulness import roc_point
     f = ev.faithfulness(keep)
     row = {"task": name, "method": label, "tau": np.nan, "edges_kept": int(keep.sum()),
            "nodes_kept": len(graph.nodes_of(keep)), "edges_tried": 0, "forward_passes": scoring["forward_passes"],

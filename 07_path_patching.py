@@ -5,20 +5,18 @@ in both directions; layer x head maps per receiver set and a sender x receiver m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
-import pandas as pd
 import typer
 
+from lib.core import choices
 from lib.core.errors import UserError
-from lib.core.evaluate import behaviour
-from lib.core.graph import graph_of, layer_head
-from lib.io import cli, plots, progress
+from lib.io import cli, progress
 from lib.io.headline import Metric
-from lib.methods import intervals
-from lib.methods.path_patching import DIRECTIONS, PATHS, PathPatcher
-from lib.methods.receivers import parse_receivers, parse_senders
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("strongest_sender_{path}_{direction}", "path_patching.csv", by=("path", "direction"),
@@ -38,16 +36,21 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          direction: Annotated[str, typer.Option("--direction", help="noise | denoise | both")] = "both",
          rows_per_pass: cli.RowsPerPassOpt = None,
          n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
-    paths = list(PATHS) if path == "both" else [path]
-    directions = list(DIRECTIONS) if direction == "both" else [direction]
-    if any(p not in PATHS for p in paths):
+    paths = list(choices.PATHS) if path == "both" else [path]
+    directions = list(choices.PATH_DIRECTIONS) if direction == "both" else [direction]
+    if any(p not in choices.PATHS for p in paths):
         raise UserError(f"unknown --path {path!r}; choose from direct, through-mlps, both")
-    if any(d not in DIRECTIONS for d in directions):
+    if any(d not in choices.PATH_DIRECTIONS for d in directions):
         raise UserError(f"unknown --direction {direction!r}; choose from noise, denoise, both")
     if not receivers.split():
         raise UserError("--receivers needs at least one receiver, node, group or scan")
     cli.check_rows_per_pass(rows_per_pass)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    # the work's imports, once the options are valid (--help and option errors never pay for them)
+    import pandas as pd
+
+    from lib.core.graph import graph_of
+    from lib.methods.receivers import parse_receivers, parse_senders
     with cli.experiment("07_path_patching", opts, resume=resume, headline=HEADLINE, receivers=receivers,
                         senders=senders, path=path, direction=direction, rows_per_pass=rows_per_pass) as (lm, run):
         graph = graph_of(lm)
@@ -68,6 +71,10 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
 def path_task(lm, graph, name: str, data, receiver_sets: list, sender_rows: list[int], paths: list[str],
               directions: list[str], opts, rows_per_pass: int) -> list[dict]:
     """Rows: every sender x receiver set x path x direction, normalized metric with 95% intervals."""
+    from lib.core.evaluate import behaviour
+    from lib.core.graph import layer_head
+    from lib.methods import intervals
+    from lib.methods.path_patching import PathPatcher
     base = behaviour(lm, data, opts.batch_size)
     clean, corrupt = base.metric_clean.to_numpy(), base.metric_corrupted.to_numpy()
     per_pass = max(1, rows_per_pass // min(opts.batch_size, len(data)))
@@ -110,6 +117,7 @@ def path_task(lm, graph, name: str, data, receiver_sets: list, sender_rows: list
 def write_figures(run, lm, frame: pd.DataFrame) -> None:
     """A layer x head map of sender effects per receiver set (panels: task, path, direction); a sender x
     receiver matrix per scan."""
+    from lib.io import plots
     L, H = lm.n_layers, lm.n_heads
     meaning = ("(change of the normalized metric from the base run: 0 = no effect;\nnoise -1 = the path carries the "
                "whole corrupted effect, denoise +1 = it restores the clean behaviour)")

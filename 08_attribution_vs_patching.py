@@ -9,18 +9,10 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import pandas as pd
 import typer
 
-from lib.core.circuits import canonical_circuit
-from lib.core.graph import graph_of
-from lib.core.metrics import data_metric
-from lib.core.model import answer_logits
-from lib.io import cli, plots, progress
+from lib.io import cli, progress
 from lib.io.headline import Metric
-from lib.methods import agreement, intervals
-from lib.methods.eap import edge_scores
-from lib.methods.node_patching import data_patch_metrics, heads_and_mlps
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("r2_{method}", "agreement.csv", "r2", {"level": "edge"}, by=("method",)),
@@ -42,9 +34,14 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     cli.check_at_least(1, ("--ig-steps", ig_steps))
     cli.check_rows_per_pass(rows_per_pass)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    # the work's imports, once the options are valid (--help and option errors never pay for them)
+    import pandas as pd
+
+    from lib.core.graph import graph_of
     with cli.experiment("08_attribution_vs_patching", opts, resume=resume, headline=HEADLINE, sample=sample,
                         ig_steps=ig_steps, curves=curves, rows_per_pass=rows_per_pass) as (lm, run):
         graph = graph_of(lm)
+        cli.check_edge_counts(graph, ("--sample", sample))
         datasets = cli.task_builds(lm, opts)
         results = cli.per_task(run, opts.tasks, lambda name: compare_task(
             lm, graph, name, datasets[name], opts, sample, ig_steps, curves, rows_per_pass or lm.rows_per_pass))
@@ -60,6 +57,14 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
 
 def compare_task(lm, graph, name: str, data, opts, sample: int, ig_steps: int, n_curves: int,
                  rows_per_pass: int) -> dict:
+    import pandas as pd
+
+    from lib.core.circuits import canonical_circuit
+    from lib.core.metrics import data_metric
+    from lib.core.model import answer_logits
+    from lib.methods import agreement, intervals
+    from lib.methods.eap import edge_scores
+    from lib.methods.node_patching import data_patch_metrics, heads_and_mlps
     clean = data_metric(answer_logits(lm, data.clean, data.answer_pos, opts.batch_size), data).numpy()
     with progress.bar(2 * len(data), f"{name}: EAP and EAP-IG scores", "prompt") as bar:
         scores = {"eap": edge_scores(lm, graph, data, opts.batch_size, "eap", progress=bar),
@@ -114,6 +119,7 @@ def compare_task(lm, graph, name: str, data, opts, sample: int, ig_steps: int, n
 
 
 def write_figures(run, frames: dict) -> None:
+    from lib.io import plots
     fits = frames["agreement"].set_index(["task", "level", "method"])
     for task, edges in frames["edges"].groupby("task", sort=False):
         panels = {}

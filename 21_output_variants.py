@@ -4,17 +4,16 @@ full model and the circuit (everything outside it ablated), and normalized logit
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy.stats import spearmanr
-from lib.core.metrics import DIVERGENCES, data_metric, kl_interpretation, summarize
-from lib.core.model import answer_logits
-from lib.core.patching import evaluate_mask
-from lib.io import cli, plots
+
+from lib.io import cli
 from lib.io.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.io.headline import Metric
-from lib.methods import intervals
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("kl_mean", "summary.csv", "mean", {"metric": "kl"}),
@@ -25,6 +24,7 @@ MODE_DROPPING_RATIO = 0.1  # JS below this fraction of KL reads as mode-dropping
 
 
 def interpretation(kl_mean: float, js_mean: float) -> str:
+    from lib.core.metrics import kl_interpretation
     text = kl_interpretation(kl_mean)
     if kl_mean > 0 and js_mean < MODE_DROPPING_RATIO * kl_mean:
         text += "; JS << KL: mode-dropping dominates over hallucinated mass"
@@ -39,6 +39,10 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          resume: cli.ResumeOpt = None):
     check_options(circuit, ablation)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    # the work's imports, once the options are valid (--help and option errors never pay for them)
+    import pandas as pd
+
+    from lib.io import plots
     with circuit_experiment("21_output_variants", opts, circuit, ablation, resume=resume, headline=HEADLINE) as (
             lm, run, graph, datasets):
         results = cli.per_task(run, opts.tasks, lambda name: variants_task(
@@ -51,29 +55,40 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         run.csv("items.csv", items)
         run.csv("summary.csv", summary)
         run.csv("spread.csv", spread)
-        def table(column: str, metrics: list[str]) -> pd.DataFrame:
-            return summary.pivot(index="task", columns="metric", values=column).loc[list(datasets), metrics]
-
-        div = ["kl", "reverse_kl", "js", "tv"]
-        faith = summary[summary.metric == "logit_diff_faithfulness"].set_index("task").loc[list(datasets)]
-        cols = {"ratio_of_means": "ratio of means (headline)", "median": "median of per-prompt ratios"}
-        run.figure("metrics_by_task.png", plots.grouped_bars({
-            "divergences (mean over prompts)": (table("mean", div), "KL, reverse KL, JS: nats; TV: in [0, 1]",
-                                                (table("mean_ci_low", div), table("mean_ci_high", div))),
-            "normalized logit-difference faithfulness": (
-                faith[list(cols)].rename(columns=cols), "1 = full model, 0 = corrupted",
-                (faith[[f"{c}_ci_low" for c in cols]].set_axis(list(cols.values()), axis=1),
-                 faith[[f"{c}_ci_high" for c in cols]].set_axis(list(cols.values()), axis=1)))},
-            f"Circuit vs full model ({ablation} ablation; error bars: 95% bootstrap intervals over prompts)"))
+        run.figure("metrics_by_task.png", metrics_figure(summary, list(datasets), ablation))
         run.figure("kl_vs_js.png", plots.scatter({t: (d.kl.to_numpy(), d.js.to_numpy()) for t, d in items.groupby(
             "task", sort=False)}, "Per-prompt KL vs JS (one dot per prompt)", "KL(full || circuit), nats (symlog)",
             "JS(full, circuit), nats (symlog)", loglog=True))
         print(spread[["task", "circuit", "kl_mean", "js_mean", "interpretation"]].to_string(index=False, float_format="%.4f"))
 
 
+def metrics_figure(summary: pd.DataFrame, tasks: list[str], ablation: str):
+    """Per task: KL and reverse KL (unbounded, nats), JS and TV (bounded) and normalized faithfulness, each in its
+    own panel so the bounded ones do not vanish beside KL; error bars are the 95 % intervals."""
+    from lib.io import plots
+
+    def table(column: str, metrics: list[str]) -> pd.DataFrame:
+        return summary.pivot(index="task", columns="metric", values=column).loc[tasks, metrics]
+
+    unbounded, bounded = ["kl", "reverse_kl"], ["js", "tv"]  # KL has no upper bound; JS <= ln 2, TV <= 1
+    faith = summary[summary.metric == "logit_diff_faithfulness"].set_index("task").loc[tasks]
+    cols = {"ratio_of_means": "ratio of means (headline)", "median": "median of per-prompt ratios"}
+    return plots.grouped_bars({
+        "KL, reverse KL (mean over prompts)": (table("mean", unbounded), "nats (unbounded)",
+                                               (table("mean_ci_low", unbounded), table("mean_ci_high", unbounded))),
+        "JS, TV (mean over prompts)": (table("mean", bounded), "JS: nats (at most ln 2); TV: in [0, 1]",
+                                       (table("mean_ci_low", bounded), table("mean_ci_high", bounded))),
+        "normalized logit-difference faithfulness": (
+            faith[list(cols)].rename(columns=cols), "1 = full model, 0 = corrupted",
+            (faith[[f"{c}_ci_low" for c in cols]].set_axis(list(cols.values()), axis=1),
+             faith[[f"{c}_ci_high" for c in cols]].set_axis(list(cols.values()), axis=1)))},
+        f"Circuit vs full model ({ablation} ablation; error bars: 95% bootstrap intervals over prompts)")
+
+
 def rank_correlation(a: pd.Series, b: pd.Series) -> float:
     """Spearman's rho over the items where both are finite; nan (not an error) when either is constant, as
     when a circuit of every edge gives zero divergence on every item."""
+    from scipy.stats import spearmanr
     ok = np.isfinite(a.to_numpy()) & np.isfinite(b.to_numpy())
     x, y = a.to_numpy()[ok], b.to_numpy()[ok]
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -83,6 +98,12 @@ def rank_correlation(a: pd.Series, b: pd.Series) -> float:
 
 def variants_task(lm, graph, run, name: str, data, opts, circuit: str, ablation: str) -> dict:
     """One task: per-prompt divergences and faithfulness, their summaries, and the spread across metrics."""
+    import pandas as pd
+
+    from lib.core.metrics import DIVERGENCES, data_metric, summarize
+    from lib.core.model import answer_logits
+    from lib.core.patching import evaluate_mask
+    from lib.methods import intervals
     resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, ablation, run)
     full = answer_logits(lm, data.clean, data.answer_pos, opts.batch_size)
     corrupt = answer_logits(lm, data.corrupt, data.answer_pos, opts.batch_size)

@@ -8,17 +8,12 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import pandas as pd
 import typer
-from scipy.stats import binom
-
-from lib.io import cli, plots, progress
 
 from lib.core.errors import UserError
+from lib.io import cli, progress
 from lib.io.circuit_option import AblationOpt, CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.io.headline import Metric
-from lib.methods import hypothesis_tests as ht
-from lib.methods.faithfulness import Evaluator
 
 app = cli.script_app(__doc__)
 TESTS = ("equivalence", "independence", "minimality", "sufficiency")
@@ -50,9 +45,16 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
             raise UserError(f"{name} must be strictly between {lo} and {hi} (got {v})")
     cli.check_at_least(1, ("--n-random", n_random), ("--n-permutations", n_permutations))
     cli.check_at_least(0, ("--max-edges", max_edges))
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
-    if opts.n_prompts < 2:
+    if n_prompts < 2:
         raise UserError("the tests need at least 2 prompts (--n-prompts)")
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
+    # the work's imports, once the options are valid (--help and option errors never pay for them)
+    import pandas as pd
+    from scipy.stats import binom
+
+    from lib.io import plots
+    from lib.methods import hypothesis_tests as ht
+    from lib.methods.faithfulness import Evaluator
     settings = dict(alpha=alpha, epsilon=epsilon, quantile=quantile, n_random=n_random,
                     n_permutations=n_permutations, max_edges=max_edges)
     with circuit_experiment("22_hypothesis_tests", opts, circuit, ablation, resume=resume, headline=HEADLINE, **settings) as (
@@ -82,10 +84,13 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                 {**base, "test": "minimality", "statistic_name": "mean share of random knockouts an edge's knockout exceeds",
                  "statistic": mini["statistic"], "p_value": mini["p_value"], "parameter": f"quantile={quantile}",
                  "n": len(mini["edges"]), "detail": f"smallest Holm-adjusted p over {len(mini['edges'])} edges; "
-                 f"{n_random} random inflated circuits"},
+                 f"{n_random} circuits inflated by random input->logits paths (mean "
+                 f"{mini['random_added_edges'].mean():.2f} edges added)"},
                 {**base, "test": "sufficiency", "statistic_name": "share of random circuits at least as far from the model",
                  "statistic": suf["statistic"], "p_value": suf["p_value"], "parameter": f"quantile={quantile}",
-                 "n": suf["n"], "detail": f"circuit distance {suf['circuit_distance']:.4g} (mean squared metric difference)"},
+                 "n": suf["n"], "detail": f"circuit distance {suf['circuit_distance']:.4g} (mean squared metric difference); "
+                 f"random circuits: unions of random input->logits paths, {suf['random_sizes'].mean():.1f} edges on average "
+                 f"(at least {resolved.n_edges})"},
             ]
             j = np.arange(eq["n"] + 1)
             nulls = {
@@ -93,12 +98,12 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                                 "observed": [(eq["statistic"], "observed share", "C3")], "xlabel": "share of prompts C beats M"},
                 "independence": {"null": ind["null"], "p_value": ind["p_value"], "null_label": "permuted HSIC",
                                  "observed": [(ind["statistic"], "observed HSIC", "C3")], "xlabel": "HSIC"},
-                "minimality": {"null": mini["random"], "p_value": mini["p_value"], "null_label": "random added-edge knockouts",
+                "minimality": {"null": mini["random"], "p_value": mini["p_value"], "null_label": "knockouts of a random added edge",
                                "observed": [(r["knockout_distance"], "circuit edge knockouts" if i == 0 else None, "C0")
-                                            for i, r in enumerate(mini["edges"][:50])], "symlog": True,
+                                            for i, r in enumerate(mini["edges"][:50])], "positive": True,
                                "xlabel": "knockout distance (mean squared metric change)"},
-                "sufficiency": {"null": suf["random"], "p_value": suf["p_value"], "null_label": "random circuits, same size",
-                                "observed": [(suf["circuit_distance"], "circuit", "C3")], "symlog": True,
+                "sufficiency": {"null": suf["random"], "p_value": suf["p_value"], "null_label": "random connected circuits of at least its size",
+                                "observed": [(suf["circuit_distance"], "circuit", "C3")], "positive": True,
                                 "xlabel": "distance to the model (mean squared metric difference)"},
             }
             run.figure(f"null_{name}.png", plots.null_distributions(

@@ -6,14 +6,16 @@ KL). Every combination, with 95% intervals, its range per task, a heatmap and a 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from lib.io import cli, plots, progress
+from lib.io import cli, progress
 from lib.io.circuit_option import CircuitOpt, check_options, circuit_experiment, resolve_with_progress
 from lib.io.headline import Metric
-from lib.methods import robustness
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("faithfulness_default", "robustness_summary.csv", "default_faithfulness"),
@@ -28,6 +30,10 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     check_options(circuit, DISCOVERY_ABLATION)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    # the work's imports, once the options are valid (--help and option errors never pay for them)
+    import pandas as pd
+
+    from lib.io import plots
     with circuit_experiment("23_robustness", opts, circuit, DISCOVERY_ABLATION, resume=resume,
                             headline=HEADLINE) as (lm, run, graph, datasets):
         results = cli.per_task(run, opts.tasks, lambda name: robustness_task(
@@ -50,6 +56,9 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
 
 def robustness_task(lm, graph, run, name: str, data, opts, circuit: str) -> dict:
     """One task: the circuit (resolved on the default corruption's prompts) under every setting."""
+    import pandas as pd
+
+    from lib.methods import robustness
     from tasks import TASKS
 
     task = TASKS[name]
@@ -70,6 +79,7 @@ def robustness_task(lm, graph, run, name: str, data, opts, circuit: str) -> dict
 
 def one_factor_view(grid: pd.DataFrame, tasks: list[str]) -> tuple[list[str], np.ndarray]:
     """Rows: the default setting, then each choice changed alone; columns: tasks (nan where not defined)."""
+    from lib.methods import robustness
     default = {"ablation": "resample", "level": "edges", "positions": "all", "metric": "task"}
     labels, table = ["default"], []
     alternatives = [("ablation", a) for a in ("mean", "zero")] + [("level", "nodes"), ("positions", "named")] + \

@@ -9,18 +9,12 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import pandas as pd
 import typer
 
-from lib.core.circuits import canonical_circuit
 from lib.core.errors import UserError
-from lib.core.graph import Circuit, graph_of
-from lib.io import cli, plots, progress
+from lib.io import cli, progress
+from lib.io.circuit_json import Circuit
 from lib.io.headline import Metric
-from lib.methods import comparison, intervals
-from lib.methods.acdc import edge_order, kept_mask, run_acdc
-from lib.methods.eap import edge_scores
-from lib.methods.faithfulness import Evaluator, discovery_and_held_out, log_grid, top_k_mask
 
 app = cli.script_app(__doc__)
 HEADLINE = [Metric("mean_pairwise_edge_jaccard", "pairwise.csv", fn=lambda rows: float(rows.edge_jaccard.mean())),
@@ -50,13 +44,14 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     if not files and (not taus or min(taus) < 0):
         raise UserError("--thresholds must be one or more non-negative numbers")
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    # the work's imports, once the options are valid (--help and option errors never pay for them)
+    from lib.core.graph import graph_of
     extra = dict(circuits=[str(f) for f in files], top_k=top_k, thresholds=taus, ig_steps=ig_steps,
                  n_resamples=n_resamples)
     with cli.experiment("24_compare_circuits", opts, resume=resume, headline=HEADLINE, **extra) as (lm, run):
         graph = graph_of(lm)
         loaded = {f"file:{f.name}": Circuit.load(f, graph).mask(graph) for f in files}
-        if top_k > graph.n_edges:
-            raise UserError(f"--top-k {top_k} is more than the model's {graph.n_edges} edges")
+        cli.check_edge_counts(graph, ("--top-k", top_k))
         results = cli.per_task(run, opts.tasks, lambda name: compare_task(
             lm, graph, name, opts, loaded, top_k, taus, ig_steps, n_resamples))
         write(run, graph, results)
@@ -64,6 +59,11 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
 
 def compare_task(lm, graph, name: str, opts, loaded: dict, top_k: int, taus: list[float], ig_steps: int,
                  n_resamples: int) -> dict:
+    from lib.core.circuits import canonical_circuit
+    from lib.methods import comparison, intervals
+    from lib.methods.acdc import edge_order, kept_mask, run_acdc
+    from lib.methods.eap import edge_scores
+    from lib.methods.faithfulness import Evaluator, discovery_and_held_out, log_grid, top_k_mask
     discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
     circuits, items, sensitivity, stability_rows, stability_summary = dict(loaded), {}, [], [], []
     if not loaded:
@@ -120,6 +120,9 @@ def compare_task(lm, graph, name: str, opts, loaded: dict, top_k: int, taus: lis
 
 
 def write(run, graph, results: dict) -> None:
+    import pandas as pd
+
+    from lib.io import plots
     run.csv("dataset.csv", pd.concat([r["frame"] for r in results.values()]))
     run.csv("circuits.csv", pd.DataFrame([row for r in results.values() for row in r["circuits"]]))
     run.csv("pairwise.csv", pd.DataFrame([row for r in results.values() for row in r["pairs"]],

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lib.batch import aggregate, cells, grid
+from lib.batch import cells, grid
 from lib.core.errors import UserError
 from lib.io import cli
 from lib.io.results import atomic_write, git_commit, probe_writable, versions
@@ -64,7 +64,7 @@ def _record(out: Path, grid_file: Path, text: str, all_cells: list, executor: di
 def _run_local(out: Path, all_cells: list, todo: list, jobs: int) -> None:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        pending = {pool.submit(cells.run_cell, c, str(out), threads): c for c in todo}
+        pending = {pool.submit(cells.run_cell, c, str(out), threads, forked=True): c for c in todo}
         try:
             while pending:
                 done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
@@ -147,6 +147,10 @@ def run(grid_file: Annotated[Path, typer.Argument(help="the grid (TOML)")],
         print(f"{len(todo)} of {len(all_cells)} cells would run ({executor} executor)")
         return
     out = _out_dir(out)
+    if executor == "local":
+        from lib.batch import forked
+
+        forked.start()  # its imports overlap the manifest and the first cells' scheduling
     _record(out, grid_file, text, all_cells, {"executor": executor, "jobs": jobs,
                                                **({} if executor == "local" else params)})
     todo = _todo(out, all_cells, only_failed)
@@ -156,14 +160,23 @@ def run(grid_file: Annotated[Path, typer.Argument(help="the grid (TOML)")],
         _run_local(out, all_cells, todo, jobs)
     else:
         _run_submitit(out, all_cells, todo, "slurm" if executor == "slurm" else "local", params)
-    _summarize(out, all_cells)
+    m = _summarize(out, all_cells)
+    unfinished = m[m.state != "done"]
+    if len(unfinished):  # the summary covers the finished cells; the run as a whole did not succeed
+        print(f"error: {len(unfinished)} of {len(m)} cells did not finish ({_counts(m)}); see "
+              f"uv run python batch.py status {out}", file=sys.stderr)
+        sys.exit(1)
 
 
-def _summarize(out: Path, all_cells: list) -> None:
+def _summarize(out: Path, all_cells: list):
+    """Write the summary files; returns the manifest."""
+    from lib.batch import aggregate
+
     m = cells.write_manifest(out, all_cells)
     table, folded = aggregate.summarize(out, m)
     print(_counts(m) + f"; wrote {out}/summary.csv "
           f"({len(table)} rows), summary_by_seed.csv, tables.md, tables.tex")
+    return m
 
 
 def _cells_of(out: Path) -> list:

@@ -113,7 +113,7 @@ def test_script_hybrid_and_bad_pruning_options(tmp_path):
     from conftest import run_cli
 
     r = run_cli("06_acdc.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "4", "--thresholds", "0.05",
-                "--prune-with", "eap", "--prune-top", "20", "--no-plain", "--n-random", "1", "--n-bootstrap", "20",
+                "--prune-with", "eap", "--prune-top", "20", "--no-plain", "--n-random", "1", "--n-bootstrap", "40",
                 "--quiet", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / "06_acdc").iterdir())

@@ -279,7 +279,7 @@ def test_scripts_run_on_other_architectures(name, script, saved, tmp_path):
     from conftest import run_cli
 
     r = run_cli(script, "--model", str(saved(name)), "--tasks", "ioi", "--n-prompts", "6", "--quiet",
-                "--n-bootstrap", "20", "--out", str(tmp_path), *(["--thresholds", "0.05"] if "acdc" in script else []))
+                "--n-bootstrap", "40", "--out", str(tmp_path), *(["--thresholds", "0.05"] if "acdc" in script else []))
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / script.removesuffix(".py")).iterdir())
     arch = json.loads((run / "run.json").read_text())["model"]["architecture"]

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lib.core.errors import UserError
-from lib.core.graph import Circuit, Graph
+from lib.core.graph import Graph
+from lib.io.circuit_json import Circuit
 from lib.methods import area
 
 G = Graph(2, 2)
@@ -81,23 +82,30 @@ def test_curve_on_toy_ends_at_the_full_model(toy):
 
 
 def test_eap_ig_json_round_trip_and_hand_written(tmp_path):
+    from lib.io.circuit_json import eap_ig_json
+
     c = Circuit("toy", "ioi", "eap", {}, {"input->a0.h1<q>": -1.5, "a0.h1->logits": 2.0})
     scores = torch.zeros(G.n_sources, G.n_receivers, dtype=torch.float64)
+    for e, s in c.edges.items():
+        scores[G.edge_index(e)] = s
     scores[G.edge_index("m1->logits")] = 0.25
-    obj = c.to_eap_ig(G, scores, d_model=8)
-    assert len(obj["edges"]) == G.n_edges and obj["edges"]["m1->logits"] == {"score": 0.25, "in_graph": False}
+    obj = eap_ig_json(G, c.mask(G), -scores, d_model=8)  # written in the library's convention: -our score
+    assert len(obj["edges"]) == G.n_edges and obj["edges"]["m1->logits"] == {"score": -0.25, "in_graph": False}
+    assert obj["edges"]["input->a0.h1<q>"] == {"score": 1.5, "in_graph": True}
     assert obj["nodes"]["a0.h1"]["in_graph"] and not obj["nodes"]["m1"]["in_graph"]
+    assert "higher = more important" in obj["cfg"]["score_convention"]
     (tmp_path / "g.json").write_text(json.dumps(obj))
     back = Circuit.load(tmp_path / "g.json", G)
     assert torch.equal(back.mask(G), c.mask(G)) and back.method == "eap-ig-json"
-    # written by hand, as the EAP-IG library writes it (only the fields it reads)
+    assert back.edges == c.edges  # negated on import: our scores come back
+    # written by hand, as the EAP-IG library writes it (only the fields it reads): higher = more important
     (tmp_path / "hand.json").write_text(json.dumps({
         "cfg": {"n_layers": 2, "n_heads": 2, "parallel_attn_mlp": False, "d_model": 8},
         "nodes": {"input": {"in_graph": True}, "m0": {"in_graph": True}, "logits": {"in_graph": True}},
         "edges": {"input->m0": {"score": 0.5, "in_graph": True}, "m0->logits": {"score": 0.1, "in_graph": True},
                   "input->logits": {"score": 0.0, "in_graph": False}}}))
     hand = Circuit.load(tmp_path / "hand.json", G)
-    assert hand.edges == {"input->m0": 0.5, "m0->logits": 0.1}
+    assert hand.edges == {"input->m0": -0.5, "m0->logits": -0.1}  # our convention: the important edge most negative
     with pytest.raises(UserError, match="an EAP-IG graph of a 2-layer, 2-head model, not of this 3-layer"):
         Circuit.load(tmp_path / "hand.json", Graph(3, 2))
 
@@ -131,3 +139,51 @@ def test_auc_interval_over_prompts():
     assert np.isclose(auc_of_ranking(mean.abs()[exists].numpy(), reference[exists].numpy()), auc)
     low, high = auc_interval(G, items, reference, 300, seed=0)
     assert low <= auc + 1e-12 and auc <= high + 1e-12 and 0.5 < low  # (the AUC is computed two ways: float noise)
+
+
+def mib_cpr(graph, exported: dict, evaluator) -> float:
+    """MIB's CPR from an exported EAP-IG graph JSON, transcribed from its code: Graph.apply_topn(n, absolute=False)
+    (torch.argsort of the scores, descending, non-edges at -inf, the first n in_graph), then prune (the EAP-IG
+    library's, which lib.methods.area.prune_dangling equals), faithfulness (m(C) - m(empty)) / (m(full) -
+    m(empty)) of batch means, and the trapezoid over the fractions (evaluate_area_under_curve, linear axis)."""
+    scores = torch.full((graph.n_sources, graph.n_receivers), -torch.inf, dtype=torch.float64)
+    for name, edge in exported["edges"].items():
+        scores[graph.edge_index(name)] = edge["score"]
+    full, empty = evaluator.clean.mean(), evaluator.metric(torch.zeros_like(graph.edge_exists)).mean()
+    fractions = (.001, .002, .005, .01, .02, .05, .1, .2, .5, 1)
+    faithfulness = []
+    for pct in fractions:
+        n = int(pct * graph.n_edges)
+        in_graph = torch.zeros(scores.numel(), dtype=torch.bool)
+        in_graph[torch.argsort(scores.view(-1), descending=True)[:n]] = True
+        keep = area.prune_dangling(graph, in_graph.view_as(scores))
+        faithfulness.append((evaluator.metric(keep).mean() - empty) / (full - empty))
+    return sum((fractions[i + 1] - fractions[i]) * (faithfulness[i] + faithfulness[i + 1]) / 2
+               for i in range(len(fractions) - 1))
+
+
+def test_exported_eap_ig_file_gives_our_cpr_under_mibs_ranking(tmp_path):
+    """A 05 --export eap-ig file, ranked as MIB ranks it, gives the CPR 05 reports (the sign was once inverted)."""
+    import pandas as pd
+
+    from conftest import run_cli
+    from lib.core.graph import graph_of
+    from lib.core.model import load_model
+    from lib.methods.faithfulness import Evaluator, discovery_and_held_out
+
+    r = run_cli("05_eap.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "10", "--method", "eap", "--top-k", "20",
+                "--n-random", "0", "--n-bootstrap", "0", "--export", "eap-ig", "--quiet", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    (run,) = (tmp_path / "05_eap").iterdir()
+    exported = json.loads((run / "circuit_ioi_top20.eap-ig.json").read_text())
+    areas = pd.read_csv(run / "area.csv").set_index("metric")
+    assert areas.at["cpr", "edges_tied_at_cuts"] == "0 0 0 0 0 0 0 0 0 0"  # no tie decides a circuit
+    assert np.isclose(areas.at["cpr", "mib_log_value"], areas.at["cpr", "log_axis_value"] * np.log(1000))
+    toy = load_model("toy", device="cpu")
+    g = graph_of(toy)
+    _, held_out, _ = discovery_and_held_out("ioi", toy.tokenizer, 10, 0)
+    ev = Evaluator(toy, g, held_out, "resample", 32)
+    assert np.isclose(mib_cpr(g, exported, ev), areas.at["cpr", "value"], atol=1e-6)
+    # the file of the old sign (our scores as they are) selects other circuits: MIB would report another CPR
+    flipped = {"edges": {k: {**v, "score": -v["score"]} for k, v in exported["edges"].items()}}
+    assert not np.isclose(mib_cpr(g, flipped, ev), areas.at["cpr", "value"], atol=1e-3)

@@ -100,7 +100,7 @@ def test_script_writes_a_complete_run(tmp_path):
     from conftest import run_cli
 
     r = run_cli("08_attribution_vs_patching.py", "--tasks", "ioi", "greater-than", "--model", "toy", "--n-prompts",
-                "6", "--sample", "40", "--curves", "2", "--n-bootstrap", "20", "--quiet", "--out", str(tmp_path))
+                "6", "--sample", "40", "--curves", "2", "--n-bootstrap", "40", "--quiet", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / "08_attribution_vs_patching").iterdir())
     names = {p.name for p in run.iterdir()}

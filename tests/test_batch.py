@@ -174,7 +174,9 @@ tasks = ["ioi"]
 circuit = "{tmp_path / 'c.json'}"
 """)
     code, out, err = batch("run", str(tmp_path / "g.toml"), "--out", str(tmp_path / "out"), "--jobs", "2")
-    assert code == 0, err
+    (line,) = err.strip().splitlines()  # the run did not succeed: exit 1, one line saying so
+    assert code == 1 and line.startswith("error: 1 of 2 cells did not finish (done=1 failed=1"), err
+    assert (tmp_path / "out" / "summary.csv").is_file()  # the finished cell is still summarized
     m = pd.read_csv(tmp_path / "out" / "manifest.csv")
     assert list(m.state) == ["done", "failed"]
     assert "edge 'a9.h9->logits' does not exist in a 4-layer, 4-head model" in m.error[1]

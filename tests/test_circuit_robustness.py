@@ -95,7 +95,7 @@ def test_script_writes_a_complete_run(tmp_path):
     from conftest import run_cli
 
     r = run_cli("23_robustness.py", "--tasks", "ioi", "sva", "--model", "toy", "--n-prompts", "8", "--n-bootstrap",
-                "20", "--quiet", "--out", str(tmp_path))
+                "40", "--quiet", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / "23_robustness").iterdir())
     assert {"robustness.csv", "robustness_summary.csv", "robustness_heatmap.png", "dataset.csv", "run.json",

@@ -83,7 +83,8 @@ def test_bad_input_one_line_exit_2(tmp_path, args, message):
 
 def test_circuit_file_option(tmp_path):
     """A circuit JSON with every edge gives faithfulness 1 (all kept = clean); bad files fail cleanly."""
-    from lib.core.graph import Circuit, Graph
+    from lib.core.graph import Graph
+    from lib.io.circuit_json import Circuit
 
     g = Graph(4, 4)
     Circuit("toy", "ioi", "all", {}, {e: 0.0 for e in g.edge_names}).save(tmp_path / "all.json", g)

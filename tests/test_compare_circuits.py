@@ -76,7 +76,7 @@ def test_script_discovers_and_compares(tmp_path):
     from conftest import run_cli
 
     r = run_cli("24_compare_circuits.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "8", "--top-k", "10",
-                "--n-resamples", "5", "--n-bootstrap", "20", "--quiet", "--out", str(tmp_path))
+                "--n-resamples", "5", "--n-bootstrap", "40", "--quiet", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / "24_compare_circuits").iterdir())
     circuits = pd.read_csv(run / "circuits.csv")

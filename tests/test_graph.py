@@ -7,7 +7,8 @@ import torch
 
 from lib.core.circuits import canonical_circuit
 from lib.core.errors import UserError
-from lib.core.graph import Circuit, Graph
+from lib.core.graph import Graph
+from lib.io.circuit_json import Circuit
 
 G = Graph(12, 12)
 

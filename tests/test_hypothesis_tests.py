@@ -43,15 +43,35 @@ def test_independence_permutation_null():
     assert math.isclose(r["statistic"], ht.hsic(x[:20], y))
 
 
-def test_random_paths_are_real_connected_paths():
+def test_random_paths_walk_as_shi_et_al_code():
+    """circuitry's _sample_path: from input, a uniformly chosen outgoing edge at each node until logits."""
     g = Graph(4, 3)
-    rng = np.random.default_rng(0)
+    paths = ht.RandomPaths(g, np.random.default_rng(0))
     for _ in range(200):
-        edges = ht.random_path(g, rng)
+        edges = [f"{g.sources[s]}->{g.receivers[r]}" for s, r in paths.path()]
         for e in edges:
             g.edge_index(e)  # raises for an edge the graph does not have
         chain = [e.split("->")[0] for e in edges] + ["logits"]
         assert chain[0] == "input" and [e.split("->")[1].split("<")[0] for e in edges] == chain[1:]
+    # one layer, one head, by hand: input feeds q, k, v, m0, logits; the head feeds m0, logits; m0 feeds logits.
+    # E[length] = 1/5 * 1 (input->logits) + 1/5 * 2 (via m0) + 3/5 * (1/2 * 2 + 1/2 * 3) (via the head) = 2.1
+    one = ht.RandomPaths(Graph(1, 1), np.random.default_rng(1))
+    lengths = np.array([len(one.path()) for _ in range(20000)])
+    assert abs(lengths.mean() - 2.1) < 0.03 and abs((lengths == 1).mean() - 0.2) < 0.01
+
+
+def test_random_circuits_are_connected_and_at_least_the_size():
+    from lib.methods.area import prune_dangling
+
+    g = Graph(4, 4)
+    paths = ht.RandomPaths(g, np.random.default_rng(0))
+    empty = torch.zeros_like(g.edge_exists)
+    for n in (1, 9, 40, 95):
+        r = paths.grow(empty, n)
+        assert int(r.sum()) >= n and torch.equal(prune_dangling(g, r), r)  # every edge on an input->logits path
+    base = paths.grow(empty, 5)
+    inflated = paths.grow(base, 1)
+    assert bool((inflated & ~base).any()) and torch.equal(inflated & base, base)
 
 
 def test_empty_circuit_is_not_equivalent_and_the_full_graph_is(toy):

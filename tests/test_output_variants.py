@@ -8,7 +8,8 @@ from scipy.special import softmax
 from scipy.stats import entropy
 
 from conftest import run_cli
-from lib.core.graph import Circuit, graph_of
+from lib.core.graph import graph_of
+from lib.io.circuit_json import Circuit
 from lib.core.model import answer_logits
 from lib.core.patching import ablate_mask, ablation_values
 from tasks import TASKS

@@ -134,7 +134,7 @@ def test_script_writes_a_complete_run(tmp_path):
     from conftest import run_cli
 
     r = run_cli("07_path_patching.py", "--tasks", "ioi", "greater-than", "--model", "toy", "--n-prompts", "6",
-                "--receivers", "logits all-heads<v>", "--path", "direct", "--n-bootstrap", "20", "--quiet",
+                "--receivers", "logits all-heads<v>", "--path", "direct", "--n-bootstrap", "40", "--quiet",
                 "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / "07_path_patching").iterdir())

@@ -89,7 +89,8 @@ def test_divergences_keep_their_properties_on_any_logits(p, data):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_circuit_json_round_trips(tmp_path, data):
-    from lib.core.graph import Circuit, Graph
+    from lib.core.graph import Graph
+    from lib.io.circuit_json import Circuit
 
     g = Graph(data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
     edges = data.draw(st.lists(st.sampled_from(g.edge_names), min_size=1, unique=True))

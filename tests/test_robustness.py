@@ -3,12 +3,9 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 TOY = ["--model", "toy"]
@@ -26,9 +23,11 @@ def one_error_line(r, message):
 
 
 def start_script(script, *args, log):
-    """A script as its own process (as SLURM or `timeout` runs it), stderr to a log file."""
-    return subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    """A script as its own process and session (as SLURM or `timeout` runs it), stderr to a log file; forked
+    from the server that holds the heavy imports (lib.batch.forked), as batch.py starts its cells."""
+    from lib.batch.forked import ForkedScript
+
+    return ForkedScript(script, list(args), os.devnull, log.name, cwd=ROOT)
 
 
 def wait_for_line(path, needle, proc, timeout=120):

@@ -16,8 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from lib.batch.grid import Cell
 from lib.io.results import atomic_write
 
@@ -25,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 STATES = ("done", "failed", "interrupted", "pending")
 MANIFEST_COLUMNS = ["cell_id", "script", "task", "options", "state", "run_dir", "wall_seconds", "error"]
 
-_running: dict[str, subprocess.Popen] = {}  # cell id -> its process (local executor), for forwarding signals
+_running: dict = {}  # cell id -> its process (Popen or ForkedScript), for forwarding signals
 _lock = threading.Lock()
+_stopping = threading.Event()  # set by stop_running; .signum is the signal it forwards
 
 
 def cell_dir(out: Path, cell_id: str) -> Path:
@@ -53,30 +52,40 @@ def _error_line(log: Path) -> str:
     return (errors or lines or ["(no output)"])[-1][:500]
 
 
-def run_cell(cell: Cell, out: str, threads: int | None = None, python: str = sys.executable) -> dict:
+def run_cell(cell: Cell, out: str, threads: int | None = None, python: str = sys.executable,
+             forked: bool = False) -> dict:
     """Run one cell to its end (a fresh run, or --resume of its interrupted one); write and return its outcome.
-    threads caps the cell's CPU threads (so parallel cells do not oversubscribe the cores). Module-level and
-    picklable: submitit runs it inside a SLURM job."""
+    threads caps the cell's CPU threads (so parallel cells do not oversubscribe the cores). forked: start it
+    from the forkserver that holds the heavy imports (lib.batch.forked; the local executor), else as a new
+    interpreter (a SLURM job runs one cell). Module-level and picklable: submitit runs it inside a SLURM job."""
     out = Path(out)
     where = cell_dir(out, cell.id)
     where.mkdir(parents=True, exist_ok=True)
     leftover = _leftover(where)
     args = ["--resume", str(leftover)] if leftover else [*cell.argv(), "--out", str(where)]
     log = where / "log.txt"
-    t0 = time.time()
     with log.open("a") as f:
         f.write(f"$ {cell.script} {' '.join(args)}\n")
-        f.flush()
+    if forked:
+        from lib.batch.forked import ForkedScript
+
+        proc = ForkedScript(cell.script, args, log, threads=threads)  # returns once forked (the server ready)
+        t0 = time.time()
+    else:
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
-        proc = subprocess.Popen([python, str(ROOT / cell.script), *args], cwd=os.getcwd(), stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        t0 = time.time()
+        with log.open("a") as f:
+            proc = subprocess.Popen([python, str(ROOT / cell.script), *args], cwd=os.getcwd(), stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    with _lock:
+        _running[cell.id] = proc
+        if _stopping.is_set():  # stop_running came while this cell was starting
+            proc.send_signal(_stopping.signum)
+    try:
+        code = proc.wait()
+    finally:
         with _lock:
-            _running[cell.id] = proc
-        try:
-            code = proc.wait()
-        finally:
-            with _lock:
-                _running.pop(cell.id, None)
+            _running.pop(cell.id, None)
     runs = sorted(p for p in where.glob(f"{cell.script[:-3]}/*") if p.is_dir() and not p.name.startswith(".")
                   and not p.name.endswith(".interrupted"))
     state = "done" if code == 0 and runs else "interrupted" if code in (129, 130, 143) else "failed"
@@ -90,6 +99,8 @@ def run_cell(cell: Cell, out: str, threads: int | None = None, python: str = sys
 def stop_running(signum: int = signal.SIGTERM, timeout: float = 120.0) -> None:
     """Forward a signal to every cell process still running and wait for them to checkpoint and exit."""
     with _lock:
+        _stopping.signum = signum
+        _stopping.set()
         procs = list(_running.values())
     for p in procs:
         if p.poll() is None:
@@ -102,8 +113,10 @@ def stop_running(signum: int = signal.SIGTERM, timeout: float = 120.0) -> None:
             p.kill()
 
 
-def manifest(out: Path, cells: list[Cell]) -> pd.DataFrame:
-    """The state of every cell, from the outcome files (pending where a cell has none yet)."""
+def manifest(out: Path, cells: list[Cell]):
+    """The state of every cell, from the outcome files (pending where a cell has none yet): a DataFrame."""
+    import pandas as pd
+
     rows = []
     for c in cells:
         o = read_outcome(out, c.id) or {}
@@ -114,7 +127,7 @@ def manifest(out: Path, cells: list[Cell]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
-def write_manifest(out: Path, cells: list[Cell]) -> pd.DataFrame:
+def write_manifest(out: Path, cells: list[Cell]):
     """Rewrite DIR/manifest.csv atomically; returns it."""
     df = manifest(out, cells)
     atomic_write(Path(out) / "manifest.csv", lambda p: df.to_csv(p, index=False))

@@ -40,8 +40,8 @@ class Cell:
         """The script's command-line arguments (without --out)."""
         out = []
         for name, value in self.options:
-            if isinstance(value, bool):
-                out += [f"--{name}"] if value else []
+            if isinstance(value, bool):  # every flag is a --name/--no-name pair, so false is said, not dropped
+                out += [f"--{name}" if value else f"--no-{name}"]
             else:
                 out += [f"--{name}", *str(value).split()] if name in ("tasks", "thresholds", "top-k") else [f"--{name}", str(value)]
         return out
@@ -66,7 +66,7 @@ def _values(where: str, key: str, value) -> list[Scalar]:
 
 def expand(grid: dict, source: str = "grid") -> list[Cell]:
     """Cells of a parsed grid, in order: experiments in file order, then the product of their options."""
-    from tasks import TASKS
+    from tasks import TASK_NAMES
 
     unknown = set(grid) - {"defaults", "experiment"}
     if unknown:
@@ -85,7 +85,7 @@ def expand(grid: dict, source: str = "grid") -> list[Cell]:
         if bad:
             raise UserError(f"{where}: option {', '.join(sorted(bad))} is set by the runner for every cell")
         if "tasks" not in merged or merged["tasks"] == "all":
-            merged["tasks"] = list(TASKS)
+            merged["tasks"] = list(TASK_NAMES)
         elif isinstance(merged["tasks"], str):
             merged["tasks"] = merged["tasks"].split()
         names = ["tasks"] + [k for k in merged if k != "tasks"]

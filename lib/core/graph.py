@@ -1,11 +1,9 @@
-"""The computational graph (DESIGN §3): sources x receivers as dense tensors, edge names, circuit JSON."""
+"""The computational graph (DESIGN §3): sources x receivers as dense tensors, edge names."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import torch
 
@@ -106,6 +104,17 @@ class Graph:
         m[:, self.logits_receiver] = True
         return m
 
+    @cached_property
+    def own_receivers(self) -> torch.Tensor:
+        """[S, R] bool: the receivers through which each source node reads (a head: q, k, v; an MLP: its input)."""
+        m = torch.zeros(self.n_sources, self.n_receivers, dtype=torch.bool)
+        for l in range(self.n_layers):
+            for h in range(self.n_heads):
+                for kind in "qkv":
+                    m[self.head_source(l, h), self.qkv_receivers(l, kind).start + h] = True
+            m[self.mlp_source(l), self.mlp_receiver(l)] = True
+        return m
+
     @property
     def n_edges(self) -> int:
         return int(self.edge_exists.sum())
@@ -167,112 +176,3 @@ def layer_head(node: str) -> tuple[int, int]:
 
 def graph_of(model) -> Graph:
     return Graph(model.n_layers, model.n_heads, model.arch.parallel)
-
-
-@dataclass
-class Circuit:
-    """A set of edges with provenance; saved as JSON (DESIGN §3)."""
-
-    model: str
-    task: str
-    method: str
-    params: dict
-    edges: dict[str, float]  # edge name -> score (nan where the method gives none)
-
-    def mask(self, graph: Graph) -> torch.Tensor:
-        return graph.mask_of(self.edges)
-
-    def to_json(self, graph: Graph) -> dict:
-        mask = self.mask(graph)
-        return {"model": self.model, "task": self.task, "method": self.method, "params": self.params,
-                "nodes": graph.nodes_of(mask),
-                "edges": [{"edge": e, "score": self.edges[e]} for e in graph.edges_of(mask)]}
-
-    def save(self, path: Path, graph: Graph) -> None:
-        Path(path).write_text(json.dumps(self.to_json(graph), indent=1) + "\n")
-
-    @classmethod
-    def read(cls, path: Path) -> "Circuit":
-        """Read a circuit JSON and check its form (before any model is loaded); every problem is one
-        UserError line. Edge names are checked against a graph by load()."""
-        try:
-            obj = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UserError(f"circuit file {path} does not exist") from None
-        except IsADirectoryError:
-            raise UserError(f"circuit file {path} is a directory") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
-            raise UserError(f"circuit file {path} is not valid JSON ({' '.join(str(e).split())})") from None
-        if isinstance(obj, dict) and isinstance(obj.get("edges"), dict) and "cfg" in obj:
-            return cls.from_eap_ig(obj, path)
-        if not isinstance(obj, dict) or not isinstance(obj.get("edges"), list):
-            raise UserError(f"circuit file {path} has no 'edges' list")
-        edges = {}
-        for item in obj["edges"]:
-            name = item.get("edge") if isinstance(item, dict) else item
-            score = item.get("score") if isinstance(item, dict) else None
-            if not isinstance(name, str) or "->" not in name:
-                raise UserError(f"circuit file {path}: each edge must be a name 'source->receiver' or "
-                                "{'edge': name, 'score': x}")
-            try:
-                edges[name] = float("nan") if score is None else float(score)
-            except (TypeError, ValueError):
-                raise UserError(f"circuit file {path}: edge {name}'s score {score!r} is not a number") from None
-        if not edges:
-            raise UserError(f"circuit file {path} has no edges")
-        params = obj.get("params", {})
-        return cls(str(obj.get("model", "?")), str(obj.get("task", "?")), str(obj.get("method", "?")),
-                   params if isinstance(params, dict) else {}, edges)
-
-    @classmethod
-    def from_eap_ig(cls, obj: dict, path) -> "Circuit":
-        """A circuit in the EAP-IG library's graph JSON (the format of MIB submissions): {"cfg": {n_layers,
-        n_heads, parallel_attn_mlp, ...}, "nodes": {name: {"in_graph"}}, "edges": {name: {"score", "in_graph"}}};
-        the circuit is the edges with in_graph true."""
-        cfg = obj["cfg"]
-        if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), int) for k in ("n_layers", "n_heads")):
-            raise UserError(f"circuit file {path}: EAP-IG graph JSON without integer cfg.n_layers and cfg.n_heads")
-        edges = {}
-        for name, info in obj["edges"].items():
-            if not isinstance(info, dict) or "in_graph" not in info or "->" not in str(name):
-                raise UserError(f"circuit file {path}: EAP-IG edge {name!r} needs {{'score', 'in_graph'}}")
-            if info["in_graph"]:
-                try:
-                    edges[name] = float(info.get("score", float("nan")))
-                except (TypeError, ValueError):
-                    raise UserError(f"circuit file {path}: edge {name}'s score is not a number") from None
-        if not edges:
-            raise UserError(f"circuit file {path} has no edges in the graph (in_graph)")
-        return cls("?", "?", "eap-ig-json", {"format": "eap-ig", "cfg": cfg}, edges)
-
-    def to_eap_ig(self, graph: Graph, scores: torch.Tensor | None = None, d_model: int | None = None) -> dict:
-        """This circuit in the EAP-IG library's graph JSON: every edge of the graph with its score (scores [S, R]
-        where given, else this circuit's scores and 0 outside it) and in_graph."""
-        keep = self.mask(graph)
-        on_nodes = set(graph.nodes_of(keep))
-        edges = {}
-        for e in graph.edge_names:
-            s, r = graph.edge_index(e)
-            score = float(scores[s, r]) if scores is not None else float(self.edges.get(e, 0.0))
-            edges[e] = {"score": score if score == score else 0.0, "in_graph": bool(keep[s, r])}
-        return {"cfg": {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "parallel_attn_mlp": graph.parallel,
-                        "d_model": d_model},
-                "nodes": {n: {"in_graph": n in on_nodes} for n in graph.nodes},
-                "edges": edges}
-
-    @classmethod
-    def load(cls, path: Path, graph: Graph) -> "Circuit":
-        """read() and check every edge against graph."""
-        circuit = cls.read(path)
-        cfg = circuit.params.get("cfg") if circuit.params.get("format") == "eap-ig" else None
-        if cfg and (cfg["n_layers"], cfg["n_heads"], bool(cfg.get("parallel_attn_mlp"))) != (
-                graph.n_layers, graph.n_heads, graph.parallel):
-            other = Graph(cfg["n_layers"], cfg["n_heads"], bool(cfg.get("parallel_attn_mlp")))
-            raise UserError(f"circuit file {path}: an EAP-IG graph of a {other.describe()} model, not of this "
-                            f"{graph.describe()} one")
-        for name in circuit.edges:
-            try:
-                graph.edge_index(name)
-            except UserError as e:
-                raise UserError(f"circuit file {path}: {e}") from None
-        return circuit

@@ -14,6 +14,7 @@ import torch
 
 from lib.core import architecture
 from lib.core.architecture import Architecture
+from lib.core.choices import check_device_name, check_dtype_name, check_model_name  # noqa: F401
 from lib.core.errors import UserError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -58,12 +59,6 @@ class LoadedModel:
                 "architecture": self.arch.describe()}
 
 
-def check_device_name(device: str) -> None:
-    """The name only (availability is checked where the model loads: a SLURM login node has no GPU)."""
-    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
-
-
 def resolve_device(device: str) -> torch.device:
     check_device_name(device)
     if device == "auto":
@@ -74,8 +69,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    check_dtype_name(dtype)
     return DTYPES[dtype]
 
 
@@ -203,8 +197,13 @@ def load_gpt2_random(device: torch.device, dtype: torch.dtype, seed: int):
 
 def load_hf(where: str, device: torch.device, dtype: torch.dtype, name: str, what: str):
     """(bridge, n_kv_heads) of a Hugging Face causal LM (local directory or hub name; `what` says which)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    try:  # the config first: a broken config.json is a config problem, whatever reads it next
+        AutoConfig.from_pretrained(where)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"cannot read the config (config.json) of {what}: {type(e).__name__}: "
+                        f"{first_sentence(e)}") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
     except Exception as e:  # noqa: BLE001
@@ -244,22 +243,6 @@ def first_sentence(error) -> str:
     flat = " ".join(str(error).split())
     end = re.search(r"[.!?](\s|$)", flat)
     return (flat[: end.start() + 1] if end else flat)[:500] or type(error).__name__
-
-
-def check_model_name(name: str) -> None:
-    """Refuse, before anything loads, a --model that names a local path which is not a model directory."""
-    if name in MODELS:
-        return
-    try:
-        path = Path(name).expanduser()
-        exists, is_dir = path.exists(), path.is_dir()
-    except (OSError, ValueError) as e:
-        raise UserError(f"--model {name!r} is not a usable name or path ({e})") from None
-    if exists and not is_dir:
-        raise UserError(f"--model {name}: is a file; a local model is a directory in Hugging Face format "
-                        "(config.json, weights, tokenizer files)")
-    if not exists and (name.startswith(("/", "./", "../", "~")) or name in (".", "..")):
-        raise UserError(f"--model {name}: no such local directory")
 
 
 def load_pythia_random(device: torch.device, dtype: torch.dtype, seed: int):

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lib.core.choices import ABLATIONS  # noqa: F401 (re-exported)
 from lib.core.graph import Graph
 from lib.core.model import stop_before_unembedding
-
-ABLATIONS = ("resample", "mean", "zero")
 
 
 def source_hooks(graph: Graph) -> list[tuple[str, slice]]:

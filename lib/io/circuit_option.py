@@ -1,4 +1,5 @@
-"""The shared --circuit option: `canonical`, `auto`, or a circuit JSON, resolved to a kept-edge mask."""
+"""The shared --circuit option: `canonical`, `auto`, or a circuit JSON, resolved to a kept-edge mask. Checking
+the option needs no torch; resolving it imports the methods it uses."""
 
 from __future__ import annotations
 
@@ -7,15 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
-from lib.core.circuits import canonical_circuit
+from lib.core.choices import ABLATIONS
 from lib.core.errors import UserError
-from lib.core.graph import Circuit, Graph
-from lib.core.patching import ABLATIONS
-from lib.methods.eap import edge_scores
-from lib.methods.faithfulness import Evaluator, log_grid, top_k_mask
+from lib.io.circuit_json import Circuit
 
 CircuitOpt = Annotated[str, typer.Option("--circuit", help="canonical | auto (canonical if published for this "
                                           "task and model, else the smallest EAP-IG top-k circuit reaching "
@@ -28,7 +25,7 @@ AUTO_SEED_OFFSET = 7919  # discovery prompts come from another seed, and overlap
 @dataclass
 class ResolvedCircuit:
     label: str  # written in every CSV row: canonical | auto:canonical | auto:eap-ig-top{k} | file:{name}
-    keep: torch.Tensor  # [S, R] bool
+    keep: object  # torch.Tensor [S, R] bool
     info: dict = field(default_factory=dict)  # recorded in run.json
 
     @property
@@ -51,10 +48,12 @@ def check_options(spec: str, ablation: str) -> None:
     Circuit.read(Path(spec))  # parses, and has edges, before any model is loaded
 
 
-def check_against_model(spec: str, model, graph: Graph, tasks: list[str]) -> None:
+def check_against_model(spec: str, model, graph, tasks: list[str]) -> None:
     """Fail before any work: a circuit file that does not fit the model, or no canonical circuit."""
+    from lib.core.circuits import canonical_circuit
+
     if spec not in ("canonical", "auto"):
-        Circuit.load(Path(spec), graph)
+        Circuit.load(Path(spec), graph, model.name)
     elif spec == "canonical":
         for task in tasks:
             if canonical_circuit(task, graph, model.name) is None:
@@ -62,10 +61,12 @@ def check_against_model(spec: str, model, graph: Graph, tasks: list[str]) -> Non
                                 "use --circuit auto or a circuit JSON")
 
 
-def resolve_circuit(spec: str, model, graph: Graph, task: str, eval_data, seed: int, batch_size: int,
+def resolve_circuit(spec: str, model, graph, task: str, eval_data, seed: int, batch_size: int,
                     ablation: str, progress_factory=None) -> ResolvedCircuit:
+    from lib.core.circuits import canonical_circuit
+
     if spec not in ("canonical", "auto"):
-        circuit = Circuit.load(Path(spec), graph)
+        circuit = Circuit.load(Path(spec), graph, model.name)
         keep = circuit.mask(graph)
         return ResolvedCircuit(f"file:{Path(spec).name}", keep, {"source": str(spec), "method": circuit.method,
                                                                    "circuit_task": circuit.task, "n_edges": int(keep.sum())})
@@ -79,10 +80,12 @@ def resolve_circuit(spec: str, model, graph: Graph, task: str, eval_data, seed: 
     return discover_auto(model, graph, task, eval_data, seed, batch_size, ablation, progress_factory)
 
 
-def discover_auto(model, graph: Graph, task: str, eval_data, seed: int, batch_size: int, ablation: str,
+def discover_auto(model, graph, task: str, eval_data, seed: int, batch_size: int, ablation: str,
                   progress_factory=None) -> ResolvedCircuit:
     """Smallest EAP-IG top-k circuit (k on a log grid) with normalized faithfulness >= 0.8 on discovery
     prompts disjoint from the evaluation prompts."""
+    from lib.methods.eap import edge_scores
+    from lib.methods.faithfulness import Evaluator, log_grid, top_k_mask
     from tasks import TASKS
 
     n = len(eval_data)
@@ -129,7 +132,7 @@ def circuit_experiment(script: str, opts, circuit: str, ablation: str, **extra_o
         yield lm, run, graph, cli.task_builds(lm, opts)
 
 
-def resolve_with_progress(spec: str, model, graph: Graph, task: str, data, opts, ablation: str, run) -> ResolvedCircuit:
+def resolve_with_progress(spec: str, model, graph, task: str, data, opts, ablation: str, run) -> ResolvedCircuit:
     """resolve_circuit with progress bars, recording the circuit used in run.json."""
     from lib.io import progress
 

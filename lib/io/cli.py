@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import numpy as np
-import torch
 import typer
 
 from lib.core.errors import UserError
@@ -19,8 +18,9 @@ from lib.io import interrupts, progress
 # typer vendors its own click: take its exception classes from a public typer name, not the click package
 _click_exceptions = sys.modules[typer.BadParameter.__module__]
 
-# Options that take several space-separated values (`--tasks ioi sva`); argv is rewritten to commas.
-VARIADIC = ("--tasks", "--thresholds", "--top-k")
+# Options that take several space-separated values (`--tasks ioi sva`); argv joins them with newlines (so
+# messages can echo what was typed, and a value may hold a comma or a space).
+VARIADIC = ("--tasks", "--thresholds", "--top-k", "--circuits")
 
 TasksOpt = Annotated[str, typer.Option("--tasks", help="task names, space-separated, or 'all'")]
 ModelOpt = Annotated[str, typer.Option("--model", help="gpt2 | gpt2-random | toy | a local HF directory | a hub name")]
@@ -38,11 +38,13 @@ EXPORTS = ("", "eap-ig")
 RowsPerPassOpt = Annotated[Optional[int], typer.Option(
     "--rows-per-pass", help="prompt copies per forward pass when interventions share one (interventions x prompts); "
                             "default 256 on a GPU, 32 on CPU (wider passes are slower per row there)")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", help="no progress output (batch jobs)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet/--no-quiet", help="no progress output (batch jobs)")]
 ResumeOpt = Annotated[Optional[Path], typer.Option(
     "--resume", help="continue an interrupted run (<run-id>.interrupted, or a killed run's .staging-<run-id>) "
     "with its own options; give no other option")]
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding and every derived seed stay in range
+MAX_PROMPTS = 100_000  # more prompts per task than one run needs; a typo here would fill memory for minutes
+BOOTSTRAP_RANGE = (40, 100_000)  # under 40 none falls beyond the 2.5 % point; more cost memory (resamples x prompts)
 ARGV: list[str] = []  # the script's own arguments, as given (recorded, and replayed by --resume)
 
 
@@ -61,20 +63,25 @@ class Common:
     n_bootstrap: int = 1000
 
 
+def typed(spec: str) -> str:
+    """A variadic option's value as the user typed it (its values joined by spaces)."""
+    return spec.replace("\n", " ")
+
+
 def parse_tasks(spec: str) -> list[str]:
     """'ioi,sva' or 'all' -> task names in the order given; unknown names list the valid ones."""
-    from tasks import TASKS
+    from tasks import TASK_NAMES
 
     names = [s for s in spec.replace(",", " ").split() if s]
     if not names:
-        raise UserError(f"--tasks needs at least one task; valid: {', '.join(TASKS)} or all")
+        raise UserError(f"--tasks needs at least one task; valid: {', '.join(TASK_NAMES)} or all")
     if "all" in names:
         if len(names) > 1:
             raise UserError(f"--tasks all cannot be combined with task names (got {' '.join(names)})")
-        return list(TASKS)
-    unknown = [n for n in names if n not in TASKS]
+        return list(TASK_NAMES)
+    unknown = [n for n in names if n not in TASK_NAMES]
     if unknown:
-        raise UserError(f"unknown task {', '.join(map(repr, unknown))}; valid tasks: {', '.join(TASKS)} or all")
+        raise UserError(f"unknown task {', '.join(map(repr, unknown))}; valid tasks: {', '.join(TASK_NAMES)} or all")
     return list(dict.fromkeys(names))
 
 
@@ -83,7 +90,7 @@ def parse_floats(spec: str, what: str) -> list[float]:
     try:
         values = [float(s) for s in spec.replace(",", " ").split()]
     except ValueError:
-        raise UserError(f"{what} must be numbers, got {spec!r}") from None
+        raise UserError(f"{what} must be numbers, got {typed(spec)!r}") from None
     check_finite(what, *values)
     return values
 
@@ -93,7 +100,7 @@ def parse_ints(spec: str, what: str) -> list[int]:
     try:
         return [int(s) for s in spec.replace(",", " ").split()]
     except ValueError:
-        raise UserError(f"{what} must be whole numbers, got {spec!r}") from None
+        raise UserError(f"{what} must be whole numbers, got {typed(spec)!r}") from None
 
 
 def check_at_least(minimum: int, *options: tuple[str, int]) -> None:
@@ -101,6 +108,14 @@ def check_at_least(minimum: int, *options: tuple[str, int]) -> None:
     for what, value in options:
         if value < minimum:
             raise UserError(f"{what} must be at least {minimum} (got {value})")
+
+
+def check_edge_counts(graph, *options: tuple[str, int]) -> None:
+    """Each (option name, number of edges): at most the model's edges (checked once the model is loaded, before
+    any work; the same rule in every script)."""
+    for what, value in options:
+        if value > graph.n_edges:
+            raise UserError(f"{what} {value:,} is more than the model's {graph.n_edges:,} edges")
 
 
 def check_rows_per_pass(value: int | None) -> None:
@@ -122,21 +137,30 @@ def check_finite(what: str, *values: float | None) -> None:
 def common(tasks: str, model: str, device: str, dtype: str, n_prompts: int, batch_size: int, seed: int,
            out: Path, quiet: bool = False, n_bootstrap: int = 1000) -> Common:
     """Validate the shared options (before any model is loaded)."""
-    from lib.core.model import check_device_name, check_model_name, resolve_dtype
+    from lib.core.choices import check_device_name, check_dtype_name, check_model_name
 
     check_at_least(1, ("--n-prompts", n_prompts), ("--batch-size", batch_size))
     if not 0 <= seed <= SEED_MAX:
         raise UserError(f"--seed must be between 0 and {SEED_MAX} (got {seed})")
-    check_at_least(0, ("--n-bootstrap", n_bootstrap))
+    if n_prompts > MAX_PROMPTS:
+        raise UserError(f"--n-prompts must be at most {MAX_PROMPTS:,} (got {n_prompts:,}); split larger sets over seeds")
+    low, high = BOOTSTRAP_RANGE
+    if n_bootstrap != 0 and not low <= n_bootstrap <= high:
+        raise UserError(f"--n-bootstrap must be 0 (no intervals) or between {low} and {high:,} (got {n_bootstrap:,}): "
+                        f"fewer leave no resample beyond the 2.5 % and 97.5 % points")
     names = parse_tasks(tasks)
     check_model_name(model)
     check_device_name(device)
-    resolve_dtype(dtype)
+    check_dtype_name(dtype)
+    if _check_only:  # every option is checked before this call; the rest of the script is the work
+        raise _Checked
     progress.set_quiet(quiet)
     return Common(names, model, device, dtype, n_prompts, batch_size, seed, out, n_bootstrap)
 
 
 def seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -216,7 +240,7 @@ def experiment(script: str, opts: Common, resume: Path | None = None, headline: 
             raise Suspended(f"interrupted by {name} before any unit of work finished; nothing was kept",
                             interrupts.exit_code(e)) from None
         raise Suspended(f"interrupted by {name}; finished work kept in {where}; continue with: "
-                        f"--resume {where}", interrupts.exit_code(e)) from None
+                        f"uv run python {script}.py --resume {where}", interrupts.exit_code(e)) from None
     except BaseException:
         if resume is None:
             run.abort()
@@ -239,9 +263,17 @@ def per_task(run, names, compute, key=str) -> dict:
     return results
 
 
+def split_equals(argv: list[str]) -> list[str]:
+    """`--name=value` -> `--name value` (click accepts both; --resume and the variadic options are read here)."""
+    out = []
+    for arg in argv:
+        out += arg.split("=", 1) if arg.startswith("--") and "=" in arg else [arg]
+    return out
+
+
 def _join_variadic(argv: list[str]) -> list[str]:
-    """`--tasks ioi sva` -> `--tasks ioi,sva`; a variadic option followed by no value is refused."""
-    out, i = [], 0
+    """`--tasks ioi sva` -> `--tasks "ioi\nsva"`; a variadic option followed by no value is refused."""
+    argv, out, i = split_equals(argv), [], 0
     while i < len(argv):
         arg = argv[i]
         if arg in VARIADIC:
@@ -252,7 +284,7 @@ def _join_variadic(argv: list[str]) -> list[str]:
             if not vals:
                 after = f" (it was followed by {argv[i + 1]})" if i + 1 < len(argv) else ""
                 raise UserError(f"{arg} needs at least one value{after}")
-            out += [arg, ",".join(vals)]
+            out += [arg, "\n".join(vals)]
         else:
             out.append(arg)
         i += 1
@@ -263,6 +295,7 @@ def _resume_argv(argv: list[str], script: str) -> tuple[list[str], str | None]:
     """(arguments, resume dir): `--resume DIR` alone gives the interrupted run's own arguments and DIR."""
     from lib.io.results import read_checkpoint
 
+    argv = split_equals(argv)
     if "--resume" not in argv:
         return argv, None
     i = argv.index("--resume")

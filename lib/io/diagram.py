@@ -68,12 +68,17 @@ def circuit_figure(edges: list[Edge], n_layers: int, n_heads: int, title: str, s
         x, y = grid_position(node, n_layers, n_heads)
         marker = "s" if node.startswith("m") else "D" if node in ("input", "logits") else "o"
         ax.scatter([x], [y], s=70, color="white", edgecolor="k", marker=marker, zorder=3)
-        if node in ("input", "logits"):
-            ax.annotate(node, (x, y), xytext=(9, 0), textcoords="offset points", va="center", fontsize=8)
+        if node == "input":  # below its marker: every edge leaves it upwards
+            ax.annotate(node, (x, y), xytext=(0, -8), textcoords="offset points", ha="center", va="top", fontsize=8)
+        elif node == "logits":  # above: every edge enters it from below
+            ax.annotate(node, (x, y), xytext=(0, 8), textcoords="offset points", ha="center", va="bottom", fontsize=8)
+        else:  # every node named, on a white ground above the edges
+            ax.annotate(node, (x, y), xytext=(0, -7), textcoords="offset points", ha="center", va="top", fontsize=5.5,
+                        zorder=4, bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
     ax.set_xticks(list(range(n_heads)) + [n_heads + 0.5], [str(h) for h in range(n_heads)] + ["MLP"])
     ax.set_yticks(range(n_layers))
     ax.set_xlim(-0.8, n_heads + 1.3)
-    ax.set_ylim(-1.6, n_layers + 0.6)
+    ax.set_ylim(-1.9, n_layers + 0.9)
     ax.set_xlabel("head (MLP of the layer in its own column)")
     ax.set_ylabel("layer")
     for side in ("top", "right"):

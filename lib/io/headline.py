@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS = ["task", "metric", "value", "ci_low", "ci_high"]
 
@@ -27,7 +29,7 @@ class Metric:
     ci: tuple[str, str] | None = None  # default: <value>_ci_low, <value>_ci_high
 
 
-def _rows(metric: Metric, df: pd.DataFrame) -> list[dict]:
+def _rows(metric: Metric, df) -> list[dict]:
     for col, want in metric.where.items():
         df = df[df[col] == want]
     out = []
@@ -52,6 +54,8 @@ def _rows(metric: Metric, df: pd.DataFrame) -> list[dict]:
 
 def extract(metrics: list[Metric], run_dir: Path) -> pd.DataFrame:
     """The headline table (task, metric, value, ci_low, ci_high) of a run directory's CSVs."""
+    import pandas as pd
+
     rows = []
     for metric in metrics:
         path = Path(run_dir) / metric.file

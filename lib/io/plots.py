@@ -114,8 +114,12 @@ def curves(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel:
            hlines: dict[float, str] | None = None, xticks: list[str] | None = None):
     """One line per panel on shared axes (faithfulness vs edges kept, ROC curves); hlines marks references."""
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    lone = all(len(np.atleast_1d(x)) == 1 for x, _ in panels.values())  # one point per curve (one threshold)
     for name, (x, y) in panels.items():
-        ax.plot(x, y, marker=".", label=(labels or {}).get(name, name))
+        ax.plot(x, y, marker="o" if lone else ".", markersize=7 if lone else 6, label=(labels or {}).get(name, name))
+        if lone:  # a point alone says nothing unless its values are written next to it
+            ax.annotate(f"{np.atleast_1d(x)[0]:g}, {np.atleast_1d(y)[0]:.3g}", (np.atleast_1d(x)[0], np.atleast_1d(y)[0]),
+                        xytext=(6, 4), textcoords="offset points", fontsize=7)
     for y, text in (hlines or {}).items():
         ax.axhline(y, color="grey", lw=0.7, ls=":")
         ax.annotate(text, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7, color="grey", va="bottom")
@@ -127,10 +131,12 @@ def curves(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel:
         ax.set_xticks(range(len(xticks)), xticks, rotation=60, ha="right", fontsize=7)
     if logx:
         ax.set_xscale("log")
-        xs = np.unique(np.concatenate([np.asarray(x, dtype=float) for x, _ in panels.values()]))
+        xs = np.unique(np.concatenate([np.atleast_1d(np.asarray(x, dtype=float)) for x, _ in panels.values()]))
         if len(xs) <= 10:  # less than a decade or two: label the points themselves, not log minor ticks
             ax.set_xticks(xs, [f"{v:g}" for v in xs])
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        if len(xs) == 1 and xs[0] > 0:  # one x: centre it in a decade rather than on a degenerate axis
+            ax.set_xlim(xs[0] / 3.16, xs[0] * 3.16)
     return _label_axes(fig, ax, textwrap.fill(title, 70), xlabel, ylabel)
 
 
@@ -145,13 +151,17 @@ def grouped_bars(panels: dict[str, tuple], title: str):
         x = np.arange(len(table))
         for i, col in enumerate(table.columns):
             v = table[col].to_numpy(dtype=float)
-            err = np.vstack([v - ci[0][0][col].to_numpy(dtype=float), ci[0][1][col].to_numpy(dtype=float) - v]) if ci else None
+            err = None
+            if ci:  # an interval need not contain its estimate (a skewed bootstrap): no negative bar lengths
+                err = np.clip(np.vstack([v - ci[0][0][col].to_numpy(dtype=float),
+                                         ci[0][1][col].to_numpy(dtype=float) - v]), 0, None)
             ax.bar(x + i * width - 0.4 + width / 2, v, width, yerr=err, capsize=2, label=col)
         ax.set_xticks(x, table.index)
         ax.axhline(0, color="k", lw=0.6)
         ax.set_ylabel(ylabel)
         ax.set_title(name, fontsize=10)
-        ax.legend(fontsize=7)
+        # below the axes, where it cannot cover a bar or an error bar
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(table.columns), 2))
     fig.suptitle(title)
     return fig
 
@@ -216,27 +226,53 @@ def area_curves(curves, title: str):
     return fig
 
 
+def line_text(slope: float, intercept: float) -> str:
+    """'7.04 x - 0.025' (never '+ -')."""
+    return f"{slope:.3g} x {'-' if intercept < 0 else '+'} {abs(intercept):.2g}"
+
+
+def p_text(p: float) -> str:
+    """A p-value as text that does not round to a value it is not: 'p > 0.999' for 0.9996, not 'p = 1'."""
+    if p >= 1:
+        return "p = 1"
+    if p > 0.999:
+        return "p > 0.999"
+    return f"p = {p:.2e}" if p < 1e-3 else f"p = {p:.3g}"
+
+
 def null_distributions(panels: dict[str, dict], title: str):
     """One panel per test: its null distribution (bars of a pmf, or a histogram of simulated statistics)
-    with the observed statistic as a vertical line, the p-value in the panel title."""
-    fig, axes = _grid(len(panels), width=4.0, height=3.3)
+    with the observed statistic as a vertical line, the p-value in the panel title. Panels of distances
+    (`positive`: non-negative quantities spanning orders of magnitude) use a log axis over their positive
+    values, with zeros drawn at the axis floor and counted in the legend."""
+    fig, axes = _grid(len(panels), width=4.4, height=3.4)
     for ax, (name, p) in zip(axes, panels.items()):
+        observed = list(p.get("observed", []))
         if "pmf" in p:
             x, y = p["pmf"]
             ax.bar(x, y, width=(x[1] - x[0]) if len(x) > 1 else 0.05, color="0.7", label="null (boundary of H0)")
             ax.set_ylabel("probability")
-        elif len(p.get("null", [])):
-            values = np.asarray(p["null"], dtype=float)
-            lo, hi = values.min(), values.max()
-            bins = np.unique(np.r_[0.0, np.geomspace(max(lo, 1e-6), max(hi, 1e-6) * 1.01, 30)]) if p.get("symlog") else 30
-            ax.hist(values, bins=bins, color="0.5", label=p.get("null_label", "null"))
+        elif p.get("positive"):
+            values = np.asarray(p.get("null", []), dtype=float)
+            seen = np.r_[values, [v for v, _, _ in observed]]
+            positive = seen[seen > 0]
+            lo, hi = (positive.min(), positive.max()) if len(positive) else (1e-12, 1e-11)
+            lo, hi = lo / 2, hi * 2  # a visible width even when every value is equal
+            floor = lo
+            zeros = int((values <= 0).sum())
+            label = p.get("null_label", "null") + (f" ({zeros} of {len(values)} are 0, drawn at the left edge)" if zeros else "")
+            ax.hist(np.maximum(values, floor), bins=np.geomspace(floor, hi, 25), color="0.5", label=label)
+            ax.set_xscale("log")
+            ax.set_xlim(floor, hi)
+            observed = [(max(v, floor), lab, c) for v, lab, c in observed]
             ax.set_ylabel("count")
-        for value, label, color in p.get("observed", []):
+        elif len(p.get("null", [])):
+            ax.hist(np.asarray(p["null"], dtype=float), bins=30, color="0.5", label=p.get("null_label", "null"))
+            ax.set_ylabel("count")
+        for value, label, color in observed:
             ax.axvline(value, color=color, lw=1.2, label=label)
-        if p.get("symlog"):  # distances span orders of magnitude
-            ax.set_xscale("symlog", linthresh=1e-4)
         ax.set_xlabel(p["xlabel"])
-        ax.set_title(f"{name} (p = {p['p_value']:.3g})", fontsize=9)
+        ax.set_title(f"{name} ({p_text(p['p_value'])})", fontsize=9)
         ax.legend(fontsize=6)
     fig.suptitle(title)
     return fig
@@ -275,7 +311,7 @@ def fit_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | Non
         lo, hi = float(x.min()), float(x.max())  # lines over the scores' range
         ax.plot([lo, hi], [lo, hi], color="grey", lw=0.7, ls="--", label="y = x")
         ax.plot([lo, hi], [slope * lo + intercept, slope * hi + intercept], color="k", lw=0.9,
-                label=f"fit: {slope:.2f} x + {intercept:.2g}")
+                label=f"fit: {line_text(slope, intercept)}")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)

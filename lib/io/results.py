@@ -8,13 +8,10 @@ import pickle
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-
-import pandas as pd
 
 from lib.core.errors import UserError
 
@@ -145,7 +142,7 @@ class RunDir:
     def has_work(self) -> bool:
         return (self.staging / UNITS).is_dir() and any((self.staging / UNITS).iterdir())
 
-    def csv(self, name: str, df: pd.DataFrame) -> Path:
+    def csv(self, name: str, df) -> Path:  # a pandas DataFrame
         path = self.staging / name
         atomic_write(path, lambda p: df.to_csv(p, index=False, float_format=FLOAT_FORMAT))
         self.files.append(name)

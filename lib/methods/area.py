@@ -11,8 +11,14 @@ and `Graph.apply_topn`/`Graph.prune` of the EAP-IG library it uses), with a rand
 - CPR = trapezoid area under f on the linear axis of the fractions, edges ranked by signed score; CMD = the
   trapezoid area of |1 - f|, edges ranked by |score|. MIB's attribution maximises the loss -m, so its
   "largest signed score first" is our most negative score first (our scores estimate m(ablated) - m(clean)).
-- Also (not in MIB): the same areas on a log10 axis of the fractions, normalised by its length so that a
-  perfect circuit scores 1, because the linear axis is dominated by the 50-100 % interval.
+- Also: the same areas on a log10 axis of the fractions, normalised by its length so that a perfect circuit
+  scores 1 (`log_axis_value`), because the linear axis is dominated by the 50-100 % interval. MIB's code has
+  this axis too, unused by default (`evaluate_area_under_curve(log_scale=True)`: natural log, not normalised);
+  on MIB's grid its value is ours times ln(1000) (`mib_log_value`).
+- Ties: edges are ranked by a stable sort (ties in edge order: sources in forward order, then receivers); MIB
+  ranks with torch.argsort, which is not stable, so where equal scores straddle a cut the two circuits may
+  differ. `tied_at_cut` (curve) and `edges_tied_at_cuts` (areas) count the edges whose score equals the score
+  at the cut when the cut splits them (0: the circuit does not depend on the order of ties).
 """
 
 from __future__ import annotations
@@ -28,22 +34,11 @@ MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 RANKINGS = {"cpr": "signed", "cmd": "abs"}  # which edge ranking each area uses
 
 
-def own_receivers(graph: Graph) -> torch.Tensor:
-    """[S, R] bool: the receivers through which each source node reads (a head: q, k, v; an MLP: its input)."""
-    m = torch.zeros(graph.n_sources, graph.n_receivers, dtype=torch.bool)
-    for l in range(graph.n_layers):
-        for h in range(graph.n_heads):
-            for kind in "qkv":
-                m[graph.head_source(l, h), graph.qkv_receivers(l, kind).start + h] = True
-        m[graph.mlp_source(l), graph.mlp_receiver(l)] = True
-    return m
-
-
 def prune_dangling(graph: Graph, keep: torch.Tensor) -> torch.Tensor:
     """Drop, until nothing changes, nodes without an incoming or an outgoing kept edge and the edges of
     dropped nodes (the EAP-IG library's prune)."""
     keep = keep.clone() & graph.edge_exists
-    reads = own_receivers(graph)
+    reads = graph.own_receivers
     while True:
         has_out = keep.any(1)  # [S]
         has_in = (reads & keep.any(0)[None, :]).any(1)
@@ -66,6 +61,19 @@ def ranking_key(importance: torch.Tensor, ranking: str) -> torch.Tensor:
 def top_n(graph: Graph, key: torch.Tensor, n: int) -> torch.Tensor:
     """The n existing edges with the largest key (ties by edge order), pruned of dangling edges."""
     return prune_dangling(graph, top_k(graph, key, n))
+
+
+def mib_circuit_count(n_random: int, fractions=MIB_FRACTIONS) -> int:
+    """Circuits mib_curves evaluates (for its progress bar)."""
+    return (n_random + len(RANKINGS)) * len(fractions)
+
+
+def tied_at_cut(graph: Graph, key: torch.Tensor, n: int) -> int:
+    """How many existing edges share the key of the n-th ranked one when the cut after n splits them (0 if not)."""
+    values = torch.sort(key[graph.edge_exists].flatten(), descending=True).values
+    if not 0 < n < len(values) or values[n] != values[n - 1]:
+        return 0
+    return int((values == values[n - 1]).sum())
 
 
 def sizes(graph: Graph, fractions=MIB_FRACTIONS) -> list[int]:
@@ -112,11 +120,12 @@ def _spread(values: np.ndarray) -> tuple[float, float, float]:
 
 
 def mib_curves(ev, graph: Graph, importance: torch.Tensor, n_random: int = 10, seed: int = 0, n_bootstrap: int = 0,
-               fractions=MIB_FRACTIONS) -> tuple[list[dict], list[dict]]:
+               fractions=MIB_FRACTIONS, progress=None) -> tuple[list[dict], list[dict]]:
     """(curve rows, area rows) of the signed (CPR) and absolute (CMD) rankings of `importance` (larger = more
     important: -score for EAP, the worsening for ACDC) and of n_random random circuits per size, on the prompts
     of ev (a lib.faithfulness.Evaluator); the areas get 95% bootstrap intervals over prompts (every size's
-    circuit, the full model and the empty circuit resampled jointly)."""
+    circuit, the full model and the empty circuit resampled jointly). progress (a bar) counts the circuits
+    evaluated: n_random x sizes random ones, then 2 x sizes ranked ones (mib_circuit_count)."""
     full_m = np.asarray(ev.clean, dtype=float)
     empty_m = ev.metric(torch.zeros_like(graph.edge_exists))
     full, empty = float(full_m.mean()), float(empty_m.mean())
@@ -128,22 +137,27 @@ def mib_curves(ev, graph: Graph, importance: torch.Tensor, n_random: int = 10, s
     rng = np.random.default_rng(seed)
     random_f = np.full((n_random, len(ns)), np.nan)
     random_kept = np.zeros((n_random, len(ns)))
-    draws = [random_circuit(graph, n, rng) for _ in range(n_random) for n in ns]  # draw-major
-    if draws:  # many circuits per forward pass
-        for i, m in enumerate(ev.metrics(draws)):
-            d, j = divmod(i, len(ns))
-            random_f[d, j], random_kept[d, j] = faithfulness(m), int(draws[i].sum())
+    for d in range(n_random):  # one draw's circuits of every size per call: many circuits per forward pass
+        draws = [random_circuit(graph, n, rng) for n in ns]
+        for j, m in enumerate(ev.metrics(draws)):
+            random_f[d, j], random_kept[d, j] = faithfulness(m), int(draws[j].sum())
+        if progress is not None:
+            progress.update(len(ns))
     curve_rows, area_rows = [], []
     for metric, ranking in RANKINGS.items():
-        per_size = []
+        per_size, ties = [], []
         for j, (frac, n) in enumerate(zip(fractions, ns)):
-            keep = top_n(graph, ranking_key(importance, ranking), n)
+            key = ranking_key(importance, ranking)
+            keep = top_n(graph, key, n)
+            ties.append(tied_at_cut(graph, key, n))
             per_size.append(ev.metric(keep))
+            if progress is not None:
+                progress.update(1)
             mean, low, high = _spread(random_f[:, j])
             curve_rows.append({"ranking": ranking, "fraction": frac, "edges_requested": n,
                                "edges_kept": int(keep.sum()), "faithfulness": faithfulness(per_size[-1]),
                                "random_mean": mean, "random_low": low, "random_high": high,
-                               "random_edges_kept": _spread(random_kept[:, j])[0]})
+                               "random_edges_kept": _spread(random_kept[:, j])[0], "tied_at_cut": ties[-1]})
         a = areas(fractions, [faithfulness(m) for m in per_size])
         key, log_key = ("area", "log_area") if metric == "cpr" else ("area_from_1", "log_area_from_1")
         row = {"metric": metric, "ranking": ranking}
@@ -151,6 +165,10 @@ def mib_curves(ev, graph: Graph, importance: torch.Tensor, n_random: int = 10, s
             low, high = intervals.interval(_area_statistic(fractions, k), full_m, empty_m, *per_size,
                                            n_resamples=n_bootstrap, seed=seed)
             row |= {name: a[k], f"{name}_ci_low": low, f"{name}_ci_high": high}
+        ln_span = float(np.log(fractions[-1] / fractions[0]))  # MIB's unnormalised natural-log axis
+        row |= {"mib_log_value": row["log_axis_value"] * ln_span, "mib_log_value_ci_low": row["log_axis_value_ci_low"] * ln_span,
+                "mib_log_value_ci_high": row["log_axis_value_ci_high"] * ln_span,
+                "edges_tied_at_cuts": " ".join(map(str, ties))}
         mean, low, high = _spread(area(random_f, fractions, key))
         row |= {"random_mean": mean, "random_low": low, "random_high": high,
                 "relative_to_random": a[key] / mean if mean else np.nan,

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import torch
 
+from lib.core.choices import EAP_METHODS as METHODS  # noqa: F401 (re-exported)
+from lib.core.choices import IG_POINTS, IG_STEPS
 from lib.core.graph import Graph
 from lib.core.metrics import data_metric
 from lib.core.patching import as_sources, receiver_hooks, source_hooks, source_outputs
-
-METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted")
-IG_POINTS = ("right", "left")
-IG_STEPS = 5  # default integration steps
 
 
 def gradient_points(graph: Graph, method: str, steps: int, ig_points: str = "right") -> list[tuple[int, float]]:

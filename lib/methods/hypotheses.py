@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
+from lib.core.choices import HYPOTHESES  # noqa: F401 (re-exported)
 from lib.core.errors import UserError
 from lib.core.graph import Graph
 from lib.methods.scrubbing import Hypothesis
 
-HYPOTHESES = ("auto", "canonical", "answer-feature", "whole-prompt")
 COMPLEMENT_ONLY = "complement-only (weaker test)"
 BASELINE = "baseline (all inputs resampled)"
 

@@ -9,6 +9,9 @@ Where the published code departs from the paper we follow the paper, and say so:
 - independence: a permutation p-value counts the observed statistic, (1 + #{perm >= obs}) / (1 + n_perm); the
   Gaussian kernels take the median heuristic per variable (the code uses one median over cross distances).
 - minimality: the per-edge p-values are Holm-corrected across the circuit's edges (the code leaves a TODO).
+Random circuits are the code's (RandomPaths): sufficiency compares with unions of random input -> logits paths
+grown to at least the circuit's size (so all connected, and possibly a few edges larger); minimality inflates
+the circuit by random paths until at least one edge is new, and knocks out one of the new edges.
 The distance between two runs is the code's default: the mean over prompts of the squared per-prompt difference.
 """
 
@@ -79,37 +82,59 @@ def independence(m_full: np.ndarray, m_knockout: np.ndarray, n_permutations: int
             "null": null, "n": n}
 
 
-def random_path(graph: Graph, rng: np.random.Generator) -> list[str]:
-    """Edges of a random path input -> one or two nodes at increasing layers -> logits (a head is entered
-    through a random one of q, k, v)."""
-    n_mid = int(rng.integers(1, 3)) if graph.n_layers > 1 else 1
-    layers = np.sort(rng.choice(graph.n_layers, size=min(n_mid, graph.n_layers), replace=False))
-    nodes = []
-    for l in layers:
-        h = int(rng.integers(graph.n_heads + 1))
-        nodes.append(f"m{l}" if h == graph.n_heads else f"a{l}.h{h}")
-    chain, edges = ["input", *nodes], []
-    for src, dst in zip(chain, nodes):
-        edges.append(f"{src}->{dst}" if dst.startswith("m") else f"{src}->{dst}<{'qkv'[int(rng.integers(3))]}>")
-    return edges + [f"{nodes[-1]}->logits"]
+class RandomPaths:
+    """Random connected circuits as Shi et al.'s code draws them (circuitry/circuit/circuit.py: _sample_path,
+    sample_circuit, sample_inflated): a path walks from input, at each node taking one of its outgoing edges
+    uniformly (every receiver it feeds: a later head's q, k or v, an MLP, logits; so input->logits too), until
+    it reaches logits; circuits are unions of such paths."""
+
+    def __init__(self, graph: Graph, rng: np.random.Generator):
+        self.graph, self.rng = graph, rng
+        exists = graph.edge_exists.numpy()
+        self.out = [np.flatnonzero(exists[s]) for s in range(graph.n_sources)]  # receivers each source feeds
+        reads = graph.own_receivers.numpy()  # [S, R]: the node that reads through each receiver
+        self.reader = np.where(reads.any(0), reads.argmax(0), -1)  # [R] source index; -1: logits
+
+    def path(self) -> list[tuple[int, int]]:
+        """The (source, receiver) edges of one walk input -> logits."""
+        edges, s = [], 0
+        while True:
+            r = int(self.out[s][self.rng.integers(len(self.out[s]))])
+            edges.append((s, r))
+            if self.reader[r] < 0:
+                return edges
+            s = int(self.reader[r])
+
+    def grow(self, keep: torch.Tensor, n_new: int) -> torch.Tensor:
+        """keep [S, R] plus whole random paths until at least n_new edges are added (sample_inflated; from an
+        empty keep, sample_circuit)."""
+        grown, added = keep.clone(), 0
+        while added < n_new:
+            for s, r in self.path():
+                if not grown[s, r]:
+                    grown[s, r] = True
+                    added += 1
+        return grown
 
 
 def minimality(metric, graph: Graph, keep: torch.Tensor, n_random: int, quantile: float, seed: int,
                max_edges: int | None = None, progress=None) -> dict:
-    """Per circuit edge e, H0: knocking e out of C changes the output more than knocking a random edge out of
-    C inflated by a random path, with probability >= quantile; binomial test (alternative 'less'), Holm across
-    edges. metric(keep) gives per-prompt metrics. A rejected edge is one the circuit could do without."""
+    """Per circuit edge e, H0: knocking e out of C changes the output more than knocking a random added edge out
+    of C inflated by random paths (until at least one edge is new; RandomPaths), with probability >= quantile;
+    binomial test (alternative 'less'), Holm across edges. metric(keep) gives per-prompt metrics. A rejected
+    edge is one the circuit could do without."""
     rng = np.random.default_rng(seed)
+    paths = RandomPaths(graph, rng)
     base = metric(keep)
-    random_d = []
-    while len(random_d) < n_random:
-        added = [e for e in random_path(graph, rng) if not keep[graph.edge_index(e)]]
-        if not added:
-            continue
-        inflated = keep | graph.mask_of(added)
+    random_d, random_added = [], []
+    for _ in range(n_random):
+        inflated = paths.grow(keep, 1)
+        added = (inflated & ~keep).nonzero()  # [A, 2]
         knocked = inflated.clone()
-        knocked[graph.edge_index(added[int(rng.integers(len(added)))])] = False
+        s, r = added[int(rng.integers(len(added)))]
+        knocked[s, r] = False
         random_d.append(distance(metric(inflated), metric(knocked)))
+        random_added.append(len(added))
         if progress is not None:
             progress.update(1)
     random_d = np.array(random_d)
@@ -127,27 +152,28 @@ def minimality(metric, graph: Graph, keep: torch.Tensor, n_random: int, quantile
     adjusted = holm([r["p_value"] for r in rows]) if rows else np.array([])
     for r, a in zip(rows, adjusted):
         r["p_value_holm"] = float(a)
-    return {"edges": rows, "random": random_d, "p_value": float(adjusted.min()) if len(adjusted) else 1.0,
+    return {"edges": rows, "random": random_d, "random_added_edges": np.array(random_added),
+            "p_value": float(adjusted.min()) if len(adjusted) else 1.0,
             "statistic": float(np.mean([r["share_above_random"] for r in rows])) if rows else np.nan}
 
 
 def sufficiency(metric, graph: Graph, keep: torch.Tensor, m_full: np.ndarray, n_random: int, quantile: float,
                 seed: int, progress=None) -> dict:
-    """H0: the circuit is at most as faithful (distance to M) as the quantile-th random circuit of the same
-    size; statistic = #{random circuits at least as far from M}; binomial test (alternative 'greater'). Small
+    """H0: the circuit is at most as faithful (distance to M) as the quantile-th random circuit of its size
+    (unions of random input -> logits paths with at least as many edges; RandomPaths); statistic = #{random circuits at least as far from M}; binomial test (alternative 'greater'). Small
     p: the circuit is better than random circuits of its size."""
-    rng = np.random.default_rng(seed)
+    paths = RandomPaths(graph, np.random.default_rng(seed))
     d_circuit = distance(m_full, metric(keep))
-    exists = graph.edge_exists.flatten().nonzero()[:, 0].numpy()
     n = int(keep.sum())
-    random_d = []
+    random_d, random_sizes = [], []
+    empty = torch.zeros_like(keep)
     for _ in range(n_random):
-        r = torch.zeros(graph.edge_exists.numel(), dtype=torch.bool)
-        r[rng.choice(exists, size=n, replace=False)] = True
-        random_d.append(distance(m_full, metric(r.view_as(keep))))
+        r = paths.grow(empty, n)  # at least n edges, every one on an input -> logits path
+        random_d.append(distance(m_full, metric(r)))
+        random_sizes.append(int(r.sum()))
         if progress is not None:
             progress.update(1)
     random_d = np.array(random_d)
     stat = int((d_circuit <= random_d).sum())
     return {"statistic": stat / n_random, "p_value": binomtest(stat, n_random, quantile, alternative="greater").pvalue,
-            "circuit_distance": d_circuit, "random": random_d, "n": n_random}
+            "circuit_distance": d_circuit, "random": random_d, "random_sizes": np.array(random_sizes), "n": n_random}

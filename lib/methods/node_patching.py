@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lib.core.choices import NODE_PATCH_DIRECTIONS as DIRECTIONS  # noqa: F401 (re-exported)
 from lib.core.metrics import data_metric
 from lib.core.recompute import Restart
-
-DIRECTIONS = ("denoise", "noise")
 
 
 @dataclass(frozen=True)

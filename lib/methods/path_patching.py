@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import torch
 
+from lib.core.choices import PATH_DIRECTIONS as DIRECTIONS  # noqa: F401 (re-exported)
+from lib.core.choices import PATHS
 from lib.core.graph import Graph
 from lib.core.metrics import data_metric
 from lib.core.patching import receiver_groups, source_hooks, source_outputs
 from lib.core.recompute import Restart
-
-PATHS = ("direct", "through-mlps")
-DIRECTIONS = ("noise", "denoise")
 
 
 def _mlp_changes(graph: Graph, restart: Restart, pos: torch.Tensor, outs: torch.Tensor, other: torch.Tensor,

@@ -57,9 +57,10 @@ def parse_receivers(spec: str, graph: Graph, task: str, model_name: str) -> list
                     mask[graph.receiver_index[f"{head}<{k}>"]] = True
         else:
             groups = ", ".join(c.replace("_", "-") for c in classes) or f"none for {task} on this model"
-            raise UserError(f"--receivers {token!r} is not a receiver (a9.h9<q>, m10, logits), a node (a9.h9), "
-                            f"a scan (all-heads<q|k|v>) or a canonical group of the task ({groups}) of this "
-                            f"{graph.describe()} model")
+            last = graph.n_layers - 1  # examples that exist in this model
+            raise UserError(f"--receivers {token!r} is not a receiver (a{last}.h0<q>, m{last}, logits), a node "
+                            f"(a{last}.h0), a scan (all-heads<q|k|v>) or a canonical group of the task ({groups}) of "
+                            f"this {graph.describe()} model")
         out.append((token, "", mask))
     return out
 

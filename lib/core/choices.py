@@ -1,0 +1,58 @@
+"""The values each option accepts, importable without torch: scripts check their options against these before
+any heavy import (--help and option errors answer at once); the modules that implement them import them here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lib.core.errors import UserError
+
+ABLATIONS = ("resample", "mean", "zero")  # lib.core.patching
+EAP_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted")  # lib.methods.eap
+IG_POINTS = ("right", "left")
+IG_STEPS = 5  # default integration steps of EAP-IG
+ACDC_METRICS = ("kl", "task")  # lib.methods.acdc
+NODE_PATCH_DIRECTIONS = ("denoise", "noise")  # lib.methods.node_patching
+PATH_DIRECTIONS = ("noise", "denoise")  # lib.methods.path_patching
+PATHS = ("direct", "through-mlps")
+HYPOTHESES = ("auto", "canonical", "answer-feature", "whole-prompt")  # lib.methods.hypotheses
+DTYPES = ("float32", "float16", "bfloat16", "float64")  # lib.core.model
+BUILTIN_MODELS = ("toy", "gpt2-random", "pythia-160m-random")  # lib.core.model.MODELS; gpt2 comes from the hub
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
+
+
+def check_device_name(device: str) -> None:
+    """The name only (availability is checked where the model loads: a SLURM login node has no GPU)."""
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def check_dtype_name(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+
+
+def check_model_name(name: str) -> None:
+    """Refuse, before anything loads, a --model that is neither a built-in name, a local model directory nor a
+    well-formed hub repo id (owner/name)."""
+    if name in BUILTIN_MODELS:
+        return
+    try:
+        path = Path(name).expanduser()
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError) as e:
+        raise UserError(f"--model {name!r} is not a usable name or path ({e})") from None
+    if exists and not is_dir:
+        raise UserError(f"--model {name}: is a file; a local model is a directory in Hugging Face format "
+                        "(config.json, weights, tokenizer files)")
+    if exists:
+        return
+    if name.startswith(("/", "./", "../", "~")) or name in (".", ".."):
+        raise UserError(f"--model {name}: no such local directory")
+    if not _HUB_ID.fullmatch(name) or "--" in name or ".." in name or name.endswith((".", "-")):
+        close = [m for m in ("gpt2", *BUILTIN_MODELS) if m == name.strip()]
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"--model {name!r} is neither a built-in model ({', '.join(('gpt2', *BUILTIN_MODELS))}), "
+                        f"a local directory nor a hub name of the form owner/name{hint}")

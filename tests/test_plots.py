@@ -1,0 +1,100 @@
+"""Plots read as a researcher reads them: nothing hidden, nothing overlapping, numbers written as they are."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lib.io import diagram, plots
+
+
+def drawn(fig):
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_null_distribution_of_distances_is_visible_and_positive():
+    rng = np.random.default_rng(0)
+    null = np.r_[np.zeros(3), 10 ** rng.uniform(-9, -7, 40)]  # a small circuit: tiny distances, some exactly 0
+    fig = plots.null_distributions({"sufficiency": {
+        "null": null, "p_value": 0.99961, "null_label": "random circuits", "positive": True,
+        "observed": [(2e-8, "circuit", "C3")], "xlabel": "distance"}}, "t")
+    renderer = drawn(fig)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlim()[0] > 0  # a distance has no negative axis
+    bars = [p for p in ax.patches if p.get_height() > 0]
+    assert sum(p.get_height() for p in bars) == len(null)  # every value drawn, zeros at the left edge
+    assert all(p.get_window_extent(renderer).width >= 1 for p in bars)  # visible
+    labels = [t for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert not any(overlaps(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert "p > 0.999" in ax.get_title() and "p = 1" not in ax.get_title()
+    assert "3 of 43 are 0" in ax.get_legend().get_texts()[0].get_text()
+
+
+@pytest.mark.parametrize("p, text", [(1.0, "p = 1"), (0.99961, "p > 0.999"), (0.04, "p = 0.04"), (2e-5, "p = 2.00e-05")])
+def test_p_values_as_text(p, text):
+    assert plots.p_text(p) == text
+
+
+def test_fit_line_has_no_plus_minus():
+    assert plots.line_text(7.04, -0.025) == "7.04 x - 0.025"
+    assert plots.line_text(0.5, 0.25) == "0.5 x + 0.25"
+
+
+def test_grouped_bars_keep_legends_off_the_bars_and_accept_intervals_without_their_estimate():
+    table = pd.DataFrame({"kl": [3.0, 0.5], "reverse_kl": [2.0, 0.4]}, index=["ioi", "sva"])
+    low, high = table * 0.8, table * 1.2
+    low.iloc[0, 0] = 3.1  # an interval that excludes its estimate (a skewed bootstrap): no negative bar
+    fig = plots.grouped_bars({"KL": (table, "nats", (low, high))}, "t")
+    renderer = drawn(fig)
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not overlaps(legend, ax.get_window_extent(renderer))  # below the axes: covers no error bar
+
+
+def test_output_variants_puts_unbounded_and_bounded_divergences_apart(tmp_path):
+    from conftest import run_cli
+    from lib.io import cli
+
+    r = run_cli("21_output_variants.py", "--tasks", "ioi", "sva", "--model", "toy", "--n-prompts", "6",
+                "--n-bootstrap", "40", "--quiet", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    (run,) = (tmp_path / "21_output_variants").iterdir()
+    fig = cli.load_script("21_output_variants.py").metrics_figure(pd.read_csv(run / "summary.csv"), ["ioi", "sva"],
+                                                                  "resample")
+    renderer = drawn(fig)
+    shown = [{t.get_text() for t in ax.get_legend().get_texts()} for ax in fig.axes]
+    assert shown[:2] == [{"kl", "reverse_kl"}, {"js", "tv"}]  # KL beside JS/TV would flatten them to nothing
+    for ax in fig.axes:
+        assert not overlaps(ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer))
+
+
+def test_one_point_curves_are_marked_and_centred():
+    fig = plots.curves({"ioi": (np.array([37]), np.array([0.8])), "sva": (np.array([37]), np.array([0.6]))},
+                       "t", "edges", "f", logx=True)
+    drawn(fig)
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    assert lo < 37 / 2 and hi > 37 * 2  # the point sits inside a visible axis, not on its edge
+    assert all(line.get_marker() == "o" and line.get_markersize() >= 6 for line in ax.get_lines()[:2])
+    assert {"37, 0.8", "37, 0.6"} <= {t.get_text() for t in ax.texts}
+
+
+def test_diagram_names_every_node_and_keeps_edges_off_the_input_label():
+    edges = [("input", "a0.h1<q>", 1.0), ("input", "m0", -0.5), ("input", "a2.h3<v>", 0.3), ("a0.h1", "a2.h0<k>", 0.4),
+             ("a2.h0", "logits", 2.0), ("m0", "logits", 0.2), ("input", "logits", 0.1)]
+    fig = diagram.circuit_figure(edges, 3, 4, "t")
+    renderer = drawn(fig)
+    ax = fig.axes[0]
+    names = {t.get_text(): t for t in ax.texts}
+    assert {"input", "logits", "a0.h1", "m0", "a2.h3", "a2.h0"} <= set(names)
+    box = names["input"].get_window_extent(renderer)
+    for patch in ax.patches:
+        path = patch.get_path().transformed(patch.get_transform())
+        points = path.interpolated(50).vertices
+        inside = (points[:, 0] > box.x0) & (points[:, 0] < box.x1) & (points[:, 1] > box.y0) & (points[:, 1] < box.y1)
+        assert not inside.any(), "an edge crosses the input label"
