@@ -167,8 +167,8 @@ def scrub_task(lm, graph, run, name: str, opts, circuit: str, hypothesis: str, n
     """One task: per-prompt rows of every hypothesis and seed, draw statistics, the claims tested."""
     import pandas as pd
 
+    from lib.core.forward import answer_logits
     from lib.core.metrics import data_metric, kl_divergence, reverse_kl
-    from lib.core.model import answer_logits
     from lib.methods.hypotheses import COMPLEMENT_ONLY, baseline, complement_only, main_hypothesis
     from lib.methods.scrubbing import Pool, draw, scrubbed_logits
     from tasks import TASKS

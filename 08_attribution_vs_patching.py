@@ -60,8 +60,8 @@ def compare_task(lm, graph, name: str, data, opts, sample: int, ig_steps: int, n
     import pandas as pd
 
     from lib.core.circuits import canonical_circuit
+    from lib.core.forward import answer_logits
     from lib.core.metrics import data_metric
-    from lib.core.model import answer_logits
     from lib.methods import agreement, intervals
     from lib.methods.eap import edge_scores
     from lib.methods.node_patching import data_patch_metrics, heads_and_mlps

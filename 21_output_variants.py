@@ -100,8 +100,8 @@ def variants_task(lm, graph, run, name: str, data, opts, circuit: str, ablation:
     """One task: per-prompt divergences and faithfulness, their summaries, and the spread across metrics."""
     import pandas as pd
 
+    from lib.core.forward import answer_logits
     from lib.core.metrics import DIVERGENCES, data_metric, summarize
-    from lib.core.model import answer_logits
     from lib.core.patching import evaluate_mask
     from lib.methods import intervals
     resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, ablation, run)

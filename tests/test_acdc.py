@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from lib.core.forward import answer_logits
 from lib.core.graph import graph_of
 from lib.core.metrics import data_metric, kl_divergence
-from lib.core.model import answer_logits
 from lib.core.patching import ablate_mask, ablation_values, masked_answer_logits
 from lib.methods.acdc import ACDCState, edge_order, kept_mask, run_acdc, worsening
 from tasks import TASKS

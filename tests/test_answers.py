@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 HEAVY = ("torch", "transformer_lens", "transformers", "pandas", "scipy", "matplotlib")

@@ -11,11 +11,19 @@ import transformers as T
 from test_patching import slow_reference
 
 from lib.core.errors import UserError
+from lib.core.forward import answer_logits, logits_at
 from lib.core.graph import graph_of
 from lib.core.metrics import data_metric
-from lib.core.model import answer_logits, from_hf, logits_at, random_model
-from lib.core.patching import (ablate_mask, ablation_values, as_sources, evaluate_mask, masked_answer_logits,
-                               receiver_groups, source_hooks)
+from lib.core.model import from_hf, random_model
+from lib.core.patching import (
+    ablate_mask,
+    ablation_values,
+    as_sources,
+    evaluate_mask,
+    masked_answer_logits,
+    receiver_groups,
+    source_hooks,
+)
 from lib.methods.acdc import PartialRunner
 from lib.methods.dla import direct_logit_attribution
 from lib.methods.eap import edge_scores
@@ -199,6 +207,7 @@ def test_soft_capped_logits_are_the_models_own(toy_tokenizer):
     """unembed_at applies the final soft-cap (Gemma 2), DLA refuses it, and the load-time identity probe
     rejects Gemma 2's post-norms independently of the structural rule."""
     from lib.core import architecture
+    from lib.core.identity import identity_error
 
     cls, cfg = tiny_configs(len(toy_tokenizer))["gemma2"]
     cfg.final_logit_softcapping = 0.5  # small, so that it really bends these logits
@@ -220,7 +229,7 @@ def test_soft_capped_logits_are_the_models_own(toy_tokenizer):
     assert theirs.abs().max() <= 0.5 and (theirs.max(-1).values - theirs.min(-1).values).min() > 0.1
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     # the load-time probe catches the post-norms too, had no rule named them
-    hook, error = architecture.identity_error(model)
+    hook, error = identity_error(model)
     assert hook == "blocks.0.hook_mlp_in" and error > 0.01
     with pytest.raises(UserError, match="soft-capped"):
         direct_logit_attribution(model, TASKS["ioi"].build(toy_tokenizer, 2, 0))

@@ -165,8 +165,8 @@ def mib_cpr(graph, exported: dict, evaluator) -> float:
 def test_exported_eap_ig_file_gives_our_cpr_under_mibs_ranking(tmp_path):
     """A 05 --export eap-ig file, ranked as MIB ranks it, gives the CPR 05 reports (the sign was once inverted)."""
     import pandas as pd
-
     from conftest import run_cli
+
     from lib.core.graph import graph_of
     from lib.core.model import load_model
     from lib.methods.faithfulness import Evaluator, discovery_and_held_out

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from lib.core.forward import answer_logits
 from lib.core.graph import graph_of
 from lib.core.metrics import data_metric
-from lib.core.model import answer_logits
 from lib.core.patching import evaluate_mask
 from lib.methods import agreement
 from tasks import TASKS
@@ -79,7 +79,7 @@ def test_stratified_sample_spans_the_ranking():
 def test_node_attribution_is_the_sum_of_its_edges(setup):
     """EAP's gradient with respect to a node's output is the sum over its receivers, so the node score is the
     sum of its edge scores: check against attribution patching of hook_result directly."""
-    from lib.core.model import logits_at
+    from lib.core.forward import logits_at
     from lib.core.patching import source_outputs
     from lib.methods.eap import edge_scores
 

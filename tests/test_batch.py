@@ -13,11 +13,10 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT
+
 from lib.batch import grid
 from lib.batch.aggregate import t_interval
-from lib.core.errors import UserError
 
 SMOKE = """
 [defaults]

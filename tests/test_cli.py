@@ -7,7 +7,6 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import run_cli, run_script
 
 OFFLINE = {"HF_HUB_OFFLINE": "1"}

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from lib.core.forward import answer_logits
 from lib.core.metrics import data_metric
-from lib.core.model import answer_logits
 from lib.methods.dla import answer_weights, direct_logit_attribution
 from tasks import TASKS
 

@@ -65,8 +65,8 @@ def test_rank_correlation_with_exact_edge_patching(setup):
 def slow_gradient_points(model, g, data, points):
     """Each point as its own autograd pass (the chunk's output set to corrupted + alpha (clean - corrupted), a
     zero probe on every receiver's input), scores = sum over points of delta . probe gradient, averaged."""
-    from lib.core.model import logits_at
-    from lib.core.patching import as_sources, receiver_groups, source_hooks, source_outputs
+    from lib.core.forward import logits_at
+    from lib.core.patching import receiver_groups, source_hooks, source_outputs
 
     clean, corrupt = source_outputs(model, g, data.clean), source_outputs(model, g, data.corrupt)
     delta = corrupt - clean

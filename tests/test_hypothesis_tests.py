@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pandas as pd
 import torch
-
 from conftest import run_cli
+
 from lib.core.graph import Graph
 from lib.methods import hypothesis_tests as ht
 

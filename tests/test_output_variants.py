@@ -3,17 +3,17 @@
 import numpy as np
 import pandas as pd
 import torch
+from conftest import run_cli
 from scipy.spatial.distance import jensenshannon
 from scipy.special import softmax
 from scipy.stats import entropy
-
-from conftest import run_cli
-from lib.core.graph import graph_of
-from lib.io.circuit_json import Circuit
-from lib.core.model import answer_logits
-from lib.core.patching import ablate_mask, ablation_values
-from tasks import TASKS
 from test_patching import slow_reference
+
+from lib.core.forward import answer_logits
+from lib.core.graph import graph_of
+from lib.core.patching import ablate_mask, ablation_values
+from lib.io.circuit_json import Circuit
+from tasks import TASKS
 
 
 def test_against_independent_computation(toy, tmp_path):

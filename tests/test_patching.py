@@ -3,10 +3,18 @@
 import pytest
 import torch
 
+from lib.core.forward import answer_logits
 from lib.core.graph import Graph, graph_of
-from lib.core.model import answer_logits
-from lib.core.patching import EdgePatch, ablate_mask, ablation_values, as_sources, evaluate_mask, masked_answer_logits, \
-    receiver_hooks, source_hooks
+from lib.core.patching import (
+    EdgePatch,
+    ablate_mask,
+    ablation_values,
+    as_sources,
+    evaluate_mask,
+    masked_answer_logits,
+    receiver_hooks,
+    source_hooks,
+)
 from tasks import TASKS
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lib.core.errors import UserError
+from lib.core.forward import answer_logits, logits_at
 from lib.core.graph import graph_of
 from lib.core.metrics import data_metric
-from lib.core.model import answer_logits, logits_at
 from lib.core.patching import as_sources, source_hooks, source_outputs
 from lib.methods.node_patching import Component, patch_metrics
 from lib.methods.path_patching import PathPatcher

@@ -58,6 +58,7 @@ def test_grouped_bars_keep_legends_off_the_bars_and_accept_intervals_without_the
 
 def test_output_variants_puts_unbounded_and_bounded_divergences_apart(tmp_path):
     from conftest import run_cli
+
     from lib.io import cli
 
     r = run_cli("21_output_variants.py", "--tasks", "ioi", "sva", "--model", "toy", "--n-prompts", "6",

@@ -10,11 +10,10 @@ import signal
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-from conftest import run_cli
 
 ARGV_TEXT = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=30)
 STRING_OPTIONS = {

@@ -5,8 +5,9 @@ import pytest
 import torch
 import transformers as T
 
+from lib.core.forward import logits_at
 from lib.core.graph import graph_of
-from lib.core.model import from_hf, logits_at, random_model
+from lib.core.model import from_hf, random_model
 from lib.core.patching import source_outputs
 from lib.core.recompute import Restart
 from tasks import TASKS

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from lib.core.forward import answer_logits
 from lib.core.graph import Graph, graph_of
 from lib.core.metrics import kl_divergence
-from lib.core.model import answer_logits
 from lib.core.patching import receiver_hooks, source_outputs
 from lib.methods import hypotheses as H
 from lib.methods.scrubbing import Hypothesis, Pool, agreeing_draws, draw, other_draws, scrubbed_logits

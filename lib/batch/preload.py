@@ -23,7 +23,6 @@ for name in ("GPT2LMHeadModel", "GPT2Config", "GPTNeoXForCausalLM", "GPTNeoXConf
              "AutoModelForCausalLM", "AutoConfig", "PreTrainedTokenizerFast"):
     getattr(transformers, name)
 
-import lib  # noqa: E402
 import tasks  # noqa: E402
 
 for package in ("lib.core", "lib.methods", "lib.io", "lib.batch"):

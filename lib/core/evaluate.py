@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from lib.core.forward import answer_logits
 from lib.core.metrics import data_metric
-from lib.core.model import LoadedModel, answer_logits
+from lib.core.model import LoadedModel
 
 
 def behaviour(model: LoadedModel, data, batch_size: int = 64) -> pd.DataFrame:

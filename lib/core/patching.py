@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from lib.core.choices import ABLATIONS  # noqa: F401 (re-exported)
+from lib.core.forward import stop_before_unembedding
 from lib.core.graph import Graph
-from lib.core.model import stop_before_unembedding
 
 
 def source_hooks(graph: Graph) -> list[tuple[str, slice]]:
@@ -230,7 +230,7 @@ def masked_answer_logits(model, graph: Graph, batch, ablation: torch.Tensor, abl
                          grad: bool = False, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Logits [B, V] at the answer positions with the edges in `ablate` patched (one forward pass), at every
     position or only where `positions` ([B, P] bool) is true."""
-    from lib.core.model import logits_at
+    from lib.core.forward import logits_at
 
     hooks = EdgePatch(graph, ablation, ablate.to(model.device), positions=positions).hooks()
     return logits_at(model, batch.clean.to(model.device), batch.answer_pos, hooks, grad=grad)
@@ -260,8 +260,8 @@ def masks_metric(model, graph: Graph, data, keeps: list[torch.Tensor], ablation:
                  batch_size: int = 32, rows_per_pass: int | None = None, reference=None) -> torch.Tensor:
     """The task metric [C, N] of many circuits (kept-edge masks) at once: each forward pass carries several
     circuits, every prompt of the batch once per circuit, each row patched with its own circuit's mask."""
+    from lib.core.forward import logits_at
     from lib.core.metrics import data_metric
-    from lib.core.model import logits_at
 
     ablates = torch.stack([ablate_mask(graph, k) for k in keeps]).to(model.device)  # [C, S, R]
     ref = reference if reference is not None else data

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import torch
 
+from lib.core.forward import logits_at, stop_before_unembedding, unembed_at
 from lib.core.graph import Graph
-from lib.core.model import LoadedModel, logits_at, stop_before_unembedding, unembed_at
+from lib.core.model import LoadedModel
 from lib.core.patching import as_sources, source_hooks
 
 

@@ -11,7 +11,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
 TASK_METRIC_LABELS = {  # the x label of a task metric, with its unit (tasks/base.py METRIC_KINDS)
     "logit_diff": "logit(correct) − logit(wrong), logits",
     "logit_minus_max": "logit(correct) − max logit(wrong names), logits",

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from lib.core.choices import ACDC_METRICS as METRICS  # noqa: F401 (re-exported)
+from lib.core.forward import unembed_at
 from lib.core.graph import Graph
 from lib.core.metrics import data_metric, kl_divergence
-from lib.core.model import unembed_at
 from lib.core.patching import EdgePatch, ablation_values, add_ablated, as_sources, source_hooks
 from lib.core.recompute import run_blocks
 from lib.io import interrupts

@@ -115,7 +115,7 @@ def _accumulate(model, graph, batch, corrupt, delta, point, record_clean, scores
     assert len(bwd) == len(receiver_hooks(graph))
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
-    from lib.core.model import stop_before_unembedding, unembed_at
+    from lib.core.forward import stop_before_unembedding, unembed_at
 
     with torch.enable_grad(), model.bridge.hooks(fwd_hooks=fwd + [stop_before_unembedding()], bwd_hooks=bwd):
         try:

@@ -15,9 +15,9 @@ import itertools
 import numpy as np
 import torch
 
+from lib.core.forward import answer_logits
 from lib.core.graph import Graph
 from lib.core.metrics import data_metric, kl_divergence
-from lib.core.model import answer_logits
 from lib.core.patching import ABLATIONS, evaluate_mask
 from lib.methods import intervals
 

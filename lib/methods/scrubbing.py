@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lib.core.forward import stop_before_unembedding, unembed_at
 from lib.core.graph import Graph
-from lib.core.model import stop_before_unembedding, unembed_at
 from lib.core.patching import receiver_columns, source_hooks
 
 WHOLE_PROMPT = ("prompt",)
