@@ -61,10 +61,10 @@ def _record(out: Path, grid_file: Path, text: str, all_cells: list, executor: di
     atomic_write(out / "batch.json", lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
 
 
-def _run_local(out: Path, all_cells: list, todo: list, jobs: int) -> None:
+def _run_local(out: Path, all_cells: list, todo: list, jobs: int, fork: bool = True) -> None:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        pending = {pool.submit(cells.run_cell, c, str(out), threads, forked=True): c for c in todo}
+        pending = {pool.submit(cells.run_cell, c, str(out), threads, forked=fork): c for c in todo}
         try:
             while pending:
                 done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
@@ -113,6 +113,9 @@ def run(grid_file: Annotated[Path, typer.Argument(help="the grid (TOML)")],
                                                     "machine by submitit's local executor)")] = "local",
         jobs: Annotated[int, typer.Option(help="parallel processes (local executor)")] = 1,
         only_failed: Annotated[bool, typer.Option("--only-failed", help="rerun only the failed cells")] = False,
+        fork: Annotated[bool, typer.Option("--fork/--no-fork", help="local executor: fork each cell from a server "
+                                           "that holds the heavy imports (default), or start each as a fresh "
+                                           "interpreter, exactly as a shell would")] = True,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print the cells and what would run; run nothing")] = False,
         partition: Annotated[Optional[str], typer.Option(help="SLURM partition")] = None,
         gpus_per_task: Annotated[int, typer.Option(help="SLURM GPUs per task")] = 1,
@@ -147,17 +150,17 @@ def run(grid_file: Annotated[Path, typer.Argument(help="the grid (TOML)")],
         print(f"{len(todo)} of {len(all_cells)} cells would run ({executor} executor)")
         return
     out = _out_dir(out)
-    if executor == "local":
+    if executor == "local" and fork:
         from lib.batch import forked
 
         forked.start()  # its imports overlap the manifest and the first cells' scheduling
-    _record(out, grid_file, text, all_cells, {"executor": executor, "jobs": jobs,
+    _record(out, grid_file, text, all_cells, {"executor": executor, "jobs": jobs, "fork": fork,
                                                **({} if executor == "local" else params)})
     todo = _todo(out, all_cells, only_failed)
     print(f"{len(todo)} of {len(all_cells)} cells to run ({len(all_cells) - len(todo)} finished earlier)", flush=True)
     cells.write_manifest(out, all_cells)
     if executor == "local":
-        _run_local(out, all_cells, todo, jobs)
+        _run_local(out, all_cells, todo, jobs, fork)
     else:
         _run_submitit(out, all_cells, todo, "slurm" if executor == "slurm" else "local", params)
     m = _summarize(out, all_cells)
