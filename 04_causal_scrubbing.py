@@ -130,7 +130,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     check_options(circuit, "resample")
     if hypothesis not in choices.HYPOTHESES:
         raise UserError(f"unknown hypothesis {hypothesis!r}; choose from {', '.join(choices.HYPOTHESES)}")
-    cli.check_at_least(1, ("--n-seeds", n_seeds))
+    cli.check_between(1, 1000, ("--n-seeds", n_seeds))
+    cli.check_between(1, cli.MAX_PROMPTS, ("--pool-size", pool_size))
     if pool_size < n_prompts:
         raise UserError(f"--pool-size ({pool_size}) must be at least --n-prompts ({n_prompts})")
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)

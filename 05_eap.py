@@ -48,7 +48,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                         "point; use --metric task")
     if metric != "task":
         raise UserError(f"unknown metric {metric!r} for EAP; use --metric task")
-    cli.check_at_least(1, ("--ig-steps", ig_steps))
+    cli.check_between(1, 1000, ("--ig-steps", ig_steps))
     if ig_points not in choices.IG_POINTS:
         raise UserError(f"unknown --ig-points {ig_points!r}; choose from {', '.join(choices.IG_POINTS)}")
     if ablation not in choices.ABLATIONS:
@@ -60,7 +60,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     if threshold is not None and threshold < 0:
         raise UserError(f"--threshold must be non-negative (a circuit is the edges with |score| >= it; got {threshold})")
     cli.check_export(export)
-    cli.check_at_least(0, ("--n-random", n_random))
+    cli.check_between(0, 1000, ("--n-random", n_random))
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     # the work's imports, once the options are valid (--help and option errors never pay for them)
     import pandas as pd

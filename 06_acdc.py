@@ -51,7 +51,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     if ablation not in choices.ABLATIONS:
         raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(choices.ABLATIONS)}")
     cli.check_export(export)
-    cli.check_at_least(0, ("--n-random", n_random))
+    cli.check_between(0, 1000, ("--n-random", n_random))
     check_pruning(prune_with, prune_top, prune_threshold, plain)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     # the work's imports, once the options are valid (--help and option errors never pay for them)

@@ -30,8 +30,9 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          curves: Annotated[int, typer.Option("--curves", help="largest outliers whose interpolation is traced")] = 5,
          rows_per_pass: cli.RowsPerPassOpt = None,
          n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
-    cli.check_at_least(0, ("--sample", sample), ("--curves", curves))
-    cli.check_at_least(1, ("--ig-steps", ig_steps))
+    cli.check_at_least(0, ("--sample", sample))
+    cli.check_between(0, 1000, ("--curves", curves))
+    cli.check_between(1, 1000, ("--ig-steps", ig_steps))
     cli.check_rows_per_pass(rows_per_pass)
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
     # the work's imports, once the options are valid (--help and option errors never pay for them)

@@ -43,7 +43,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         cli.check_finite(name, v)
         if not lo < v < hi:
             raise UserError(f"{name} must be strictly between {lo} and {hi} (got {v})")
-    cli.check_at_least(1, ("--n-random", n_random), ("--n-permutations", n_permutations))
+    cli.check_between(1, 10_000, ("--n-random", n_random))
+    cli.check_between(1, 100_000, ("--n-permutations", n_permutations))
     cli.check_at_least(0, ("--max-edges", max_edges))
     if n_prompts < 2:
         raise UserError("the tests need at least 2 prompts (--n-prompts)")

@@ -36,8 +36,9 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     files = [Path(p) for p in circuits.split()]
     for f in files:
         Circuit.read(f)  # each file parses and has edges before any model is loaded
-    cli.check_at_least(1, ("--top-k", top_k), ("--ig-steps", ig_steps))
-    cli.check_at_least(2, ("--n-resamples", n_resamples))
+    cli.check_at_least(1, ("--top-k", top_k))
+    cli.check_between(1, 1000, ("--ig-steps", ig_steps))
+    cli.check_between(2, 1000, ("--n-resamples", n_resamples))
     taus = cli.parse_floats(thresholds, "--thresholds")
     if files and len(files) < 2:
         raise UserError("--circuits needs at least two files to compare (or none, to discover them here)")

@@ -180,3 +180,16 @@ def test_grid_false_flags_are_passed_and_variadic_circuits_accepted(tmp_path):
     a = write(tmp_path / "a.json", json.dumps({"edges": ["a0.h1->logits"]}))
     b = write(tmp_path / "b.json", json.dumps({"edges": ["a0.h2->logits"]}))
     assert cli.check_argv(cli.load_script("24_compare_circuits.py").app, ["--circuits", str(a), str(b)]) is None
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("05_eap.py", ["--ig-steps", "100000000"], "--ig-steps must be between 1 and 1,000 (got 100,000,000)"),
+    ("05_eap.py", ["--n-random", "5000"], "--n-random must be between 0 and 1,000"),
+    ("04_causal_scrubbing.py", ["--n-seeds", "100000"], "--n-seeds must be between 1 and 1,000"),
+    ("22_hypothesis_tests.py", ["--n-permutations", "1000000000"], "--n-permutations must be between 1 and 100,000"),
+    ("22_hypothesis_tests.py", ["--n-random", "100000000"], "--n-random must be between 1 and 10,000"),
+    ("24_compare_circuits.py", ["--n-resamples", "100000000"], "--n-resamples must be between 2 and 1,000"),
+    ("08_attribution_vs_patching.py", ["--curves", "5000"], "--curves must be between 0 and 1,000"),
+])
+def test_counts_with_an_extra_digit_refused_before_the_model_loads(tmp_path, script, args, message):
+    refused(run_cli(script, "--tasks", "ioi", "--model", "./no-such-model", *args, "--out", str(tmp_path)), message)

@@ -110,6 +110,14 @@ def check_at_least(minimum: int, *options: tuple[str, int]) -> None:
             raise UserError(f"{what} must be at least {minimum} (got {value})")
 
 
+def check_between(low: int, high: int, *options: tuple[str, int]) -> None:
+    """Each (option name, value): low <= value <= high. Upper bounds catch a typed extra digit before it fills
+    memory or runs for days; each is far above any published use."""
+    for what, value in options:
+        if not low <= value <= high:
+            raise UserError(f"{what} must be between {low:,} and {high:,} (got {value:,})")
+
+
 def check_edge_counts(graph, *options: tuple[str, int]) -> None:
     """Each (option name, number of edges): at most the model's edges (checked once the model is loaded, before
     any work; the same rule in every script)."""
