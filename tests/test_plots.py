@@ -28,11 +28,25 @@ def test_null_distribution_of_distances_is_visible_and_positive():
     bars = [p for p in ax.patches if p.get_height() > 0]
     assert sum(p.get_height() for p in bars) == len(null)  # every value drawn, zeros at the left edge
     assert all(p.get_window_extent(renderer).width >= 1 for p in bars)  # visible
-    labels = [t for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+    labels = [t for t in ax.get_xticklabels() + ax.get_xticklabels(minor=True) if t.get_text() and t.get_visible()]
     boxes = [t.get_window_extent(renderer) for t in labels]
     assert not any(overlaps(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     assert "p > 0.999" in ax.get_title() and "p = 1" not in ax.get_title()
     assert "3 of 43 are 0" in ax.get_legend().get_texts()[0].get_text()
+
+
+def test_null_distribution_on_a_short_span_labels_do_not_collide():
+    """Distances within one decade (a circuit's random circuits all alike): minor log labels used to collide."""
+    fig = plots.null_distributions({"sufficiency": {
+        "null": np.linspace(150, 320, 30), "p_value": 0.04, "positive": True, "observed": [(18.0, "circuit", "C3")],
+        "xlabel": "distance"}}, "t")
+    renderer = drawn(fig)
+    ax = fig.axes[0]
+    labels = [t for t in ax.get_xticklabels() + ax.get_xticklabels(minor=True) if t.get_text() and t.get_visible()]
+    lo, hi = ax.get_xlim()
+    labels = [t for t in labels if lo <= t.get_position()[0] <= hi]
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert len(boxes) >= 2 and not any(overlaps(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
 @pytest.mark.parametrize("p, text", [(1.0, "p = 1"), (0.99961, "p > 0.999"), (0.04, "p = 0.04"), (2e-5, "p = 2.00e-05")])

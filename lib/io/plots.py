@@ -263,6 +263,12 @@ def null_distributions(panels: dict[str, dict], title: str):
             ax.hist(np.maximum(values, floor), bins=np.geomspace(floor, hi, 25), color="0.5", label=label)
             ax.set_xscale("log")
             ax.set_xlim(floor, hi)
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide on short spans
+            if np.log10(hi / floor) < 3:  # under three decades: four labelled ticks of the span itself
+                ticks = np.geomspace(floor * 1.2, hi / 1.2, 4)
+                ax.set_xticks(ticks, [f"{v:.3g}" for v in ticks])
+            else:
+                ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(numticks=6))
             observed = [(max(v, floor), lab, c) for v, lab, c in observed]
             ax.set_ylabel("count")
         elif len(p.get("null", [])):
