@@ -17,9 +17,9 @@ HEADLINE = [Metric("model_logit_diff", "dla_check.csv", "model_logit_diff"),
 @app.command()
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
-         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), n_bootstrap: cli.NBootstrapOpt = 1000,
+         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), task_metric: cli.TaskMetricOpt = "", n_bootstrap: cli.NBootstrapOpt = 1000,
          quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap, task_metric=task_metric)
     # the work's imports, once the options are valid (--help and option errors never pay for them)
     import pandas as pd
 

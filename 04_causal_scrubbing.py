@@ -124,7 +124,7 @@ def summary_rows(seeds: pd.DataFrame, items: pd.DataFrame, stats: dict, n_bootst
 @app.command()
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
-         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), circuit: CircuitOpt = "auto",
+         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), task_metric: cli.TaskMetricOpt = "", circuit: CircuitOpt = "auto",
          hypothesis: HypothesisOpt = "auto", n_seeds: SeedsOpt = 3, pool_size: PoolOpt = 2000,
          n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     check_options(circuit, "resample")
@@ -134,7 +134,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     cli.check_between(1, cli.MAX_PROMPTS, ("--pool-size", pool_size))
     if pool_size < n_prompts:
         raise UserError(f"--pool-size ({pool_size}) must be at least --n-prompts ({n_prompts})")
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap, task_metric=task_metric)
     # the work's imports, once the options are valid (--help and option errors never pay for them)
     import pandas as pd
 

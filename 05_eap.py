@@ -27,7 +27,7 @@ DIAGRAM_EDGES = 40  # edges drawn in the diagram (the top ones by |score|)
 @app.command()
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
-         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"),
+         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), task_metric: cli.TaskMetricOpt = "",
          method: Annotated[str, typer.Option(help="eap | eap-ig (input embeddings interpolated) | eap-ig-activations "
                                              "(each node group's output interpolated) | clean-corrupted")] = "eap-ig",
          ig_steps: Annotated[int, typer.Option(help="integration steps of EAP-IG")] = 5,
@@ -61,7 +61,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         raise UserError(f"--threshold must be non-negative (a circuit is the edges with |score| >= it; got {threshold})")
     cli.check_export(export)
     cli.check_between(0, 1000, ("--n-random", n_random))
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap, task_metric=task_metric)
     # the work's imports, once the options are valid (--help and option errors never pay for them)
     import pandas as pd
 

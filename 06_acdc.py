@@ -28,7 +28,7 @@ CHECKPOINT_SECONDS = 15.0  # the search state is saved at least this often (and 
 @app.command()
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
-         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"),
+         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), task_metric: cli.TaskMetricOpt = "",
          thresholds: Annotated[str, typer.Option("--thresholds", help="tau values, space-separated")] = "0.01",
          metric: Annotated[str, typer.Option(help="kl (KL(clean || circuit)) | task")] = "kl",
          ablation: Annotated[str, typer.Option(help="resample | mean | zero")] = "resample",
@@ -53,7 +53,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     cli.check_export(export)
     cli.check_between(0, 1000, ("--n-random", n_random))
     check_pruning(prune_with, prune_top, prune_threshold, plain)
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap, task_metric=task_metric)
     # the work's imports, once the options are valid (--help and option errors never pay for them)
     import pandas as pd
     import torch

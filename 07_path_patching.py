@@ -26,7 +26,7 @@ HEADLINE = [Metric("strongest_sender_{path}_{direction}", "path_patching.csv", b
 @app.command()
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
-         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"),
+         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), task_metric: cli.TaskMetricOpt = "",
          receivers: Annotated[str, typer.Option("--receivers", help="space-separated: receivers (a9.h9<q>, m10, "
                                                 "logits), nodes (a9.h9: its q, k and v), canonical groups "
                                                 "(name-movers<q>, s-inhibition<v>) or scans (all-heads<q|k|v>)")]
@@ -45,7 +45,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     if not receivers.split():
         raise UserError("--receivers needs at least one receiver, node, group or scan")
     cli.check_rows_per_pass(rows_per_pass)
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap, task_metric=task_metric)
     # the work's imports, once the options are valid (--help and option errors never pay for them)
     import pandas as pd
 

@@ -23,7 +23,7 @@ LAMBDAS = [i / 10 for i in range(11)]
 @app.command()
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
-         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"),
+         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), task_metric: cli.TaskMetricOpt = "",
          sample: Annotated[int, typer.Option("--sample", help="edges to patch exactly, stratified by |EAP| rank "
                                               "(0: every edge)")] = 0,
          ig_steps: Annotated[int, typer.Option("--ig-steps", help="EAP-IG integration steps")] = 5,
@@ -34,7 +34,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     cli.check_between(0, 1000, ("--curves", curves))
     cli.check_between(1, 1000, ("--ig-steps", ig_steps))
     cli.check_rows_per_pass(rows_per_pass)
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap, task_metric=task_metric)
     # the work's imports, once the options are valid (--help and option errors never pay for them)
     import pandas as pd
 

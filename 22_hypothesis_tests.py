@@ -29,7 +29,7 @@ NULLS = {  # what rejecting each null means
 @app.command()
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
-         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), circuit: CircuitOpt = "auto",
+         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), task_metric: cli.TaskMetricOpt = "", circuit: CircuitOpt = "auto",
          ablation: AblationOpt = "resample",
          alpha: Annotated[float, typer.Option(help="significance level (after Holm correction)")] = 0.05,
          epsilon: Annotated[float, typer.Option(help="equivalence tolerance on P(circuit beats model) - 1/2")] = 0.1,
@@ -48,7 +48,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     cli.check_at_least(0, ("--max-edges", max_edges))
     if n_prompts < 2:
         raise UserError("the tests need at least 2 prompts (--n-prompts)")
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, task_metric=task_metric)
     # the work's imports, once the options are valid (--help and option errors never pay for them)
     import pandas as pd
     from scipy.stats import binom

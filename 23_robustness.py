@@ -26,10 +26,10 @@ DISCOVERY_ABLATION = "resample"  # what --circuit auto discovers with; the grid 
 @app.command()
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
-         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), circuit: CircuitOpt = "auto",
+         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), task_metric: cli.TaskMetricOpt = "", circuit: CircuitOpt = "auto",
          n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     check_options(circuit, DISCOVERY_ABLATION)
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap, task_metric=task_metric)
     # the work's imports, once the options are valid (--help and option errors never pay for them)
     import pandas as pd
 
@@ -74,7 +74,8 @@ def robustness_task(lm, graph, run, name: str, data, opts, circuit: str) -> dict
     frame.insert(1, "circuit", resolved.label)
     frames = pd.concat([d.dataset_frame(lm.tokenizer).assign(corruption=c) for c, d in datasets.items()])
     return {"rows": frame, "verdict": robustness.verdict(name, rows), "frame": frames,
-            "not_applicable": [] if task.positions else ["positions=named: the task names no token positions"]}
+            "not_applicable": ([] if task.positions else ["positions=named: the task names no token positions"])
+            + ([] if len(task.corruptions) > 1 else ["corruption=second: the task has one corruption (a task file)"])}
 
 
 def one_factor_view(grid: pd.DataFrame, tasks: list[str]) -> tuple[list[str], np.ndarray]:

@@ -25,7 +25,7 @@ SCORED = ("eap", "eap-ig")
 @app.command()
 def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
-         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"),
+         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), task_metric: cli.TaskMetricOpt = "",
          circuits: Annotated[str, typer.Option("--circuits", help="circuit JSON files, space-separated (default: "
                                                "discover with EAP, EAP-IG and ACDC)")] = "",
          top_k: Annotated[int, typer.Option("--top-k", help="edges kept by EAP and EAP-IG")] = 50,
@@ -44,7 +44,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         raise UserError("--circuits needs at least two files to compare (or none, to discover them here)")
     if not files and (not taus or min(taus) < 0):
         raise UserError("--thresholds must be one or more non-negative numbers")
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap)
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap, task_metric=task_metric)
     # the work's imports, once the options are valid (--help and option errors never pay for them)
     from lib.core.graph import graph_of
     extra = dict(circuits=[str(f) for f in files], top_k=top_k, thresholds=taus, ig_steps=ig_steps,

@@ -33,6 +33,7 @@ class TaskData:
     pad_id: int
     n_dropped: int = 0  # generated items dropped because they broke a token constraint
     vocab_dropped: dict = field(default_factory=dict)  # word list -> words dropped for this tokenizer
+    drop_reasons: dict = field(default_factory=dict)  # why items were dropped -> how many (tasks from files)
 
     def __len__(self) -> int:
         return self.clean.shape[0]
@@ -59,6 +60,7 @@ class TaskData:
             pad_id=self.pad_id,
             n_dropped=self.n_dropped,
             vocab_dropped=self.vocab_dropped,
+            drop_reasons=self.drop_reasons,
         )
 
     def to(self, device) -> "TaskData":
@@ -69,8 +71,11 @@ class TaskData:
     def dropped(self) -> dict:
         """What this tokenizer's constraints removed while building: generated prompts (clean and corrupted
         of unequal length, or an unknown token) and vocabulary (words that are not single tokens)."""
-        return {"prompts_dropped": self.n_dropped,
-                "vocab_dropped": "; ".join(f"{k}: {' '.join(v)}" for k, v in sorted(self.vocab_dropped.items()))}
+        out = {"prompts_dropped": self.n_dropped,
+               "vocab_dropped": "; ".join(f"{k}: {' '.join(v)}" for k, v in sorted(self.vocab_dropped.items()))}
+        if self.drop_reasons:  # tasks from files: why rows were dropped
+            out["drop_reasons"] = "; ".join(f"{k}: {v}" for k, v in sorted(self.drop_reasons.items()))
+        return out
 
     def dataset_frame(self, tokenizer) -> pd.DataFrame:
         """The exact dataset: texts, token ids, answer ids, so any number can be recomputed."""

@@ -44,6 +44,8 @@ def cases():
     for script in ("02_logit_diff.py", "21_output_variants.py", "22_hypothesis_tests.py", "23_robustness.py"):
         yield script, ["--circuit", "/no/such/circuit.json"]  # an unreadable file
     yield "24_compare_circuits.py", ["--circuits", "/no/a.json", "/no/b.json"]
+    yield "05_eap.py", ["--tasks", "ioi", "/no/such/task.csv"]  # a task file that is not there
+    yield "05_eap.py", ["--tasks", str(ROOT / "tasks" / "examples" / "ioi_pairs.csv"), "--task-metric", "nope"]
     yield "batch.py", ["--help"]
     yield "batch.py", ["run", "/no/such/grid.toml", "--out", "/tmp/unused-batch-out"]
 

@@ -161,7 +161,7 @@ def test_eap_end_to_end(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--metric", "kl"], "gradient of KL"),
     (["--method", "acdc"], "unknown method 'acdc'"),
-    (["--ig-steps", "0"], "--ig-steps must be at least 1"),
+    (["--ig-steps", "0"], "--ig-steps must be between 1 and 1,000 (got 0)"),
 ])
 def test_eap_bad_input(tmp_path, args, message):
     r = run_cli("05_eap.py", "--tasks", "ioi", "--model", "toy", *args, "--out", str(tmp_path))
@@ -216,7 +216,7 @@ def test_causal_scrubbing_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--n-seeds", "0"], "--n-seeds must be at least 1"),
+    (["--n-seeds", "0"], "--n-seeds must be between 1 and 1,000 (got 0)"),
     (["--pool-size", "5"], "--pool-size (5) must be at least --n-prompts (8)"),
     (["--hypothesis", "psychic"], "unknown hypothesis 'psychic'"),
     (["--hypothesis", "canonical"], "names head 9.9, which a 4-layer, 4-head model does not have"),

@@ -119,6 +119,22 @@ def gpt2_tokenizer():
                         "GPT2_TOKENIZER_DIR to a local copy of it, or run with --model toy") from None
 
 
+def tokenizer_of(name: str):
+    """The tokenizer a --model name loads with, without its weights (tasks.export)."""
+    from transformers import AutoTokenizer
+
+    check_model_name(name)
+    if name in ("gpt2", "gpt2-random", "pythia-160m-random"):
+        return gpt2_tokenizer()
+    where = TOY_DIR if name == "toy" else Path(name).expanduser()
+    try:
+        return AutoTokenizer.from_pretrained(str(where) if where.is_dir() else name,
+                                             local_files_only=not where.is_dir() and not hub_reachable())
+    except Exception as e:  # noqa: BLE001 - any failure here means "not available"
+        raise UserError(f"cannot load the tokenizer of {name!r} ({type(e).__name__}: {first_sentence(e)}); "
+                        f"{OFFLINE_HINT}") from None
+
+
 def _quiet(fn: Callable):
     """Run fn with the bridge's and transformers' chatter silenced (warnings, info logs, load bars)."""
     from transformers.utils import logging as hf_logging

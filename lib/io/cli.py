@@ -22,7 +22,10 @@ _click_exceptions = sys.modules[typer.BadParameter.__module__]
 # messages can echo what was typed, and a value may hold a comma or a space).
 VARIADIC = ("--tasks", "--thresholds", "--top-k", "--circuits")
 
-TasksOpt = Annotated[str, typer.Option("--tasks", help="task names, space-separated, or 'all'")]
+TasksOpt = Annotated[str, typer.Option("--tasks", help="task names, space-separated, or 'all'; or task files "
+                                      "(text pairs, EAP-IG CSV, MIB task data: see README 'Your own task')")]
+TaskMetricOpt = Annotated[str, typer.Option("--task-metric", help="for tasks from files without a metric column: "
+                                           "logit_diff (default) | logit_minus_max | prob_diff")]
 ModelOpt = Annotated[str, typer.Option("--model", help="gpt2 | gpt2-random | toy | a local HF directory | a hub name")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 | float16 | bfloat16 | float64")]
@@ -61,6 +64,7 @@ class Common:
     seed: int
     out: Path
     n_bootstrap: int = 1000
+    task_metric: str = ""  # for tasks from files (tasks/files.py)
 
 
 def typed(spec: str) -> str:
@@ -68,20 +72,31 @@ def typed(spec: str) -> str:
     return spec.replace("\n", " ")
 
 
-def parse_tasks(spec: str) -> list[str]:
-    """'ioi,sva' or 'all' -> task names in the order given; unknown names list the valid ones."""
-    from tasks import TASK_NAMES
+def parse_tasks(spec: str, task_metric: str = "") -> list[str]:
+    """'ioi,sva', 'all', or task files (tasks/files.py) -> task names in the order given (a file's name is its
+    stem); unknown names list the valid ones. Files are read and checked here, before any model loads."""
+    from tasks import TASK_NAMES, files
 
-    names = [s for s in spec.replace(",", " ").split() if s]
+    files.reset()
+    names = []
+    for part in spec.split("\n"):  # the variadic values as typed: a path may hold a comma or a space
+        part = part.strip()
+        if part and files.is_file_spec(part):
+            names.append(files.register(part, task_metric))
+        else:
+            names += [s for s in part.replace(",", " ").split() if s]
     if not names:
-        raise UserError(f"--tasks needs at least one task; valid: {', '.join(TASK_NAMES)} or all")
+        raise UserError(f"--tasks needs at least one task; valid: {', '.join(TASK_NAMES)} or all, or a task file")
     if "all" in names:
         if len(names) > 1:
             raise UserError(f"--tasks all cannot be combined with task names (got {' '.join(names)})")
-        return list(TASK_NAMES)
-    unknown = [n for n in names if n not in TASK_NAMES]
+        names = list(TASK_NAMES)
+    unknown = [n for n in names if n not in TASK_NAMES and n not in files.SOURCES]
     if unknown:
-        raise UserError(f"unknown task {', '.join(map(repr, unknown))}; valid tasks: {', '.join(TASK_NAMES)} or all")
+        raise UserError(f"unknown task {', '.join(map(repr, unknown))}; valid tasks: {', '.join(TASK_NAMES)} or all, "
+                        "or a task file (.csv, .jsonl, .json, a folder of a hub dataset's files, mib:<dataset>)")
+    if task_metric and not files.SOURCES:
+        raise UserError("--task-metric applies to tasks from files only (the built-in tasks have their own metrics)")
     return list(dict.fromkeys(names))
 
 
@@ -143,7 +158,7 @@ def check_finite(what: str, *values: float | None) -> None:
 
 
 def common(tasks: str, model: str, device: str, dtype: str, n_prompts: int, batch_size: int, seed: int,
-           out: Path, quiet: bool = False, n_bootstrap: int = 1000) -> Common:
+           out: Path, quiet: bool = False, n_bootstrap: int = 1000, task_metric: str = "") -> Common:
     """Validate the shared options (before any model is loaded)."""
     from lib.core.choices import check_device_name, check_dtype_name, check_model_name
 
@@ -156,14 +171,14 @@ def common(tasks: str, model: str, device: str, dtype: str, n_prompts: int, batc
     if n_bootstrap != 0 and not low <= n_bootstrap <= high:
         raise UserError(f"--n-bootstrap must be 0 (no intervals) or between {low} and {high:,} (got {n_bootstrap:,}): "
                         f"fewer leave no resample beyond the 2.5 % and 97.5 % points")
-    names = parse_tasks(tasks)
+    names = parse_tasks(tasks, task_metric)
     check_model_name(model)
     check_device_name(device)
     check_dtype_name(dtype)
     if _check_only:  # every option is checked before this call; the rest of the script is the work
         raise _Checked
     progress.set_quiet(quiet)
-    return Common(names, model, device, dtype, n_prompts, batch_size, seed, out, n_bootstrap)
+    return Common(names, model, device, dtype, n_prompts, batch_size, seed, out, n_bootstrap, task_metric)
 
 
 def seed_everything(seed: int) -> None:
@@ -253,6 +268,10 @@ def experiment(script: str, opts: Common, resume: Path | None = None, headline: 
         if resume is None:
             run.abort()
         raise
+    from tasks import files
+
+    if any(name in files.SOURCES for name in opts.tasks):  # provenance of every task read from a file
+        run.record["task_files"] = {n: files.SOURCES[n].provenance() for n in opts.tasks if n in files.SOURCES}
     if headline:
         run.csv("headline.csv", extract(headline, run.path))
     final = run.finish()

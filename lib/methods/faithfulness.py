@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from lib.core.evaluate import behaviour
+from lib.core.errors import UserError
 from lib.core.graph import Graph
 from lib.core.metrics import data_metric, median_of_ratios, normalized
 from lib.core.patching import evaluate_mask, masks_metric
@@ -28,6 +29,9 @@ def discovery_and_held_out(task: str, tokenizer, n: int, seed: int):
     from tasks import TASKS
 
     discovery, held_out = disjoint_split(TASKS[task].build(tokenizer, 2 * n, seed), n)
+    if not len(held_out):  # a task file with no more than n usable rows
+        raise UserError(f"task {task}: its {len(discovery)} prompts leave none held out; ask for at most half of "
+                        "them with --n-prompts")
     frame = pd.concat([discovery.dataset_frame(tokenizer).assign(split="discovery"),
                        held_out.dataset_frame(tokenizer).assign(split="held-out")])
     return discovery, held_out, frame
