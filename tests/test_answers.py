@@ -195,3 +195,13 @@ def test_grid_false_flags_are_passed_and_variadic_circuits_accepted(tmp_path):
 ])
 def test_counts_with_an_extra_digit_refused_before_the_model_loads(tmp_path, script, args, message):
     refused(run_cli(script, "--tasks", "ioi", "--model", "./no-such-model", *args, "--out", str(tmp_path)), message)
+
+
+def test_eap_reports_progress_through_mibs_circuits(tmp_path):
+    """The area curves evaluate (n_random + 2) x 10 circuits after the faithfulness curve: a run writing to a
+    file printed nothing for minutes there."""
+    r = run_cli("05_eap.py", "--tasks", "ioi", *TOY, "--n-prompts", "6", "--n-random", "2", "--n-bootstrap", "0",
+                "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "circuits at MIB's sizes" in line]
+    assert lines and lines[-1].startswith("ioi: circuits at MIB's sizes: 40/40 circuit (100%)"), r.stderr

@@ -64,7 +64,7 @@ def test_sigterm_during_acdc_then_resume_equals_uninterrupted(tmp_path):
     last = log.read_text().strip().splitlines()[-1]
     assert last.startswith("error: interrupted by SIGTERM; finished work kept in ") and "--resume" in last, last
     (kept,) = run_dirs(tmp_path / "b", "06_acdc")
-    assert kept.name.endswith(".interrupted") and last.endswith(f"--resume {kept}")
+    assert kept.name.endswith(".interrupted") and last.endswith(f"continue with: uv run python 06_acdc.py --resume {kept}")
     states = list((kept / ".units").glob("sva_tau0.01.state.pkl"))
     assert states, "the search state of the threshold in flight was checkpointed on SIGTERM"
 

@@ -236,3 +236,27 @@ def test_shipped_example_runs(tmp_path):
     r = run_cli("05_eap.py", "--tasks", str(ROOT / "tasks" / "examples" / "ioi_pairs.csv"), "--n-prompts", "8",
                 "--n-random", "1", *QUICK, "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
+
+
+def test_mib_mcqa_and_arithmetic_rows_as_mibs_loader_builds_them(tmp_path, gpt2_tokenizer):
+    """Answers as MIB's HFEAPDataset.__getitem__ takes them: MCQA/ARC the choice label (no leading space) of
+    the answer and of the counterfactual's answer; arithmetic str(label) of each."""
+    from lib.io import cli
+    from tasks import TASKS
+
+    q = "Question: What color is the sky? A. blue B. red C. green D. black Answer:"
+    cf = "Question: What color is the sky? A. red B. blue C. green D. black Answer:"
+    mcqa = [{"prompt": q, "choices": {"label": ["A", "B", "C", "D"], "text": ["blue", "red", "green", "black"]},
+             "answerKey": 0, "symbol_counterfactual": {"prompt": cf, "choices": {"label": ["A", "B", "C", "D"]},
+                                                       "answerKey": 1}}]
+    arithmetic = [{"prompt": "What is 12 plus 7? Answer:", "label": 19, "operator": "+",
+                   "random_counterfactual": {"prompt": "What is 23 plus 9? Answer:", "label": 32}}]
+    for name, rows in (("mcqa", mcqa), ("arith", arithmetic)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(rows))
+    cli.parse_tasks(f"{tmp_path / 'mcqa.json'}\n{tmp_path / 'arith.json'}")
+    ids = lambda text: gpt2_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    data = TASKS["mcqa"].build(gpt2_tokenizer, 5, 0)
+    assert data.correct[0, 0] == ids("A")[0] and data.wrong[0, 0] == ids("B")[0] and len(data) == 1
+    data = TASKS["arith"].build(gpt2_tokenizer, 5, 0)
+    assert data.correct[0, 0] == ids("19")[0] and data.wrong[0, 0] == ids("32")[0]
+    assert data.info.group[0] == "+" and data.metric_kind == "logit_diff"
