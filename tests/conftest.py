@@ -14,6 +14,15 @@ sys.path.insert(0, str(ROOT))
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def forget_task_files():
+    """Tasks from files live for one command line; a test's must not reach the next test's registry."""
+    yield
+    from tasks import files
+
+    files.reset()
+
+
 @pytest.fixture(scope="session")
 def toy():
     from lib.core.model import load_model

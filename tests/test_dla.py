@@ -6,10 +6,10 @@ import torch
 from lib.core.forward import answer_logits
 from lib.core.metrics import data_metric
 from lib.methods.dla import answer_weights, direct_logit_attribution
-from tasks import TASKS
+from tasks import TASK_NAMES, TASKS
 
 
-@pytest.mark.parametrize("name", list(TASKS))
+@pytest.mark.parametrize("name", TASK_NAMES)
 def test_components_sum_to_logit_difference(tiny, name):
     data = TASKS[name].build(tiny.tokenizer, 12, 0)
     r = direct_logit_attribution(tiny, data, batch_size=5)

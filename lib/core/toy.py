@@ -78,11 +78,11 @@ def _training_batches(tokenizer, n_per_task: int):
     """Per task: (tokens [N, P], answer positions [N], target ids [N, K] (-1 padded)). Every target is
     uniform over its ids: IOI and docstring one token, SVA the verbs of the right number, greater-than
     YY+1 .. YY+20 (continuations a little above the start year, as in text)."""
-    from tasks import TASKS
+    from tasks import TASK_NAMES, TASKS
     from tasks.docstring import build as build_docstring
 
     out = {}
-    for i, name in enumerate(TASKS):
+    for i, name in enumerate(TASK_NAMES):  # the built-in tasks only
         seed = TRAIN_SEED + i
         if name == "docstring":
             # varied argument lists, and many more distinct prompts: with 20k a run memorised them
@@ -180,11 +180,11 @@ def evaluate_cmd(n: int = 200, seed: int = 1, model_dir: str = "toy"):
     """Accuracy and clean/corrupted metric of the toy model on held-out prompts."""
     from lib.core.evaluate import behaviour_summary
     from lib.core.model import load_model
-    from tasks import TASKS
+    from tasks import TASK_NAMES, TASKS
 
     model = load_model(model_dir, device="cpu")
-    for name, task in TASKS.items():
-        print(name, behaviour_summary(model, task.build(model.tokenizer, n, seed)))
+    for name in TASK_NAMES:
+        print(name, behaviour_summary(model, TASKS[name].build(model.tokenizer, n, seed)))
 
 
 if __name__ == "__main__":
