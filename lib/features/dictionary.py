@@ -1,0 +1,115 @@
+"""A sparse dictionary (DESIGN §3b): an SAE (reads and writes one hook's activation) or a transcoder (reads the
+MLP's input, writes its output), with SAELens's encoder and decoder math (sae_lens/saes/standard_sae.py,
+topk_sae.py, transcoder.py; SAE.process_sae_in):
+
+    sae_in  = x - b_dec            (SAEs with apply_b_dec_to_input; a transcoder never subtracts: b_dec is d_out)
+    pre     = sae_in @ W_enc + b_enc                                  [..., d_sae]
+    f       = ReLU(pre)                                    (architecture "standard", activation relu)
+            | ReLU of the k largest entries of pre, 0 elsewhere        (architecture "topk", TopK(k))
+    x_hat   = f @ W_dec + b_dec                                       [..., d_out]
+    error   = x_target - x_hat, so x_target = x_hat + error exactly (the error node of every site).
+
+Only `normalize_activations = "none"` is supported (others rescale by statistics not in the file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lib.core.errors import UserError
+
+ARCHITECTURES = ("standard", "topk")  # SAELens's names: standard = ReLU
+KINDS = ("sae", "transcoder")
+
+
+@dataclass
+class Dictionary:
+    """One dictionary: its SAELens config (cfg.json) and four tensors."""
+
+    cfg: dict
+    W_enc: torch.Tensor  # [d_in, d_sae]
+    W_dec: torch.Tensor  # [d_sae, d_out]
+    b_enc: torch.Tensor  # [d_sae]
+    b_dec: torch.Tensor  # [d_out]
+
+    @property
+    def kind(self) -> str:
+        return "transcoder" if self.cfg.get("hook_name_out") else "sae"
+
+    @property
+    def architecture(self) -> str:
+        return self.cfg.get("architecture", "standard")
+
+    @property
+    def k(self) -> int | None:
+        return self.cfg.get("k")
+
+    @property
+    def hook_name(self) -> str:
+        return self.cfg["hook_name"]
+
+    @property
+    def hook_name_out(self) -> str:
+        """Where the reconstruction is written: the input hook for an SAE, hook_name_out for a transcoder."""
+        return self.cfg.get("hook_name_out") or self.cfg["hook_name"]
+
+    @property
+    def d_in(self) -> int:
+        return self.W_enc.shape[0]
+
+    @property
+    def d_sae(self) -> int:
+        return self.W_enc.shape[1]
+
+    @property
+    def d_out(self) -> int:
+        return self.W_dec.shape[1]
+
+    def check(self, where: str) -> None:
+        """The tensors and the config agree (shapes, architecture, k); one UserError line otherwise."""
+        if self.architecture not in ARCHITECTURES:
+            raise UserError(f"dictionary {where}: architecture {self.architecture!r} is not supported "
+                            f"({', '.join(ARCHITECTURES)})")
+        if self.architecture == "topk" and not (isinstance(self.k, int) and 0 < self.k <= self.d_sae):
+            raise UserError(f"dictionary {where}: a topk dictionary needs an integer k in 1..d_sae (got {self.k!r})")
+        norm = self.cfg.get("normalize_activations", "none") or "none"
+        if norm != "none":
+            raise UserError(f"dictionary {where}: normalize_activations {norm!r} is not supported (only none)")
+        shapes = {"W_enc": (self.d_in, self.d_sae), "W_dec": (self.d_sae, self.d_out), "b_enc": (self.d_sae,),
+                  "b_dec": (self.d_out,)}
+        for name, shape in shapes.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise UserError(f"dictionary {where}: {name} has shape {tuple(getattr(self, name).shape)}, "
+                                f"expected {shape}")
+        declared = {"d_in": self.d_in, "d_sae": self.d_sae, "d_out": self.d_out}
+        for key, value in declared.items():
+            if key in self.cfg and self.cfg[key] != value:
+                raise UserError(f"dictionary {where}: cfg.json says {key} = {self.cfg[key]}, its weights have {value}")
+        if self.kind == "sae" and self.d_in != self.d_out:
+            raise UserError(f"dictionary {where}: an SAE reads and writes one activation, but d_in {self.d_in} != "
+                            f"d_out {self.d_out} (a transcoder names hook_name_out)")
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations [..., d_sae] of the input activation x [..., d_in]."""
+        subtract = self.kind == "sae" and self.cfg.get("apply_b_dec_to_input", True)
+        sae_in = x.to(self.W_enc.dtype) - self.b_dec if subtract else x.to(self.W_enc.dtype)
+        return sae_in @ self.W_enc + self.b_enc
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        if self.architecture == "topk":
+            top = torch.topk(pre, self.k, dim=-1)
+            return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+        return torch.relu(pre)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations [..., d_sae]."""
+        return self.activate(self.pre(x))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Reconstruction [..., d_out] of feature activations f [..., d_sae]."""
+        return f @ self.W_dec + self.b_dec
+
+    def to(self, device=None, dtype=None) -> "Dictionary":
+        moved = {n: getattr(self, n).to(device=device, dtype=dtype) for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
+        return Dictionary(dict(self.cfg), **moved)

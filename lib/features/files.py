@@ -1,0 +1,116 @@
+"""Dictionary files in SAELens's layout (DESIGN §3b): a folder with cfg.json and sae_weights.safetensors
+(W_enc [d_in, d_sae], W_dec [d_sae, d_out], b_enc, b_dec), read with safetensors directly (no sae_lens import);
+a set is a folder of such folders. cfg.json carries the fields flat (as SAELens 5 wrote them) and under
+`metadata` (as SAELens 6 does); reading takes either."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lib.core.errors import UserError
+
+WEIGHTS, CONFIG = "sae_weights.safetensors", "cfg.json"
+TENSORS = ("W_enc", "W_dec", "b_enc", "b_dec")
+DTYPES = {"float32": "float32", "torch.float32": "float32", "float64": "float64", "torch.float64": "float64",
+          "float16": "float16", "torch.float16": "float16", "bfloat16": "bfloat16", "torch.bfloat16": "bfloat16"}
+METADATA = ("model_name", "hook_name", "hook_name_out", "hook_head_index", "prepend_bos")
+
+
+def read_config(folder: Path) -> dict:
+    """cfg.json with SAELens 6's metadata fields lifted to the top level (flat fields win)."""
+    try:
+        cfg = json.loads((folder / CONFIG).read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise UserError(f"dictionary {folder} has no {CONFIG}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"dictionary {folder}: {CONFIG} is not readable JSON ({' '.join(str(e).split())})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"dictionary {folder}: {CONFIG} is not a JSON object")
+    cfg = {**(cfg.get("metadata") or {}), **{k: v for k, v in cfg.items() if k != "metadata"}}
+    if not isinstance(cfg.get("hook_name"), str):
+        raise UserError(f"dictionary {folder}: {CONFIG} names no hook_name")
+    if str(cfg.get("dtype", "float32")) not in DTYPES:
+        raise UserError(f"dictionary {folder}: unknown dtype {cfg.get('dtype')!r}")
+    return cfg
+
+
+def read(folder: Path):
+    """One dictionary folder -> lib.features.dictionary.Dictionary (checked)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from lib.features.dictionary import Dictionary
+
+    folder = Path(folder)
+    cfg = read_config(folder)
+    try:
+        tensors = load_file(str(folder / WEIGHTS))
+    except FileNotFoundError:
+        raise UserError(f"dictionary {folder} has no {WEIGHTS}") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"dictionary {folder}: {WEIGHTS} is not a readable safetensors file "
+                        f"({' '.join(str(e).split())[:200]})") from None
+    missing = [n for n in TENSORS if n not in tensors]
+    if missing:
+        raise UserError(f"dictionary {folder}: {WEIGHTS} has no {', '.join(missing)}")
+    dictionary = Dictionary(cfg, *(tensors[n] for n in TENSORS))
+    dictionary.check(str(folder))
+    return dictionary
+
+
+def write(folder: Path, dictionary) -> None:
+    """SAELens's layout: cfg.json (flat fields and a `metadata` copy) and sae_weights.safetensors."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {**dictionary.cfg, "d_in": dictionary.d_in, "d_sae": dictionary.d_sae, "d_out": dictionary.d_out,
+           "dtype": str(dictionary.W_enc.dtype).removeprefix("torch."), "normalize_activations": "none",
+           "apply_b_dec_to_input": dictionary.kind == "sae" and dictionary.cfg.get("apply_b_dec_to_input", True)}
+    cfg["metadata"] = {k: cfg[k] for k in METADATA if cfg.get(k) is not None}
+    save_file({n: getattr(dictionary, n).contiguous() for n in TENSORS}, str(folder / WEIGHTS))
+    (folder / CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
+
+
+def read_set(where: Path) -> dict:
+    """A folder of dictionary folders (or one dictionary folder) -> {name: Dictionary}, in name order."""
+    where = Path(where)
+    if (where / CONFIG).is_file():
+        return {where.name: read(where)}
+    if not where.is_dir():
+        raise UserError(f"dictionaries {where}: no such folder")
+    folders = sorted(p for p in where.iterdir() if p.is_dir() and (p / CONFIG).is_file())
+    if not folders:
+        raise UserError(f"dictionaries {where}: no dictionary folders (each holds {CONFIG} and {WEIGHTS})")
+    return {p.name: read(p) for p in folders}
+
+
+def check_against(dictionaries: dict, model) -> None:
+    """Before any work: each dictionary's hooks exist in the model, its widths are the activations' there, and
+    the model it names (if any) is this one; one line naming the dictionary otherwise."""
+    import torch
+
+    hooks = set(model.bridge.hook_dict)
+    names = {h for d in dictionaries.values() for h in (d.hook_name, d.hook_name_out)}
+    for name, d in dictionaries.items():
+        for hook in (d.hook_name, d.hook_name_out):
+            if hook not in hooks:
+                raise UserError(f"dictionary {name}: the model has no hook {hook} (a dictionary of another model?)")
+        if d.cfg.get("model_name") not in (None, "", model.name):
+            raise UserError(f"dictionary {name} was trained on {d.cfg['model_name']!r}, not {model.name!r}")
+    widths = {}
+
+    def keep(hook_name):
+        def hook(x, hook):
+            widths[hook_name] = x.shape[-1]
+            return x
+        return hook
+    with torch.no_grad():
+        model.bridge.run_with_hooks(torch.tensor([[model.tokenizer.bos_token_id or 0]], device=model.device),
+                                    fwd_hooks=[(h, keep(h)) for h in sorted(names)])
+    for name, d in dictionaries.items():
+        for what, hook, width in (("d_in", d.hook_name, d.d_in), ("d_out", d.hook_name_out, d.d_out)):
+            if widths.get(hook) != width:
+                raise UserError(f"dictionary {name}: {what} is {width}, but {hook} is {widths.get(hook)} wide in "
+                                f"model {model.name}")

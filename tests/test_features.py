@@ -1,0 +1,169 @@
+"""Sparse dictionaries (lib/features): SAELens's math against a direct numpy computation on a folder written by
+hand in its layout, save/load bit for bit, splicing with error nodes leaves the model unchanged (one site and
+all at once), a transcoder's reconstruction plus its error is the MLP's output, and bad dictionaries are one
+line each."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from lib.core.errors import UserError
+from lib.features import files
+from lib.features.dictionary import Dictionary
+from lib.features.splice import site, splice_hooks, spliced_logits
+
+D_SAE = 96
+
+
+def random_dictionary(hook: str, d_in: int, d_out: int, seed: int, architecture: str = "topk", out: str = None):
+    g = torch.Generator().manual_seed(seed)
+    cfg = {"architecture": architecture, "hook_name": hook, "model_name": "toy", "apply_b_dec_to_input": True}
+    if architecture == "topk":
+        cfg["k"] = 8
+    if out:
+        cfg["hook_name_out"] = out
+    return Dictionary(cfg, torch.randn(d_in, D_SAE, generator=g) / 8, torch.randn(D_SAE, d_out, generator=g) / 8,
+                      torch.randn(D_SAE, generator=g) / 10, torch.randn(d_out, generator=g) / 10)
+
+
+@pytest.fixture(scope="module")
+def toy_set(toy):
+    d, out = toy.d_model, {}
+    out["embed"] = random_dictionary("blocks.0.hook_resid_pre", d, d, 0, "standard")
+    for layer in range(toy.n_layers):
+        out[f"attn{layer}"] = random_dictionary(f"blocks.{layer}.hook_attn_out", d, d, 10 + layer)
+        out[f"mlp{layer}"] = random_dictionary(f"blocks.{layer}.hook_mlp_out", d, d, 20 + layer, "standard")
+        out[f"resid{layer}"] = random_dictionary(f"blocks.{layer}.hook_resid_post", d, d, 30 + layer)
+    return out
+
+
+def tokens_of(toy):
+    from tasks import TASKS
+
+    return TASKS["ioi"].build(toy.tokenizer, 4, 0).clean
+
+
+def test_hand_written_saelens_folder_gives_numpys_activations(tmp_path):
+    """A folder written with numpy and json alone, as SAELens lays it out (cfg fields under metadata, as v6)."""
+    rng = np.random.default_rng(0)
+    w_enc, w_dec = rng.normal(size=(5, 7)).astype(np.float32), rng.normal(size=(7, 5)).astype(np.float32)
+    b_enc, b_dec = rng.normal(size=7).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    for name, arch in (("relu", "standard"), ("topk", "topk")):
+        where = tmp_path / name
+        where.mkdir()
+        save_file({"W_enc": w_enc, "W_dec": w_dec, "b_enc": b_enc, "b_dec": b_dec}, str(where / "sae_weights.safetensors"))
+        cfg = {"architecture": arch, "d_in": 5, "d_sae": 7, "dtype": "float32", "apply_b_dec_to_input": True,
+               "normalize_activations": "none", "metadata": {"hook_name": "blocks.0.hook_resid_post", "model_name": "toy"}}
+        if arch == "topk":
+            cfg["k"] = 3
+        (where / "cfg.json").write_text(json.dumps(cfg))
+    loaded = files.read_set(tmp_path)
+    x = rng.normal(size=(4, 5)).astype(np.float32)
+    pre = (x - b_dec) @ w_enc + b_enc
+    relu = np.maximum(pre, 0)
+    topk = np.zeros_like(pre)
+    for i, row in enumerate(pre):
+        top = np.argsort(-row)[:3]
+        topk[i, top] = np.maximum(row[top], 0)
+    for name, expected in (("relu", relu), ("topk", topk)):
+        d = loaded[name]
+        got = d.encode(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(d.decode(torch.from_numpy(expected)).numpy(), expected @ w_dec + b_dec, rtol=1e-5,
+                                   atol=1e-5)
+        assert d.hook_name == "blocks.0.hook_resid_post" and d.kind == "sae"
+
+
+def test_save_and_load_round_trip_bit_for_bit(tmp_path, toy_set):
+    for name, d in list(toy_set.items())[:3]:
+        files.write(tmp_path / name, d)
+    back = files.read_set(tmp_path)
+    for name, d in back.items():
+        original = toy_set[name]
+        assert all(torch.equal(getattr(d, n), getattr(original, n)) for n in files.TENSORS)
+        assert d.architecture == original.architecture and d.k == original.k and d.hook_name == original.hook_name
+        saved = json.loads((tmp_path / name / "cfg.json").read_text())
+        assert saved["metadata"]["hook_name"] == d.hook_name and saved["d_sae"] == D_SAE
+
+
+def test_splicing_with_error_nodes_leaves_the_model_unchanged(toy, toy_set):
+    tokens = tokens_of(toy)
+    with torch.no_grad():
+        reference = toy.bridge(tokens)
+    for name, d in toy_set.items():
+        assert site(d) == name
+        torch.testing.assert_close(spliced_logits(toy, tokens, {name: d}), reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(spliced_logits(toy, tokens, toy_set), reference, atol=1e-4, rtol=1e-4)
+    # without error nodes the replacement model is another model (here random dictionaries: far from it)
+    assert (spliced_logits(toy, tokens, toy_set, with_error=False) - reference).abs().max() > 1.0
+
+
+def test_decomposition_is_reconstruction_plus_error(toy, toy_set):
+    store, captured = {}, {}
+
+    def keep(name):  # by the name asked for (hook.name may be the hook an alias points to)
+        def hook(x, hook):
+            captured[name] = x.detach().clone()
+            return x
+        return hook
+    tokens = tokens_of(toy)
+    names = [d.hook_name for d in toy_set.values()]
+    with torch.no_grad():
+        toy.bridge.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in names])
+        toy.bridge.run_with_hooks(tokens, fwd_hooks=splice_hooks(toy_set, store=store))
+    for name, d in toy_set.items():
+        x, parts = captured[d.hook_name], store[name]
+        # the spliced pass sees the model's own activations (upstream sites add rounding only)
+        torch.testing.assert_close(parts["features"], d.encode(x), atol=1e-4, rtol=1e-4)
+        seen = d.decode(parts["features"]) + parts["error"]  # what the site passed on
+        torch.testing.assert_close(seen, x, atol=1e-5, rtol=1e-5)
+        if name == "embed":  # the first site reads the model's own activation: equal to float rounding
+            assert (seen - x).abs().max() <= 2 * torch.finfo(x.dtype).eps * x.abs().max()
+        assert (parts["features"] > 0).sum(-1).max() <= (d.k or D_SAE)
+
+
+def test_transcoder_reconstruction_plus_error_is_the_mlp_output(toy):
+    d = random_dictionary("blocks.1.ln2.hook_normalized", toy.d_model, toy.d_model, 5, out="blocks.1.hook_mlp_out")
+    assert d.kind == "transcoder" and site(d) == "tc1"
+    captured, store = {}, {}
+
+    def keep(name):
+        def hook(x, hook):
+            captured[name] = x.detach().clone()
+            return x
+        return hook
+    tokens = tokens_of(toy)
+    with torch.no_grad():
+        reference = toy.bridge.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in (d.hook_name, d.hook_name_out)])
+        spliced = toy.bridge.run_with_hooks(tokens, fwd_hooks=splice_hooks({"tc1": d}, store=store))
+    reconstruction = d.decode(d.encode(captured[d.hook_name]))  # read at the MLP's input, written at its output
+    torch.testing.assert_close(reconstruction + store["tc1"]["error"], captured[d.hook_name_out], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(spliced, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_dictionaries_are_one_line(tmp_path, toy):
+    other = random_dictionary("blocks.7.hook_resid_post", toy.d_model, toy.d_model, 1)
+    with pytest.raises(UserError, match="dictionary r7: the model has no hook blocks.7.hook_resid_post"):
+        files.check_against({"r7": other}, toy)
+    wide = random_dictionary("blocks.0.hook_resid_post", 768, 768, 1)
+    with pytest.raises(UserError, match="dictionary gpt2: d_in is 768, but blocks.0.hook_resid_post is 64 wide"):
+        files.check_against({"gpt2": wide}, toy)
+    named = random_dictionary("blocks.0.hook_resid_post", toy.d_model, toy.d_model, 1)
+    named.cfg["model_name"] = "gpt2"
+    with pytest.raises(UserError, match="dictionary n was trained on 'gpt2', not 'toy'"):
+        files.check_against({"n": named}, toy)
+    files.write(tmp_path / "broken", named)
+    (tmp_path / "broken" / "sae_weights.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="is not a readable safetensors file"):
+        files.read(tmp_path / "broken")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(UserError, match="no dictionary folders"):
+        files.read_set(tmp_path / "nothing")
+    files.write(tmp_path / "k", random_dictionary("blocks.0.hook_resid_post", 64, 64, 2))
+    cfg = json.loads((tmp_path / "k" / "cfg.json").read_text())
+    (tmp_path / "k" / "cfg.json").write_text(json.dumps({**cfg, "k": 0}))
+    with pytest.raises(UserError, match="a topk dictionary needs an integer k in 1..d_sae"):
+        files.read(tmp_path / "k")
