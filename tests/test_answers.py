@@ -159,7 +159,8 @@ def test_broken_config_is_named_as_the_config(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     for f in (ROOT / "models" / "toy").iterdir():
-        (model / f.name).write_bytes(f.read_bytes())
+        if f.is_file():
+            (model / f.name).write_bytes(f.read_bytes())
     (model / "config.json").write_text('{"model_type": "gpt2", ')
     refused(run_cli("02_logit_diff.py", "--tasks", "ioi", "--model", str(model), "--out", str(tmp_path / "out")),
             "cannot read the config (config.json) of the model in local directory")

@@ -167,3 +167,73 @@ def test_bad_dictionaries_are_one_line(tmp_path, toy):
     (tmp_path / "k" / "cfg.json").write_text(json.dumps({**cfg, "k": 0}))
     with pytest.raises(UserError, match="a topk dictionary needs an integer k in 1..d_sae"):
         files.read(tmp_path / "k")
+
+
+def test_training_is_deterministic_and_refuses_bad_options(tmp_path):
+    """The same command, twice: bit-identical weights (seeded, one CPU thread)."""
+    import contextlib
+    import io
+    import subprocess
+
+    from lib.features import train
+    from lib.io import cli
+
+    def run_cli(_, *args):  # the trainer's CLI in this process
+        err, code = io.StringIO(), 0
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            try:
+                cli.main(train.app, list(args))
+            except SystemExit as e:
+                code = e.code
+        return subprocess.CompletedProcess(args, code, "", err.getvalue())
+
+    for run in ("a", "b"):
+        r = run_cli("lib/features/train.py", "--out", str(tmp_path / run), "--sites", "embed", "tc0", "--steps", "30",
+                    "--n-per-task", "4", "--width", "32", "--k", "4", "--quiet")
+        assert r.returncode == 0, r.stderr
+    for name in ("embed", "tc0"):
+        a, b = (tmp_path / run / name / "sae_weights.safetensors" for run in ("a", "b"))
+        assert a.read_bytes() == b.read_bytes()
+    d = files.read(tmp_path / "a" / "tc0")
+    assert d.kind == "transcoder" and d.hook_name == "blocks.0.ln2.hook_normalized" and d.k == 4
+    report = (tmp_path / "a" / "report.csv").read_text().splitlines()
+    assert report[0].startswith("dictionary,kind,hook_name,hook_name_out,d_sae,k,fvu,l0,dead_fraction,kl_spliced")
+    r = run_cli("lib/features/train.py", "--out", str(tmp_path / "a"), "--quiet")
+    assert r.returncode == 2 and "exists; a dictionary set is never overwritten" in r.stderr
+    r = run_cli("lib/features/train.py", "--out", str(tmp_path / "c"), "--sites", "resid9", "--quiet")
+    assert r.returncode == 2 and "unknown site resid9" in r.stderr
+
+
+def test_shipped_toy_set_fits_the_toy_model(toy):
+    """Every site of part 1 (embedding; attention, MLP output, residual stream per layer) and per-layer MLP
+    transcoders; spliced with their errors the toy model is unchanged; their reconstructions are good."""
+    import pandas as pd
+
+    from lib.core.model import TOY_DIR
+
+    where = TOY_DIR / "dictionaries"
+    shipped = files.read_set(where)
+    expected = {"embed"} | {f"{s}{l}" for s in ("attn", "mlp", "resid", "tc") for l in range(toy.n_layers)}
+    assert set(shipped) == expected
+    files.check_against(shipped, toy)
+    tokens = tokens_of(toy)
+    with torch.no_grad():
+        reference = toy.bridge(tokens)
+    torch.testing.assert_close(spliced_logits(toy, tokens, shipped), reference, atol=1e-4, rtol=1e-4)
+    report = pd.read_csv(where / "report.csv").set_index("dictionary")
+    assert set(report.index) == expected and (report.fvu < 0.25).all() and (report.l0 <= 8).all()
+
+
+def test_trainer_reproduces_a_shipped_dictionary_bit_for_bit(tmp_path):
+    """The shipped set is exactly the trainer's default output: retraining one site gives its bytes."""
+    import contextlib
+    import io
+
+    from lib.core.model import TOY_DIR
+    from lib.features import train
+    from lib.io import cli
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        cli.main(train.app, ["--model", "toy", "--out", str(tmp_path / "set"), "--sites", "tc3", "--quiet"])
+    for name in ("sae_weights.safetensors", "cfg.json"):
+        assert (tmp_path / "set" / "tc3" / name).read_bytes() == (TOY_DIR / "dictionaries" / "tc3" / name).read_bytes()

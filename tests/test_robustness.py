@@ -25,9 +25,12 @@ def one_error_line(r, message):
 def start_script(script, *args, log):
     """A script as its own process and session (as SLURM or `timeout` runs it), stderr to a log file; forked
     from the server that holds the heavy imports (lib.batch.forked), as batch.py starts its cells."""
+    import torch
+
     from lib.batch.forked import ForkedScript
 
-    return ForkedScript(script, list(args), os.devnull, log.name, cwd=ROOT)
+    # this process's thread count, so that its reductions (and CSVs) match the in-process runs compared with it
+    return ForkedScript(script, list(args), os.devnull, log.name, cwd=ROOT, threads=torch.get_num_threads())
 
 
 def wait_for_line(path, needle, proc, timeout=120):

@@ -8,7 +8,6 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, run_cli
 
 TOY = ["--model", "toy"]

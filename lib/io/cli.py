@@ -20,7 +20,7 @@ _click_exceptions = sys.modules[typer.BadParameter.__module__]
 
 # Options that take several space-separated values (`--tasks ioi sva`); argv joins them with newlines (so
 # messages can echo what was typed, and a value may hold a comma or a space).
-VARIADIC = ("--tasks", "--thresholds", "--top-k", "--circuits")
+VARIADIC = ("--tasks", "--thresholds", "--top-k", "--circuits", "--sites")
 
 TasksOpt = Annotated[str, typer.Option("--tasks", help="task names, space-separated, or 'all'; or task files "
                                       "(text pairs, EAP-IG CSV, MIB task data: see README 'Your own task')")]

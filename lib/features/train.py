@@ -1,0 +1,213 @@
+"""Train sparse dictionaries for a model (a tool beside the core, as lib.core.toy trains the toy model):
+
+    uv run python -m lib.features.train --model toy --out models/toy/dictionaries     # the shipped set
+
+TopK dictionaries (Gao et al. 2024, "Scaling and evaluating sparse autoencoders") with their auxiliary loss
+against dead latents (AuxK: the k_aux = d_in / 2 largest pre-activations of latents dead for `dead_after`
+tokens reconstruct the main reconstruction's residual, coefficient 1/32, as SAELens's topk_sae.py
+calculate_topk_aux_loss computes it, scaled down while few latents are dead), decoder rows kept at unit norm,
+Adam. Sites: the embedding, per layer the attention output, MLP output and residual stream (SAEs), and per
+layer an MLP transcoder (blocks.l.ln2.hook_normalized -> blocks.l.hook_mlp_out). Activations: every position
+of the clean and corrupted prompts of the four tasks, generated with training seeds (the toy model's training
+distribution is these tasks). Deterministic: seeded, one CPU thread, so the same command gives bit-identical
+weights. Writes each dictionary in SAELens's layout and report.csv: fraction of variance unexplained, L0, dead
+fraction, and the model's KL and task metric with that dictionary spliced in without its error node."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lib.core.errors import UserError
+from lib.io import cli, progress
+
+app = cli.script_app(__doc__)
+TRAIN_SEED = 20_000  # task seeds for activations (the toy model trained on 10_000+, evaluation uses < 10_000)
+EVAL_SEED = 3  # prompts of the report's spliced evaluation
+AUX_COEFFICIENT = 1 / 32  # Gao et al. 2024, section A.2
+
+
+def sites(n_layers: int) -> dict[str, tuple[str, str]]:
+    """Site name -> (input hook, output hook); SAEs read and write one hook."""
+    out = {"embed": ("blocks.0.hook_resid_pre",) * 2}
+    for l in range(n_layers):
+        out |= {f"attn{l}": (f"blocks.{l}.hook_attn_out",) * 2, f"mlp{l}": (f"blocks.{l}.hook_mlp_out",) * 2,
+                f"resid{l}": (f"blocks.{l}.hook_resid_post",) * 2,
+                f"tc{l}": (f"blocks.{l}.ln2.hook_normalized", f"blocks.{l}.hook_mlp_out")}
+    return out
+
+
+def activations(model, hooks: list[str], n_per_task: int, seed: int, batch_size: int = 64) -> dict:
+    """{hook: [T, d]} at every real (non-pad) position of the tasks' clean and corrupted prompts."""
+    import torch
+
+    from tasks import TASK_NAMES, TASKS
+
+    out = {h: [] for h in hooks}
+    for i, name in enumerate(TASK_NAMES):
+        data = TASKS[name].build(model.tokenizer, n_per_task, seed + i)
+        for tokens in (data.clean, data.corrupt):
+            for start in range(0, len(data), batch_size):
+                t = tokens[start:start + batch_size]
+                real = torch.arange(t.shape[1])[None] < data.lengths[start:start + batch_size, None]  # [B, P]
+                cache = {}
+
+                def keep(h):
+                    def hook(x, hook):
+                        cache[h] = x.detach()
+                        return x
+                    return hook
+                with torch.no_grad():
+                    model.bridge.run_with_hooks(t.to(model.device), fwd_hooks=[(h, keep(h)) for h in hooks])
+                for h in hooks:
+                    out[h].append(cache[h][real.to(cache[h].device)].float().cpu())
+    return {h: torch.cat(v) for h, v in out.items()}
+
+
+def train_one(x, y, width: int, k: int, steps: int, batch: int, lr: float, seed: int, dead_after: int,
+              cfg: dict, bar=None):
+    """A TopK dictionary from inputs x [T, d_in] to targets y [T, d_out] (y is x for an SAE)."""
+    import torch
+
+    from lib.features.dictionary import Dictionary
+
+    g = torch.Generator().manual_seed(seed)
+    d_in, d_out = x.shape[1], y.shape[1]
+    w_dec = torch.nn.functional.normalize(torch.randn(width, d_out, generator=g), dim=-1)
+    params = {"W_enc": (w_dec.T.clone() if d_in == d_out else torch.randn(d_in, width, generator=g) / d_in ** 0.5),
+              "W_dec": w_dec, "b_enc": torch.zeros(width), "b_dec": y.mean(0).clone()}
+    params = {n: p.requires_grad_(True) for n, p in params.items()}
+    opt = torch.optim.Adam(params.values(), lr=lr)
+    dictionary = Dictionary(cfg, **params)
+    since_fired = torch.zeros(width)
+    k_aux = d_in // 2
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch,), generator=g)
+        xb, yb = x[idx], y[idx]
+        pre = dictionary.pre(xb)
+        f = dictionary.activate(pre)
+        out = dictionary.decode(f)
+        loss = (out - yb).pow(2).sum(-1).mean()
+        since_fired = torch.where((f > 0).any(0), torch.zeros_like(since_fired), since_fired + batch)
+        dead = since_fired >= dead_after
+        if dead.any():  # AuxK: the top dead latents reconstruct the residual (SAELens's calculate_topk_aux_loss)
+            n_dead = int(dead.sum())
+            top = torch.where(dead[None], pre, torch.full_like(pre, -torch.inf)).topk(min(k_aux, n_dead), dim=-1)
+            aux = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+            residual = (yb - out).detach()
+            loss = loss + AUX_COEFFICIENT * min(n_dead / k_aux, 1.0) * (dictionary.decode(aux) - residual).pow(2).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            params["W_dec"].div_(params["W_dec"].norm(dim=-1, keepdim=True))
+        if bar is not None:
+            bar.update(1)
+    return Dictionary(cfg, *(params[n].detach().clone() for n in ("W_enc", "W_dec", "b_enc", "b_dec")))
+
+
+def report_row(model, name: str, d, x, y) -> dict:
+    """FVU, L0 and dead fraction on held-out activations, and the model with d spliced in without its error."""
+    import torch
+
+    from lib.core.forward import logits_at
+    from lib.core.metrics import data_metric, kl_divergence
+    from lib.features.splice import splice_hooks
+    from tasks import TASK_NAMES, TASKS
+
+    with torch.no_grad():
+        f = d.encode(x)
+        fvu = float((d.decode(f) - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+        row = {"dictionary": name, "kind": d.kind, "hook_name": d.hook_name, "hook_name_out": d.hook_name_out,
+               "d_sae": d.d_sae, "k": d.k, "fvu": fvu, "l0": float((f > 0).sum(-1).float().mean()),
+               "dead_fraction": float(((f > 0).sum(0) == 0).float().mean())}
+        kls, metrics, clean = [], [], []
+        for name_ in TASK_NAMES:
+            data = TASKS[name_].build(model.tokenizer, 32, EVAL_SEED)
+            pos = data.answer_pos
+            full = logits_at(model, data.clean, pos)
+            spliced = logits_at(model, data.clean, pos, hooks=splice_hooks({name: d}, with_error=False))
+            kls.append(float(kl_divergence(full, spliced).mean()))
+            metrics.append(float(data_metric(spliced, data).mean()))
+            clean.append(float(data_metric(full, data).mean()))
+        row |= {"kl_spliced": sum(kls) / len(kls),
+                **{f"metric_{t}": m for t, m in zip(TASK_NAMES, metrics)},
+                **{f"metric_{t}_model": m for t, m in zip(TASK_NAMES, clean)}}
+    return row
+
+
+@app.command()
+def main(out: Annotated[Path, typer.Option("--out", help="the set's folder (one folder per dictionary)")],
+         model: cli.ModelOpt = "toy",
+         only: Annotated[str, typer.Option("--sites", help="space-separated sites (embed, attn0, mlp0, resid0, "
+                                            "tc0, ...), or all")] = "all",
+         width: Annotated[int, typer.Option(help="latents per dictionary")] = 256,
+         k: Annotated[int, typer.Option(help="active latents per token (TopK)")] = 8,
+         steps: Annotated[int, typer.Option(help="optimizer steps per dictionary")] = 3000,
+         batch: Annotated[int, typer.Option(help="tokens per step")] = 256,
+         lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
+         n_per_task: Annotated[int, typer.Option("--n-per-task", help="prompts per task (clean and corrupted)")] = 400,
+         seed: cli.SeedOpt = 0, quiet: cli.QuietOpt = False):
+    cli.check_between(1, 1 << 20, ("--width", width), ("--steps", steps), ("--batch", batch))
+    cli.check_between(1, width, ("--k", k))
+    cli.check_between(2, cli.MAX_PROMPTS, ("--n-per-task", n_per_task))
+    cli.check_finite("--lr", lr)
+    if out.exists():
+        raise UserError(f"--out {out} exists; a dictionary set is never overwritten")
+    progress.set_quiet(quiet)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-identical weights on any CPU count
+    try:
+        _train_set(out, model, only, width, k, steps, batch, lr, n_per_task, seed)
+    finally:
+        torch.set_num_threads(threads)  # a caller in this process (tests) keeps its own
+
+
+def _train_set(out: Path, model: str, only: str, width: int, k: int, steps: int, batch: int, lr: float,
+               n_per_task: int, seed: int) -> None:
+    import pandas as pd
+    import torch
+
+    from lib.core.model import load_model
+    from lib.features import files
+
+    lm = load_model(model, device="cpu", seed=seed)
+    table = sites(lm.n_layers)
+    chosen = list(table) if only.split() == ["all"] else only.split()
+    unknown = [s for s in chosen if s not in table]
+    if unknown:
+        raise UserError(f"unknown site {', '.join(unknown)}; sites of {model}: {', '.join(table)} or all")
+    hooks = sorted({h for s in chosen for h in table[s]})
+    train_acts = activations(lm, hooks, n_per_task, TRAIN_SEED + 100 * seed)
+    held_acts = activations(lm, hooks, max(8, n_per_task // 10), TRAIN_SEED + 100 * seed + 50)
+    staging = out.with_name(f".{out.name}.staging")
+    rows = []
+    with progress.bar(steps * len(chosen), "dictionary training", "step") as bar:
+        for name in chosen:
+            i = list(table).index(name)  # the site's own seed: a subset of sites trains each as the full set does
+            hook_in, hook_out = table[name]
+            cfg = {"architecture": "topk", "k": k, "hook_name": hook_in, "model_name": lm.name,
+                   "apply_b_dec_to_input": hook_in == hook_out, "normalize_activations": "none",
+                   "training": {"trainer": "lib.features.train", "steps": steps, "batch": batch, "lr": lr,
+                                "n_per_task": n_per_task, "seed": seed, "aux_coefficient": AUX_COEFFICIENT}}
+            if hook_in != hook_out:
+                cfg["hook_name_out"] = hook_out
+            torch.manual_seed(seed + i)
+            d = train_one(train_acts[hook_in], train_acts[hook_out], width, k, steps, batch, lr, seed * 1000 + i,
+                          dead_after=20 * batch, cfg=cfg, bar=bar)
+            files.write(staging / name, d)
+            rows.append(report_row(lm, name, d, held_acts[hook_in], held_acts[hook_out]))
+    pd.DataFrame(rows).to_csv(staging / "report.csv", index=False, float_format="%.6g")
+    (staging / "set.json").write_text(json.dumps({"model": lm.name, "sites": chosen, "width": width, "k": k}) + "\n")
+    staging.rename(out)
+    print(pd.DataFrame(rows)[["dictionary", "fvu", "l0", "dead_fraction", "kl_spliced"]].to_string(index=False))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    cli.main(app)
