@@ -237,3 +237,19 @@ def test_trainer_reproduces_a_shipped_dictionary_bit_for_bit(tmp_path):
         cli.main(train.app, ["--model", "toy", "--out", str(tmp_path / "set"), "--sites", "tc3", "--quiet"])
     for name in ("sae_weights.safetensors", "cfg.json"):
         assert (tmp_path / "set" / "tc3" / name).read_bytes() == (TOY_DIR / "dictionaries" / "tc3" / name).read_bytes()
+
+
+def test_dictionaries_option_resolves_toy_folders_and_refuses_offline_hub(tmp_path, toy):
+    from lib.core.model import TOY_DIR
+
+    assert files.resolve("toy") == TOY_DIR / "dictionaries"
+    assert set(files.load_set("toy", toy)) >= {"embed", "tc0"}
+    files.write(tmp_path / "one" / "resid1", random_dictionary("blocks.1.hook_resid_post", 64, 64, 3))
+    assert list(files.load_set(str(tmp_path / "one"), toy)) == ["resid1"]
+    with pytest.raises(UserError, match="no such folder"):
+        files.resolve(str(tmp_path / "missing"))
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UserError, match="is a file"):
+        files.resolve(str(tmp_path / "f"))
+    with pytest.raises(UserError, match="from the Hugging Face hub \\(offline or unreachable\\)"):
+        files.resolve("jbloom/GPT2-Small-SAEs-Reformatted")

@@ -259,3 +259,23 @@ def test_mib_mcqa_and_arithmetic_rows_as_mibs_loader_builds_them(tmp_path, gpt2_
     data = TASKS["arith"].build(gpt2_tokenizer, 5, 0)
     assert data.correct[0, 0] == ids("19")[0] and data.wrong[0, 0] == ids("32")[0]
     assert data.info.group[0] == "+" and data.metric_kind == "logit_diff"
+
+
+def test_a_local_copy_of_mibs_parquet_files_loads(tmp_path):
+    """MIB publishes its task data as a hub dataset: a local copy is a folder of parquet files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks import files
+
+    rows = [{"prompt": c, "metadata": {"indirect_object": a.strip(), "subject": b.strip(), "random_c": "Kevin"},
+             "s2_io_flip_counterfactual": {"prompt": k}} for c, k, a, b in IOI_ROWS]
+    (tmp_path / "mib_ioi" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows[:6]), tmp_path / "mib_ioi" / "data" / "train-00000-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[6:]), tmp_path / "mib_ioi" / "data" / "train-00001-of-00002.parquet")
+    name = files.register(str(tmp_path / "mib_ioi"))
+    source = files.SOURCES[name]
+    assert name == "mib_ioi" and source.format == "mib-ioi" and len(source.rows) == len(rows)
+    assert source.rows[6]["prompt"] == rows[6]["prompt"]  # the files in name order
+    r = run_cli("01_dla.py", "--tasks", str(tmp_path / "mib_ioi"), "--n-prompts", "6", *QUICK, "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr

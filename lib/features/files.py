@@ -114,3 +114,40 @@ def check_against(dictionaries: dict, model) -> None:
             if widths.get(hook) != width:
                 raise UserError(f"dictionary {name}: {what} is {width}, but {hook} is {widths.get(hook)} wide in "
                                 f"model {model.name}")
+
+
+def resolve(spec: str) -> Path:
+    """--dictionaries: `toy` (the set shipped with the toy model), a local folder, or a Hugging Face repo id
+    (downloaded through huggingface_hub; offline it is one line, as --model gpt2 is)."""
+    from lib.core.choices import _HUB_ID
+
+    if spec == "toy":
+        from lib.core.model import TOY_DIR
+
+        return TOY_DIR / "dictionaries"
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"--dictionaries {spec}: is a file; a dictionary set is a folder of dictionary folders")
+        return path
+    if spec.startswith(("/", "./", "../", "~")) or not _HUB_ID.fullmatch(spec):
+        raise UserError(f"--dictionaries {spec!r}: no such folder (use toy, a local folder or a hub repo id)")
+    from lib.core.model import hub_reachable
+
+    if not hub_reachable():
+        raise UserError(f"cannot download dictionaries {spec!r} from the Hugging Face hub (offline or unreachable); "
+                        "run offline with --dictionaries toy or a local folder in SAELens's layout")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec, allow_patterns=[f"*{CONFIG}", f"*{WEIGHTS}"]))
+    except Exception as e:  # noqa: BLE001 - any failure of the hub is one line
+        raise UserError(f"cannot download dictionaries {spec!r} ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})") from None
+
+
+def load_set(spec: str, model) -> dict:
+    """resolve + read_set + check_against: the dictionaries a script uses, refused in one line if they do not fit."""
+    dictionaries = read_set(resolve(spec))
+    check_against(dictionaries, model)
+    return dictionaries
