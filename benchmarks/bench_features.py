@@ -1,0 +1,90 @@
+"""Cost of splicing sparse dictionaries into the forward pass (lib/features), as ratios against the bare model.
+
+    uv run python benchmarks/bench_features.py --model gpt2-random --width 24576 --n-prompts 16
+    uv run python benchmarks/bench_features.py --model toy --dictionaries toy
+
+Rows: the spliced forward (every dictionary encoded and decoded, error nodes added: the model's own output) /
+the bare forward, and per dictionary site; random dictionaries of --width latents (TopK, k = 32) at the
+embedding and every layer's attention output, MLP output and residual stream (GPT-2's shape: 37 sites,
+5.6 GB of float32 weights at 24,576 latents), or a stored set (--dictionaries); peak memory (max RSS)."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lib.io import cli  # noqa: E402
+
+app = cli.script_app(__doc__)
+
+
+@app.command()
+def main(model: cli.ModelOpt = "gpt2-random", width: int = typer.Option(24576, help="latents of random dictionaries"),
+         dictionaries: str = typer.Option("", "--dictionaries", help="a stored set instead of random ones"),
+         n_prompts: cli.NPromptsOpt = 16, repeats: int = typer.Option(3, help="timed passes (median)"),
+         out: cli.OutOpt = Path("results"), seed: cli.SeedOpt = 0):
+    cli.check_between(1, 1 << 20, ("--width", width))
+    cli.check_between(1, 100, ("--repeats", repeats))
+    import pandas as pd
+    import torch
+
+    from lib.core.model import load_model
+    from lib.features import files
+    from lib.features.dictionary import Dictionary
+    from lib.features.splice import splice_hooks
+    from lib.features.train import sites
+    from lib.io.results import RunDir
+    from tasks import TASKS
+
+    lm = load_model(model, device="cpu", seed=seed)
+    tokens = TASKS["ioi"].build(lm.tokenizer, n_prompts, seed).clean
+    if dictionaries:
+        chosen = files.load_set(dictionaries, lm)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        d = lm.d_model
+        chosen = {}
+        for name, (hook_in, hook_out) in sites(lm.n_layers).items():
+            if hook_in != hook_out:
+                continue  # SAEs only: transcoders cost the same per token
+            chosen[name] = Dictionary({"architecture": "topk", "k": 32, "hook_name": hook_in},
+                                      torch.randn(d, width, generator=g) / d ** 0.5,
+                                      torch.nn.functional.normalize(torch.randn(width, d, generator=g), dim=-1),
+                                      torch.zeros(width), torch.zeros(d))
+
+    def timed(hooks) -> float:
+        times = []
+        for _ in range(repeats + 1):
+            t = time.perf_counter()
+            with torch.no_grad():
+                lm.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times[1:])  # the first pass warms up
+
+    bare = timed([])
+    spliced = timed(splice_hooks(chosen))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    widths = sorted({dd.d_sae for dd in chosen.values()})
+    table = pd.DataFrame([
+        {"measure": f"spliced forward ({len(chosen)} dictionaries) / bare forward", "seconds": spliced,
+         "floor_seconds": bare, "ratio": spliced / bare},
+        {"measure": "spliced forward, per dictionary / bare forward", "seconds": (spliced - bare) / len(chosen),
+         "floor_seconds": bare, "ratio": (spliced - bare) / len(chosen) / bare},
+    ]).assign(model=lm.name, n_prompts=len(tokens), positions=int(tokens.shape[1]), width=" ".join(map(str, widths)),
+              sites=" ".join(chosen), peak_memory_mb=peak)
+    print(table.to_string(index=False, float_format="%.3f"))
+    run = RunDir(out, "benchmarks", {"options": {"model": model, "width": width, "dictionaries": dictionaries,
+                                                 "n_prompts": n_prompts, "repeats": repeats}}, sys.argv[1:])
+    run.csv("bench_features.csv", table)
+    print(f"wrote {run.finish(model=lm.describe())}")
+
+
+if __name__ == "__main__":
+    cli.main(app)
