@@ -63,6 +63,9 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         def test_task(name: str) -> dict:
             data = datasets[name]
             resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, ablation, run)
+            if resolved.n_edges == graph.n_edges:
+                raise UserError(f"task {name}: the circuit holds every edge of the model, so minimality has no edge "
+                                "to add and sufficiency no other circuit of its size; test a proper sub-circuit")
             ev = Evaluator(lm, graph, data, ablation, opts.batch_size)
             m_full, keep = ev.clean, resolved.keep
             m_circuit, m_knockout = ev.metric(keep), ev.metric(graph.edge_exists & ~keep)

@@ -105,3 +105,17 @@ def test_hypothesis_tests_end_to_end(tmp_path):
     assert (tests.rejected == (tests.p_value_holm < 0.05)).all()
     r = run_cli("22_hypothesis_tests.py", "--tasks", "ioi", "--model", "toy", "--epsilon", "0.7", "--out", str(tmp_path))
     assert r.returncode == 2 and "--epsilon must be strictly between 0 and 0.5" in r.stderr
+
+
+def test_a_circuit_of_every_edge_is_refused_in_one_line(tmp_path):
+    """Minimality cannot add an edge to it (the old code looped for ever drawing paths with nothing new)."""
+    from lib.core.graph import Graph
+    from lib.io.circuit_json import Circuit
+
+    g = Graph(4, 4)
+    Circuit("toy", "ioi", "all", {}, {e: 0.0 for e in g.edge_names}).save(tmp_path / "all.json", g)
+    r = run_cli("22_hypothesis_tests.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "6", "--circuit",
+                str(tmp_path / "all.json"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "the circuit holds every edge of the model" in r.stderr, r.stderr
+    paths = ht.RandomPaths(g, np.random.default_rng(0))
+    assert torch.equal(paths.grow(torch.zeros_like(g.edge_exists), g.n_edges), g.edge_exists)

@@ -279,3 +279,12 @@ def test_a_local_copy_of_mibs_parquet_files_loads(tmp_path):
     assert source.rows[6]["prompt"] == rows[6]["prompt"]  # the files in name order
     r = run_cli("01_dla.py", "--tasks", str(tmp_path / "mib_ioi"), "--n-prompts", "6", *QUICK, "--out", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
+
+
+def test_a_builtin_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    from lib.io import cli
+    from tasks import files
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ioi").mkdir()
+    assert cli.parse_tasks("ioi") == ["ioi"] and not files.SOURCES

@@ -81,7 +81,7 @@ def parse_tasks(spec: str, task_metric: str = "") -> list[str]:
     names = []
     for part in spec.split("\n"):  # the variadic values as typed: a path may hold a comma or a space
         part = part.strip()
-        if part and files.is_file_spec(part):
+        if part and part not in (*TASK_NAMES, "all") and files.is_file_spec(part):  # a built-in name wins
             names.append(files.register(part, task_metric))
         else:
             names += [s for s in part.replace(",", " ").split() if s]

@@ -107,7 +107,13 @@ class RandomPaths:
 
     def grow(self, keep: torch.Tensor, n_new: int) -> torch.Tensor:
         """keep [S, R] plus whole random paths until at least n_new edges are added (sample_inflated; from an
-        empty keep, sample_circuit)."""
+        empty keep, sample_circuit). Asking for every edge not yet kept gives the full graph at once (the one
+        circuit of that size; the walk would have to collect every edge)."""
+        missing = int((self.graph.edge_exists & ~keep).sum())
+        if n_new > missing:
+            raise ValueError(f"cannot add {n_new} edges: only {missing} are not in the circuit")
+        if n_new == missing:
+            return keep | self.graph.edge_exists
         grown, added = keep.clone(), 0
         while added < n_new:
             for s, r in self.path():
