@@ -102,17 +102,11 @@ def test_splicing_with_error_nodes_leaves_the_model_unchanged(toy, toy_set):
 
 
 def test_decomposition_is_reconstruction_plus_error(toy, toy_set):
-    store, captured = {}, {}
+    from lib.core.forward import capture
 
-    def keep(name):  # by the name asked for (hook.name may be the hook an alias points to)
-        def hook(x, hook):
-            captured[name] = x.detach().clone()
-            return x
-        return hook
-    tokens = tokens_of(toy)
-    names = [d.hook_name for d in toy_set.values()]
+    store, tokens = {}, tokens_of(toy)
+    captured = capture(toy, tokens, [d.hook_name for d in toy_set.values()])
     with torch.no_grad():
-        toy.bridge.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in names])
         toy.bridge.run_with_hooks(tokens, fwd_hooks=splice_hooks(toy_set, store=store))
     for name, d in toy_set.items():
         x, parts = captured[d.hook_name], store[name]
@@ -128,16 +122,12 @@ def test_decomposition_is_reconstruction_plus_error(toy, toy_set):
 def test_transcoder_reconstruction_plus_error_is_the_mlp_output(toy):
     d = random_dictionary("blocks.1.ln2.hook_normalized", toy.d_model, toy.d_model, 5, out="blocks.1.hook_mlp_out")
     assert d.kind == "transcoder" and site(d) == "tc1"
-    captured, store = {}, {}
+    from lib.core.forward import capture
 
-    def keep(name):
-        def hook(x, hook):
-            captured[name] = x.detach().clone()
-            return x
-        return hook
-    tokens = tokens_of(toy)
+    store, tokens = {}, tokens_of(toy)
+    captured = capture(toy, tokens, [d.hook_name, d.hook_name_out])
     with torch.no_grad():
-        reference = toy.bridge.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in (d.hook_name, d.hook_name_out)])
+        reference = toy.bridge(tokens)
         spliced = toy.bridge.run_with_hooks(tokens, fwd_hooks=splice_hooks({"tc1": d}, store=store))
     reconstruction = d.decode(d.encode(captured[d.hook_name]))  # read at the MLP's input, written at its output
     torch.testing.assert_close(reconstruction + store["tc1"]["error"], captured[d.hook_name_out], atol=1e-5, rtol=1e-5)

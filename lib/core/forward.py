@@ -47,3 +47,18 @@ def logits_at(model, tokens: torch.Tensor, pos: torch.Tensor, hooks: list = (),
     with torch.set_grad_enabled(grad):
         resid = model.bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, stop_before_unembedding()])
         return unembed_at(model, resid, pos)
+
+
+def capture(model, tokens: torch.Tensor, hook_names) -> dict:
+    """{hook name: activation} of one forward pass (no grad), keyed by the names asked for (a hook that is an
+    alias reports another name to its hook function)."""
+    cache = {}
+
+    def keep(name):
+        def hook(x, hook):
+            cache[name] = x.detach()
+            return x
+        return hook
+    with torch.no_grad():
+        model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=[(n, keep(n)) for n in hook_names])
+    return cache

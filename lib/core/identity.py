@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from lib.core.errors import UserError
+from lib.core.forward import capture
 from lib.core.graph import graph_of
 from lib.core.patching import as_sources, receiver_groups, source_hooks
 
@@ -18,16 +19,8 @@ def identity_error(model) -> tuple[str, float] | None:
     gen = torch.Generator().manual_seed(0)
     vocab = min(model.bridge.cfg.d_vocab, len(model.tokenizer))
     tokens = torch.randint(0, vocab, (2, 8), generator=gen).to(model.device)
-    cache = {}
-
-    def keep(name):
-        def hook(x, hook):
-            cache[name] = x.detach().double()
-            return x
-        return hook
     names = list(dict.fromkeys([n for n, _ in source_hooks(g)] + [n for n, _, _ in receiver_groups(g)]))
-    with torch.no_grad():
-        model.bridge.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in names])
+    cache = {n: x.double() for n, x in capture(model, tokens, names).items()}
     outs = torch.cat([as_sources(cache[n]) for n, _ in source_hooks(g)])  # [S, B, P, D]
     tolerance = 1e-4 if model.dtype in (torch.float32, torch.float64) else 5e-2
     for name, _, n_before in receiver_groups(g):

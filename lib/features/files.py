@@ -91,6 +91,8 @@ def check_against(dictionaries: dict, model) -> None:
     the model it names (if any) is this one; one line naming the dictionary otherwise."""
     import torch
 
+    from lib.core.forward import capture
+
     hooks = set(model.bridge.hook_dict)
     names = {h for d in dictionaries.values() for h in (d.hook_name, d.hook_name_out)}
     for name, d in dictionaries.items():
@@ -99,16 +101,8 @@ def check_against(dictionaries: dict, model) -> None:
                 raise UserError(f"dictionary {name}: the model has no hook {hook} (a dictionary of another model?)")
         if d.cfg.get("model_name") not in (None, "", model.name):
             raise UserError(f"dictionary {name} was trained on {d.cfg['model_name']!r}, not {model.name!r}")
-    widths = {}
-
-    def keep(hook_name):
-        def hook(x, hook):
-            widths[hook_name] = x.shape[-1]
-            return x
-        return hook
-    with torch.no_grad():
-        model.bridge.run_with_hooks(torch.tensor([[model.tokenizer.bos_token_id or 0]], device=model.device),
-                                    fwd_hooks=[(h, keep(h)) for h in sorted(names)])
+    probe = torch.tensor([[model.tokenizer.bos_token_id or 0]])
+    widths = {h: x.shape[-1] for h, x in capture(model, probe, sorted(names)).items()}
     for name, d in dictionaries.items():
         for what, hook, width in (("d_in", d.hook_name, d.d_in), ("d_out", d.hook_name_out, d.d_out)):
             if widths.get(hook) != width:

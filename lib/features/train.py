@@ -44,6 +44,7 @@ def activations(model, hooks: list[str], n_per_task: int, seed: int, batch_size:
     """{hook: [T, d]} at every real (non-pad) position of the tasks' clean and corrupted prompts."""
     import torch
 
+    from lib.core.forward import capture
     from tasks import TASK_NAMES, TASKS
 
     out = {h: [] for h in hooks}
@@ -53,15 +54,7 @@ def activations(model, hooks: list[str], n_per_task: int, seed: int, batch_size:
             for start in range(0, len(data), batch_size):
                 t = tokens[start:start + batch_size]
                 real = torch.arange(t.shape[1])[None] < data.lengths[start:start + batch_size, None]  # [B, P]
-                cache = {}
-
-                def keep(h):
-                    def hook(x, hook):
-                        cache[h] = x.detach()
-                        return x
-                    return hook
-                with torch.no_grad():
-                    model.bridge.run_with_hooks(t.to(model.device), fwd_hooks=[(h, keep(h)) for h in hooks])
+                cache = capture(model, t, hooks)
                 for h in hooks:
                     out[h].append(cache[h][real.to(cache[h].device)].float().cpu())
     return {h: torch.cat(v) for h, v in out.items()}
