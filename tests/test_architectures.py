@@ -107,17 +107,11 @@ def test_answer_logits_equal_the_models_own(arch):
 
 def test_receiver_inputs_are_sums_of_source_outputs(arch):
     """Every receiver's input = sum of the outputs of the sources that write before it + a constant."""
-    _, _, model, g, data = arch
-    cache = {}
+    from lib.core.forward import capture
 
-    def keep(name):
-        def hook(x, hook):
-            cache[name] = x.detach()
-            return x
-        return hook
+    _, _, model, g, data = arch
     names = [n for n, _ in source_hooks(g)] + [n for n, _, _ in receiver_groups(g)]
-    with torch.no_grad():
-        model.bridge.run_with_hooks(data.clean, fwd_hooks=[(n, keep(n)) for n in dict.fromkeys(names)])
+    cache = capture(model, data.clean, dict.fromkeys(names))
     outs = torch.cat([as_sources(cache[n]) for n, _ in source_hooks(g)])  # [S, B, P, D]
     for name, cols, n_before in receiver_groups(g):
         x = cache[name]
