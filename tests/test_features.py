@@ -243,3 +243,65 @@ def test_dictionaries_option_resolves_toy_folders_and_refuses_offline_hub(tmp_pa
         files.resolve(str(tmp_path / "f"))
     with pytest.raises(UserError, match="from the Hugging Face hub \\(offline or unreachable\\)"):
         files.resolve("jbloom/GPT2-Small-SAEs-Reformatted")
+
+
+def _site_gradient(toy, data, hook_name):
+    """d metric / d (the activation at hook_name), per element, in the plain model (an independent route)."""
+    from lib.core.forward import stop_before_unembedding
+    from lib.features.effects import _metric
+
+    delta = {}
+
+    def add(x, hook):
+        delta["d"] = torch.zeros_like(x, requires_grad=True)
+        return x + delta["d"]
+    with torch.enable_grad():
+        resid = toy.bridge.run_with_hooks(data.clean, fwd_hooks=[(hook_name, add), stop_before_unembedding()])
+        _metric(toy, data, resid).sum().backward()
+    return delta["d"].grad
+
+
+def test_attribution_node_effects_equal_the_plain_gradient_through_each_site(toy):
+    """Summed over a site's features and error node, attribution patching is (x' - x) . d metric / d x at that
+    site in the plain model: decode is linear and every spliced site passes gradients through unchanged."""
+    from lib.core.forward import capture
+    from lib.core.model import TOY_DIR
+    from lib.features.effects import node_effects
+    from tasks import TASKS
+
+    shipped = files.read_set(TOY_DIR / "dictionaries")
+    chosen = {k: shipped[k] for k in ("embed", "attn1", "mlp2", "resid1", "tc3")}
+    data = TASKS["ioi"].build(toy.tokenizer, 6, 0)
+    effects = node_effects(toy, chosen, data, "attrib", "corrupted")
+    hooks = [d.hook_name_out for d in chosen.values()]
+    clean, corrupt = capture(toy, data.clean, hooks), capture(toy, data.corrupt, hooks)
+    real = (torch.arange(data.clean.shape[1])[None] < data.lengths[:, None])[..., None]
+    for name, d in chosen.items():
+        g = _site_gradient(toy, data, d.hook_name_out)
+        expected = ((corrupt[d.hook_name_out] - clean[d.hook_name_out]) * g * real).sum((1, 2))  # [N]
+        got = effects[name]["features"].sum((1, 2)) + effects[name]["error"].sum(1)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    zero = node_effects(toy, {"resid1": chosen["resid1"]}, data, "attrib", "zero")["resid1"]
+    f = chosen["resid1"].encode(clean["blocks.1.hook_resid_post"])
+    assert torch.all((zero["features"] == 0) | (f > 0))  # only active features move when patched to zero
+
+
+def test_integrated_gradients_approach_the_exact_patch_of_a_whole_site(toy):
+    """With many steps, a site's IG node effects sum to the exact effect of patching the site's whole output."""
+    from lib.core.forward import capture, stop_before_unembedding
+    from lib.core.model import TOY_DIR
+    from lib.features.effects import _metric, node_effects
+    from tasks import TASKS
+
+    shipped = files.read_set(TOY_DIR / "dictionaries")
+    data = TASKS["sva"].build(toy.tokenizer, 4, 1)
+    for name in ("resid1", "tc2"):
+        d = shipped[name]
+        effects = node_effects(toy, {name: d}, data, "ig", "corrupted", steps=200)[name]
+        patch = capture(toy, data.corrupt, [d.hook_name_out])[d.hook_name_out]
+        with torch.no_grad():
+            base = _metric(toy, data, toy.bridge.run_with_hooks(data.clean, fwd_hooks=[stop_before_unembedding()]))
+            moved = _metric(toy, data, toy.bridge.run_with_hooks(
+                data.clean, fwd_hooks=[(d.hook_name_out, lambda x, hook: patch), stop_before_unembedding()]))
+        total = effects["features"].sum((1, 2)) + effects["error"].sum(1)
+        assert (total - (moved - base)).abs().max() < 1e-3 * (1 + (moved - base).abs().max()), name
