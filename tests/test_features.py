@@ -305,3 +305,40 @@ def test_integrated_gradients_approach_the_exact_patch_of_a_whole_site(toy):
                 data.clean, fwd_hooks=[(d.hook_name_out, lambda x, hook: patch), stop_before_unembedding()]))
         total = effects["features"].sum((1, 2)) + effects["error"].sum(1)
         assert (total - (moved - base)).abs().max() < 1e-3 * (1 + (moved - base).abs().max()), name
+
+
+def test_ablation_identities(toy):
+    """Every node kept = the model; every node ablated = the model with each site at its reference mean; every
+    feature kept with the errors removed = the replacement model (spliced without errors)."""
+    from lib.core.forward import capture, stop_before_unembedding
+    from lib.core.model import TOY_DIR
+    from lib.features.ablate import ablated_metric, every_node, reference_values
+    from lib.features.effects import _metric
+    from tasks import TASKS
+
+    shipped = files.read_set(TOY_DIR / "dictionaries")
+    data = TASKS["ioi"].build(toy.tokenizer, 6, 0)
+    with torch.no_grad():
+        model_metric = _metric(toy, data, toy.bridge.run_with_hooks(data.clean, fwd_hooks=[stop_before_unembedding()]))
+    values = reference_values(toy, shipped, data, "mean")
+    everything, nothing = every_node(shipped, data, True), every_node(shipped, data, False)
+    torch.testing.assert_close(ablated_metric(toy, shipped, data, everything, values), model_metric, atol=1e-4, rtol=1e-4)
+    # every node ablated: each site carries the reference prompts' mean activation at each position
+    hooks = sorted({d.hook_name_out for d in shipped.values()})
+    acts = capture(toy, data.corrupt, hooks)
+    real = (torch.arange(data.corrupt.shape[1])[None] < data.lengths[:, None])[..., None].float()
+    means = {h: (acts[h] * real).sum(0) / real.sum(0).clamp_min(1) for h in hooks}  # [P, D]
+    with torch.no_grad():
+        resid = toy.bridge.run_with_hooks(data.clean, fwd_hooks=[
+            *[(h, lambda x, hook, _m=means[h]: _m[None, :x.shape[1]].expand_as(x)) for h in hooks],
+            stop_before_unembedding()])
+    at_means = _metric(toy, data, resid)
+    ablated = ablated_metric(toy, shipped, data, nothing, values)
+    torch.testing.assert_close(ablated, at_means, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ablated_metric(toy, shipped, data, everything, values, complement=True), ablated)
+    # every feature kept, every error removed: the replacement model
+    with torch.no_grad():
+        replaced = _metric(toy, data, toy.bridge.run_with_hooks(
+            data.clean, fwd_hooks=[*splice_hooks(shipped, with_error=False), stop_before_unembedding()]))
+    torch.testing.assert_close(ablated_metric(toy, shipped, data, everything, values, errors="remove"), replaced,
+                               atol=1e-4, rtol=1e-4)
