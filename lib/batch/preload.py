@@ -33,7 +33,7 @@ for name in ("GPT2LMHeadModel", "GPT2Config", "GPTNeoXForCausalLM", "GPTNeoXConf
 
 import tasks  # noqa: E402
 
-for package in ("lib.core", "lib.methods", "lib.io", "lib.batch"):
+for package in ("lib.core", "lib.methods", "lib.io", "lib.batch", "lib.features"):
     for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
         if f"{package}.{info.name}" not in ("lib.batch.preload", "lib.core.toy"):
             importlib.import_module(f"{package}.{info.name}")

@@ -97,6 +97,8 @@ class Dictionary:
         return sae_in @ self.W_enc + self.b_enc
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        if self.architecture == "identity":  # the neuron baseline (identity_dictionary): features = coordinates
+            return pre
         if self.architecture == "topk":
             top = torch.topk(pre, self.k, dim=-1)
             return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
@@ -113,3 +115,16 @@ class Dictionary:
     def to(self, device=None, dtype=None) -> "Dictionary":
         moved = {n: getattr(self, n).to(device=device, dtype=dtype) for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
         return Dictionary(dict(self.cfg), **moved)
+
+
+def identity_dictionary(like: Dictionary) -> Dictionary:
+    """The neuron baseline at like's site (Marks et al.'s IdentityDict): W_enc = W_dec = I, no bias, no
+    nonlinearity, so its features are the activation's coordinates and its error node is always 0."""
+    d = like.d_out
+    cfg = {k: v for k, v in like.cfg.items() if k in ("hook_name", "hook_name_out", "model_name")}
+    if like.kind == "transcoder":  # the neurons of the output it writes
+        cfg["hook_name"] = cfg.pop("hook_name_out")
+    eye = torch.eye(d, dtype=like.W_dec.dtype, device=like.W_dec.device)
+    zeros = torch.zeros(d, dtype=like.W_dec.dtype, device=like.W_dec.device)
+    return Dictionary({**cfg, "architecture": "identity", "apply_b_dec_to_input": False}, eye, eye.clone(), zeros,
+                      zeros.clone())

@@ -1,0 +1,224 @@
+"""Sparse feature circuits (Marks et al. 2024): node effects of dictionary features and error nodes on the task
+metric, circuits by node threshold, and their faithfulness and completeness on held-out prompts against
+neurons, random circuits and the same circuits without their error nodes. Edge effects are not computed yet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from lib.core.errors import UserError
+from lib.io import cli, progress
+from lib.io.headline import Metric
+
+app = cli.script_app(__doc__)
+METHODS, PATCHES, AGGREGATIONS, ABLATIONS = ("attrib", "ig"), ("corrupted", "zero"), ("sum", "none"), ("mean", "zero")
+TARGET = 0.8  # faithfulness the headline asks nodes for
+HEADLINE = [
+    Metric("nodes_for_0.8_faithfulness", "faithfulness_curve.csv", fn=lambda d: _nodes_for(d)),
+    Metric("completeness_at_0.8", "faithfulness_curve.csv", fn=lambda d: _completeness_at(d)),
+    Metric("error_effect_share", "node_effects_summary.csv", "error_effect_share"),
+]
+
+
+def _reaching(d):
+    rows = d[(d.variant == "features") & (d.faithfulness >= TARGET)]
+    return rows.sort_values("nodes_kept").iloc[0] if len(rows) else None
+
+
+def _nodes_for(d):
+    row = _reaching(d)
+    return float("nan") if row is None else float(row.nodes_kept)
+
+
+def _completeness_at(d):
+    row = _reaching(d)
+    return (float("nan"),) * 3 if row is None else (row.completeness, row.completeness_ci_low, row.completeness_ci_high)
+
+
+@app.command()
+def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "toy", device: cli.DeviceOpt = "auto",
+         dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 40, batch_size: cli.BatchOpt = 16,
+         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), task_metric: cli.TaskMetricOpt = "",
+         dictionaries: Annotated[str, typer.Option("--dictionaries", help="toy (shipped) | a local folder of "
+                                                   "dictionary folders (SAELens layout) | a hub repo id")] = "toy",
+         method: Annotated[str, typer.Option(help="attrib (attribution patching) | ig (integrated gradients)")] = "ig",
+         ig_steps: Annotated[int, typer.Option("--ig-steps", help="IG steps (alpha = step/steps)")] = 10,
+         patch: Annotated[str, typer.Option(help="corrupted | zero: what the effects patch in")] = "corrupted",
+         aggregate: Annotated[str, typer.Option(help="sum (over positions) | none (positions from the answer)")] = "sum",
+         node_threshold: Annotated[float, typer.Option("--node-threshold", help="|effect| of the saved circuit")] = 0.1,
+         ablation: Annotated[str, typer.Option(help="mean | zero: what nodes outside a circuit carry")] = "mean",
+         n_random: Annotated[int, typer.Option("--n-random", help="random circuits per size")] = 3,
+         n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
+    for name, value, allowed in (("--method", method, METHODS), ("--patch", patch, PATCHES),
+                                 ("--aggregate", aggregate, AGGREGATIONS), ("--ablation", ablation, ABLATIONS)):
+        if value not in allowed:
+            raise UserError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
+    cli.check_between(1, 1000, ("--ig-steps", ig_steps))
+    cli.check_between(0, 100, ("--n-random", n_random))
+    cli.check_finite("--node-threshold", node_threshold)
+    if node_threshold < 0:
+        raise UserError(f"--node-threshold must be non-negative (got {node_threshold})")
+    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap,
+                      task_metric=task_metric)
+    # the work's imports, once the options are valid
+    import pandas as pd
+
+    from lib.features import files
+    from lib.io import plots
+
+    extra = dict(dictionaries=dictionaries, method=method, ig_steps=ig_steps, patch=patch, aggregate=aggregate,
+                 node_threshold=node_threshold, ablation=ablation, n_random=n_random)
+    with cli.experiment("09_feature_circuits", opts, resume=resume, headline=HEADLINE, **extra) as (lm, run):
+        chosen = files.load_set(dictionaries, lm)  # checked against the model before any work
+        run.record["dictionaries"] = {n: {"hook_name": d.hook_name, "hook_name_out": d.hook_name_out, "d_sae": d.d_sae,
+                                          "architecture": d.architecture, "k": d.k} for n, d in chosen.items()}
+        results = cli.per_task(run, opts.tasks, lambda name: circuit_task(lm, run, name, opts, chosen, extra))
+        curve = pd.DataFrame([r for res in results.values() for r in res["curve"]])
+        run.csv("dataset.csv", pd.concat([res["frame"] for res in results.values()]))
+        run.csv("node_effects.csv", pd.DataFrame([r for res in results.values() for r in res["nodes"]]))
+        run.csv("node_effects_summary.csv", pd.DataFrame([res["summary"] for res in results.values()]))
+        run.csv("features.csv", pd.DataFrame([r for res in results.values() for r in res["features"]]))
+        run.csv("faithfulness_curve.csv", curve)
+        for name in opts.tasks:
+            part = curve[curve.task == name]
+            panels = {v: (d.nodes_kept.to_numpy(), d.faithfulness.to_numpy()) for v, d in part.groupby("variant", sort=False)
+                      if v != "random"}
+            draws = part[part.variant == "random"].groupby("nodes_requested").faithfulness.mean()
+            if len(draws):
+                panels[f"random (mean of {extra['n_random']})"] = (draws.index.to_numpy(), draws.to_numpy())
+            panels["completeness (features)"] = (part[part.variant == "features"].nodes_kept.to_numpy(),
+                                                 part[part.variant == "features"].completeness.to_numpy())
+            run.figure(f"faithfulness_curve_{name}.png", plots.curves(
+                panels, f"{name}: feature circuits by node threshold ({method}, {ablation} ablation, held-out prompts)",
+                "nodes kept (log scale)", "faithfulness (1 = model, 0 = every node ablated)", logx=True,
+                hlines={1.0: "model", 0.0: "every node ablated"}))
+        print(curve[curve.variant == "features"][["task", "nodes_kept", "faithfulness", "completeness"]]
+              .to_string(index=False, float_format="%.3f"))
+
+
+def circuit_task(lm, run, name: str, opts, chosen: dict, extra: dict) -> dict:
+    """One task: node effects on discovery prompts, circuits along the node-threshold sweep evaluated on
+    held-out prompts (features, without errors, neurons, random), the saved circuit and its features."""
+    from lib.features.circuit import Accumulator, keep_masks, random_choice, thresholds_for_sizes
+    from lib.features.dictionary import identity_dictionary
+    from lib.features.effects import node_effects
+    from lib.methods.faithfulness import discovery_and_held_out, log_grid
+
+    discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
+    neurons = {n: identity_dictionary(d) for n, d in chosen.items()}
+    effects = {}
+    for label, dicts in (("features", chosen), ("neurons", neurons)):
+        acc = Accumulator(extra["aggregate"])
+        with progress.bar(len(discovery), f"{name}: {label} node effects ({extra['method']})", "prompt") as bar:
+            for start in range(0, len(discovery), opts.batch_size):
+                batch = discovery.subset(slice(start, start + opts.batch_size))
+                acc.add(node_effects(lm, dicts, batch, extra["method"], extra["patch"], extra["ig_steps"]), batch.lengths)
+                bar.update(len(batch))
+        effects[label] = acc.result()
+    nodes = effects["features"]
+    total = len(nodes.magnitudes())
+    sizes = log_grid(total)
+    rng = np.random.default_rng(opts.seed)
+    curve = []
+    with progress.bar(len(sizes), f"{name}: circuits along the node-threshold sweep", "size") as bar:
+        evaluate = _evaluator(lm, held_out, opts, extra["ablation"])
+        for size in sizes:
+            for label, node_set, dicts, kwargs in (("features", nodes, chosen, {}),
+                                                   ("features without errors", nodes, chosen, {"drop_errors": True}),
+                                                   ("neurons", effects["neurons"], neurons, {})):
+                threshold = thresholds_for_sizes(node_set, [size])[0]
+                keep = keep_masks(node_set, threshold, held_out, **kwargs)
+                curve.append({"task": name, "variant": label, "nodes_requested": size, "threshold": threshold,
+                              "nodes_kept": _count(node_set, threshold, kwargs), **evaluate(dicts, keep, label == "features")})
+            for r in range(extra["n_random"]):
+                keep = keep_masks(nodes, 0.0, held_out, chosen=random_choice(nodes, size, rng))
+                curve.append({"task": name, "variant": "random", "nodes_requested": size, "threshold": np.nan,
+                              "nodes_kept": size, "draw": r, **evaluate(chosen, keep, False)})
+            bar.update(1)
+    node_rows = [{"task": name, **r} for r in nodes.table()]
+    error_share = sum(abs(r["effect"]) for r in node_rows if r["feature"] < 0) / max(
+        sum(abs(r["effect"]) for r in node_rows), 1e-30)
+    _save_circuit(run, lm, name, nodes, extra, chosen)
+    return {"curve": curve, "nodes": node_rows, "frame": frame,
+            "summary": {"task": name, "nodes": total, "error_effect_share": error_share},
+            "features": feature_rows(lm, name, nodes, chosen, discovery, extra["node_threshold"])}
+
+
+def _count(node_set, threshold: float, kwargs: dict) -> int:
+    kept = sum(int((node_set.features[s].abs() >= threshold).sum()) for s in node_set.features)
+    if not kwargs.get("drop_errors"):
+        kept += sum(int((node_set.errors[s].abs() >= threshold).sum()) for s in node_set.errors)
+    return kept
+
+
+def _evaluator(lm, data, opts, ablation: str):
+    """evaluate(dictionaries, keep, completeness) -> faithfulness (and completeness) with 95% intervals."""
+    from lib.core.evaluate import behaviour
+    from lib.features.ablate import ablated_metric, every_node, reference_values
+    from lib.methods import intervals
+
+    m_model = behaviour(lm, data, opts.batch_size).metric_clean.to_numpy()
+    cache = {}
+
+    def evaluate(dicts, keep, completeness: bool) -> dict:
+        key = id(dicts)
+        if key not in cache:
+            values = reference_values(lm, dicts, data, ablation)
+            cache[key] = (values, ablated_metric(lm, dicts, data, every_node(dicts, data, False), values).cpu().numpy())
+        values, m_empty = cache[key]
+        ci = dict(n_resamples=opts.n_bootstrap, seed=opts.seed)
+        m_c = ablated_metric(lm, dicts, data, keep, values).cpu().numpy()
+        row = intervals.columns("faithfulness", intervals.ratio_of_means, m_c, m_model, m_empty, **ci)
+        if completeness:
+            m_rest = ablated_metric(lm, dicts, data, keep, values, complement=True).cpu().numpy()
+            row |= intervals.columns("completeness", intervals.ratio_of_means, m_rest, m_model, m_empty, **ci)
+        return row
+    return evaluate
+
+
+def _save_circuit(run, lm, name: str, nodes, extra: dict, chosen: dict) -> None:
+    rows = [r for r in nodes.table() if abs(r["effect"]) >= extra["node_threshold"]]
+    run.json(f"circuit_{name}.json", {
+        "model": lm.name, "task": name, "method": f"feature-circuit-{extra['method']}", "params": extra,
+        "nodes": [{"node": r["node"], "score": r["effect"]} for r in sorted(rows, key=lambda r: -abs(r["effect"]))],
+        "dictionaries": {n: d.hook_name_out for n, d in chosen.items()}, "edges": []})
+
+
+def feature_rows(lm, name: str, nodes, chosen: dict, data, threshold: float, top: int = 5) -> list[dict]:
+    """Per circuit feature: tokens its decoder direction promotes and suppresses through the unembedding, and
+    its top-activating prompts and positions in the discovery prompts."""
+    import torch
+
+    from lib.features.effects import _states
+    from lib.features.splice import site as site_of
+
+    by_site = {site_of(d): d for d in chosen.values()}
+    w_u = lm.bridge.W_U.detach().float().cpu()  # [d_model, vocab]
+    states = _states(lm, chosen, data.clean.to(lm.device))
+    rows = []
+    for site, f in nodes.features.items():
+        d = by_site[site]
+        for i in sorted(set(torch.nonzero(f.abs() >= threshold)[:, 1].tolist())):
+            logits = d.W_dec[i].detach().float().cpu() @ w_u
+            acts = states[site]["features"][..., i].cpu()  # [N, P]
+            best = torch.argsort(acts.max(1).values, descending=True)[:3]
+            examples = []
+            for n in best.tolist():
+                p = int(acts[n].argmax())
+                if acts[n, p] > 0:
+                    token = lm.tokenizer.decode([int(data.clean[n, p])])
+                    examples.append(f"{data.info.clean_text[n]!r} @{p} {token!r} ({float(acts[n, p]):.3g})")
+            rows.append({"task": name, "node": f"{site}/f{i}", "site": site, "feature": i,
+                         "effect": float(f[:, i].abs().max()),
+                         "promotes": " ".join(repr(lm.tokenizer.decode([t])) for t in logits.topk(top).indices.tolist()),
+                         "suppresses": " ".join(repr(lm.tokenizer.decode([t])) for t in (-logits).topk(top).indices.tolist()),
+                         "top_activations": " | ".join(examples)})
+    return rows
+
+
+if __name__ == "__main__":
+    cli.main(app)
