@@ -40,11 +40,10 @@ def _completeness_at(d):
 
 
 @app.command()
-def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "toy", device: cli.DeviceOpt = "auto",
+def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
          dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 40, batch_size: cli.BatchOpt = 16,
          seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), task_metric: cli.TaskMetricOpt = "",
-         dictionaries: Annotated[str, typer.Option("--dictionaries", help="toy (shipped) | a local folder of "
-                                                   "dictionary folders (SAELens layout) | a hub repo id")] = "toy",
+         dictionaries: cli.DictionariesOpt = "toy",
          method: Annotated[str, typer.Option(help="attrib (attribution patching) | ig (integrated gradients)")] = "ig",
          ig_steps: Annotated[int, typer.Option("--ig-steps", help="IG steps (alpha = step/steps)")] = 10,
          patch: Annotated[str, typer.Option(help="corrupted | zero: what the effects patch in")] = "corrupted",

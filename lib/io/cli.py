@@ -41,6 +41,8 @@ EXPORTS = ("", "eap-ig")
 RowsPerPassOpt = Annotated[Optional[int], typer.Option(
     "--rows-per-pass", help="prompt copies per forward pass when interventions share one (interventions x prompts); "
                             "default 256 on a GPU, 32 on CPU (wider passes are slower per row there)")]
+DictionariesOpt = Annotated[str, typer.Option("--dictionaries", help="toy (the set shipped with the toy model) | a "
+                                              "local folder of dictionary folders (SAELens layout) | a hub repo id")]
 QuietOpt = Annotated[bool, typer.Option("--quiet/--no-quiet", help="no progress output (batch jobs)")]
 ResumeOpt = Annotated[Optional[Path], typer.Option(
     "--resume", help="continue an interrupted run (<run-id>.interrupted, or a killed run's .staging-<run-id>) "
