@@ -82,6 +82,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         run.csv("node_effects_summary.csv", pd.DataFrame([res["summary"] for res in results.values()]))
         run.csv("features.csv", pd.DataFrame([r for res in results.values() for r in res["features"]]))
         run.csv("faithfulness_curve.csv", curve)
+        run.csv("area.csv", pd.DataFrame(area_rows(curve, {n: res["summary"]["nodes"] for n, res in results.items()})))
         for name in opts.tasks:
             part = curve[curve.task == name]
             panels = {v: (d.nodes_kept.to_numpy(), d.faithfulness.to_numpy()) for v, d in part.groupby("variant", sort=False)
@@ -97,6 +98,23 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                 hlines={1.0: "model", 0.0: "every node ablated"}))
         print(curve[curve.variant == "features"][["task", "nodes_kept", "faithfulness", "completeness"]]
               .to_string(index=False, float_format="%.3f"))
+
+
+def area_rows(curve, totals: dict) -> list[dict]:
+    """CPR- and CMD-style areas (lib.methods.area) of each variant's curve over the fraction of nodes kept: the
+    trapezoid area of faithfulness (`cpr_like`) and of |1 - faithfulness| (`cmd_like`), linear and log10 axes,
+    on the sweep's own sizes (not MIB's fixed grid, whose sizes count edges); random: the mean of its draws."""
+    from lib.methods.area import areas
+
+    rows = []
+    for (task, variant), part in curve.groupby(["task", "variant"], sort=False):
+        part = part[part.nodes_kept > 0]  # an empty circuit has no place on the log axis (its value is 0 by definition)
+        points = part.groupby("nodes_kept", sort=True).faithfulness.mean()  # one point per size (random: mean)
+        fractions = points.index.to_numpy(dtype=float) / totals[task]
+        a = areas(fractions, points.to_numpy())
+        rows.append({"task": task, "variant": variant, "points": len(points), "cpr_like": a["area"],
+                     "cmd_like": a["area_from_1"], "log_cpr_like": a["log_area"], "log_cmd_like": a["log_area_from_1"]})
+    return rows
 
 
 def circuit_task(lm, run, name: str, opts, chosen: dict, extra: dict) -> dict:

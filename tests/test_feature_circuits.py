@@ -55,6 +55,15 @@ def test_complete_run_on_toy(tmp_path):
     assert np.allclose(features.completeness, 0.0, atol=1e-4)  # its complement keeps nothing
     nodes = pd.read_csv(run / "node_effects.csv")
     assert nodes.node.str.match(r"^(embed|attn\d|mlp\d|resid\d|tc\d)/(f\d+|err)$").all()
+    areas = pd.read_csv(run / "area.csv")
+    assert len(areas) == 2 * 4 and ((areas.cpr_like >= -0.5) & (areas.cpr_like <= 1.5)).all()
+    from lib.methods.area import area  # by hand for one curve: trapezoids over the fraction of nodes kept
+    part = curve[(curve.task == "ioi") & (curve.variant == "features")].groupby("nodes_kept").faithfulness.mean()
+    total = pd.read_csv(run / "node_effects_summary.csv").set_index("task").at["ioi", "nodes"]
+    x, f = part.index.to_numpy() / total, part.to_numpy()
+    by_hand = sum((x[i + 1] - x[i]) * (f[i] + f[i + 1]) / 2 for i in range(len(x) - 1))
+    row = areas[(areas.task == "ioi") & (areas.variant == "features")].iloc[0]
+    assert np.isclose(row.cpr_like, by_hand) and np.isclose(row.cpr_like, area(f, x, "area"))
     circuit = json.loads((run / "circuit_ioi.json").read_text())
     assert all(abs(n["score"]) >= 0.1 for n in circuit["nodes"]) and circuit["model"] == "toy"
     record = json.loads((run / "run.json").read_text())
