@@ -160,9 +160,10 @@ def circuit_task(lm, run, name: str, opts, chosen: dict, extra: dict) -> dict:
     error_share = sum(abs(r["effect"]) for r in node_rows if r["feature"] < 0) / max(
         sum(abs(r["effect"]) for r in node_rows), 1e-30)
     _save_circuit(run, lm, name, nodes, extra, chosen)
+    features = feature_rows(lm, name, nodes, chosen, discovery, extra["node_threshold"])
+    _draw(run, name, nodes, features, extra)
     return {"curve": curve, "nodes": node_rows, "frame": frame,
-            "summary": {"task": name, "nodes": total, "error_effect_share": error_share},
-            "features": feature_rows(lm, name, nodes, chosen, discovery, extra["node_threshold"])}
+            "summary": {"task": name, "nodes": total, "error_effect_share": error_share}, "features": features}
 
 
 def _count(node_set, threshold: float, kwargs: dict) -> int:
@@ -195,6 +196,18 @@ def _evaluator(lm, data, opts, ablation: str):
             row |= intervals.columns("completeness", intervals.ratio_of_means, m_rest, m_model, m_empty, **ci)
         return row
     return evaluate
+
+
+def _draw(run, name: str, nodes, features: list[dict], extra: dict) -> None:
+    """The saved circuit's nodes as a PNG and as DOT, each feature labelled with the token it promotes most."""
+    from lib.io import diagram
+
+    promoted = {r["node"]: r["promotes"].split(" ")[0] for r in features}
+    kept = [{**r, "promotes": promoted.get(r["node"].split("@")[0], "")} for r in nodes.table()
+            if abs(r["effect"]) >= extra["node_threshold"]]
+    title = f"{name}: feature circuit at node threshold {extra['node_threshold']:g} ({len(kept)} nodes)"
+    run.figure(f"circuit_{name}.png", diagram.feature_figure(kept, title))
+    run.text(f"circuit_{name}.dot", diagram.feature_dot(kept, title))
 
 
 def _save_circuit(run, lm, name: str, nodes, extra: dict, chosen: dict) -> None:

@@ -43,7 +43,8 @@ def test_complete_run_on_toy(tmp_path):
     assert r.returncode == 0, r.stderr
     (run,) = (tmp_path / "09_feature_circuits").iterdir()
     names = {p.name for p in run.iterdir()}
-    assert {"node_effects.csv", "features.csv", "faithfulness_curve.csv", "faithfulness_curve_ioi.png",
+    assert {"node_effects.csv", "features.csv", "faithfulness_curve.csv", "faithfulness_curve_ioi.png", "area.csv",
+            "circuit_ioi.png", "circuit_ioi.dot",
             "faithfulness_curve_sva.png", "circuit_ioi.json", "circuit_sva.json", "headline.csv", "run.json"} <= names
     curve = pd.read_csv(run / "faithfulness_curve.csv")
     assert set(curve.variant) == {"features", "features without errors", "neurons", "random"}
@@ -65,6 +66,9 @@ def test_complete_run_on_toy(tmp_path):
     row = areas[(areas.task == "ioi") & (areas.variant == "features")].iloc[0]
     assert np.isclose(row.cpr_like, by_hand) and np.isclose(row.cpr_like, area(f, x, "area"))
     circuit = json.loads((run / "circuit_ioi.json").read_text())
+    dot = (run / "circuit_ioi.dot").read_text()
+    assert all(f'"{n["node"]}"' in dot for n in circuit["nodes"])  # every circuit node drawn
+    assert all((f'"{n["node"]}" [shape=box' in dot) == n["node"].endswith("/err") for n in circuit["nodes"])
     assert all(abs(n["score"]) >= 0.1 for n in circuit["nodes"]) and circuit["model"] == "toy"
     record = json.loads((run / "run.json").read_text())
     assert set(record["dictionaries"]) >= {"embed", "resid3", "tc0"}

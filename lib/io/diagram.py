@@ -118,3 +118,65 @@ def circuit_dot(edges: list[Edge], n_layers: int, n_heads: int, title: str, scor
                      f'style={style}{label}, tooltip="{score_name} {value}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def site_row(site: str) -> float:
+    """Vertical order of a feature site: embed at the bottom, then per layer attention, MLP (or transcoder),
+    residual stream."""
+    if site == "embed":
+        return 0.0
+    kind, layer = site.rstrip("0123456789"), int(site[len(site.rstrip("0123456789")):])
+    return 1 + 3 * layer + {"attn": 0, "mlp": 1, "tc": 1, "resid": 2}.get(kind, 2)
+
+
+def feature_figure(nodes: list[dict], title: str, max_per_row: int = 12):
+    """A feature circuit's nodes by site (rows, forward order upwards), size by |effect|, colour by sign, error
+    nodes as grey squares, each labelled with its name and (features) the token it promotes most."""
+    fig_rows = sorted({site_row(n["site"]) for n in nodes})
+    fig, ax = plt.subplots(figsize=(min(2 + 1.3 * max_per_row, 18), 0.55 * len(fig_rows) + 1.6), layout="constrained")
+    top = max((abs(n["effect"]) for n in nodes), default=1.0) or 1.0
+    by_row: dict[float, list[dict]] = {}
+    for n in sorted(nodes, key=lambda n: -abs(n["effect"])):
+        by_row.setdefault(site_row(n["site"]), []).append(n)
+    for y, row in by_row.items():
+        shown = row[:max_per_row]
+        for x, n in enumerate(shown):
+            error = n["feature"] < 0
+            ax.scatter([x], [y], s=40 + 360 * abs(n["effect"]) / top, marker="s" if error else "o",
+                       color="0.6" if error else (POSITIVE if n["effect"] >= 0 else NEGATIVE), alpha=0.85, zorder=2)
+            label = n["node"] + (f"\n{n['promotes']}" if n.get("promotes") else "")
+            ax.annotate(label, (x, y), xytext=(0, -9), textcoords="offset points", ha="center", va="top", fontsize=5.5)
+        if len(row) > len(shown):
+            ax.annotate(f"+{len(row) - len(shown)} more", (len(shown) - 0.4, y), fontsize=6, va="center")
+    ax.set_yticks(list(by_row), [next(n["site"] for n in by_row[y]) for y in by_row])
+    ax.set_xticks([])
+    ax.set_xlim(-0.7, max_per_row + 0.5)
+    ax.set_ylim(min(fig_rows, default=0) - 0.9, max(fig_rows, default=0) + 0.6)
+    handles = [Line2D([], [], marker="o", ls="", color=POSITIVE, label="feature, effect > 0"),
+               Line2D([], [], marker="o", ls="", color=NEGATIVE, label="feature, effect < 0"),
+               Line2D([], [], marker="s", ls="", color="0.6", label="error node")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    ax.set_title(title + " (size: |effect|; edges not computed yet)", fontsize=10)
+    return fig
+
+
+def feature_dot(nodes: list[dict], title: str) -> str:
+    """The same nodes as Graphviz DOT: one rank per site, features as ellipses, error nodes as grey boxes."""
+    top = max((abs(n["effect"]) for n in nodes), default=1.0) or 1.0
+    lines = ["digraph feature_circuit {", f'  label="{title}"; labelloc=t; rankdir=BT; newrank=true;']
+    by_site: dict[str, list[dict]] = {}
+    for n in nodes:
+        by_site.setdefault(n["site"], []).append(n)
+    for site in sorted(by_site, key=site_row):
+        members = []
+        for n in by_site[site]:
+            error = n["feature"] < 0
+            colour = "#999999" if error else (POSITIVE if n["effect"] >= 0 else NEGATIVE)
+            label = n["node"] + (f"\\n{n['promotes']}" if n.get("promotes") else "")
+            lines.append(f'  "{n["node"]}" [shape={"box" if error else "ellipse"}, color="{colour}", '
+                         f'penwidth={MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * abs(n["effect"]) / top:.2f}, '
+                         f'label="{label}", tooltip="effect {n["effect"]:.6g}"];')
+            members.append(f'"{n["node"]}";')
+        lines.append("  { rank=same; " + " ".join(members) + " }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
