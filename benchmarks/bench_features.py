@@ -4,7 +4,9 @@
     uv run python benchmarks/bench_features.py --model toy --dictionaries toy
 
 Rows: the spliced forward (every dictionary encoded and decoded, error nodes added: the model's own output) /
-the bare forward, and per dictionary site; random dictionaries of --width latents (TopK, k = 32) at the
+the bare forward, and per dictionary site; attribution node effects / one spliced forward and backward (their
+floor: two state passes and one gradient point); IG node effects / (sites x steps x one forward and backward)
+(Marks et al.'s IG interpolates one site at a time); random dictionaries of --width latents (TopK, k = 32) at the
 embedding and every layer's attention output, MLP output and residual stream (GPT-2's shape: 37 sites,
 5.6 GB of float32 weights at 24,576 latents), or a stored set (--dictionaries); peak memory (max RSS)."""
 
@@ -29,15 +31,19 @@ app = cli.script_app(__doc__)
 def main(model: cli.ModelOpt = "gpt2-random", width: int = typer.Option(24576, help="latents of random dictionaries"),
          dictionaries: str = typer.Option("", "--dictionaries", help="a stored set instead of random ones"),
          n_prompts: cli.NPromptsOpt = 16, repeats: int = typer.Option(3, help="timed passes (median)"),
+         only: str = typer.Option("", "--sites", help="only these sites (space-separated), e.g. for IG on GPT-2's shape"),
+         ig_steps: int = typer.Option(5, "--ig-steps", help="IG steps of the node-effect rows"),
          out: cli.OutOpt = Path("results"), seed: cli.SeedOpt = 0):
     cli.check_between(1, 1 << 20, ("--width", width))
     cli.check_between(1, 100, ("--repeats", repeats))
     import pandas as pd
     import torch
 
+    from lib.core.errors import UserError
     from lib.core.model import load_model
     from lib.features import files
     from lib.features.dictionary import Dictionary
+    from lib.features.effects import node_effects
     from lib.features.splice import splice_hooks
     from lib.features.train import sites
     from lib.io.results import RunDir
@@ -59,6 +65,14 @@ def main(model: cli.ModelOpt = "gpt2-random", width: int = typer.Option(24576, h
                                       torch.nn.functional.normalize(torch.randn(width, d, generator=g), dim=-1),
                                       torch.zeros(width), torch.zeros(d))
 
+    def timed_fn(fn) -> float:
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[1:])
+
     def timed(hooks) -> float:
         times = []
         for _ in range(repeats + 1):
@@ -68,8 +82,33 @@ def main(model: cli.ModelOpt = "gpt2-random", width: int = typer.Option(24576, h
             times.append(time.perf_counter() - t)
         return statistics.median(times[1:])  # the first pass warms up
 
+    if only:
+        chosen = {k: v for k, v in chosen.items() if k in only.split()}
+        if not chosen:
+            raise UserError(f"--sites {only!r} names no dictionary of the set")
     bare = timed([])
     spliced = timed(splice_hooks(chosen))
+    data = TASKS["ioi"].build(lm.tokenizer, n_prompts, seed)
+
+    def backward_pass() -> None:  # the floor of one gradient point: the spliced forward and its backward
+        from lib.core.forward import stop_before_unembedding
+        from lib.features.effects import _folded, _metric, _states
+
+        states = _states(lm, chosen, data.clean)
+        leaves = {s: (p["features"].clone().requires_grad_(True), p["error"].clone().requires_grad_(True))
+                  for s, p in states.items()}
+        from lib.features.splice import site as site_of
+        hooks = [(d.hook_name_out, _folded(d, *leaves[site_of(d)])) for d in chosen.values()]
+        with torch.enable_grad():
+            resid = lm.bridge.run_with_hooks(data.clean, fwd_hooks=[*hooks, stop_before_unembedding()])
+            _metric(lm, data, resid).sum().backward()
+
+    def effects(method: str) -> None:
+        node_effects(lm, chosen, data, method, "corrupted", ig_steps)
+
+    t_point = timed_fn(backward_pass)
+    t_attrib = timed_fn(lambda: effects("attrib"))
+    t_ig = timed_fn(lambda: effects("ig"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     widths = sorted({dd.d_sae for dd in chosen.values()})
     table = pd.DataFrame([
@@ -77,6 +116,10 @@ def main(model: cli.ModelOpt = "gpt2-random", width: int = typer.Option(24576, h
          "floor_seconds": bare, "ratio": spliced / bare},
         {"measure": "spliced forward, per dictionary / bare forward", "seconds": (spliced - bare) / len(chosen),
          "floor_seconds": bare, "ratio": (spliced - bare) / len(chosen) / bare},
+        {"measure": "attribution node effects / one spliced forward + backward", "seconds": t_attrib,
+         "floor_seconds": t_point, "ratio": t_attrib / t_point},
+        {"measure": f"IG node effects / ({len(chosen)} sites x {ig_steps} steps x (forward + backward))", "seconds": t_ig,
+         "floor_seconds": t_point * len(chosen) * ig_steps, "ratio": t_ig / (t_point * len(chosen) * ig_steps)},
     ]).assign(model=lm.name, n_prompts=len(tokens), positions=int(tokens.shape[1]), width=" ".join(map(str, widths)),
               sites=" ".join(chosen), peak_memory_mb=peak)
     print(table.to_string(index=False, float_format="%.3f"))
