@@ -1,6 +1,6 @@
 """Sparse feature circuits (Marks et al. 2024): node effects of dictionary features and error nodes on the task
-metric, circuits by node threshold, and their faithfulness and completeness on held-out prompts against
-neurons, random circuits and the same circuits without their error nodes. Edge effects are not computed yet."""
+metric, edges among the circuit's nodes, circuits by node threshold, and their faithfulness and completeness on
+held-out prompts against neurons, random circuits and the same circuits without their error nodes."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          patch: Annotated[str, typer.Option(help="corrupted | zero: what the effects patch in")] = "corrupted",
          aggregate: Annotated[str, typer.Option(help="sum (over positions) | none (positions from the answer)")] = "sum",
          node_threshold: Annotated[float, typer.Option("--node-threshold", help="|effect| of the saved circuit")] = 0.1,
+         edge_threshold: Annotated[float, typer.Option("--edge-threshold", help="|effect| of its edges")] = 0.01,
          ablation: Annotated[str, typer.Option(help="mean | zero: what nodes outside a circuit carry")] = "mean",
          n_random: Annotated[int, typer.Option("--n-random", help="random circuits per size")] = 3,
          n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
@@ -58,9 +59,10 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
             raise UserError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
     cli.check_between(1, 1000, ("--ig-steps", ig_steps))
     cli.check_between(0, 100, ("--n-random", n_random))
-    cli.check_finite("--node-threshold", node_threshold)
-    if node_threshold < 0:
-        raise UserError(f"--node-threshold must be non-negative (got {node_threshold})")
+    for name, value in (("--node-threshold", node_threshold), ("--edge-threshold", edge_threshold)):
+        cli.check_finite(name, value)
+        if value < 0:
+            raise UserError(f"{name} must be non-negative (got {value})")
     opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap,
                       task_metric=task_metric)
     # the work's imports, once the options are valid
@@ -70,9 +72,13 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     from lib.io import plots
 
     extra = dict(dictionaries=dictionaries, method=method, ig_steps=ig_steps, patch=patch, aggregate=aggregate,
-                 node_threshold=node_threshold, ablation=ablation, n_random=n_random)
+                 node_threshold=node_threshold, edge_threshold=edge_threshold, ablation=ablation, n_random=n_random)
     with cli.experiment("09_feature_circuits", opts, resume=resume, headline=HEADLINE, **extra) as (lm, run):
-        chosen = files.load_set(dictionaries, lm)  # checked against the model before any work
+        loaded = files.load_set(dictionaries, lm)  # checked against the model before any work
+        chosen = {n: d for n, d in loaded.items() if d.kind == "sae"}  # transcoders are part 2's (10)
+        if not chosen:
+            raise UserError(f"--dictionaries {dictionaries}: no SAE in the set (transcoders are for 10_attribution_graphs)")
+        run.record["dictionaries_not_used"] = sorted(set(loaded) - set(chosen))
         run.record["dictionaries"] = {n: {"hook_name": d.hook_name, "hook_name_out": d.hook_name_out, "d_sae": d.d_sae,
                                           "architecture": d.architecture, "k": d.k} for n, d in chosen.items()}
         results = cli.per_task(run, opts.tasks, lambda name: circuit_task(lm, run, name, opts, chosen, extra))
@@ -81,6 +87,10 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         run.csv("node_effects.csv", pd.DataFrame([r for res in results.values() for r in res["nodes"]]))
         run.csv("node_effects_summary.csv", pd.DataFrame([res["summary"] for res in results.values()]))
         run.csv("features.csv", pd.DataFrame([r for res in results.values() for r in res["features"]]))
+        run.csv("edges.csv", pd.DataFrame([r for res in results.values() for r in res["edges"]],
+                                          columns=["task", "upstream", "downstream", "effect"]))
+        if aggregate != "sum":
+            run.record["edges"] = "not computed under --aggregate none (edges are summed over positions)"
         run.csv("faithfulness_curve.csv", curve)
         run.csv("area.csv", pd.DataFrame(area_rows(curve, {n: res["summary"]["nodes"] for n, res in results.items()})))
         for name in opts.tasks:
@@ -159,10 +169,11 @@ def circuit_task(lm, run, name: str, opts, chosen: dict, extra: dict) -> dict:
     node_rows = [{"task": name, **r} for r in nodes.table()]
     error_share = sum(abs(r["effect"]) for r in node_rows if r["feature"] < 0) / max(
         sum(abs(r["effect"]) for r in node_rows), 1e-30)
-    _save_circuit(run, lm, name, nodes, extra, chosen)
+    edges = circuit_edges(lm, name, nodes, chosen, discovery, opts, extra)
+    _save_circuit(run, lm, name, nodes, extra, chosen, edges)
     features = feature_rows(lm, name, nodes, chosen, discovery, extra["node_threshold"])
-    _draw(run, name, nodes, features, extra)
-    return {"curve": curve, "nodes": node_rows, "frame": frame,
+    _draw(run, name, nodes, features, extra, edges)
+    return {"curve": curve, "nodes": node_rows, "frame": frame, "edges": edges,
             "summary": {"task": name, "nodes": total, "error_effect_share": error_share}, "features": features}
 
 
@@ -198,7 +209,42 @@ def _evaluator(lm, data, opts, ablation: str):
     return evaluate
 
 
-def _draw(run, name: str, nodes, features: list[dict], extra: dict) -> None:
+def circuit_edges(lm, name: str, nodes, chosen: dict, data, opts, extra: dict) -> list[dict]:
+    """Edges among the saved circuit's nodes (lib.features.edges), mean over the discovery prompts, those with
+    |effect| >= --edge-threshold; under --aggregate none none are computed (run.json says so)."""
+    import torch
+
+    from lib.features.edges import edge_effects
+    from lib.features.effects import _states, folded_gradients, ig_gradients
+
+    if nodes.aggregation != "sum":
+        return []
+    threshold = extra["node_threshold"]
+    kept = {s: (nodes.features[s][0].abs() >= threshold, bool(nodes.errors[s][0].abs() >= threshold))
+            for s in nodes.features}
+    downstream = {s: (torch.nonzero(f).flatten().tolist(), e) for s, (f, e) in kept.items() if f.any() or e}
+    totals: dict[tuple, float] = {}
+    with progress.bar(len(data), f"{name}: edge effects among {sum(len(f) + e for f, e in downstream.values())} "
+                      "circuit nodes", "prompt") as bar:
+        for start in range(0, len(data), opts.batch_size):
+            batch = data.subset(slice(start, start + opts.batch_size))
+            tokens = batch.clean.to(lm.device)
+            clean = _states(lm, chosen, tokens)
+            patched = _states(lm, chosen, batch.corrupt.to(lm.device)) if extra["patch"] == "corrupted" else \
+                {s: {k: torch.zeros_like(v) for k, v in p.items()} for s, p in clean.items()}
+            # the downstream nodes' gradients as their node effects take them (Marks et al.'s left vector)
+            grads = folded_gradients(lm, chosen, batch, clean) if extra["method"] == "attrib" else \
+                ig_gradients(lm, chosen, batch, clean, patched, extra["ig_steps"])
+            for row in edge_effects(lm, chosen, batch, downstream, kept, clean, patched, grads,
+                                    parallel=lm.arch.parallel):
+                key = (row["upstream"], row["downstream"])
+                totals[key] = totals.get(key, 0.0) + row["effect"] * len(batch) / len(data)
+            bar.update(len(batch))
+    return [{"task": name, "upstream": u, "downstream": d, "effect": e}
+            for (u, d), e in totals.items() if abs(e) >= extra["edge_threshold"]]
+
+
+def _draw(run, name: str, nodes, features: list[dict], extra: dict, edges: list[dict]) -> None:
     """The saved circuit's nodes as a PNG and as DOT, each feature labelled with the token it promotes most."""
     from lib.io import diagram
 
@@ -206,16 +252,17 @@ def _draw(run, name: str, nodes, features: list[dict], extra: dict) -> None:
     kept = [{**r, "promotes": promoted.get(r["node"].split("@")[0], "")} for r in nodes.table()
             if abs(r["effect"]) >= extra["node_threshold"]]
     title = f"{name}: feature circuit at node threshold {extra['node_threshold']:g} ({len(kept)} nodes)"
-    run.figure(f"circuit_{name}.png", diagram.feature_figure(kept, title))
-    run.text(f"circuit_{name}.dot", diagram.feature_dot(kept, title))
+    run.figure(f"circuit_{name}.png", diagram.feature_figure(kept, title, edges=edges))
+    run.text(f"circuit_{name}.dot", diagram.feature_dot(kept, title, edges=edges))
 
 
-def _save_circuit(run, lm, name: str, nodes, extra: dict, chosen: dict) -> None:
+def _save_circuit(run, lm, name: str, nodes, extra: dict, chosen: dict, edges: list[dict]) -> None:
     rows = [r for r in nodes.table() if abs(r["effect"]) >= extra["node_threshold"]]
     run.json(f"circuit_{name}.json", {
         "model": lm.name, "task": name, "method": f"feature-circuit-{extra['method']}", "params": extra,
         "nodes": [{"node": r["node"], "score": r["effect"]} for r in sorted(rows, key=lambda r: -abs(r["effect"]))],
-        "dictionaries": {n: d.hook_name_out for n, d in chosen.items()}, "edges": []})
+        "dictionaries": {n: d.hook_name_out for n, d in chosen.items()},
+        "edges": [{"edge": f"{e['upstream']}->{e['downstream']}", "score": e["effect"]} for e in edges]})
 
 
 def feature_rows(lm, name: str, nodes, chosen: dict, data, threshold: float, top: int = 5) -> list[dict]:

@@ -71,7 +71,14 @@ def test_complete_run_on_toy(tmp_path):
     assert all((f'"{n["node"]}" [shape=box' in dot) == n["node"].endswith("/err") for n in circuit["nodes"])
     assert all(abs(n["score"]) >= 0.1 for n in circuit["nodes"]) and circuit["model"] == "toy"
     record = json.loads((run / "run.json").read_text())
-    assert set(record["dictionaries"]) >= {"embed", "resid3", "tc0"}
+    assert set(record["dictionaries"]) >= {"embed", "resid3"} and "tc0" in record["dictionaries_not_used"]
+    edges = pd.read_csv(run / "edges.csv")
+    assert (edges.effect.abs() >= 0.01).all() and len(edges) > 0
+    circuit_nodes = {n["node"] for n in circuit["nodes"]}
+    assert set(edges[edges.task == "ioi"].upstream) <= circuit_nodes and set(edges[edges.task == "ioi"].downstream) <= circuit_nodes
+    assert {e["edge"] for e in circuit["edges"]} == {f"{u}->{d}" for u, d in zip(edges[edges.task == "ioi"].upstream,
+                                                                             edges[edges.task == "ioi"].downstream)}
+    assert all(f'"{e["edge"].split("->")[0]}" -> "{e["edge"].split("->")[1]}"' in dot for e in circuit["edges"])
 
 
 def test_positions_from_the_answer(tmp_path):

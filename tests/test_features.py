@@ -16,6 +16,7 @@ from lib.features.dictionary import Dictionary
 from lib.features.splice import site, splice_hooks, spliced_logits
 
 D_SAE = 96
+D_SAE_TOY = 256  # the shipped toy set
 
 
 def random_dictionary(hook: str, d_in: int, d_out: int, seed: int, architecture: str = "topk", out: str = None):
@@ -342,3 +343,34 @@ def test_ablation_identities(toy):
             data.clean, fwd_hooks=[*splice_hooks(shipped, with_error=False), stop_before_unembedding()]))
     torch.testing.assert_close(ablated_metric(toy, shipped, data, everything, values, errors="remove"), replaced,
                                atol=1e-4, rtol=1e-4)
+
+
+def test_edge_effects_on_the_residual_identity_path_are_exact(toy):
+    """resid0 -> resid1 with attn1 and mlp1 held fixed: d a_d / d a_u is the identity path, so the edge effect is
+    sum_p g_d * [d active] * W_enc[:, d] . (W_dec[u] * delta f_u), computed here without autograd."""
+    from lib.core.model import TOY_DIR
+    from lib.features.edges import edge_effects
+    from lib.features.effects import _states, folded_gradients
+    from tasks import TASKS
+
+    shipped = files.read_set(TOY_DIR / "dictionaries")
+    chosen = {k: shipped[k] for k in ("resid0", "attn1", "mlp1", "resid1")}
+    data = TASKS["ioi"].build(toy.tokenizer, 5, 0)
+    clean, patched = _states(toy, chosen, data.clean), _states(toy, chosen, data.corrupt)
+    grads = folded_gradients(toy, chosen, data, clean)
+    d_feature = int(clean["resid1"]["features"].sum((0, 1)).argmax())  # a feature that fires
+    upstream = {"resid0": (torch.ones(D_SAE_TOY, dtype=torch.bool), True)}
+    rows = edge_effects(toy, chosen, data, {"resid1": ([d_feature], False)}, upstream, clean, patched, grads)
+    got = {r["upstream"]: r["effect"] for r in rows if r["downstream"] == f"resid1/f{d_feature}"}
+    up, down = chosen["resid0"], chosen["resid1"]
+    real = (torch.arange(data.clean.shape[1])[None] < data.lengths[:, None]).float()  # [N, P]
+    active = (clean["resid1"]["features"][..., d_feature] > 0).float()  # TopK keeps it and ReLU passes it
+    weight = grads["resid1"][0][..., d_feature] * active * real  # [N, P]
+    delta = patched["resid0"]["features"] - clean["resid0"]["features"]  # [N, P, d_sae]
+    through = up.W_dec @ down.W_enc[:, d_feature]  # [d_sae]: each upstream feature's write onto d's encoder
+    expected = (weight[..., None] * delta * through).sum(1).mean(0)
+    for j in torch.nonzero(expected.abs() > 1e-6).flatten().tolist():
+        assert abs(got[f"resid0/f{j}"] - float(expected[j])) <= 1e-5 + 1e-4 * abs(float(expected[j]))
+    err_delta = patched["resid0"]["error"] - clean["resid0"]["error"]
+    expected_err = (weight[..., None] * err_delta * down.W_enc[:, d_feature]).sum((1, 2)).mean(0)
+    assert abs(got["resid0/err"] - float(expected_err)) <= 1e-5 + 1e-4 * abs(float(expected_err))

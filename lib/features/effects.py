@@ -54,14 +54,28 @@ def _folded(site_dict, features: torch.Tensor, error: torch.Tensor):
     return hook
 
 
+def folded_gradients(model, dictionaries: dict, data, clean: dict) -> dict:
+    """{site: (d metric / d features [N, P, d_sae], d metric / d error [N, P, d_out])} at the clean point, every
+    site spliced in and the identity on the way back (_folded): one forward and one backward pass."""
+    from lib.features.splice import site as site_of
+
+    leaves, hooks = {}, []
+    for d in dictionaries.values():
+        s = site_of(d)
+        leaves[s] = (clean[s]["features"].clone().requires_grad_(True), clean[s]["error"].clone().requires_grad_(True))
+        hooks.append((d.hook_name_out, _folded(d, *leaves[s])))
+    with torch.enable_grad():
+        resid = model.bridge.run_with_hooks(data.clean.to(model.device), fwd_hooks=[*hooks, stop_before_unembedding()])
+        _metric(model, data, resid).sum().backward()
+    return {s: (f.grad, e.grad) for s, (f, e) in leaves.items()}
+
+
 def node_effects(model, dictionaries: dict, data, method: str = "attrib", patch: str = "corrupted",
                  steps: int = 10) -> dict:
     """{site: {"features": [N, P, d_sae], "error": [N, P]}} effects on the task metric of one batch (data)."""
-    from lib.features.splice import site as site_of
 
     if method not in METHODS or patch not in PATCHES:
         raise ValueError(f"method {method!r} / patch {patch!r}: choose from {METHODS} / {PATCHES}")
-    by_site = {site_of(d): d for d in dictionaries.values()}
     tokens = data.clean.to(model.device)
     clean = _states(model, dictionaries, tokens)
     if patch == "corrupted":
@@ -71,19 +85,23 @@ def node_effects(model, dictionaries: dict, data, method: str = "attrib", patch:
     real = (torch.arange(tokens.shape[1], device=tokens.device)[None] < data.lengths.to(tokens.device)[:, None])
     out = {}
     if method == "attrib":
-        leaves, hooks = {}, []
-        for d in dictionaries.values():
-            s = site_of(d)
-            leaves[s] = (clean[s]["features"].clone().requires_grad_(True),
-                         clean[s]["error"].clone().requires_grad_(True))
-            hooks.append((d.hook_name_out, _folded(d, *leaves[s])))
-        with torch.enable_grad():
-            resid = model.bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, stop_before_unembedding()])
-            _metric(model, data, resid).sum().backward()
-        for s, (f, e) in leaves.items():
-            out[s] = _effects(f.grad, e.grad, clean[s], patched[s], real)
+        for s, (grad_f, grad_e) in folded_gradients(model, dictionaries, data, clean).items():
+            out[s] = _effects(grad_f, grad_e, clean[s], patched[s], real)
         return out
-    for s, d in by_site.items():  # ig: one site at a time, the others as the model computes them
+    for s, (grad_f, grad_e) in ig_gradients(model, dictionaries, data, clean, patched, steps).items():
+        out[s] = _effects(grad_f, grad_e, clean[s], patched[s], real)
+    return out
+
+
+def ig_gradients(model, dictionaries: dict, data, clean: dict, patched: dict, steps: int) -> dict:
+    """{site: mean gradients (features, error)} along the straight line from clean to patch, one site at a time
+    (the others as the model computes them), at alpha = step / steps, step = 0 .. steps - 1."""
+    from lib.features.splice import site as site_of
+
+    tokens = data.clean.to(model.device)
+    out = {}
+    for d in dictionaries.values():
+        s = site_of(d)
         grads_f, grads_e = 0.0, 0.0
         for step in range(steps):
             alpha = step / steps
@@ -94,7 +112,7 @@ def node_effects(model, dictionaries: dict, data, method: str = "attrib", patch:
                                                                       stop_before_unembedding()])
                 _metric(model, data, resid).sum().backward()
             grads_f, grads_e = grads_f + f.grad, grads_e + e.grad
-        out[s] = _effects(grads_f / steps, grads_e / steps, clean[s], patched[s], real)
+        out[s] = (grads_f / steps, grads_e / steps)
     return out
 
 

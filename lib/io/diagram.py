@@ -129,7 +129,7 @@ def site_row(site: str) -> float:
     return 1 + 3 * layer + {"attn": 0, "mlp": 1, "tc": 1, "resid": 2}.get(kind, 2)
 
 
-def feature_figure(nodes: list[dict], title: str, max_per_row: int = 12):
+def feature_figure(nodes: list[dict], title: str, max_per_row: int = 12, edges: list[dict] = ()):
     """A feature circuit's nodes by site (rows, forward order upwards), size by |effect|, colour by sign, error
     nodes as grey squares, each labelled with its name and (features) the token it promotes most."""
     fig_rows = sorted({site_row(n["site"]) for n in nodes})
@@ -138,6 +138,13 @@ def feature_figure(nodes: list[dict], title: str, max_per_row: int = 12):
     by_row: dict[float, list[dict]] = {}
     for n in sorted(nodes, key=lambda n: -abs(n["effect"])):
         by_row.setdefault(site_row(n["site"]), []).append(n)
+    where = {n["node"]: (x, y) for y, row in by_row.items() for x, n in enumerate(row[:max_per_row])}
+    top_edge = max((abs(e["effect"]) for e in edges), default=1.0) or 1.0
+    for e in edges:  # under the nodes, width by |effect|
+        if e["upstream"] in where and e["downstream"] in where:
+            ax.annotate("", where[e["downstream"]], where[e["upstream"]], zorder=1, arrowprops=dict(
+                arrowstyle="-|>", lw=_width(e["effect"], top_edge), color=_colour(e["effect"]), alpha=0.5,
+                shrinkA=6, shrinkB=6))
     for y, row in by_row.items():
         shown = row[:max_per_row]
         for x, n in enumerate(shown):
@@ -156,11 +163,11 @@ def feature_figure(nodes: list[dict], title: str, max_per_row: int = 12):
                Line2D([], [], marker="o", ls="", color=NEGATIVE, label="feature, effect < 0"),
                Line2D([], [], marker="s", ls="", color="0.6", label="error node")]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
-    ax.set_title(title + " (size: |effect|; edges not computed yet)", fontsize=10)
+    ax.set_title(title + f" (size: |effect|; {len(edges)} edges, width: |effect|)", fontsize=10)
     return fig
 
 
-def feature_dot(nodes: list[dict], title: str) -> str:
+def feature_dot(nodes: list[dict], title: str, edges: list[dict] = ()) -> str:
     """The same nodes as Graphviz DOT: one rank per site, features as ellipses, error nodes as grey boxes."""
     top = max((abs(n["effect"]) for n in nodes), default=1.0) or 1.0
     lines = ["digraph feature_circuit {", f'  label="{title}"; labelloc=t; rankdir=BT; newrank=true;']
@@ -178,5 +185,9 @@ def feature_dot(nodes: list[dict], title: str) -> str:
                          f'label="{label}", tooltip="effect {n["effect"]:.6g}"];')
             members.append(f'"{n["node"]}";')
         lines.append("  { rank=same; " + " ".join(members) + " }")
+    top_edge = max((abs(e["effect"]) for e in edges), default=1.0) or 1.0
+    for e in edges:
+        lines.append(f'  "{e["upstream"]}" -> "{e["downstream"]}" [color="{_colour(e["effect"])}", '
+                     f'penwidth={_width(e["effect"], top_edge):.2f}, tooltip="effect {e["effect"]:.6g}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
