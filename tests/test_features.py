@@ -374,3 +374,53 @@ def test_edge_effects_on_the_residual_identity_path_are_exact(toy):
     err_delta = patched["resid0"]["error"] - clean["resid0"]["error"]
     expected_err = (weight[..., None] * err_delta * down.W_enc[:, d_feature]).sum((1, 2)).mean(0)
     assert abs(got["resid0/err"] - float(expected_err)) <= 1e-5 + 1e-4 * abs(float(expected_err))
+
+
+def test_edge_effects_agree_with_exact_feature_patching_off_the_identity_path(toy):
+    """attn1 -> mlp1 passes through LayerNorm and the MLP: the edge (first order) against patching the upstream
+    feature alone and measuring the downstream feature's change, weighted by the same gradient. Agreement, not
+    equality: the correlation over upstream features is reported and must be high."""
+    from lib.core.forward import stop_before_unembedding
+    from lib.core.model import TOY_DIR
+    from lib.features.edges import edge_effects
+    from lib.features.effects import _states, folded_gradients
+    from tasks import TASKS
+
+    shipped = files.read_set(TOY_DIR / "dictionaries")
+    chosen = {k: shipped[k] for k in ("attn1", "mlp1")}
+    data = TASKS["ioi"].build(toy.tokenizer, 6, 0)
+    clean, patched = _states(toy, chosen, data.clean), _states(toy, chosen, data.corrupt)
+    grads = folded_gradients(toy, chosen, data, clean)
+    real = (torch.arange(data.clean.shape[1])[None] < data.lengths[:, None]).float()
+    d = int((clean["mlp1"]["features"] * real[..., None]).sum((0, 1)).argmax())
+    delta = (patched["attn1"]["features"] - clean["attn1"]["features"]) * real[..., None]
+    moved = torch.nonzero(delta.abs().sum((0, 1)) > 1e-6).flatten().tolist()[:40]
+    keep = torch.zeros(D_SAE_TOY, dtype=torch.bool)
+    keep[moved] = True
+    rows = edge_effects(toy, chosen, data, {"mlp1": ([d], False)}, {"attn1": (keep, False)}, clean, patched, grads)
+    first_order = {r["upstream"]: r["effect"] for r in rows}
+    up, down = chosen["attn1"], chosen["mlp1"]
+    g = grads["mlp1"][0][..., d] * real
+
+    def f_d_with(features):
+        captured = {}
+
+        def write(x, hook):
+            return (up.decode(features) + clean["attn1"]["error"]).to(x.dtype)
+
+        def read(x, hook):
+            captured["f"] = down.encode(x)[..., d]
+            return x
+        with torch.no_grad():
+            toy.bridge.run_with_hooks(data.clean, fwd_hooks=[(up.hook_name_out, write), (down.hook_name_out, read),
+                                                             stop_before_unembedding()])
+        return captured["f"]
+    base = f_d_with(clean["attn1"]["features"])
+    exact, approx = [], []
+    for j in moved:
+        features = clean["attn1"]["features"].clone()
+        features[..., j] = patched["attn1"]["features"][..., j]
+        exact.append(float(((f_d_with(features) - base) * g).sum(1).mean(0)))
+        approx.append(first_order[f"attn1/f{j}"])
+    exact, approx = np.array(exact), np.array(approx)
+    assert len(exact) >= 5 and np.corrcoef(exact, approx)[0, 1] > 0.9, (np.corrcoef(exact, approx)[0, 1], exact, approx)
