@@ -106,7 +106,23 @@ def main(model: cli.ModelOpt = "gpt2-random", width: int = typer.Option(24576, h
     def effects(method: str) -> None:
         node_effects(lm, chosen, data, method, "corrupted", ig_steps)
 
+    def edges_of_one_node() -> None:  # every upstream node of one downstream feature: one backward pass
+        from lib.features.edges import edge_effects, upstream_of
+        from lib.features.effects import _states, folded_gradients
+        from lib.features.splice import site as site_of
+
+        sites = {site_of(d): d for d in chosen.values()}
+        down = next((s for s in sites if upstream_of(s, set(sites))), None)
+        if down is None:
+            return
+        clean = _states(lm, chosen, data.clean)
+        patched = _states(lm, chosen, data.corrupt)
+        grads = folded_gradients(lm, chosen, data, clean)
+        ups = {s: (torch.ones(sites[s].d_sae, dtype=torch.bool), True) for s in upstream_of(down, set(sites))}
+        edge_effects(lm, chosen, data, {down: ([0], False)}, ups, clean, patched, grads)
+
     t_point = timed_fn(backward_pass)
+    t_edges = timed_fn(edges_of_one_node)
     t_attrib = timed_fn(lambda: effects("attrib"))
     t_ig = timed_fn(lambda: effects("ig"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -118,6 +134,8 @@ def main(model: cli.ModelOpt = "gpt2-random", width: int = typer.Option(24576, h
          "floor_seconds": bare, "ratio": (spliced - bare) / len(chosen) / bare},
         {"measure": "attribution node effects / one spliced forward + backward", "seconds": t_attrib,
          "floor_seconds": t_point, "ratio": t_attrib / t_point},
+        {"measure": "edges into one downstream node (all its upstream nodes) / one spliced forward + backward",
+         "seconds": t_edges, "floor_seconds": t_point, "ratio": t_edges / t_point},
         {"measure": f"IG node effects / ({len(chosen)} sites x {ig_steps} steps x (forward + backward))", "seconds": t_ig,
          "floor_seconds": t_point * len(chosen) * ig_steps, "ratio": t_ig / (t_point * len(chosen) * ig_steps)},
     ]).assign(model=lm.name, n_prompts=len(tokens), positions=int(tokens.shape[1]), width=" ".join(map(str, widths)),

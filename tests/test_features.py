@@ -424,3 +424,14 @@ def test_edge_effects_agree_with_exact_feature_patching_off_the_identity_path(to
         approx.append(first_order[f"attn1/f{j}"])
     exact, approx = np.array(exact), np.array(approx)
     assert len(exact) >= 5 and np.corrcoef(exact, approx)[0, 1] > 0.9, (np.corrcoef(exact, approx)[0, 1], exact, approx)
+
+
+def test_resid_pre_dictionaries_are_the_previous_layers_residual_site(toy):
+    """SAELens's GPT-2 residual SAEs read blocks.l.hook_resid_pre: that is resid{l-1} (and embed for l = 0), and
+    splicing there leaves the model unchanged as at resid_post."""
+    d = random_dictionary("blocks.2.hook_resid_pre", toy.d_model, toy.d_model, 4)
+    assert site(d) == "resid1" and site(random_dictionary("blocks.0.hook_resid_pre", 64, 64, 4)) == "embed"
+    tokens = tokens_of(toy)
+    with torch.no_grad():
+        reference = toy.bridge(tokens)
+    torch.testing.assert_close(spliced_logits(toy, tokens, {"r": d}), reference, atol=1e-5, rtol=1e-5)

@@ -16,7 +16,11 @@ SITE_OF_HOOK = ((re.compile(r"blocks\.0\.hook_resid_pre"), "embed"), (re.compile
 
 
 def site(dictionary) -> str:
-    """The site name of a dictionary (from the hook it writes; a transcoder's is tc{l})."""
+    """The site name of a dictionary (from the hook it writes; a transcoder's is tc{l}). blocks.l.hook_resid_pre
+    (l >= 1, as SAELens's GPT-2 residual SAEs are trained) is the residual stream after layer l - 1: resid{l-1}."""
+    pre = re.fullmatch(r"blocks\.(\d+)\.hook_resid_pre", dictionary.hook_name_out)
+    if pre and int(pre.group(1)) > 0 and dictionary.kind == "sae":
+        return f"resid{int(pre.group(1)) - 1}"
     for pattern, name in SITE_OF_HOOK:
         m = pattern.fullmatch(dictionary.hook_name_out)
         if m:
