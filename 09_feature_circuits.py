@@ -15,7 +15,7 @@ from lib.io import cli, progress
 from lib.io.headline import Metric
 
 app = cli.script_app(__doc__)
-METHODS, PATCHES, AGGREGATIONS, ABLATIONS = ("attrib", "ig"), ("corrupted", "zero"), ("sum", "none"), ("mean", "zero")
+METHODS, PATCHES, AGGREGATIONS, ABLATIONS = ("attrib", "ig"), ("corrupted", "zero"), ("sum", "none"), ("mean", "resample", "zero")
 TARGET = 0.8  # faithfulness the headline asks nodes for
 HEADLINE = [
     Metric("nodes_for_0.8_faithfulness", "faithfulness_curve.csv", fn=lambda d: _nodes_for(d)),
@@ -50,7 +50,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
          aggregate: Annotated[str, typer.Option(help="sum (over positions) | none (positions from the answer)")] = "sum",
          node_threshold: Annotated[float, typer.Option("--node-threshold", help="|effect| of the saved circuit")] = 0.1,
          edge_threshold: Annotated[float, typer.Option("--edge-threshold", help="|effect| of its edges")] = 0.01,
-         ablation: Annotated[str, typer.Option(help="mean | zero: what nodes outside a circuit carry")] = "mean",
+         ablation: Annotated[str, typer.Option(help="mean (Marks et al.) | resample (the paired corrupted prompt's "
+                                               "nodes) | zero: what nodes outside a circuit carry")] = "mean",
          n_random: Annotated[int, typer.Option("--n-random", help="random circuits per size")] = 3,
          n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
     for name, value, allowed in (("--method", method, METHODS), ("--patch", patch, PATCHES),

@@ -83,11 +83,16 @@ def test_complete_run_on_toy(tmp_path):
 
 def test_positions_from_the_answer(tmp_path):
     r = run_cli("09_feature_circuits.py", "--tasks", "sva", "--model", "toy", "--n-prompts", "6", "--aggregate",
-                "none", "--method", "attrib", "--n-random", "0", "--n-bootstrap", "0", "--quiet", "--out", str(tmp_path))
+                "none", "--method", "attrib", "--ablation", "resample", "--n-random", "0", "--n-bootstrap", "0",
+                "--quiet", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     (run,) = (tmp_path / "09_feature_circuits").iterdir()
     nodes = pd.read_csv(run / "node_effects.csv")
     assert nodes.node.str.match(r"^\w+/(f\d+|err)@end(-\d+)?$").all() and (nodes.position == "end").any()
+    curve = pd.read_csv(run / "faithfulness_curve.csv")
+    full = curve[(curve.variant == "features") & (curve.nodes_requested == curve.nodes_requested.max())]
+    assert np.allclose(full.faithfulness, 1.0, atol=1e-4) and np.allclose(full.completeness, 0.0, atol=1e-4)
+    assert json.loads((run / "run.json").read_text())["edges"].startswith("not computed under --aggregate none")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -435,3 +435,21 @@ def test_resid_pre_dictionaries_are_the_previous_layers_residual_site(toy):
     with torch.no_grad():
         reference = toy.bridge(tokens)
     torch.testing.assert_close(spliced_logits(toy, tokens, {"r": d}), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_resample_ablation_of_every_node_is_the_corrupted_model(toy):
+    """Every node replaced by its paired corrupted prompt's value: every site carries the corrupted activation,
+    so the metric is the model's on the corrupted prompt (DESIGN §4's identity, at feature level)."""
+    from lib.core.forward import stop_before_unembedding
+    from lib.core.model import TOY_DIR
+    from lib.features.ablate import ablated_metric, every_node, reference_values
+    from lib.features.effects import _metric
+    from tasks import TASKS
+
+    shipped = {k: v for k, v in files.read_set(TOY_DIR / "dictionaries").items() if v.kind == "sae"}
+    data = TASKS["sva"].build(toy.tokenizer, 6, 0)
+    values = reference_values(toy, shipped, data, "resample")
+    with torch.no_grad():
+        corrupted = _metric(toy, data, toy.bridge.run_with_hooks(data.corrupt, fwd_hooks=[stop_before_unembedding()]))
+    got = ablated_metric(toy, shipped, data, every_node(shipped, data, False), values)
+    torch.testing.assert_close(got, corrupted, atol=1e-4, rtol=1e-4)

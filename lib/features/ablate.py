@@ -5,7 +5,9 @@ decode(features) + error. Faithfulness (m(C) - m(empty)) / (m(M) - m(empty)) and
 complement of C) use it (lib.features.faithfulness, to come with 09).
 
 Ablation values, from the reference prompts' own features and errors (the corrupted prompts): `mean` (Marks et
-al.'s default: the mean over the reference prompts at each position, over the prompts that reach it), `zero`.
+al.'s default: the mean over the reference prompts at each position, over the prompts that reach it),
+`resample` (each prompt's own corrupted counterpart, position by position: the suite's resample, DESIGN §4; Marks
+et al.'s code draws a random other prompt of the batch instead), `zero`.
 Error nodes (`errors`): `default` (kept when in the circuit, ablated otherwise), `keep` (always kept), `remove`
 (always zero: with every feature kept this is the replacement model, the dictionaries spliced without errors;
 Marks et al.'s code comment says zero, its code substitutes the ablation value: we follow the comment, so
@@ -18,12 +20,13 @@ import torch
 from lib.core.forward import stop_before_unembedding, unembed_at
 from lib.core.metrics import data_metric
 
-ABLATIONS = ("mean", "zero")
+ABLATIONS = ("mean", "resample", "zero")
 ERRORS = ("default", "keep", "remove")
 
 
 def reference_values(model, dictionaries: dict, reference, ablation: str) -> dict:
-    """Per site {"features": [P, d_sae], "error": [P, d_out]}: what an ablated node carries at each position."""
+    """Per site {"features": [P, d_sae], "error": [P, d_out]} (resample: [N, P, ...], one row per prompt of
+    reference, which must then be the evaluated prompts themselves): what an ablated node carries."""
     from lib.features.effects import _states
 
     states = _states(model, dictionaries, reference.corrupt.to(model.device))
@@ -32,6 +35,8 @@ def reference_values(model, dictionaries: dict, reference, ablation: str) -> dic
     for site, parts in states.items():
         if ablation == "zero":
             out[site] = {k: torch.zeros_like(v[0]) for k, v in parts.items()}
+        elif ablation == "resample":
+            out[site] = dict(parts)
         else:
             weight = real[..., None].to(parts["features"].dtype)
             counts = weight.sum(0).clamp_min(1)  # [P, 1]
@@ -64,16 +69,19 @@ def ablated_metric(model, dictionaries: dict, data, keep: dict, values: dict, er
 
         def ablate(x, hook, _s=s, _d=d, _mf=mask_f, _me=mask_e):
             p = x.shape[1]
-            if p > values[_s]["features"].shape[0]:
-                raise ValueError(f"prompts of {p} positions, ablation values of {values[_s]['features'].shape[0]}")
+            value_f, value_e = values[_s]["features"], values[_s]["error"]
+            if value_f.dim() == 2:  # one value per position for every prompt (mean, zero)
+                value_f, value_e = value_f[None], value_e[None]
+            if p > value_f.shape[1]:
+                raise ValueError(f"prompts of {p} positions, ablation values of {value_f.shape[1]}")
             source = inputs.pop(_s) if _d.kind == "transcoder" else x
             f = _d.encode(source)
             error = x - _d.decode(f).to(x.dtype)
-            f = torch.where(_mf[:, :p], f, values[_s]["features"][None, :p])
+            f = torch.where(_mf[:, :p], f, value_f[:, :p])
             if errors == "remove":
                 error = torch.zeros_like(error)
             else:
-                error = torch.where(_me[:, :p, None], error, values[_s]["error"][None, :p].to(x.dtype))
+                error = torch.where(_me[:, :p, None], error, value_e[:, :p].to(x.dtype))
             return (_d.decode(f) + error).to(x.dtype)
         hooks.append((d.hook_name_out, ablate))
     with torch.no_grad():
