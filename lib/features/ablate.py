@@ -2,7 +2,7 @@
 (run_with_ablations) does: one clean pass in which each site, in forward order, encodes its current input,
 keeps the circuit's features and error nodes, replaces the others by the ablation value, and writes
 decode(features) + error. Faithfulness (m(C) - m(empty)) / (m(M) - m(empty)) and completeness (the same for the
-complement of C) use it (lib.features.faithfulness, to come with 09).
+complement of C) use it (09_feature_circuits.py).
 
 Ablation values, from the reference prompts' own features and errors (the corrupted prompts): `mean` (Marks et
 al.'s default: the mean over the reference prompts at each position, over the prompts that reach it),
