@@ -172,7 +172,7 @@ def circuit_task(lm, run, name: str, opts, chosen: dict, extra: dict) -> dict:
         sum(abs(r["effect"]) for r in node_rows), 1e-30)
     edges = circuit_edges(lm, name, nodes, chosen, discovery, opts, extra)
     _save_circuit(run, lm, name, nodes, extra, chosen, edges)
-    features = feature_rows(lm, name, nodes, chosen, discovery, extra["node_threshold"])
+    features = feature_rows(lm, name, nodes, chosen, discovery, extra["node_threshold"], opts.batch_size)
     _draw(run, name, nodes, features, extra, edges)
     return {"curve": curve, "nodes": node_rows, "frame": frame, "edges": edges,
             "summary": {"task": name, "nodes": total, "error_effect_share": error_share}, "features": features}
@@ -197,14 +197,16 @@ def _evaluator(lm, data, opts, ablation: str):
     def evaluate(dicts, keep, completeness: bool) -> dict:
         key = id(dicts)
         if key not in cache:
-            values = reference_values(lm, dicts, data, ablation)
-            cache[key] = (values, ablated_metric(lm, dicts, data, every_node(dicts, data, False), values).cpu().numpy())
+            values = reference_values(lm, dicts, data, ablation, opts.batch_size)
+            nothing = every_node(dicts, data, False)
+            cache[key] = (values, ablated_metric(lm, dicts, data, nothing, values, batch_size=opts.batch_size).cpu().numpy())
         values, m_empty = cache[key]
         ci = dict(n_resamples=opts.n_bootstrap, seed=opts.seed)
-        m_c = ablated_metric(lm, dicts, data, keep, values).cpu().numpy()
+        m_c = ablated_metric(lm, dicts, data, keep, values, batch_size=opts.batch_size).cpu().numpy()
         row = intervals.columns("faithfulness", intervals.ratio_of_means, m_c, m_model, m_empty, **ci)
         if completeness:
-            m_rest = ablated_metric(lm, dicts, data, keep, values, complement=True).cpu().numpy()
+            m_rest = ablated_metric(lm, dicts, data, keep, values, complement=True,
+                                    batch_size=opts.batch_size).cpu().numpy()
             row |= intervals.columns("completeness", intervals.ratio_of_means, m_rest, m_model, m_empty, **ci)
         return row
     return evaluate
@@ -216,7 +218,8 @@ def circuit_edges(lm, name: str, nodes, chosen: dict, data, opts, extra: dict) -
     import torch
 
     from lib.features.edges import edge_effects
-    from lib.features.effects import _states, folded_gradients, ig_gradients
+    from lib.features.effects import folded_gradients, ig_gradients, node_states, patch_states
+    from lib.features.splice import site as site_of
 
     if nodes.aggregation != "sum":
         return []
@@ -224,18 +227,18 @@ def circuit_edges(lm, name: str, nodes, chosen: dict, data, opts, extra: dict) -
     kept = {s: (nodes.features[s][0].abs() >= threshold, bool(nodes.errors[s][0].abs() >= threshold))
             for s in nodes.features}
     downstream = {s: (torch.nonzero(f).flatten().tolist(), e) for s, (f, e) in kept.items() if f.any() or e}
+    # IG gradients are per site: only the sites with a downstream node need them
+    downstream_dicts = {n: d for n, d in chosen.items() if site_of(d) in downstream}
     totals: dict[tuple, float] = {}
     with progress.bar(len(data), f"{name}: edge effects among {sum(len(f) + e for f, e in downstream.values())} "
                       "circuit nodes", "prompt") as bar:
         for start in range(0, len(data), opts.batch_size):
             batch = data.subset(slice(start, start + opts.batch_size))
-            tokens = batch.clean.to(lm.device)
-            clean = _states(lm, chosen, tokens)
-            patched = _states(lm, chosen, batch.corrupt.to(lm.device)) if extra["patch"] == "corrupted" else \
-                {s: {k: torch.zeros_like(v) for k, v in p.items()} for s, p in clean.items()}
+            clean = node_states(lm, chosen, batch.clean.to(lm.device))
+            patched = patch_states(lm, chosen, batch, extra["patch"], clean)
             # the downstream nodes' gradients as their node effects take them (Marks et al.'s left vector)
             grads = folded_gradients(lm, chosen, batch, clean) if extra["method"] == "attrib" else \
-                ig_gradients(lm, chosen, batch, clean, patched, extra["ig_steps"])
+                ig_gradients(lm, downstream_dicts, batch, clean, patched, extra["ig_steps"])
             for row in edge_effects(lm, chosen, batch, downstream, kept, clean, patched, grads,
                                     parallel=lm.arch.parallel):
                 key = (row["upstream"], row["downstream"])
@@ -266,37 +269,45 @@ def _save_circuit(run, lm, name: str, nodes, extra: dict, chosen: dict, edges: l
         "edges": [{"edge": f"{e['upstream']}->{e['downstream']}", "score": e["effect"]} for e in edges]})
 
 
-def feature_rows(lm, name: str, nodes, chosen: dict, data, threshold: float, top: int = 5) -> list[dict]:
+def feature_rows(lm, name: str, nodes, chosen: dict, data, threshold: float, batch_size: int, top: int = 5) -> list[dict]:
     """Per circuit feature: tokens its decoder direction promotes and suppresses through the unembedding, and
-    its top-activating prompts and positions in the discovery prompts."""
+    its top-activating prompts and positions in the discovery prompts (read batch by batch: only each prompt's
+    largest activation of each circuit feature is kept)."""
     import torch
 
-    from lib.features.effects import _states
+    from lib.features.effects import node_states
     from lib.features.splice import site as site_of
 
     by_site = {site_of(d): d for d in chosen.values()}
+    wanted = {site: sorted(set(torch.nonzero(f.abs() >= threshold)[:, 1].tolist())) for site, f in nodes.features.items()}
+    best_value = {s: torch.zeros(len(data), len(i)) for s, i in wanted.items() if i}  # [N, features]
+    best_position = {s: torch.zeros(len(data), len(i), dtype=torch.long) for s, i in wanted.items() if i}
+    for start in range(0, len(data), batch_size):
+        batch = data.subset(slice(start, start + batch_size))
+        states = node_states(lm, {n: d for n, d in chosen.items() if site_of(d) in best_value},
+                             batch.clean.to(lm.device))
+        for s in best_value:
+            acts = states[s]["features"][..., wanted[s]].cpu() * batch.real[..., None]  # [B, P, features]
+            value, position = acts.max(1)
+            best_value[s][start:start + len(batch)], best_position[s][start:start + len(batch)] = value, position
     w_u = lm.bridge.W_U.detach().float().cpu()  # [d_model, vocab]
-    states = _states(lm, chosen, data.clean.to(lm.device))
     rows = []
-    for site, f in nodes.features.items():
-        d = by_site[site]
-        for i in sorted(set(torch.nonzero(f.abs() >= threshold)[:, 1].tolist())):
-            logits = d.W_dec[i].detach().float().cpu() @ w_u
-            acts = states[site]["features"][..., i].cpu()  # [N, P]
-            best = torch.argsort(acts.max(1).values, descending=True)[:3]
+    for site, features in wanted.items():
+        for k, i in enumerate(features):
+            logits = by_site[site].W_dec[i].detach().float().cpu() @ w_u
+            values = best_value[site][:, k]
             examples = []
-            for n in best.tolist():
-                p = int(acts[n].argmax())
-                if acts[n, p] > 0:
+            for n in torch.argsort(values, descending=True)[:3].tolist():
+                if values[n] > 0:
+                    p = int(best_position[site][n, k])
                     token = lm.tokenizer.decode([int(data.clean[n, p])])
-                    examples.append(f"{data.info.clean_text[n]!r} @{p} {token!r} ({float(acts[n, p]):.3g})")
+                    examples.append(f"{data.info.clean_text[n]!r} @{p} {token!r} ({float(values[n]):.3g})")
             rows.append({"task": name, "node": f"{site}/f{i}", "site": site, "feature": i,
-                         "effect": float(f[:, i].abs().max()),
+                         "effect": float(nodes.features[site][:, i].abs().max()),
                          "promotes": " ".join(repr(lm.tokenizer.decode([t])) for t in logits.topk(top).indices.tolist()),
                          "suppresses": " ".join(repr(lm.tokenizer.decode([t])) for t in (-logits).topk(top).indices.tolist()),
                          "top_activations": " | ".join(examples)})
     return rows
-
 
 if __name__ == "__main__":
     cli.main(app)

@@ -91,32 +91,24 @@ def main(model: cli.ModelOpt = "gpt2-random", width: int = typer.Option(24576, h
     data = TASKS["ioi"].build(lm.tokenizer, n_prompts, seed)
 
     def backward_pass() -> None:  # the floor of one gradient point: the spliced forward and its backward
-        from lib.core.forward import stop_before_unembedding
-        from lib.features.effects import _folded, _metric, _states
+        from lib.features.effects import folded_gradients, node_states
 
-        states = _states(lm, chosen, data.clean)
-        leaves = {s: (p["features"].clone().requires_grad_(True), p["error"].clone().requires_grad_(True))
-                  for s, p in states.items()}
-        from lib.features.splice import site as site_of
-        hooks = [(d.hook_name_out, _folded(d, *leaves[site_of(d)])) for d in chosen.values()]
-        with torch.enable_grad():
-            resid = lm.bridge.run_with_hooks(data.clean, fwd_hooks=[*hooks, stop_before_unembedding()])
-            _metric(lm, data, resid).sum().backward()
+        folded_gradients(lm, chosen, data, node_states(lm, chosen, data.clean))
 
     def effects(method: str) -> None:
         node_effects(lm, chosen, data, method, "corrupted", ig_steps)
 
     def edges_of_one_node() -> None:  # every upstream node of one downstream feature: one backward pass
         from lib.features.edges import edge_effects, upstream_of
-        from lib.features.effects import _states, folded_gradients
+        from lib.features.effects import folded_gradients, node_states
         from lib.features.splice import site as site_of
 
         sites = {site_of(d): d for d in chosen.values()}
         down = next((s for s in sites if upstream_of(s, set(sites))), None)
         if down is None:
             return
-        clean = _states(lm, chosen, data.clean)
-        patched = _states(lm, chosen, data.corrupt)
+        clean = node_states(lm, chosen, data.clean)
+        patched = node_states(lm, chosen, data.corrupt)
         grads = folded_gradients(lm, chosen, data, clean)
         ups = {s: (torch.ones(sites[s].d_sae, dtype=torch.bool), True) for s in upstream_of(down, set(sites))}
         edge_effects(lm, chosen, data, {down: ([0], False)}, ups, clean, patched, grads)

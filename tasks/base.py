@@ -42,6 +42,11 @@ class TaskData:
     def answer_pos(self) -> torch.Tensor:
         return self.lengths - 1
 
+    @property
+    def real(self) -> torch.Tensor:
+        """[N, P] bool: the positions inside each prompt (False on its right padding)."""
+        return torch.arange(self.clean.shape[1], device=self.lengths.device)[None] < self.lengths[:, None]
+
     def subset(self, idx) -> "TaskData":
         """Items idx (a slice, list or tensor of indices), trimmed to their longest length."""
         if isinstance(idx, slice):

@@ -337,6 +337,14 @@ def test_ablation_identities(toy):
     ablated = ablated_metric(toy, shipped, data, nothing, values)
     torch.testing.assert_close(ablated, at_means, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ablated_metric(toy, shipped, data, everything, values, complement=True), ablated)
+    # batches of prompts give the same values and metrics as one pass
+    for name, parts in reference_values(toy, shipped, data, "mean", batch_size=4).items():
+        for k, v in parts.items():
+            torch.testing.assert_close(v, values[name][k], atol=1e-5, rtol=1e-5)
+    half = {s: {"features": m["features"] & (torch.arange(m["features"].shape[-1]) % 2 == 0),
+                "error": m["error"]} for s, m in everything.items()}
+    torch.testing.assert_close(ablated_metric(toy, shipped, data, half, values, batch_size=4),
+                               ablated_metric(toy, shipped, data, half, values), atol=1e-5, rtol=1e-5)
     # every feature kept, every error removed: the replacement model
     with torch.no_grad():
         replaced = _metric(toy, data, toy.bridge.run_with_hooks(
@@ -350,13 +358,13 @@ def test_edge_effects_on_the_residual_identity_path_are_exact(toy):
     sum_p g_d * [d active] * W_enc[:, d] . (W_dec[u] * delta f_u), computed here without autograd."""
     from lib.core.model import TOY_DIR
     from lib.features.edges import edge_effects
-    from lib.features.effects import _states, folded_gradients
+    from lib.features.effects import folded_gradients, node_states
     from tasks import TASKS
 
     shipped = files.read_set(TOY_DIR / "dictionaries")
     chosen = {k: shipped[k] for k in ("resid0", "attn1", "mlp1", "resid1")}
     data = TASKS["ioi"].build(toy.tokenizer, 5, 0)
-    clean, patched = _states(toy, chosen, data.clean), _states(toy, chosen, data.corrupt)
+    clean, patched = node_states(toy, chosen, data.clean), node_states(toy, chosen, data.corrupt)
     grads = folded_gradients(toy, chosen, data, clean)
     d_feature = int(clean["resid1"]["features"].sum((0, 1)).argmax())  # a feature that fires
     upstream = {"resid0": (torch.ones(D_SAE_TOY, dtype=torch.bool), True)}
@@ -383,13 +391,13 @@ def test_edge_effects_agree_with_exact_feature_patching_off_the_identity_path(to
     from lib.core.forward import stop_before_unembedding
     from lib.core.model import TOY_DIR
     from lib.features.edges import edge_effects
-    from lib.features.effects import _states, folded_gradients
+    from lib.features.effects import folded_gradients, node_states
     from tasks import TASKS
 
     shipped = files.read_set(TOY_DIR / "dictionaries")
     chosen = {k: shipped[k] for k in ("attn1", "mlp1")}
     data = TASKS["ioi"].build(toy.tokenizer, 6, 0)
-    clean, patched = _states(toy, chosen, data.clean), _states(toy, chosen, data.corrupt)
+    clean, patched = node_states(toy, chosen, data.clean), node_states(toy, chosen, data.corrupt)
     grads = folded_gradients(toy, chosen, data, clean)
     real = (torch.arange(data.clean.shape[1])[None] < data.lengths[:, None]).float()
     d = int((clean["mlp1"]["features"] * real[..., None]).sum((0, 1)).argmax())
@@ -449,6 +457,9 @@ def test_resample_ablation_of_every_node_is_the_corrupted_model(toy):
     shipped = {k: v for k, v in files.read_set(TOY_DIR / "dictionaries").items() if v.kind == "sae"}
     data = TASKS["sva"].build(toy.tokenizer, 6, 0)
     values = reference_values(toy, shipped, data, "resample")
+    batched = reference_values(toy, shipped, data, "resample", batch_size=4)  # equal inside every prompt
+    real = data.real[..., None]
+    assert all(torch.allclose(batched[s][k] * real, values[s][k] * real, atol=1e-5) for s in values for k in values[s])
     with torch.no_grad():
         corrupted = _metric(toy, data, toy.bridge.run_with_hooks(data.corrupt, fwd_hooks=[stop_before_unembedding()]))
     got = ablated_metric(toy, shipped, data, every_node(shipped, data, False), values)

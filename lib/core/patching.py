@@ -71,7 +71,7 @@ def mean_outputs(model, graph: Graph, reference, batch_size: int = 32) -> torch.
     for start in range(0, len(reference), batch_size):
         batch = reference.subset(slice(start, start + batch_size))
         outs = source_outputs(model, graph, batch.corrupt.to(model.device))  # [S, B, P', D]
-        valid = (torch.arange(outs.shape[2], device=outs.device)[None] < batch.lengths.to(outs.device)[:, None])
+        valid = batch.real.to(outs.device)  # [B, P']
         s = torch.einsum("sbpd,bp->spd", outs, valid.to(outs.dtype))
         c = valid.sum(0)
         P = reference.clean.shape[1]

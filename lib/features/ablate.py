@@ -24,34 +24,55 @@ ABLATIONS = ("mean", "resample", "zero")
 ERRORS = ("default", "keep", "remove")
 
 
-def reference_values(model, dictionaries: dict, reference, ablation: str) -> dict:
+def reference_values(model, dictionaries: dict, reference, ablation: str, batch_size: int | None = None) -> dict:
     """Per site {"features": [P, d_sae], "error": [P, d_out]} (resample: [N, P, ...], one row per prompt of
-    reference, which must then be the evaluated prompts themselves): what an ablated node carries."""
-    from lib.features.effects import _states
+    reference, which must then be the evaluated prompts themselves): what an ablated node carries. The reference
+    prompts are read batch_size at a time (default: all)."""
+    from lib.features.effects import node_states
 
-    states = _states(model, dictionaries, reference.corrupt.to(model.device))
-    real = (torch.arange(reference.corrupt.shape[1])[None] < reference.lengths[:, None]).to(model.device)  # [N, P]
-    out = {}
-    for site, parts in states.items():
-        if ablation == "zero":
-            out[site] = {k: torch.zeros_like(v[0]) for k, v in parts.items()}
-        elif ablation == "resample":
-            out[site] = dict(parts)
-        else:
-            weight = real[..., None].to(parts["features"].dtype)
-            counts = weight.sum(0).clamp_min(1)  # [P, 1]
-            out[site] = {k: (v * weight).sum(0) / counts for k, v in parts.items()}
-    return out
+    width, step = reference.clean.shape[1], batch_size or len(reference)
+    sums, counts, rows = {}, torch.zeros(width, 1, device=model.device), {}
+    for start in range(0, len(reference), step):
+        batch = reference.subset(slice(start, start + step))
+        real = batch.real.to(model.device)[..., None].float()  # [B, P_b, 1]
+        pad = width - real.shape[1]
+        counts += torch.nn.functional.pad(real.sum(0), (0, 0, 0, pad))
+        for site, parts in node_states(model, dictionaries, batch.corrupt.to(model.device)).items():
+            padded = {k: torch.nn.functional.pad(v, (0, 0, 0, pad)) for k, v in parts.items()}  # [B, P, ...]
+            if ablation == "resample":
+                rows.setdefault(site, []).append(padded)
+            else:
+                total = {k: (v * torch.nn.functional.pad(real, (0, 0, 0, pad))).sum(0) for k, v in padded.items()}
+                sums[site] = total if site not in sums else {k: sums[site][k] + v for k, v in total.items()}
+    if ablation == "resample":
+        return {s: {k: torch.cat([b[k] for b in batches]) for k in batches[0]} for s, batches in rows.items()}
+    if ablation == "zero":
+        return {s: {k: torch.zeros_like(v) for k, v in parts.items()} for s, parts in sums.items()}
+    return {s: {k: v / counts.clamp_min(1) for k, v in parts.items()} for s, parts in sums.items()}
 
 
 def ablated_metric(model, dictionaries: dict, data, keep: dict, values: dict, errors: str = "default",
-                   complement: bool = False) -> torch.Tensor:
-    """The task metric [N] with every node outside keep ablated to values (reference_values).
-    keep: per site {"features": bool [N, P, d_sae], "error": bool [N, P]}; complement: ablate keep instead."""
-    from lib.features.splice import site as site_of
-
+                   complement: bool = False, batch_size: int | None = None) -> torch.Tensor:
+    """The task metric [N] with every node outside keep ablated to values (reference_values), batch_size prompts
+    per pass (default: all). keep: per site {"features": bool [N, P, d_sae], "error": bool [N, P]}; complement:
+    ablate keep instead."""
     if errors not in ERRORS:
         raise ValueError(f"errors {errors!r}: choose from {ERRORS}")
+    step = batch_size or len(data)
+    parts = []
+    for start in range(0, len(data), step):
+        rows = slice(start, start + step)
+        batch_keep = {s: {k: v[rows] for k, v in masks.items()} for s, masks in keep.items()}
+        batch_values = {s: {k: v[rows] if v.dim() == 3 else v for k, v in vals.items()} for s, vals in values.items()}
+        parts.append(_ablated_batch(model, dictionaries, data.subset(rows), batch_keep, batch_values, errors,
+                                    complement))
+    return torch.cat(parts)
+
+
+def _ablated_batch(model, dictionaries: dict, data, keep: dict, values: dict, errors: str,
+                   complement: bool) -> torch.Tensor:
+    from lib.features.splice import site as site_of
+
     tokens = data.clean.to(model.device)
     hooks, inputs = [], {}
     for d in dictionaries.values():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from lib.core.forward import stop_before_unembedding
+from lib.features.effects import effects_of, writing
 
 
 def site_layer(site: str) -> tuple[str, int]:
@@ -47,7 +48,7 @@ def edge_effects(model, dictionaries: dict, data, downstream: dict, upstream_nod
 
     by_site = {site_of(d): d for d in dictionaries.values()}
     tokens = data.clean.to(model.device)
-    real = (torch.arange(tokens.shape[1], device=tokens.device)[None] < data.lengths.to(tokens.device)[:, None])
+    real = data.real.to(model.device)
     rows = []
     for d_site, (d_features, d_error) in downstream.items():
         sources = upstream_of(d_site, set(by_site), parallel)
@@ -62,7 +63,7 @@ def edge_effects(model, dictionaries: dict, data, downstream: dict, upstream_nod
                 if s in sources:  # the upstream sites: their nodes as leaves
                     leaves[s] = (clean[s]["features"].clone().requires_grad_(True),
                                  clean[s]["error"].clone().requires_grad_(True))
-                    hooks.append((dd.hook_name_out, _written(dd, *leaves[s])))
+                    hooks.append((dd.hook_name_out, writing(dd, *leaves[s])))
                 elif s != d_site and dd.hook_name_out not in (reads, target.hook_name_out):
                     hooks.append((dd.hook_name_out, _stopped))  # held at its value: no gradient through it
 
@@ -85,23 +86,16 @@ def edge_effects(model, dictionaries: dict, data, downstream: dict, upstream_nod
             name_d = f"{d_site}/f{i}" if what == "feature" else f"{d_site}/err"
             for s, (f, e) in leaves.items():
                 keep_f, keep_e = upstream_nodes.get(s, (None, False))
+                through = effects_of(f.grad, e.grad, clean[s], patched[s], real)  # per prompt and position
                 if keep_f is not None:
-                    delta = (patched[s]["features"] - clean[s]["features"]) * f.grad * real[..., None]  # [N, P, d_sae]
-                    per_feature = delta.sum(1).mean(0)  # [d_sae]: summed over positions, mean over prompts
+                    per_feature = through["features"].sum(1).mean(0)  # [d_sae]: summed over positions, mean over prompts
                     for j in torch.nonzero(keep_f).flatten().tolist():
                         rows.append({"downstream": name_d, "upstream": f"{s}/f{j}", "effect": float(per_feature[j])})
                 if keep_e:
-                    delta = ((patched[s]["error"] - clean[s]["error"]) * e.grad).sum(-1) * real
-                    rows.append({"downstream": name_d, "upstream": f"{s}/err", "effect": float(delta.sum(1).mean(0))})
+                    rows.append({"downstream": name_d, "upstream": f"{s}/err",
+                                 "effect": float(through["error"].sum(1).mean(0))})
     return rows
 
 
 def _stopped(x, hook):
     return x.detach()
-
-
-def _written(site_dict, features: torch.Tensor, error: torch.Tensor):
-    """The upstream site's output written from its node leaves (value: the clean activation)."""
-    def hook(x, hook):
-        return (site_dict.decode(features) + error).to(x.dtype)
-    return hook

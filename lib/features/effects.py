@@ -22,7 +22,7 @@ METHODS = ("attrib", "ig")
 PATCHES = ("corrupted", "zero")
 
 
-def _states(model, dictionaries: dict, tokens: torch.Tensor) -> dict:
+def node_states(model, dictionaries: dict, tokens: torch.Tensor) -> dict:
     """Per site {"features": [B, P, d_sae], "error": [B, P, d_out]} of a pass with every dictionary spliced in."""
     from lib.features.splice import splice_hooks
 
@@ -33,11 +33,18 @@ def _states(model, dictionaries: dict, tokens: torch.Tensor) -> dict:
     return {site: {k: v.detach() for k, v in parts.items()} for site, parts in store.items()}
 
 
+def patch_states(model, dictionaries: dict, data, patch: str, clean: dict) -> dict:
+    """The node states a patch brings: the corrupted prompts' (`corrupted`), or zero (`zero`)."""
+    if patch == "corrupted":
+        return node_states(model, dictionaries, data.corrupt.to(model.device))
+    return {s: {k: torch.zeros_like(v) for k, v in parts.items()} for s, parts in clean.items()}
+
+
 def _metric(model, data, resid: torch.Tensor) -> torch.Tensor:
     return data_metric(unembed_at(model, resid, data.answer_pos.to(resid.device)), data)
 
 
-def _replacing(site_dict, features: torch.Tensor, error: torch.Tensor):
+def writing(site_dict, features: torch.Tensor, error: torch.Tensor):
     """A forward hook writing decode(features) + error at the site's output (a transcoder's output too)."""
     def hook(x, hook):
         return (site_dict.decode(features) + error).to(x.dtype)
@@ -76,21 +83,12 @@ def node_effects(model, dictionaries: dict, data, method: str = "attrib", patch:
 
     if method not in METHODS or patch not in PATCHES:
         raise ValueError(f"method {method!r} / patch {patch!r}: choose from {METHODS} / {PATCHES}")
-    tokens = data.clean.to(model.device)
-    clean = _states(model, dictionaries, tokens)
-    if patch == "corrupted":
-        patched = _states(model, dictionaries, data.corrupt.to(model.device))
-    else:
-        patched = {s: {k: torch.zeros_like(v) for k, v in parts.items()} for s, parts in clean.items()}
-    real = (torch.arange(tokens.shape[1], device=tokens.device)[None] < data.lengths.to(tokens.device)[:, None])
-    out = {}
-    if method == "attrib":
-        for s, (grad_f, grad_e) in folded_gradients(model, dictionaries, data, clean).items():
-            out[s] = _effects(grad_f, grad_e, clean[s], patched[s], real)
-        return out
-    for s, (grad_f, grad_e) in ig_gradients(model, dictionaries, data, clean, patched, steps).items():
-        out[s] = _effects(grad_f, grad_e, clean[s], patched[s], real)
-    return out
+    clean = node_states(model, dictionaries, data.clean.to(model.device))
+    patched = patch_states(model, dictionaries, data, patch, clean)
+    grads = folded_gradients(model, dictionaries, data, clean) if method == "attrib" else \
+        ig_gradients(model, dictionaries, data, clean, patched, steps)
+    real = data.real.to(model.device)
+    return {s: effects_of(grad_f, grad_e, clean[s], patched[s], real) for s, (grad_f, grad_e) in grads.items()}
 
 
 def ig_gradients(model, dictionaries: dict, data, clean: dict, patched: dict, steps: int) -> dict:
@@ -108,7 +106,7 @@ def ig_gradients(model, dictionaries: dict, data, clean: dict, patched: dict, st
             f = ((1 - alpha) * clean[s]["features"] + alpha * patched[s]["features"]).requires_grad_(True)
             e = ((1 - alpha) * clean[s]["error"] + alpha * patched[s]["error"]).requires_grad_(True)
             with torch.enable_grad():
-                resid = model.bridge.run_with_hooks(tokens, fwd_hooks=[(d.hook_name_out, _replacing(d, f, e)),
+                resid = model.bridge.run_with_hooks(tokens, fwd_hooks=[(d.hook_name_out, writing(d, f, e)),
                                                                       stop_before_unembedding()])
                 _metric(model, data, resid).sum().backward()
             grads_f, grads_e = grads_f + f.grad, grads_e + e.grad
@@ -116,7 +114,7 @@ def ig_gradients(model, dictionaries: dict, data, clean: dict, patched: dict, st
     return out
 
 
-def _effects(grad_f, grad_e, clean: dict, patched: dict, real: torch.Tensor) -> dict:
+def effects_of(grad_f, grad_e, clean: dict, patched: dict, real: torch.Tensor) -> dict:
     """(patch - clean) * grad: per feature, and per error node summed over its dimensions; 0 past the prompt."""
     features = (patched["features"] - clean["features"]) * grad_f * real[..., None]
     error = ((patched["error"] - clean["error"]) * grad_e).sum(-1) * real

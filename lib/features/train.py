@@ -53,7 +53,7 @@ def activations(model, hooks: list[str], n_per_task: int, seed: int, batch_size:
         for tokens in (data.clean, data.corrupt):
             for start in range(0, len(data), batch_size):
                 t = tokens[start:start + batch_size]
-                real = torch.arange(t.shape[1])[None] < data.lengths[start:start + batch_size, None]  # [B, P]
+                real = data.real[start:start + batch_size]  # [B, P]
                 cache = capture(model, t, hooks)
                 for h in hooks:
                     out[h].append(cache[h][real.to(cache[h].device)].float().cpu())
