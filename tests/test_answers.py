@@ -206,3 +206,11 @@ def test_eap_reports_progress_through_mibs_circuits(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stderr.splitlines() if "circuits at MIB's sizes" in line]
     assert lines and lines[-1].startswith("ioi: circuits at MIB's sizes: 40/40 circuit (100%)"), r.stderr
+
+
+def test_a_line_break_inside_a_value_stays_one_line(tmp_path):
+    """A path typed with a carriage return or form feed (hypothesis found these) is echoed escaped."""
+    for value in ("/no/such\rtask.csv", "/no/such\x0ctask.csv", "/no/such\u2028task.csv"):
+        r = run_cli("02_logit_diff.py", "--tasks", value, "--out", str(tmp_path))
+        refused(r, "does not exist")
+        assert len(r.stderr.splitlines()) == 1

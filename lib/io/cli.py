@@ -337,6 +337,14 @@ def _resume_argv(argv: list[str], script: str) -> tuple[list[str], str | None]:
     return list(read_checkpoint(Path(where), script)["argv"]), where
 
 
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # every boundary str.splitlines knows
+
+
+def one_line(message: str) -> str:
+    """A refusal as one line: a line break typed inside a value (a path, a name) is shown escaped."""
+    return "".join(c.encode("unicode_escape").decode() if c in LINE_BREAKS else c for c in message)
+
+
 def guarded(prog: str, invoke, interrupted_note: str = "") -> None:
     """Run a typer command (invoke() returns its exit code) under the error policy: usage and input errors
     print one line and exit 2; Ctrl-C, SIGTERM and SIGHUP exit 128 + the signal number (130, 143, 129)."""
@@ -348,10 +356,10 @@ def guarded(prog: str, invoke, interrupted_note: str = "") -> None:
                     raise interrupts.last or KeyboardInterrupt
                 sys.exit(code)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(str(e))}", file=sys.stderr)
             sys.exit(2)
         except _click_exceptions.UsageError as e:
-            print(f"error: {e.format_message()} (see {prog} --help)", file=sys.stderr)
+            print(f"error: {one_line(e.format_message())} (see {prog} --help)", file=sys.stderr)
             sys.exit(2)
         except Suspended as e:
             print(f"error: {e}", file=sys.stderr)
