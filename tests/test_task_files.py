@@ -232,9 +232,12 @@ def test_grid_with_a_task_file_records_its_sha256(exported, tmp_path):
 
 
 def test_shipped_example_runs(tmp_path):
-    r = run_cli("05_eap.py", "--tasks", str(ROOT / "tasks" / "examples" / "ioi_pairs.csv"), "--n-prompts", "8",
-                "--n-random", "1", *QUICK, "--out", str(tmp_path))
+    """As the README says, with the default --n-prompts (100): its 100 rows split 50/50 into discovery and held-out."""
+    r = run_cli("05_eap.py", "--tasks", str(ROOT / "tasks" / "examples" / "ioi_pairs.csv"), "--n-random", "1",
+                "--top-k", "10", *QUICK, "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
+    data = pd.read_csv(the_run(tmp_path, "05_eap") / "dataset.csv")
+    assert data.split.value_counts().to_dict() == {"discovery": 50, "held-out": 50}
 
 
 def test_mib_mcqa_and_arithmetic_rows_as_mibs_loader_builds_them(tmp_path, gpt2_tokenizer):

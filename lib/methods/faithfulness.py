@@ -23,15 +23,18 @@ def disjoint_split(data, n_first: int):
 
 
 def discovery_and_held_out(task: str, tokenizer, n: int, seed: int):
-    """n discovery prompts and up to n held-out prompts disjoint from them, plus the dataset frame of both."""
+    """n discovery prompts and up to n held-out prompts disjoint from them, plus the dataset frame of both; a
+    task file with fewer than 2n usable rows gives the first half to discovery and the rest to held-out."""
     import pandas as pd
 
     from tasks import TASKS
 
-    discovery, held_out = disjoint_split(TASKS[task].build(tokenizer, 2 * n, seed), n)
-    if not len(held_out):  # a task file with no more than n usable rows
-        raise UserError(f"task {task}: its {len(discovery)} prompts leave none held out; ask for at most half of "
-                        "them with --n-prompts")
+    data = TASKS[task].build(tokenizer, 2 * n, seed)
+    # a task file with fewer than 2n usable rows is split in halves (the frame's `split` column says which)
+    discovery, held_out = disjoint_split(data, n if len(data) >= 2 * n else (len(data) + 1) // 2)
+    if not len(held_out):
+        raise UserError(f"task {task}: its {len(discovery)} prompts leave none held out; a task needs at least two "
+                        "distinct prompts")
     frame = pd.concat([discovery.dataset_frame(tokenizer).assign(split="discovery"),
                        held_out.dataset_frame(tokenizer).assign(split="held-out")])
     return discovery, held_out, frame
