@@ -71,10 +71,10 @@ def ablated_metric(model, dictionaries: dict, data, keep: dict, values: dict, er
 
 def _ablated_batch(model, dictionaries: dict, data, keep: dict, values: dict, errors: str,
                    complement: bool) -> torch.Tensor:
-    from lib.features.splice import site as site_of
+    from lib.features.splice import at_output, site as site_of
 
     tokens = data.clean.to(model.device)
-    hooks, inputs = [], {}
+    hooks = []
     for d in dictionaries.values():
         s = site_of(d)
         mask_f, mask_e = keep[s]["features"].to(model.device), keep[s]["error"].to(model.device)
@@ -82,20 +82,14 @@ def _ablated_batch(model, dictionaries: dict, data, keep: dict, values: dict, er
             mask_f, mask_e = ~mask_f, ~mask_e
         if errors == "keep":
             mask_e = torch.ones_like(mask_e)
-        if d.kind == "transcoder":
-            def capture(x, hook, _s=s):
-                inputs[_s] = x
-                return x
-            hooks.append((d.hook_name, capture))
 
-        def ablate(x, hook, _s=s, _d=d, _mf=mask_f, _me=mask_e):
+        def ablate(source, x, _s=s, _d=d, _mf=mask_f, _me=mask_e):
             p = x.shape[1]
             value_f, value_e = values[_s]["features"], values[_s]["error"]
             if value_f.dim() == 2:  # one value per position for every prompt (mean, zero)
                 value_f, value_e = value_f[None], value_e[None]
             if p > value_f.shape[1]:
                 raise ValueError(f"prompts of {p} positions, ablation values of {value_f.shape[1]}")
-            source = inputs.pop(_s) if _d.kind == "transcoder" else x
             f = _d.encode(source)
             error = x - _d.decode(f).to(x.dtype)
             f = torch.where(_mf[:, :p], f, value_f[:, :p])
@@ -104,7 +98,7 @@ def _ablated_batch(model, dictionaries: dict, data, keep: dict, values: dict, er
             else:
                 error = torch.where(_me[:, :p, None], error, value_e[:, :p].to(x.dtype))
             return (_d.decode(f) + error).to(x.dtype)
-        hooks.append((d.hook_name_out, ablate))
+        hooks += at_output(d, ablate)
     with torch.no_grad():
         resid = model.bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, stop_before_unembedding()])
         return data_metric(unembed_at(model, resid, data.answer_pos.to(resid.device)), data)

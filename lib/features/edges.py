@@ -44,7 +44,7 @@ def edge_effects(model, dictionaries: dict, data, downstream: dict, upstream_nod
     node in `downstream` ({site: (feature indices, include error)}) and each upstream node of its upstream sites
     kept in `upstream_nodes` ({site: (feature mask [d_sae] bool, error kept)}). clean/patched: node states;
     grads: folded gradients."""
-    from lib.features.splice import site as site_of
+    from lib.features.splice import at_output, site as site_of
 
     by_site = {site_of(d): d for d in dictionaries.values()}
     tokens = data.clean.to(model.device)
@@ -58,28 +58,25 @@ def edge_effects(model, dictionaries: dict, data, downstream: dict, upstream_nod
         for what, i in targets:
             leaves, hooks, captured = {}, [], {}
             target = by_site[d_site]
-            reads = target.hook_name if target.kind == "transcoder" else target.hook_name_out
             for s, dd in by_site.items():
                 if s in sources:  # the upstream sites: their nodes as leaves
                     leaves[s] = (clean[s]["features"].clone().requires_grad_(True),
                                  clean[s]["error"].clone().requires_grad_(True))
                     hooks.append((dd.hook_name_out, writing(dd, *leaves[s])))
-                elif s != d_site and dd.hook_name_out not in (reads, target.hook_name_out):
+                elif s != d_site and dd.hook_name_out not in (target.hook_name, target.hook_name_out):
                     hooks.append((dd.hook_name_out, _stopped))  # held at its value: no gradient through it
 
-            def capture(x, hook, _key="x"):
-                captured[_key] = x
+            def capture(source, x):
+                captured["x"], captured["out"] = source, x
                 return x
-            hooks.append((reads, capture))
-            if target.kind == "transcoder":
-                hooks.append((target.hook_name_out, lambda x, hook: capture(x, hook, "out")))
+            hooks += at_output(target, capture)
             with torch.enable_grad():
                 model.bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, stop_before_unembedding()])
                 x = captured["x"]
                 if what == "feature":
                     value = target.encode(x)[..., i] * grads[d_site][0][..., i]  # [N, P]
                 else:
-                    out = captured.get("out", x)
+                    out = captured["out"]
                     error = out - target.decode(target.encode(x)).to(out.dtype)
                     value = (error * grads[d_site][1]).sum(-1)
                 (value * real).sum().backward()

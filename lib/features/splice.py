@@ -30,27 +30,36 @@ def site(dictionary) -> str:
     return dictionary.hook_name_out
 
 
+def at_output(dictionary, replace) -> list[tuple]:
+    """Forward hooks calling replace(source, x) at the dictionary's output hook, x its activation and source what
+    the dictionary reads (a transcoder's input, captured at its own hook in the same pass; else x); what replace
+    returns takes x's place."""
+    inputs = {}
+
+    def capture(x, hook):
+        inputs["source"] = x
+        return x
+
+    def at_out(x, hook):
+        return replace(inputs.pop("source") if dictionary.kind == "transcoder" else x, x)
+    return ([(dictionary.hook_name, capture)] if dictionary.kind == "transcoder" else []) + \
+        [(dictionary.hook_name_out, at_out)]
+
+
 def splice_hooks(dictionaries: dict, with_error: bool = True, store: dict | None = None) -> list[tuple]:
     """Forward hooks replacing each dictionary's output activation by decode(encode(input)) (+ the error node,
     target - reconstruction, with with_error); store, if given, receives per site its features [B, P, d_sae]
-    and error [B, P, d_out]. A transcoder's input is captured at its own hook in the same pass."""
-    hooks, inputs = [], {}
-    for name, d in dictionaries.items():
-        if d.kind == "transcoder":
-            def capture(x, hook, _name=name):
-                inputs[_name] = x
-                return x
-            hooks.append((d.hook_name, capture))
-
-        def replace(x, hook, _name=name, _d=d):
-            source = inputs.pop(_name) if _d.kind == "transcoder" else x
+    and error [B, P, d_out]."""
+    hooks = []
+    for d in dictionaries.values():
+        def replace(source, x, _d=d):
             features = _d.encode(source)
             reconstruction = _d.decode(features).to(x.dtype)
             error = x - reconstruction  # [B, P, d_out]: the error node
             if store is not None:
                 store[site(_d)] = {"features": features, "error": error}
             return reconstruction + error if with_error else reconstruction
-        hooks.append((d.hook_name_out, replace))
+        hooks += at_output(d, replace)
     return hooks
 
 
