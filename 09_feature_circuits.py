@@ -10,12 +10,12 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from lib.core import choices
 from lib.core.errors import UserError
 from lib.io import cli, progress
 from lib.io.headline import Metric
 
 app = cli.script_app(__doc__)
-METHODS, PATCHES, AGGREGATIONS, ABLATIONS = ("attrib", "ig"), ("corrupted", "zero"), ("sum", "none"), ("mean", "resample", "zero")
 TARGET = 0.8  # faithfulness the headline asks nodes for
 HEADLINE = [
     Metric("nodes_for_0.8_faithfulness", "faithfulness_curve.csv", fn=lambda d: _nodes_for(d)),
@@ -54,8 +54,9 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
                                                "nodes) | zero: what nodes outside a circuit carry")] = "mean",
          n_random: Annotated[int, typer.Option("--n-random", help="random circuits per size")] = 3,
          n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
-    for name, value, allowed in (("--method", method, METHODS), ("--patch", patch, PATCHES),
-                                 ("--aggregate", aggregate, AGGREGATIONS), ("--ablation", ablation, ABLATIONS)):
+    for name, value, allowed in (("--method", method, choices.FEATURE_METHODS), ("--patch", patch, choices.FEATURE_PATCHES),
+                                 ("--aggregate", aggregate, choices.FEATURE_AGGREGATIONS),
+                                 ("--ablation", ablation, choices.FEATURE_ABLATIONS)):
         if value not in allowed:
             raise UserError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
     cli.check_between(1, 1000, ("--ig-steps", ig_steps))
@@ -308,6 +309,7 @@ def feature_rows(lm, name: str, nodes, chosen: dict, data, threshold: float, bat
                          "suppresses": " ".join(repr(lm.tokenizer.decode([t])) for t in (-logits).topk(top).indices.tolist()),
                          "top_activations": " | ".join(examples)})
     return rows
+
 
 if __name__ == "__main__":
     cli.main(app)

@@ -34,6 +34,7 @@ def test_no_import_circles_in_lib():
 
 def test_cli_choices_are_the_implementations():
     from lib.core import choices, model, patching
+    from lib.features import ablate, circuit, effects
     from lib.methods import acdc, eap, hypotheses, node_patching, path_patching
     from tasks import TASK_NAMES, TASKS
 
@@ -42,3 +43,5 @@ def test_cli_choices_are_the_implementations():
     assert patching.ABLATIONS is choices.ABLATIONS and eap.METHODS is choices.EAP_METHODS
     assert acdc.METRICS is choices.ACDC_METRICS and hypotheses.HYPOTHESES is choices.HYPOTHESES
     assert node_patching.DIRECTIONS is choices.NODE_PATCH_DIRECTIONS and path_patching.PATHS is choices.PATHS
+    assert effects.METHODS is choices.FEATURE_METHODS and effects.PATCHES is choices.FEATURE_PATCHES
+    assert circuit.AGGREGATIONS is choices.FEATURE_AGGREGATIONS and ablate.ABLATIONS is choices.FEATURE_ABLATIONS

@@ -17,6 +17,10 @@ NODE_PATCH_DIRECTIONS = ("denoise", "noise")  # lib.methods.node_patching
 PATH_DIRECTIONS = ("noise", "denoise")  # lib.methods.path_patching
 PATHS = ("direct", "through-mlps")
 HYPOTHESES = ("auto", "canonical", "answer-feature", "whole-prompt")  # lib.methods.hypotheses
+FEATURE_METHODS = ("attrib", "ig")  # lib.features.effects
+FEATURE_PATCHES = ("corrupted", "zero")
+FEATURE_AGGREGATIONS = ("sum", "none")  # lib.features.circuit
+FEATURE_ABLATIONS = ("mean", "resample", "zero")  # lib.features.ablate
 DTYPES = ("float32", "float16", "bfloat16", "float64")  # lib.core.model
 BUILTIN_MODELS = ("toy", "gpt2-random", "pythia-160m-random")  # lib.core.model.MODELS; gpt2 comes from the hub
 

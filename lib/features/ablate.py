@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
+from lib.core.choices import FEATURE_ABLATIONS as ABLATIONS  # noqa: F401 (re-exported)
 from lib.core.forward import stop_before_unembedding, unembed_at
 from lib.core.metrics import data_metric
 
-ABLATIONS = ("mean", "resample", "zero")
 ERRORS = ("default", "keep", "remove")
 
 

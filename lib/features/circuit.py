@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-AGGREGATIONS = ("sum", "none")
+from lib.core.choices import FEATURE_AGGREGATIONS as AGGREGATIONS  # noqa: F401 (re-exported)
 
 
 def position_name(offset: int) -> str:

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from lib.core.choices import FEATURE_METHODS as METHODS, FEATURE_PATCHES as PATCHES
 from lib.core.forward import stop_before_unembedding, unembed_at
 from lib.core.metrics import data_metric
-
-METHODS = ("attrib", "ig")
-PATCHES = ("corrupted", "zero")
 
 
 def node_states(model, dictionaries: dict, tokens: torch.Tensor) -> dict:
