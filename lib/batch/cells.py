@@ -66,13 +66,13 @@ def run_cell(cell: Cell, out: str, threads: int | None = None, python: str = sys
     log = where / "log.txt"
     with log.open("a") as f:
         f.write(f"$ {cell.script} {' '.join(args)}\n")
-    if forked:
-        from lib.batch.forked import ForkedScript
+    from lib.batch.forked import ForkedScript, thread_env
 
+    if forked:
         proc = ForkedScript(cell.script, args, log, threads=threads)  # returns once forked (the server ready)
         t0 = time.time()
     else:
-        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
+        env = {**os.environ, **thread_env(threads)}
         t0 = time.time()
         with log.open("a") as f:
             proc = subprocess.Popen([python, str(ROOT / cell.script), *args], cwd=os.getcwd(), stdout=f,

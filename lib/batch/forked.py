@@ -41,6 +41,11 @@ def start() -> None:
     forkserver.ensure_running()
 
 
+def thread_env(threads: int | None) -> dict:
+    """The environment that caps a process's CPU threads at threads (empty without a cap)."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
+
+
 def _child(script: str, args: list[str], stdout: str, stderr: str, cwd: str, env: dict, threads: int | None) -> None:
     """In the forked process: a new session, the output files as fds 1 and 2, then the script as __main__."""
     import io
@@ -73,9 +78,7 @@ class ForkedScript:
 
     def __init__(self, script: str, args: list[str], stdout: Path, stderr: Path | None = None,
                  env: dict | None = None, threads: int | None = None, cwd: Path | None = None):
-        env = dict(env or {})
-        if threads:
-            env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        env = {**(env or {}), **thread_env(threads)}
         self.process = context().Process(target=_child, args=(
             script, list(args), str(stdout), str(stderr or stdout), str(cwd or os.getcwd()), env, threads), daemon=False)
         self.process.start()
