@@ -196,21 +196,27 @@ def test_training_is_deterministic_and_refuses_bad_options(tmp_path):
 
 
 def test_shipped_toy_set_fits_the_toy_model(toy):
-    """Every site of part 1 (embedding; attention, MLP output, residual stream per layer) and per-layer MLP
-    transcoders; spliced with their errors the toy model is unchanged; their reconstructions are good."""
+    """Every site of part 1 (embedding; attention, MLP output, residual stream per layer), per-layer MLP
+    transcoders and the cross-layer transcoder; spliced with their errors the toy model is unchanged; their
+    reconstructions are good."""
     import pandas as pd
 
     from lib.core.model import TOY_DIR
 
     where = TOY_DIR / "dictionaries"
     shipped = files.read_set(where)
-    expected = {"embed"} | {f"{s}{l}" for s in ("attn", "mlp", "resid", "tc") for l in range(toy.n_layers)}
-    assert set(shipped) == expected
+    expected = {"embed", "clt"} | {f"{s}{l}" for s in ("attn", "mlp", "resid", "tc") for l in range(toy.n_layers)}
+    assert set(shipped) == expected and shipped["clt"].kind == "clt" and shipped["clt"].n_layers == toy.n_layers
     files.check_against(shipped, toy)
     tokens = tokens_of(toy)
     with torch.no_grad():
         reference = toy.bridge(tokens)
-    torch.testing.assert_close(spliced_logits(toy, tokens, shipped), reference, atol=1e-4, rtol=1e-4)
+        saes_and_transcoders = {n: d for n, d in shipped.items() if n != "clt"}
+        torch.testing.assert_close(spliced_logits(toy, tokens, saes_and_transcoders), reference, atol=1e-4, rtol=1e-4)
+        from lib.features.replacement import replacement_hooks  # the cross-layer transcoder with its error nodes
+
+        clt = toy.bridge.run_with_hooks(tokens, fwd_hooks=replacement_hooks(shipped["clt"], range(4), errors="live"))
+        torch.testing.assert_close(clt, reference, atol=1e-4, rtol=1e-4)
     report = pd.read_csv(where / "report.csv").set_index("dictionary")
     assert set(report.index) == expected and (report.fvu < 0.25).all() and (report.l0 <= 8).all()
 
@@ -317,7 +323,7 @@ def test_ablation_identities(toy):
     from lib.features.effects import _metric
     from tasks import TASKS
 
-    shipped = files.read_set(TOY_DIR / "dictionaries")
+    shipped = {n: d for n, d in files.read_set(TOY_DIR / "dictionaries").items() if d.kind != "clt"}  # part 1's
     data = TASKS["ioi"].build(toy.tokenizer, 6, 0)
     with torch.no_grad():
         model_metric = _metric(toy, data, toy.bridge.run_with_hooks(data.clean, fwd_hooks=[stop_before_unembedding()]))

@@ -74,16 +74,21 @@ def write(folder: Path, dictionary) -> None:
 
 
 def read_set(where: Path) -> dict:
-    """A folder of dictionary folders (or one dictionary folder) -> {name: Dictionary}, in name order."""
+    """A folder of dictionary folders (or one dictionary folder) -> {name: Dictionary, or TranscoderSet for a
+    cross-layer transcoder in circuit-tracer's layout (lib.features.transcoders)}, in name order."""
+    from lib.features import transcoders
+
     where = Path(where)
+    if transcoders.is_clt(where):
+        return {where.name: transcoders.read_clt(where)}
     if (where / CONFIG).is_file():
         return {where.name: read(where)}
     if not where.is_dir():
         raise UserError(f"dictionaries {where}: no such folder")
-    folders = sorted(p for p in where.iterdir() if p.is_dir() and (p / CONFIG).is_file())
+    folders = sorted(p for p in where.iterdir() if p.is_dir() and ((p / CONFIG).is_file() or transcoders.is_clt(p)))
     if not folders:
         raise UserError(f"dictionaries {where}: no dictionary folders (each holds {CONFIG} and {WEIGHTS})")
-    return {p.name: read(p) for p in folders}
+    return {p.name: transcoders.read_clt(p) if transcoders.is_clt(p) else read(p) for p in folders}
 
 
 def check_against(dictionaries: dict, model) -> None:
@@ -92,7 +97,12 @@ def check_against(dictionaries: dict, model) -> None:
     import torch
 
     from lib.core.forward import capture
+    from lib.features import transcoders
 
+    for name, d in dictionaries.items():
+        if d.kind == "clt":
+            transcoders.check_against(d, model, name)
+    dictionaries = {n: d for n, d in dictionaries.items() if d.kind != "clt"}
     hooks = set(model.bridge.hook_dict)
     names = {h for d in dictionaries.values() for h in (d.hook_name, d.hook_name_out)}
     for name, d in dictionaries.items():
@@ -141,7 +151,8 @@ def resolve(spec: str) -> Path:
 
 
 def load_set(spec: str, model) -> dict:
-    """resolve + read_set + check_against: the dictionaries a script uses, refused in one line if they do not fit."""
+    """resolve + read_set + check_against: the dictionaries a script uses, on the model's device, refused in one
+    line if they do not fit."""
     dictionaries = read_set(resolve(spec))
     check_against(dictionaries, model)
-    return dictionaries
+    return {name: d.to(device=model.device) for name, d in dictionaries.items()}  # on the model's device (CUDA)

@@ -7,7 +7,10 @@ against dead latents (AuxK: the k_aux = d_in / 2 largest pre-activations of late
 tokens reconstruct the main reconstruction's residual, coefficient 1/32, as SAELens's topk_sae.py
 calculate_topk_aux_loss computes it, scaled down while few latents are dead), decoder rows kept at unit norm,
 Adam. Sites: the embedding, per layer the attention output, MLP output and residual stream (SAEs), and per
-layer an MLP transcoder (blocks.l.ln2.hook_normalized -> blocks.l.hook_mlp_out). Activations: every position
+layer an MLP transcoder (blocks.l.ln2.hook_normalized -> blocks.l.hook_mlp_out), and one cross-layer transcoder
+`clt` (Ameisen et al. 2025: layer l's features read blocks.l.ln2.hook_normalized and write the MLP outputs of
+layers l..L-1; TopK per layer, AuxK over each layer's dead latents, each feature's concatenated decoder kept at
+unit norm; written in circuit-tracer's CLT layout, lib.features.transcoders). Activations: every position
 of the clean and corrupted prompts of the four tasks, generated with training seeds (the toy model's training
 distribution is these tasks). Deterministic: seeded, one CPU thread, so the same command gives bit-identical
 weights. Writes each dictionary in SAELens's layout and report.csv: fraction of variance unexplained, L0, dead
@@ -37,7 +40,15 @@ def sites(n_layers: int) -> dict[str, tuple[str, str]]:
         out |= {f"attn{l}": (f"blocks.{l}.hook_attn_out",) * 2, f"mlp{l}": (f"blocks.{l}.hook_mlp_out",) * 2,
                 f"resid{l}": (f"blocks.{l}.hook_resid_post",) * 2,
                 f"tc{l}": (f"blocks.{l}.ln2.hook_normalized", f"blocks.{l}.hook_mlp_out")}
+    out["clt"] = ("blocks.{layer}.ln2.hook_normalized", "blocks.{layer}.hook_mlp_out")  # every layer
     return out
+
+
+def site_hooks(site: str, hooks: tuple, n_layers: int) -> tuple[list, list]:
+    """The input and output hooks a site's training reads ({layer} templates expanded for the CLT)."""
+    if "{layer}" in hooks[0]:
+        return [hooks[0].format(layer=l) for l in range(n_layers)], [hooks[1].format(layer=l) for l in range(n_layers)]
+    return [hooks[0]], [hooks[1]]
 
 
 def activations(model, hooks: list[str], n_per_task: int, seed: int, batch_size: int = 64) -> dict:
@@ -102,6 +113,97 @@ def train_one(x, y, width: int, k: int, steps: int, batch: int, lr: float, seed:
     return Dictionary(cfg, *(params[n].detach().clone() for n in ("W_enc", "W_dec", "b_enc", "b_dec")))
 
 
+def train_clt(xs: list, ys: list, width: int, k: int, steps: int, batch: int, lr: float, seed: int, dead_after: int,
+              cfg: dict, hooks_in: list, hooks_out: list, bar=None):
+    """A TopK cross-layer transcoder from per-layer inputs xs (L x [T, d_in]) to MLP outputs ys (L x [T, d_out]),
+    the same tokens in every layer."""
+    import torch
+
+    from lib.features.transcoders import TranscoderSet
+
+    g = torch.Generator().manual_seed(seed)
+    L, d_in, d_out = len(xs), xs[0].shape[1], ys[0].shape[1]
+    x, y = torch.stack(xs, 1), torch.stack(ys, 1)  # [T, L, d]
+    w_enc = [(torch.randn(d_in, width, generator=g) / d_in ** 0.5).requires_grad_(True) for _ in range(L)]
+    b_enc = [torch.zeros(width, requires_grad=True) for _ in range(L)]
+    w_dec = []
+    for l in range(L):
+        w = torch.randn(width, L - l, d_out, generator=g)
+        w_dec.append((w / w.flatten(1).norm(dim=-1)[:, None, None]).requires_grad_(True))
+    b_dec = y.mean(0).clone().requires_grad_(True)  # [L, d_out]
+    opt = torch.optim.Adam([*w_enc, *b_enc, *w_dec, b_dec], lr=lr)
+    tc = TranscoderSet("clt", "clt", hooks_in, hooks_out, w_enc, b_enc, w_dec, b_dec, "topk", k, cfg=cfg)
+    since_fired = torch.zeros(L, width)
+    k_aux = d_in // 2
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch,), generator=g)
+        xb, yb = x[idx], y[idx]
+        pre = {l: tc.pre(l, xb[:, l]) for l in range(L)}
+        f = {l: tc.activate(l, pre[l]) for l in range(L)}
+        out = torch.stack([tc.write(j, f) for j in range(L)], 1)  # [batch, L, d_out]
+        loss = (out - yb).pow(2).sum(-1).sum(-1).mean()
+        fired = torch.stack([(f[l] > 0).any(0) for l in range(L)])
+        since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + batch)
+        dead = since_fired >= dead_after  # [L, width]
+        if dead.any():  # AuxK per layer: its dead latents' top pre-activations reconstruct the residual they write
+            aux = {}
+            for l in range(L):
+                n_dead = int(dead[l].sum())
+                if n_dead:
+                    top = torch.where(dead[l][None], pre[l], torch.full_like(pre[l], -torch.inf)).topk(min(k_aux, n_dead), -1)
+                    aux[l] = torch.zeros_like(pre[l]).scatter(-1, top.indices, top.values)
+            aux_out = torch.stack([tc.write(j, aux) - b_dec[j] for j in range(L)], 1)
+            residual = (yb - out).detach()
+            scale = min(float(dead.sum()) / (k_aux * L), 1.0)
+            loss = loss + AUX_COEFFICIENT * scale * (aux_out - residual).pow(2).sum(-1).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for w in w_dec:
+                w.div_(w.flatten(1).norm(dim=-1)[:, None, None])
+        if bar is not None:
+            bar.update(1)
+    return TranscoderSet("clt", "clt", hooks_in, hooks_out, [w.detach().clone() for w in w_enc],
+                         [b.detach().clone() for b in b_enc], [w.detach().clone() for w in w_dec],
+                         b_dec.detach().clone(), "topk", k, cfg=cfg)
+
+
+def clt_report_row(model, name: str, tc, xs: list, ys: list) -> dict:
+    """The report's row of a CLT: FVU and L0 over every layer, dead fraction, and the model with every MLP
+    replaced by it (no error nodes)."""
+    import torch
+
+    from lib.core.forward import logits_at
+    from lib.core.metrics import data_metric, kl_divergence
+    from lib.features.replacement import replacement_hooks
+    from tasks import TASK_NAMES, TASKS
+
+    with torch.no_grad():
+        L = tc.n_layers
+        f = {l: tc.encode(l, xs[l]) for l in range(L)}
+        out = torch.stack([tc.write(j, f) for j in range(L)])
+        y = torch.stack(ys)
+        fvu = float((out - y).pow(2).sum() / (y - y.mean(1, keepdim=True)).pow(2).sum())
+        row = {"dictionary": name, "kind": "clt", "hook_name": tc.hooks_in[0].replace("blocks.0.", "blocks.{layer}."),
+               "hook_name_out": tc.hooks_out[0].replace("blocks.0.", "blocks.{layer}."), "d_sae": tc.d_sae, "k": tc.k,
+               "fvu": fvu, "l0": float(sum((f[l] > 0).sum(-1).float().mean() for l in range(L)) / L),
+               "dead_fraction": float(sum(((f[l] > 0).sum(0) == 0).float().mean() for l in range(L)) / L)}
+        kls, metrics, clean = [], [], []
+        for name_ in TASK_NAMES:
+            data = TASKS[name_].build(model.tokenizer, 32, EVAL_SEED)
+            pos = data.answer_pos
+            full = logits_at(model, data.clean, pos)
+            spliced = logits_at(model, data.clean, pos, hooks=replacement_hooks(tc, range(L)))
+            kls.append(float(kl_divergence(full, spliced).mean()))
+            metrics.append(float(data_metric(spliced, data).mean()))
+            clean.append(float(data_metric(full, data).mean()))
+        row |= {"kl_spliced": sum(kls) / len(kls),
+                **{f"metric_{t}": m for t, m in zip(TASK_NAMES, metrics)},
+                **{f"metric_{t}_model": m for t, m in zip(TASK_NAMES, clean)}}
+    return row
+
+
 def report_row(model, name: str, d, x, y) -> dict:
     """FVU, L0 and dead fraction on held-out activations, and the model with d spliced in without its error."""
     import torch
@@ -136,7 +238,7 @@ def report_row(model, name: str, d, x, y) -> dict:
 def main(out: Annotated[Path, typer.Option("--out", help="the set's folder (one folder per dictionary)")],
          model: cli.ModelOpt = "toy",
          only: Annotated[str, typer.Option("--sites", help="space-separated sites (embed, attn0, mlp0, resid0, "
-                                            "tc0, ...), or all")] = "all",
+                                            "tc0, ..., clt), or all")] = "all",
          width: Annotated[int, typer.Option(help="latents per dictionary")] = 256,
          k: Annotated[int, typer.Option(help="active latents per token (TopK)")] = 8,
          steps: Annotated[int, typer.Option(help="optimizer steps per dictionary")] = 3000,
@@ -168,6 +270,7 @@ def _train_set(out: Path, model: str, only: str, width: int, k: int, steps: int,
 
     from lib.core.model import load_model
     from lib.features import files
+    from lib.features.transcoders import write_clt
 
     lm = load_model(model, device="cpu", seed=seed)
     table = sites(lm.n_layers)
@@ -175,7 +278,7 @@ def _train_set(out: Path, model: str, only: str, width: int, k: int, steps: int,
     unknown = [s for s in chosen if s not in table]
     if unknown:
         raise UserError(f"unknown site {', '.join(unknown)}; sites of {model}: {', '.join(table)} or all")
-    hooks = sorted({h for s in chosen for h in table[s]})
+    hooks = sorted({h for s in chosen for part in site_hooks(s, table[s], lm.n_layers) for h in part})
     train_acts = activations(lm, hooks, n_per_task, TRAIN_SEED + 100 * seed)
     held_acts = activations(lm, hooks, max(8, n_per_task // 10), TRAIN_SEED + 100 * seed + 50)
     staging = out.with_name(f".{out.name}.staging")
@@ -184,10 +287,20 @@ def _train_set(out: Path, model: str, only: str, width: int, k: int, steps: int,
         for name in chosen:
             i = list(table).index(name)  # the site's own seed: a subset of sites trains each as the full set does
             hook_in, hook_out = table[name]
+            training = {"trainer": "lib.features.train", "steps": steps, "batch": batch, "lr": lr,
+                        "n_per_task": n_per_task, "seed": seed, "aux_coefficient": AUX_COEFFICIENT}
+            if "{layer}" in hook_in:  # the cross-layer transcoder
+                ins, outs = site_hooks(name, table[name], lm.n_layers)
+                torch.manual_seed(seed + i)
+                tc = train_clt([train_acts[h] for h in ins], [train_acts[h] for h in outs], width, k, steps, batch, lr,
+                               seed * 1000 + i, dead_after=20 * batch, cfg={"model_name": lm.name, "training": training},
+                               hooks_in=ins, hooks_out=outs, bar=bar)
+                write_clt(staging / name, tc)
+                rows.append(clt_report_row(lm, name, tc, [held_acts[h] for h in ins], [held_acts[h] for h in outs]))
+                continue
             cfg = {"architecture": "topk", "k": k, "hook_name": hook_in, "model_name": lm.name,
                    "apply_b_dec_to_input": hook_in == hook_out, "normalize_activations": "none",
-                   "training": {"trainer": "lib.features.train", "steps": steps, "batch": batch, "lr": lr,
-                                "n_per_task": n_per_task, "seed": seed, "aux_coefficient": AUX_COEFFICIENT}}
+                   "training": training}
             if hook_in != hook_out:
                 cfg["hook_name_out"] = hook_out
             torch.manual_seed(seed + i)
