@@ -89,3 +89,12 @@ def run_cli(script: str, *args: str):
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+
+
+def completed_run(out, script: str, *args: str):
+    """Run a script into out (its only run there) and return the finished run's directory; fails with its stderr."""
+    r = run_cli(script, *args, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    (run,) = (out / script.removesuffix(".py")).iterdir()
+    return run
+

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import completed_run, run_cli
 
 
 @pytest.mark.parametrize("aggregation", ["sum", "none"])
@@ -38,10 +38,8 @@ def test_batches_accumulate_to_the_one_batch_means(toy, aggregation):
 
 
 def test_complete_run_on_toy(tmp_path):
-    r = run_cli("09_feature_circuits.py", "--tasks", "ioi", "sva", "--model", "toy", "--n-prompts", "8",
-                "--method", "attrib", "--n-random", "1", "--n-bootstrap", "40", "--quiet", "--out", str(tmp_path))
-    assert r.returncode == 0, r.stderr
-    (run,) = (tmp_path / "09_feature_circuits").iterdir()
+    run = completed_run(tmp_path, "09_feature_circuits.py", "--tasks", "ioi", "sva", "--model", "toy", "--n-prompts",
+                        "8", "--method", "attrib", "--n-random", "1", "--n-bootstrap", "40", "--quiet")
     names = {p.name for p in run.iterdir()}
     assert {"node_effects.csv", "features.csv", "faithfulness_curve.csv", "faithfulness_curve_ioi.png", "area.csv",
             "circuit_ioi.png", "circuit_ioi.dot",

@@ -21,6 +21,7 @@ FEATURE_METHODS = ("attrib", "ig")  # lib.features.effects
 FEATURE_PATCHES = ("corrupted", "zero")
 FEATURE_AGGREGATIONS = ("sum", "none")  # lib.features.circuit
 FEATURE_ABLATIONS = ("mean", "resample", "zero")  # lib.features.ablate
+GRAPH_TRANSCODERS = ("plt", "clt")  # lib.features.transcoders: per-layer or cross-layer
 DTYPES = ("float32", "float16", "bfloat16", "float64")  # lib.core.model
 BUILTIN_MODELS = ("toy", "gpt2-random", "pythia-160m-random")  # lib.core.model.MODELS; gpt2 comes from the hub
 

@@ -130,6 +130,31 @@ class _Pass:
         return out[0], out[1:]
 
 
+def _decoders_by_position(tc, active: torch.Tensor, activations: torch.Tensor, n_pos: int, dtype) -> dict:
+    """Per source layer s: (cols [P, m] column of each active feature, grouped by position and padded to the most
+    at one position m; valid [P, m]; per output layer s + o the scaled decoder rows [P, m, d], 0 where padded),
+    so that one batched matmul per (s, o) gives every feature column."""
+    out = {}
+    for s in range(tc.n_layers):
+        idx = torch.nonzero(active[:, 0] == s).flatten()
+        if len(idx) == 0:
+            continue
+        pos = active[idx, 1]
+        counts = torch.bincount(pos, minlength=n_pos)
+        m = int(counts.max())
+        rank = torch.arange(len(idx), device=idx.device) - (torch.cumsum(counts, 0) - counts)[pos]  # index within its position
+        cols = torch.zeros(n_pos, m, dtype=torch.long, device=idx.device)
+        valid = torch.zeros(n_pos, m, dtype=torch.bool, device=idx.device)
+        cols[pos, rank], valid[pos, rank] = idx, True
+        vecs = []
+        for o in range(tc.n_out(s)):
+            v = torch.zeros(n_pos, m, tc.W_dec[s].shape[-1], dtype=dtype, device=idx.device)
+            v[pos, rank] = (activations[idx, None] * tc.W_dec[s][active[idx, 2], o]).to(dtype)
+            vecs.append(v)
+        out[s] = (cols, valid, vecs)
+    return out
+
+
 def clean_state(model, tc, tokens: torch.Tensor) -> dict:
     """One prompt's clean pass: transcoder inputs (L x [P, d_in]), features {layer: [P, d_sae]}, MLP outputs
     (L x [P, d]), error nodes [L, P, d] (MLP output minus reconstruction), token embeddings [P, d] and the final
@@ -178,18 +203,17 @@ def attribute(model, tc, tokens: torch.Tensor, direction: torch.Tensor | None = 
     batch = max(1, min(batch_size, n_feat + K + 1))
     run = _Pass(model, tc, tokens, batch, embed, mlp_out)
 
+    decoders = _decoders_by_position(tc, active, activations, P, errors.dtype)
+
     def columns(g_embed, g_mlp, n_rows):
         """[n_rows, width] direct effects of every source on the injected targets."""
         out = torch.zeros(n_rows, width, dtype=errors.dtype, device=dev)
         g_embed, g_mlp = g_embed.to(out.dtype), [g.to(out.dtype) for g in g_mlp]  # a half-precision model's grads
-        for s in range(L):
-            idx = torch.nonzero(active[:, 0] == s).flatten()
-            if len(idx) == 0:
-                continue
-            pos, feat, a = active[idx, 1], active[idx, 2], activations[idx]
-            for o in range(tc.n_out(s)):
-                vec = (a[:, None] * tc.W_dec[s][feat, o]).to(out.dtype)  # [j, d]
-                out[:, idx] += torch.einsum("rjd,jd->rj", g_mlp[s + o][:n_rows, pos], vec)
+        for s, (cols, valid, vecs) in decoders.items():  # per source layer: its features grouped by position
+            total = 0
+            for o, vec in enumerate(vecs):  # [P, m, d] for output layer s + o
+                total = total + torch.bmm(g_mlp[s + o][:n_rows].transpose(0, 1), vec.transpose(1, 2))  # [P, r, m]
+            out[:, cols[valid]] += total.permute(1, 0, 2)[:, valid]
         for l in range(L):
             out[:, n_active + l * P: n_active + (l + 1) * P] = torch.einsum("rpd,pd->rp", g_mlp[l][:n_rows], errors[l])
         out[:, n_active + L * P:] = torch.einsum("rpd,pd->rp", g_embed[:n_rows], embed.to(out.dtype))
@@ -274,4 +298,4 @@ def memory_estimate(model, tc, tokens: torch.Tensor, batch: int, max_feature_nod
     def mb(x):
         return f"{x / 2**20:,.0f} MiB" if x >= 2**20 else f"{x / 2**10:,.0f} KiB"
     return (f"{n_active} active features, {n:,} nodes: adjacency {mb(adjacency)}, rows {mb(rows)}, "
-            f"pass on {b} prompt copies ~{mb(passes)}; about {mb(adjacency + rows + passes)} in all")
+            f"pass on {b} prompt copies ~{mb(passes)}; about {mb(adjacency + rows + passes)} beyond the weights")

@@ -19,6 +19,12 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+def note(text: str) -> None:
+    """One line of information on stderr (nothing with --quiet)."""
+    if not _quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
 class LineProgress:
     """tqdm's update/set_postfix/close interface, printed as plain lines (no carriage returns, no escapes)."""
 

@@ -1,0 +1,251 @@
+"""How faithful an attribution graph is (lib.features.attribution): what it predicts for interventions against
+the frozen and the real replacement model, error compounding as layers are replaced, sensitivity to the
+pruning threshold, and a task's recurring graph features as a circuit under mean ablation.
+
+Interventions set features of the prompt to new values in the replacement model with the clean prompt's error
+nodes held constant (circuit-tracer's feature_intervention): `frozen` with attention patterns and norm scales
+held at the clean prompt's values, `real` with them recomputed (the model itself when nothing is edited). The
+graph predicts the change of the task-metric node linearly: every other active feature responds to its
+pre-activation change with slope 1 (Δa = (I - J)^-1 δ, J[u, t] = A[u, t] / a_t over feature nodes, the edited
+features clamped), `direct` only along the metric row's own edges."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _final_at_end(model, tokens: torch.Tensor, hooks: list) -> torch.Tensor:
+    """The final normalized residual stream at the last position [B, d] of a pass with hooks."""
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    def stop(x, hook):
+        raise StopAtLayerException(x)
+    with torch.no_grad():
+        return model.bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, ("unembed.hook_in", stop)])[:, -1]
+
+
+def intervene(model, tc, tokens: torch.Tensor, edits: list, direction: torch.Tensor, frozen: bool) -> torch.Tensor:
+    """The metric direction's value [R] for each row's edits [(layer, position, feature, value), ...] (row r of
+    the batch), clean errors constant, attention and norms frozen or recomputed."""
+    from lib.features.attribution import clean_state
+    from lib.features.replacement import freeze_hooks, frozen_values, norms_through_hooks, replacement_hooks
+
+    tokens = tokens.to(model.device)
+    state = clean_state(model, tc, tokens)
+    errors = {l: state["errors"][l][None] for l in range(tc.n_layers)}
+    by_layer: dict = {}
+    for r, row in enumerate(edits):
+        for layer, pos, feat, value in row:
+            by_layer.setdefault(layer, []).append((r, pos, feat, value))
+
+    def edit(layer, f):
+        if layer not in by_layer:
+            return f
+        r, p, i, v = (torch.tensor(c, device=f.device) for c in zip(*by_layer[layer]))
+        f = f.clone()
+        f[r, p, i] = v.to(f.dtype)
+        return f
+    hooks = replacement_hooks(tc, range(tc.n_layers), errors=errors, edit=edit)
+    batch = tokens[None].expand(len(edits), -1)
+    if frozen:
+        values = frozen_values(model, tokens[None])
+        with norms_through_hooks(model):
+            final = _final_at_end(model, batch, freeze_hooks(model, values) + hooks)
+    else:
+        final = _final_at_end(model, batch, hooks)
+    return final.double() @ direction.to(final.device).double()
+
+
+def predicted(graph, nodes: list[int], values: list[float]) -> tuple[float, float]:
+    """The graph's linear prediction of the metric change when feature nodes take values: (through the graph,
+    direct edges only)."""
+    nf = graph.n_features
+    a = graph.activations[graph.selected].double()  # [nf]
+    per_unit = graph.adjacency[:nf, :nf].double() / a[None]
+    per_unit[nodes] = 0  # edited features are clamped
+    delta = torch.zeros(nf, dtype=torch.float64)
+    delta[nodes] = torch.tensor(values, dtype=torch.float64) - a[nodes]
+    response = torch.linalg.solve(torch.eye(nf, dtype=torch.float64) - per_unit, delta)
+    metric = graph.metric_row[:nf].double() / a
+    return float(metric @ response), float(metric[nodes] @ delta[nodes])
+
+
+def intervention_rows(model, tc, graph, influence: torch.Tensor, node_mask: torch.Tensor, direction: torch.Tensor,
+                      n_top: int) -> list[dict]:
+    """Ablate (0) and steer (x2) each of the pruned graph's n_top most influential features alone, and ablate
+    them all together: the graph's predictions, the frozen and the real model's changes, and the gaps."""
+    nf = graph.n_features
+    kept = [i for i in torch.argsort(influence[:nf], descending=True, stable=True).tolist() if node_mask[i]][:n_top]
+    if not kept:
+        return []
+    a = graph.activations[graph.selected]
+    cases = [("ablate", [i], [0.0]) for i in kept] + [("steer x2", [i], [2 * float(a[i])]) for i in kept]
+    if len(kept) > 1:
+        cases.append(("ablate together", kept, [0.0] * len(kept)))
+
+    def edit_of(nodes, values):
+        return [(*graph.active[graph.selected[i]].tolist(), v) for i, v in zip(nodes, values)]
+    edits = [[]] + [edit_of(nodes, values) for _, nodes, values in cases]
+    frozen = intervene(model, tc, graph.tokens, edits, direction, frozen=True)
+    real = intervene(model, tc, graph.tokens, edits, direction, frozen=False)
+    rows = []
+    for r, (kind, nodes, values) in enumerate(cases, start=1):
+        through, direct = predicted(graph, nodes, values)
+        d_frozen, d_real = float(frozen[r] - frozen[0]), float(real[r] - real[0])
+        names = " ".join("{0}_{2}_{1}".format(*graph.active[graph.selected[i]].tolist()) for i in nodes)
+        rows.append({"intervention": kind, "features": names, "n_features": len(nodes),
+                     "influence": float(influence[nodes].sum()), "predicted_direct": direct, "predicted_graph": through,
+                     "frozen": d_frozen, "real": d_real, "gap_linear": d_frozen - through,
+                     "gap_attention": d_real - d_frozen, "gap": d_real - through,
+                     "baseline_frozen_minus_model": float(frozen[0]) - graph.metric_value})
+    return rows
+
+
+def compounding(model, sets: dict, data, batch_size: int) -> dict:
+    """Per transcoder kind and k = 1..L layers replaced (the first k MLPs, no error nodes): per-prompt KL(model ||
+    replacement) at the answer position and the task metric. {kind: {k: (kl [N], metric [N])}}."""
+    from lib.core.forward import logits_at
+    from lib.core.metrics import data_metric, kl_divergence
+    from lib.features.replacement import replacement_hooks
+
+    out = {}
+    for kind, tc in sets.items():
+        out[kind] = {}
+        for k in range(1, tc.n_layers + 1):
+            kls, metrics = [], []
+            for start in range(0, len(data), batch_size):
+                batch = data.subset(slice(start, start + batch_size))
+                tokens, pos = batch.clean.to(model.device), batch.answer_pos.to(model.device)
+                full = logits_at(model, tokens, pos)
+                replaced = logits_at(model, tokens, pos, hooks=replacement_hooks(tc, range(k)))
+                kls.append(kl_divergence(full, replaced).cpu())
+                metrics.append(data_metric(replaced, batch).cpu())
+            out[kind][k] = (torch.cat(kls).numpy(), torch.cat(metrics).numpy())
+    return out
+
+
+def sensitivity_rows(graph, weights: torch.Tensor, thresholds: list[float], default: float, edge_threshold: float) -> list[dict]:
+    """Scores, node and edge counts of the graph pruned at each node threshold, and the Jaccard index of its
+    feature and error nodes against those at the default threshold."""
+    from lib.features.influence import prune
+
+    s = graph.slices()
+    n_fe = s["error"].stop
+
+    def pruned_at(t):
+        return prune(graph.adjacency, weights, graph.n_features, graph.n_pos, graph.n_logits, t, edge_threshold)
+    base = set(pruned_at(default).node_mask[:n_fe].nonzero().flatten().tolist())
+    rows = []
+    for t in thresholds:
+        p = pruned_at(t)
+        kept = set(p.node_mask[:n_fe].nonzero().flatten().tolist())
+        rows.append({"node_threshold": t, **graph_scores(graph, weights, p),
+                     "jaccard_vs_default": len(kept & base) / len(kept | base) if kept | base else 1.0})  # both empty: equal
+    return rows
+
+
+def graph_scores(graph, weights: torch.Tensor, pruned) -> dict:
+    """Replacement and completeness scores of the full graph and of the pruned one (its adjacency with the
+    edges outside the edge mask zeroed), and the pruned graph's node and edge counts."""
+    from lib.features.influence import scores
+
+    s = graph.slices()
+    n_err = s["error"].stop - s["error"].start
+    full = scores(graph.adjacency, weights, graph.n_features, n_err, graph.n_pos)
+    pruned_adj = graph.adjacency * pruned.edge_mask
+    part = scores(pruned_adj, weights, graph.n_features, n_err, graph.n_pos)
+    mask = pruned.node_mask
+    return {"replacement_full": full[0], "completeness_full": full[1], "replacement_pruned": part[0],
+            "completeness_pruned": part[1], "features_full": graph.n_features, "features_pruned": int(mask[s["feature"]].sum()),
+            "errors_pruned": int(mask[s["error"]].sum()), "edges_full": int((graph.adjacency != 0).sum()),
+            "edges_pruned": int(pruned.edge_mask.sum())}
+
+
+def node_keys(graph, pruned) -> dict:
+    """The pruned graph's feature and error nodes -> influence, keyed (kind, layer, feature, offset from the
+    last position) so that prompts of different lengths align; error nodes have feature -1."""
+    s = graph.slices()
+    out = {}
+    for i in pruned.node_mask[:s["error"].stop].nonzero().flatten().tolist():
+        if i < s["feature"].stop:
+            layer, pos, feat = graph.active[graph.selected[i]].tolist()
+            key = ("feature", layer, feat, graph.n_pos - 1 - pos)
+        else:
+            layer, pos = divmod(i - s["error"].start, graph.n_pos)
+            key = ("error", layer, -1, graph.n_pos - 1 - pos)
+        out[key] = float(pruned.influence[i])
+    return out
+
+
+def mean_values(model, tc, data, batch_size: int) -> tuple[dict, dict]:
+    """Per layer the mean features [P, d_sae] and error nodes [P, d] over the corrupted prompts, at each
+    position over the prompts that reach it (part 1's mean ablation, lib.features.ablate)."""
+    from lib.features.replacement import replacement_hooks
+
+    width = data.clean.shape[1]
+    sums_f, sums_e, count = {}, {}, torch.zeros(width, 1, device=model.device)
+    for start in range(0, len(data), batch_size):
+        batch = data.subset(slice(start, start + batch_size))
+        real = torch.nn.functional.pad(batch.real.to(model.device), (0, width - batch.clean.shape[1]))[..., None].float()
+        store, errs = {}, {}
+
+        def keep_error(l, e):
+            errs[l] = e
+            return e
+        _final_at_end(model, batch.corrupt.to(model.device),
+                      replacement_hooks(tc, range(tc.n_layers), errors="live", store=store, edit_error=keep_error))
+        count += real.sum(0)
+        for l in range(tc.n_layers):
+            pad = (0, 0, 0, width - store[l].shape[1])
+            f = (torch.nn.functional.pad(store[l], pad) * real).sum(0)
+            e = (torch.nn.functional.pad(errs[l], pad) * real).sum(0)
+            sums_f[l], sums_e[l] = sums_f.get(l, 0) + f, sums_e.get(l, 0) + e
+    c = count.clamp_min(1)
+    return {l: v / c for l, v in sums_f.items()}, {l: v / c for l, v in sums_e.items()}
+
+
+def circuit_masks(tc, data, circuit: set, complement: bool = False) -> tuple[dict, dict]:
+    """Keep masks per layer, features [N, P, d_sae] and errors [N, P], of a circuit of node keys (node_keys);
+    position 0 (the graphs' constant BOS position) is always kept."""
+    n, width = data.clean.shape
+    feats = {l: torch.zeros(n, width, tc.d_sae, dtype=torch.bool) for l in range(tc.n_layers)}
+    errs = {l: torch.zeros(n, width, dtype=torch.bool) for l in range(tc.n_layers)}
+    last = (data.lengths - 1).tolist()
+    for kind, layer, feat, offset in circuit:
+        for row, end in enumerate(last):
+            pos = end - offset
+            if pos >= 1:
+                if kind == "feature":
+                    feats[layer][row, pos, feat] = True
+                else:
+                    errs[layer][row, pos] = True
+    if complement:
+        feats, errs = {l: ~m for l, m in feats.items()}, {l: ~m for l, m in errs.items()}
+    for l in range(tc.n_layers):
+        feats[l][:, 0], errs[l][:, 0] = True, True
+    return feats, errs
+
+
+def ablated_metric(model, tc, data, masks: tuple, means: tuple, batch_size: int) -> np.ndarray:
+    """The task metric [N] with every feature and error node outside the masks at its mean (live errors)."""
+    from lib.core.forward import logits_at
+    from lib.core.metrics import data_metric
+    from lib.features.replacement import replacement_hooks
+
+    keep_f, keep_e = masks
+    mean_f, mean_e = means
+    out = []
+    for start in range(0, len(data), batch_size):
+        batch = data.subset(slice(start, start + batch_size))
+        rows, p = slice(start, start + len(batch)), batch.clean.shape[1]
+
+        def edit(l, f):
+            return torch.where(keep_f[l][rows, :p].to(f.device), f, mean_f[l][:p].to(f.dtype))
+
+        def edit_error(l, e):
+            return torch.where(keep_e[l][rows, :p, None].to(e.device), e, mean_e[l][:p].to(e.dtype))
+        hooks = replacement_hooks(tc, range(tc.n_layers), errors="live", edit=edit, edit_error=edit_error)
+        logits = logits_at(model, batch.clean.to(model.device), batch.answer_pos.to(model.device), hooks=hooks)
+        out.append(data_metric(logits, batch).cpu())
+    return torch.cat(out).numpy()

@@ -1,0 +1,114 @@
+"""Attribution graphs in circuit-tracer's frontend JSON (circuit_tracer/frontend/graph_models.py and
+utils/create_graph_files.py), the files its local server and the Neuronpedia graph viewer read: {metadata,
+qParams, nodes, links}, nodes of the pruned graph with circuit-tracer's ids (features `{layer}_{feature}_{pos}`,
+errors `{layer}_-1_{pos}`, tokens `E_{token id}_{pos}`, logits `{L+1}_{token id}_{pos}`), each node's
+`influence` its cumulative influence share, links {source, target, weight} for the pruned edges, and
+graph-metadata.json listing the graphs of a folder. Plain JSON, no torch."""
+
+from __future__ import annotations
+
+NODE_FIELDS = {"node_id": str, "feature": int, "layer": str, "ctx_idx": int, "feature_type": str,
+               "token_prob": float, "is_target_logit": bool, "run_idx": int, "reverse_ctx_idx": int,
+               "jsNodeId": str, "clerp": str, "influence": (float, type(None)), "activation": (float, type(None))}
+METADATA_FIELDS = {"slug": str, "scan": str, "transcoder_list": list, "prompt_tokens": list, "prompt": str,
+                   "node_threshold": (float, type(None)), "schema_version": (int, type(None))}
+QPARAMS = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
+
+
+def process_token(token: str) -> str:
+    """circuit-tracer's frontend/utils.py process_token."""
+    return token.replace("\n", "⏎").replace("\t", "→").replace("\r", "↵")
+
+
+def _node(node_id, feature, layer, pos, kind, js, influence=None, activation=None, **extra) -> dict:
+    return {"node_id": node_id, "feature": int(feature), "layer": str(layer), "ctx_idx": int(pos), "feature_type": kind,
+            "token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0, "jsNodeId": js,
+            "clerp": "", "influence": influence, "activation": activation, **extra}
+
+
+def cantor(x: int, y: int) -> int:
+    return (x + y) * (x + y + 1) // 2 + y
+
+
+def node_ids(graph) -> list[str]:
+    """Every node's circuit-tracer id, in the graph's node order."""
+    ids = []
+    for j in graph.selected.tolist():
+        layer, pos, feat = graph.active[j].tolist()
+        ids.append(f"{layer}_{feat}_{pos}")
+    ids += [f"{l}_-1_{p}" for l in range(graph.n_layers) for p in range(graph.n_pos)]
+    ids += [f"E_{int(t)}_{p}" for p, t in enumerate(graph.tokens.tolist())]
+    ids += [f"{graph.n_layers + 1}_{int(t)}_{graph.n_pos - 1}" for t in graph.logit_tokens.tolist()]
+    return ids
+
+
+def frontend(graph, pruned, decode, slug: str, scan: str, node_threshold: float) -> dict:
+    """The frontend model of a graph (lib.features.attribution) and its pruning (lib.features.influence.prune);
+    decode(token id) -> text."""
+    s = graph.slices()
+    ids = node_ids(graph)
+    cumulative = pruned.cumulative.tolist()
+    nodes = {}
+    for i in pruned.node_mask.nonzero().flatten().tolist():
+        if i < s["feature"].stop:
+            j = int(graph.selected[i])
+            layer, pos, feat = graph.active[j].tolist()
+            nodes[i] = _node(ids[i], cantor(layer, feat), layer, pos, "cross layer transcoder", f"{layer}_{feat}-0",
+                             cumulative[i], float(graph.activations[j]))
+        elif i < s["error"].stop:
+            layer, pos = divmod(i - s["error"].start, graph.n_pos)
+            nodes[i] = _node(ids[i], -1, layer, pos, "mlp reconstruction error", f"{layer}_-1-{pos}", cumulative[i])
+        elif i < s["token"].stop:
+            pos = i - s["token"].start
+            vocab = int(graph.tokens[pos])
+            nodes[i] = _node(ids[i], pos, "E", pos, "embedding", f"E_{vocab}-{pos}", cumulative[i])
+        else:
+            k = i - s["logit"].start
+            vocab, prob = int(graph.logit_tokens[k]), float(graph.logit_probs[k])
+            nodes[i] = _node(ids[i], vocab, graph.n_layers + 1, graph.n_pos - 1, "logit", f"L_{vocab}-{graph.n_pos - 1}",
+                             token_prob=prob, is_target_logit=k == 0,
+                             clerp=f'Output "{process_token(decode(vocab))}" (p={prob:.3f})')
+    targets, sources = pruned.edge_mask.nonzero(as_tuple=True)
+    weights = graph.adjacency[targets, sources].tolist()
+    links = [{"source": nodes[src]["node_id"], "target": nodes[dst]["node_id"], "weight": w}
+             for dst, src, w in zip(targets.tolist(), sources.tolist(), weights) if src in nodes and dst in nodes]
+    used = {l["source"] for l in links} | {l["target"] for l in links}
+    kept = [n for n in nodes.values() if n["node_id"] in used or n["feature_type"] in ("embedding", "logit")]
+    tokens = [process_token(decode(int(t))) for t in graph.tokens.tolist()]
+    metadata = {"slug": slug, "scan": scan, "transcoder_list": [], "prompt_tokens": tokens, "prompt": "".join(tokens),
+                "node_threshold": float(node_threshold), "schema_version": 1}
+    return {"metadata": metadata, "qParams": dict(QPARAMS), "nodes": kept, "links": links}
+
+
+def problems(model: dict) -> list[str]:
+    """What in a frontend model breaks circuit-tracer's pydantic models (empty when it validates)."""
+    out = []
+    for key in ("metadata", "qParams", "nodes", "links"):
+        if key not in model:
+            out.append(f"no {key}")
+    if out:
+        return out
+    for name, kind in METADATA_FIELDS.items():
+        if name not in model["metadata"] and name not in ("node_threshold", "schema_version"):
+            out.append(f"metadata has no {name}")
+        elif name in model["metadata"] and not isinstance(model["metadata"][name], kind):
+            out.append(f"metadata.{name} is {type(model['metadata'][name]).__name__}")
+    ids = set()
+    for n in model["nodes"]:
+        for name, kind in NODE_FIELDS.items():
+            if name in n and not isinstance(n[name], kind) or (name == "feature" and isinstance(n.get(name), bool)):
+                out.append(f"node {n.get('node_id')}: {name} is {type(n[name]).__name__}")
+        for name in ("node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId"):
+            if name not in n:
+                out.append(f"node {n.get('node_id')} has no {name}")
+        ids.add(n.get("node_id"))
+    for link in model["links"]:
+        if not {"source", "target", "weight"} <= set(link) or link["source"] not in ids or link["target"] not in ids:
+            out.append(f"link {link} does not join two nodes")
+    return out
+
+
+def metadata_index(models: list[dict]) -> dict:
+    """graph-metadata.json of a folder of graphs (circuit-tracer's add_graph_metadata: one entry per slug)."""
+    by_slug = {m["metadata"]["slug"]: m["metadata"] for m in models}
+    return {"graphs": list(by_slug.values())}
