@@ -52,7 +52,7 @@ def main(model: cli.ModelOpt = "gpt2-random", width: int = typer.Option(24576, h
     lm = load_model(model, device="cpu", seed=seed)
     tokens = TASKS["ioi"].build(lm.tokenizer, n_prompts, seed).clean
     if dictionaries:
-        chosen = files.load_set(dictionaries, lm)
+        chosen = {n: d for n, d in files.load_set(dictionaries, lm).items() if d.kind != "clt"}  # CLTs: bench_attribution
     else:
         g = torch.Generator().manual_seed(seed)
         d = lm.d_model
