@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PRELOAD = ["lib.batch.preload"]
 _context = None
 _lock = threading.Lock()
+# A forkserver child's exit code is read once from its sentinel pipe; two threads reading it at once (one cell's
+# wait and another cell's Process.start, which polls every child) leave one with EOF and the exit code 255
+# (seen in CI: a finished 01_dla cell reported failed). Every read of an exit code and every start hold this lock.
+_exit_codes = threading.Lock()
 
 
 def context():
@@ -81,23 +85,28 @@ class ForkedScript:
         env = {**(env or {}), **thread_env(threads)}
         self.process = context().Process(target=_child, args=(
             script, list(args), str(stdout), str(stderr or stdout), str(cwd or os.getcwd()), env, threads), daemon=False)
-        self.process.start()
+        with _exit_codes:  # start() polls every other child of this process (multiprocessing's _cleanup)
+            self.process.start()
         self.pid = self.process.pid
         self.returncode = None
 
     def poll(self) -> int | None:
-        if self.returncode is None and not self.process.is_alive():
-            self.process.join()
-            self.returncode = self.process.exitcode
+        if self.returncode is None:
+            with _exit_codes:
+                self.returncode = self.process.exitcode
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         import subprocess
+        import time
+        from multiprocessing.connection import wait
 
-        self.process.join(timeout)
-        if self.process.exitcode is None:
-            raise subprocess.TimeoutExpired(f"forked script {self.pid}", timeout)
-        self.returncode = self.process.exitcode
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(f"forked script {self.pid}", timeout)
+            wait([self.process.sentinel], left)  # readable once the exit code is there; read under the lock
         return self.returncode
 
     def send_signal(self, signum: int) -> None:
