@@ -30,6 +30,12 @@ from lib.io import cli  # noqa: E402
 app = cli.script_app(__doc__)
 
 
+def _vm_hwm() -> int:
+    """The process's peak resident memory since the last reset (VmHWM), in bytes."""
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
 @app.command()
 def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto",
          width: int = typer.Option(24576, help="latents per layer of random transcoders"),
@@ -81,12 +87,16 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto",
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+    else:  # resident memory now (model, transcoders, runtime); the peak is reset so that it is the graph's (Linux)
+        before = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+        Path("/proc/self/clear_refs").write_text("5")
     t0 = time.perf_counter()
     graph = attribute(lm, tc, tokens, direction, batch_size=target_batch)
     if cuda:
         torch.cuda.synchronize()
     t_graph = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else _vm_hwm()
     weights = sum(p.numel() * p.element_size() for p in lm.bridge.parameters()) + sum(
         t.numel() * t.element_size() for t in [*tc.W_enc, *tc.W_dec, *tc.b_enc, tc.b_dec])
     batch = min(target_batch, graph.n_features + graph.n_logits + 1)
@@ -115,7 +125,8 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto",
            "graph_over_backward_floor": t_graph / (n_batches * t_backward),
            "graph_over_floor_with_forward": t_graph / (n_batches * t_backward + t_forward),
            "peak_memory_mib": peak / 2**20, "weights_mib": weights / 2**20,
-           "peak_beyond_weights_mib": (peak - weights) / 2**20, "estimate": estimate}
+           "peak_beyond_weights_mib": (peak - weights) / 2**20, "graph_peak_mib": (peak - before) / 2**20,
+           "estimate": estimate}
     frame = pd.DataFrame([row])
     run_dir = RunDir(out, "bench_attribution", {"options": {"model": model, "width": width, "k": k, "kind": kind,
                                                             "target_batch": target_batch, "device": str(lm.device)}},
