@@ -169,15 +169,35 @@ def train_clt(xs: list, ys: list, width: int, k: int, steps: int, batch: int, lr
                          b_dec.detach().clone(), "topk", k, cfg=cfg)
 
 
+def spliced_columns(model, hooks: list) -> dict:
+    """The report's model columns for a dictionary spliced in by hooks (no error nodes): KL from the model at the
+    answer, mean over the tasks, and each task's metric spliced and in the model (32 prompts per task)."""
+    import torch
+
+    from lib.core.forward import logits_at
+    from lib.core.metrics import data_metric, kl_divergence
+    from tasks import TASK_NAMES, TASKS
+
+    kls, metrics, clean = [], [], []
+    with torch.no_grad():
+        for name in TASK_NAMES:
+            data = TASKS[name].build(model.tokenizer, 32, EVAL_SEED)
+            full = logits_at(model, data.clean, data.answer_pos)
+            spliced = logits_at(model, data.clean, data.answer_pos, hooks=hooks)
+            kls.append(float(kl_divergence(full, spliced).mean()))
+            metrics.append(float(data_metric(spliced, data).mean()))
+            clean.append(float(data_metric(full, data).mean()))
+    return {"kl_spliced": sum(kls) / len(kls), **{f"metric_{t}": m for t, m in zip(TASK_NAMES, metrics)},
+            **{f"metric_{t}_model": m for t, m in zip(TASK_NAMES, clean)}}
+
+
 def clt_report_row(model, name: str, tc, xs: list, ys: list) -> dict:
     """The report's row of a CLT: FVU and L0 over every layer, dead fraction, and the model with every MLP
     replaced by it (no error nodes)."""
     import torch
 
-    from lib.core.forward import logits_at
-    from lib.core.metrics import data_metric, kl_divergence
     from lib.features.replacement import replacement_hooks
-    from tasks import TASK_NAMES, TASKS
+    from lib.features.transcoders import hook_template
 
     with torch.no_grad():
         L = tc.n_layers
@@ -185,22 +205,11 @@ def clt_report_row(model, name: str, tc, xs: list, ys: list) -> dict:
         out = torch.stack([tc.write(j, f) for j in range(L)])
         y = torch.stack(ys)
         fvu = float((out - y).pow(2).sum() / (y - y.mean(1, keepdim=True)).pow(2).sum())
-        row = {"dictionary": name, "kind": "clt", "hook_name": tc.hooks_in[0].replace("blocks.0.", "blocks.{layer}."),
-               "hook_name_out": tc.hooks_out[0].replace("blocks.0.", "blocks.{layer}."), "d_sae": tc.d_sae, "k": tc.k,
+        row = {"dictionary": name, "kind": "clt", "hook_name": hook_template(tc.hooks_in),
+               "hook_name_out": hook_template(tc.hooks_out), "d_sae": tc.d_sae, "k": tc.k,
                "fvu": fvu, "l0": float(sum((f[l] > 0).sum(-1).float().mean() for l in range(L)) / L),
                "dead_fraction": float(sum(((f[l] > 0).sum(0) == 0).float().mean() for l in range(L)) / L)}
-        kls, metrics, clean = [], [], []
-        for name_ in TASK_NAMES:
-            data = TASKS[name_].build(model.tokenizer, 32, EVAL_SEED)
-            pos = data.answer_pos
-            full = logits_at(model, data.clean, pos)
-            spliced = logits_at(model, data.clean, pos, hooks=replacement_hooks(tc, range(L)))
-            kls.append(float(kl_divergence(full, spliced).mean()))
-            metrics.append(float(data_metric(spliced, data).mean()))
-            clean.append(float(data_metric(full, data).mean()))
-        row |= {"kl_spliced": sum(kls) / len(kls),
-                **{f"metric_{t}": m for t, m in zip(TASK_NAMES, metrics)},
-                **{f"metric_{t}_model": m for t, m in zip(TASK_NAMES, clean)}}
+        row |= spliced_columns(model, replacement_hooks(tc, range(L)))
     return row
 
 
@@ -208,10 +217,7 @@ def report_row(model, name: str, d, x, y) -> dict:
     """FVU, L0 and dead fraction on held-out activations, and the model with d spliced in without its error."""
     import torch
 
-    from lib.core.forward import logits_at
-    from lib.core.metrics import data_metric, kl_divergence
     from lib.features.splice import splice_hooks
-    from tasks import TASK_NAMES, TASKS
 
     with torch.no_grad():
         f = d.encode(x)
@@ -219,18 +225,7 @@ def report_row(model, name: str, d, x, y) -> dict:
         row = {"dictionary": name, "kind": d.kind, "hook_name": d.hook_name, "hook_name_out": d.hook_name_out,
                "d_sae": d.d_sae, "k": d.k, "fvu": fvu, "l0": float((f > 0).sum(-1).float().mean()),
                "dead_fraction": float(((f > 0).sum(0) == 0).float().mean())}
-        kls, metrics, clean = [], [], []
-        for name_ in TASK_NAMES:
-            data = TASKS[name_].build(model.tokenizer, 32, EVAL_SEED)
-            pos = data.answer_pos
-            full = logits_at(model, data.clean, pos)
-            spliced = logits_at(model, data.clean, pos, hooks=splice_hooks({name: d}, with_error=False))
-            kls.append(float(kl_divergence(full, spliced).mean()))
-            metrics.append(float(data_metric(spliced, data).mean()))
-            clean.append(float(data_metric(full, data).mean()))
-        row |= {"kl_spliced": sum(kls) / len(kls),
-                **{f"metric_{t}": m for t, m in zip(TASK_NAMES, metrics)},
-                **{f"metric_{t}_model": m for t, m in zip(TASK_NAMES, clean)}}
+        row |= spliced_columns(model, splice_hooks({name: d}, with_error=False))
     return row
 
 

@@ -195,11 +195,12 @@ def write_clt(folder: Path, tc: TranscoderSet) -> None:
     cfg = {**tc.cfg, "transcoder_type": "clt", "architecture": tc.architecture, "k": tc.k, "n_layers": tc.n_layers,
            "d_in": tc.W_enc[0].shape[0], "d_sae": tc.d_sae, "d_out": tc.b_dec.shape[1],
            "dtype": str(tc.b_dec.dtype).removeprefix("torch."),
-           "hook_name": _template(tc.hooks_in), "hook_name_out": _template(tc.hooks_out)}
+           "hook_name": hook_template(tc.hooks_in), "hook_name_out": hook_template(tc.hooks_out)}
     (folder / CLT_CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
 
 
-def _template(hooks: list) -> str:
+def hook_template(hooks: list) -> str:
+    """The hook names of every layer as one {layer} template (blocks.0.x -> blocks.{layer}.x)."""
     template = hooks[0].replace("blocks.0.", "blocks.{layer}.")
     assert all(template.format(layer=l) == h for l, h in enumerate(hooks)), hooks
     return template
