@@ -72,6 +72,7 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
 
     from lib.features import files
     from lib.features.graph_report import plot_task, summaries, transcoder_sets
+    from lib.io import graph_json
 
     extra = dict(dictionaries=dictionaries, transcoders=transcoders, n_graphs=n_graphs, node_threshold=node_threshold,
                  edge_threshold=edge_threshold, sweep=sorted(set(thresholds) | {node_threshold}),
@@ -86,6 +87,8 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         run.record["not_available"] = {k: "not in the dictionary set" for k in choices.GRAPH_TRANSCODERS if k not in sets}
         results = cli.per_task(run, opts.tasks, lambda name: graph_task(lm, run, name, opts, sets, extra))
         run.record["graph_seconds"] = {name: res["seconds"] for name, res in results.items()}
+        run.json("graphs/graph-metadata.json", graph_json.metadata_index(
+            [m for res in results.values() for m in res["graph_metadata"]]))
         tables = {t: pd.DataFrame([r for res in results.values() for r in res[t]])
                   for t in ("scores", "interventions", "compounding", "sensitivity", "task_features", "task_circuit")}
         run.csv("dataset.csv", pd.concat([res["frame"] for res in results.values()]))
@@ -130,6 +133,7 @@ def graph_task(lm, run, name: str, opts, sets: dict, extra: dict) -> dict:
     rows = {"scores": [], "interventions": [], "sensitivity": []}
     counts: dict = {}
     timings = []  # seconds per graph: in run.json, not in a CSV (the same seed gives byte-identical CSVs)
+    metadata = []  # each graph's frontend metadata, for graphs/graph-metadata.json
     labels = feature_labels(lm, tc)
     with progress.bar(extra["n_graphs"], f"{name}: attribution graphs ({tc.kind})", "graph") as bar:
         for i in range(extra["n_graphs"]):
@@ -143,16 +147,17 @@ def graph_task(lm, run, name: str, opts, sets: dict, extra: dict) -> dict:
             pruned = prune(graph.adjacency, weights, graph.n_features, graph.n_pos, graph.n_logits,
                            extra["node_threshold"], extra["edge_threshold"])
             slug = f"{name}_{i}"
-            write_graph(run, lm, graph, pruned, slug, extra, labels)
+            metadata.append(write_graph(run, lm, graph, pruned, slug, extra, labels))
             top = int(graph.logit_tokens[0])
+            full = checks.full_scores(graph, weights)
             rows["scores"].append({"task": name, "graph": slug, "prompt": discovery.info.clean_text.iloc[i],
                                    "positions": graph.n_pos, "active_features": len(graph.active),
-                                   **checks.graph_scores(graph, weights, pruned), "logit_nodes": graph.n_logits,
+                                   **checks.graph_scores(graph, weights, pruned, full), "logit_nodes": graph.n_logits,
                                    "top_logit": lm.tokenizer.decode([top]), "top_logit_prob": float(graph.logit_probs[0]),
                                    "metric_node_value": graph.metric_value})
             timings.append(round(seconds, 4))
             rows["sensitivity"] += [{"task": name, "graph": slug, **r} for r in checks.sensitivity_rows(
-                graph, weights, extra["sweep"], extra["node_threshold"], extra["edge_threshold"])]
+                graph, weights, extra["sweep"], extra["node_threshold"], pruned, extra["edge_threshold"])]
             rows["interventions"] += [{"task": name, "graph": slug, **r} for r in checks.intervention_rows(
                 lm, tc, graph, pruned.influence, pruned.node_mask, direction.to(lm.device), extra["n_intervene"])]
             for key, value in checks.node_keys(graph, pruned).items():
@@ -175,7 +180,7 @@ def graph_task(lm, run, name: str, opts, sets: dict, extra: dict) -> dict:
                                 "metric_model": float(np.mean(base.metric_clean))})
     features, circuit = task_circuit(lm, tc, name, counts, extra, held_out, base, opts, labels)
     return {**rows, "compounding": compounding, "task_features": features, "task_circuit": circuit, "frame": frame,
-            "seconds": timings}
+            "seconds": timings, "graph_metadata": metadata}
 
 
 if __name__ == "__main__":

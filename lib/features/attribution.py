@@ -112,7 +112,6 @@ class _Pass:
         hooks += [(h, keep(h)) for h in sorted(set(tc.hooks_in))] + [("unembed.hook_in", stop)]
         with norms_through_hooks(model), torch.enable_grad():
             model.bridge.run_with_hooks(tokens[None].expand(batch, -1).to(model.device), fwd_hooks=hooks)
-        self.tc, self.batch = tc, batch
 
     def rows(self, injections: list) -> tuple:
         """injections: (row, hook name or "final", position, vector [d]) -> gradients at the embedding [B, P, d]
@@ -121,11 +120,10 @@ class _Pass:
         for row, name, pos, vector in injections:
             g = grads.setdefault(name, torch.zeros_like(self.inputs[name]))
             g[row, pos] += vector.to(g.dtype)
-        names = sorted(grads)
+        names, leaves = sorted(grads), [self.embed, *self.mlp]
         with torch.enable_grad():
-            out = torch.autograd.grad([self.inputs[n] for n in names], [self.embed, *self.mlp],
-                                      [grads[n] for n in names], retain_graph=True, allow_unused=True)
-        leaves = [self.embed, *self.mlp]
+            out = torch.autograd.grad([self.inputs[n] for n in names], leaves, [grads[n] for n in names],
+                                      retain_graph=True, allow_unused=True)
         out = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(out, leaves)]
         return out[0], out[1:]
 
@@ -174,7 +172,7 @@ def clean_state(model, tc, tokens: torch.Tensor) -> dict:
 
 def attribute(model, tc, tokens: torch.Tensor, direction: torch.Tensor | None = None, max_n_logits: int = 10,
               desired_logit_prob: float = 0.95, batch_size: int = 64, max_feature_nodes: int | None = None,
-              update_interval: int = 4, bar=None) -> AttributionGraph:
+              update_interval: int = 4) -> AttributionGraph:
     """The attribution graph of one prompt tokens [P] (BOS first) under the transcoder set tc."""
     if model.arch.softcap:
         raise UserError(f"model {model.name} soft-caps its logits: demeaned logits are not linear in the residual "
@@ -232,8 +230,6 @@ def attribute(model, tc, tokens: torch.Tensor, direction: torch.Tensor | None = 
     feature_rows = torch.zeros(n_feat, width, dtype=errors.dtype, device=dev)
     visited = torch.zeros(n_active, dtype=torch.bool, device=dev)
     order = []  # active indices in the order their rows were computed
-    if bar is not None:
-        bar.update(0)
     while len(order) < n_feat:
         if n_feat == n_active:
             pending = torch.arange(n_active, device=dev)
@@ -254,8 +250,6 @@ def attribute(model, tc, tokens: torch.Tensor, direction: torch.Tensor | None = 
             feature_rows[len(order):len(order) + len(idx)] = columns(g_e, g_m, len(idx))
             order += idx.tolist()
             visited[idx] = True
-            if bar is not None:
-                bar.update(len(idx))
     # assemble circuit-tracer's square adjacency over the selected features
     order_t = torch.tensor(order, dtype=torch.long, device=dev)
     selected, perm = torch.sort(order_t)

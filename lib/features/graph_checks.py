@@ -25,15 +25,23 @@ def _final_at_end(model, tokens: torch.Tensor, hooks: list) -> torch.Tensor:
         return model.bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, ("unembed.hook_in", stop)])[:, -1]
 
 
-def intervene(model, tc, tokens: torch.Tensor, edits: list, direction: torch.Tensor, frozen: bool) -> torch.Tensor:
-    """The metric direction's value [R] for each row's edits [(layer, position, feature, value), ...] (row r of
-    the batch), clean errors constant, attention and norms frozen or recomputed."""
+def clean_errors(model, tc, tokens: torch.Tensor) -> dict:
+    """The prompt's error nodes {layer: [1, P, d]}, the constants of an intervention."""
     from lib.features.attribution import clean_state
+
+    state = clean_state(model, tc, tokens.to(model.device))
+    return {l: state["errors"][l][None] for l in range(tc.n_layers)}
+
+
+def intervene(model, tc, tokens: torch.Tensor, edits: list, direction: torch.Tensor, frozen: bool,
+              errors: dict | None = None) -> torch.Tensor:
+    """The metric direction's value [R] for each row's edits [(layer, position, feature, value), ...] (row r of
+    the batch), clean errors constant (clean_errors, computed here unless given), attention and norms frozen or
+    recomputed."""
     from lib.features.replacement import freeze_hooks, frozen_values, norms_through_hooks, replacement_hooks
 
     tokens = tokens.to(model.device)
-    state = clean_state(model, tc, tokens)
-    errors = {l: state["errors"][l][None] for l in range(tc.n_layers)}
+    errors = clean_errors(model, tc, tokens) if errors is None else errors
     by_layer: dict = {}
     for r, row in enumerate(edits):
         for layer, pos, feat, value in row:
@@ -66,7 +74,17 @@ def predicted(graph, nodes: list[int], values: list[float]) -> tuple[float, floa
     per_unit[nodes] = 0  # edited features are clamped
     delta = torch.zeros(nf, dtype=torch.float64)
     delta[nodes] = torch.tensor(values, dtype=torch.float64) - a[nodes]
-    response = torch.linalg.solve(torch.eye(nf, dtype=torch.float64) - per_unit, delta)
+    # (I - J)^-1 delta = delta + J delta + J^2 delta + ...: features read only earlier layers' outputs, so J is
+    # nilpotent and the series ends after at most n_layers terms (matrix-vector products, not an n^3 solve)
+    response, term = delta.clone(), delta
+    for _ in range(graph.n_layers):
+        term = per_unit @ term
+        if not term.any():
+            break
+        response += term
+    else:
+        if (per_unit @ term).any():
+            raise RuntimeError("the feature adjacency is not acyclic by layer")
     metric = graph.metric_row[:nf].double() / a
     return float(metric @ response), float(metric[nodes] @ delta[nodes])
 
@@ -87,8 +105,9 @@ def intervention_rows(model, tc, graph, influence: torch.Tensor, node_mask: torc
     def edit_of(nodes, values):
         return [(*graph.active[graph.selected[i]].tolist(), v) for i, v in zip(nodes, values)]
     edits = [[]] + [edit_of(nodes, values) for _, nodes, values in cases]
-    frozen = intervene(model, tc, graph.tokens, edits, direction, frozen=True)
-    real = intervene(model, tc, graph.tokens, edits, direction, frozen=False)
+    errors = clean_errors(model, tc, graph.tokens)
+    frozen = intervene(model, tc, graph.tokens, edits, direction, frozen=True, errors=errors)
+    real = intervene(model, tc, graph.tokens, edits, direction, frozen=False, errors=errors)
     rows = []
     for r, (kind, nodes, values) in enumerate(cases, start=1):
         through, direct = predicted(graph, nodes, values)
@@ -109,57 +128,65 @@ def compounding(model, sets: dict, data, batch_size: int) -> dict:
     from lib.core.metrics import data_metric, kl_divergence
     from lib.features.replacement import replacement_hooks
 
-    out = {}
-    for kind, tc in sets.items():
-        out[kind] = {}
-        for k in range(1, tc.n_layers + 1):
-            kls, metrics = [], []
-            for start in range(0, len(data), batch_size):
-                batch = data.subset(slice(start, start + batch_size))
-                tokens, pos = batch.clean.to(model.device), batch.answer_pos.to(model.device)
-                full = logits_at(model, tokens, pos)
-                replaced = logits_at(model, tokens, pos, hooks=replacement_hooks(tc, range(k)))
-                kls.append(kl_divergence(full, replaced).cpu())
-                metrics.append(data_metric(replaced, batch).cpu())
-            out[kind][k] = (torch.cat(kls).numpy(), torch.cat(metrics).numpy())
+    parts = {(kind, k): ([], []) for kind, tc in sets.items() for k in range(1, tc.n_layers + 1)}
+    for start in range(0, len(data), batch_size):
+        batch = data.subset(slice(start, start + batch_size))
+        tokens, pos = batch.clean.to(model.device), batch.answer_pos.to(model.device)
+        full = logits_at(model, tokens, pos)  # the model's own logits, once per batch
+        for (kind, k), (kls, metrics) in parts.items():
+            replaced = logits_at(model, tokens, pos, hooks=replacement_hooks(sets[kind], range(k)))
+            kls.append(kl_divergence(full, replaced).cpu())
+            metrics.append(data_metric(replaced, batch).cpu())
+    out = {kind: {} for kind in sets}
+    for (kind, k), (kls, metrics) in parts.items():
+        out[kind][k] = (torch.cat(kls).numpy(), torch.cat(metrics).numpy())
     return out
 
 
-def sensitivity_rows(graph, weights: torch.Tensor, thresholds: list[float], default: float, edge_threshold: float) -> list[dict]:
+def sensitivity_rows(graph, weights: torch.Tensor, thresholds: list[float], default: float, default_pruned,
+                     edge_threshold: float) -> list[dict]:
     """Scores, node and edge counts of the graph pruned at each node threshold, and the Jaccard index of its
-    feature and error nodes against those at the default threshold."""
+    feature and error nodes against those at the default threshold (default_pruned: that pruning, already done)."""
     from lib.features.influence import prune
 
-    s = graph.slices()
-    n_fe = s["error"].stop
-
-    def pruned_at(t):
-        return prune(graph.adjacency, weights, graph.n_features, graph.n_pos, graph.n_logits, t, edge_threshold)
-    base = set(pruned_at(default).node_mask[:n_fe].nonzero().flatten().tolist())
+    n_fe = graph.slices()["error"].stop
+    full = full_scores(graph, weights)  # the same at every threshold
+    base = set(default_pruned.node_mask[:n_fe].nonzero().flatten().tolist())
     rows = []
     for t in thresholds:
-        p = pruned_at(t)
+        p = default_pruned if t == default else prune(graph.adjacency, weights, graph.n_features, graph.n_pos,
+                                                      graph.n_logits, t, edge_threshold)
         kept = set(p.node_mask[:n_fe].nonzero().flatten().tolist())
-        rows.append({"node_threshold": t, **graph_scores(graph, weights, p),
+        rows.append({"node_threshold": t, **graph_scores(graph, weights, p, full),
                      "jaccard_vs_default": len(kept & base) / len(kept | base) if kept | base else 1.0})  # both empty: equal
     return rows
 
 
-def graph_scores(graph, weights: torch.Tensor, pruned) -> dict:
-    """Replacement and completeness scores of the full graph and of the pruned one (its adjacency with the
-    edges outside the edge mask zeroed), and the pruned graph's node and edge counts."""
+def full_scores(graph, weights: torch.Tensor) -> dict:
+    """Replacement and completeness scores of the full graph, its feature and edge counts."""
     from lib.features.influence import scores
 
     s = graph.slices()
-    n_err = s["error"].stop - s["error"].start
-    full = scores(graph.adjacency, weights, graph.n_features, n_err, graph.n_pos)
-    pruned_adj = graph.adjacency * pruned.edge_mask
-    part = scores(pruned_adj, weights, graph.n_features, n_err, graph.n_pos)
+    replacement, completeness = scores(graph.adjacency, weights, graph.n_features, s["error"].stop - s["error"].start,
+                                       graph.n_pos)
+    return {"replacement_full": replacement, "completeness_full": completeness, "features_full": graph.n_features,
+            "edges_full": int((graph.adjacency != 0).sum())}
+
+
+def graph_scores(graph, weights: torch.Tensor, pruned, full: dict | None = None) -> dict:
+    """full_scores (computed unless given) and the pruned graph's scores (its adjacency with the edges outside the
+    edge mask zeroed) and its node and edge counts."""
+    from lib.features.influence import scores
+
+    s = graph.slices()
+    full = full_scores(graph, weights) if full is None else full
+    part = scores(graph.adjacency * pruned.edge_mask, weights, graph.n_features, s["error"].stop - s["error"].start,
+                  graph.n_pos)
     mask = pruned.node_mask
-    return {"replacement_full": full[0], "completeness_full": full[1], "replacement_pruned": part[0],
-            "completeness_pruned": part[1], "features_full": graph.n_features, "features_pruned": int(mask[s["feature"]].sum()),
-            "errors_pruned": int(mask[s["error"]].sum()), "edges_full": int((graph.adjacency != 0).sum()),
-            "edges_pruned": int(pruned.edge_mask.sum())}
+    return {"replacement_full": full["replacement_full"], "completeness_full": full["completeness_full"],
+            "replacement_pruned": part[0], "completeness_pruned": part[1], "features_full": full["features_full"],
+            "features_pruned": int(mask[s["feature"]].sum()), "errors_pruned": int(mask[s["error"]].sum()),
+            "edges_full": full["edges_full"], "edges_pruned": int(pruned.edge_mask.sum())}
 
 
 def node_keys(graph, pruned) -> dict:

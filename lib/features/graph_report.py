@@ -56,9 +56,10 @@ def node_name(kind: str, tc_kind: str, layer: int, feature: int, offset: int) ->
     return f"{site}/{'err' if kind == 'error' else f'f{feature}'}@{position_name(-offset)}"
 
 
-def write_graph(run, model, graph, pruned, slug: str, extra: dict, labels) -> None:
-    """graphs/<slug>.json (circuit-tracer's frontend schema) and graph-metadata.json, graphs/<slug>.npz (the full
-    adjacency and node tables), graphs/<slug>.png and .dot (the pruned graph)."""
+def write_graph(run, model, graph, pruned, slug: str, extra: dict, labels) -> dict:
+    """graphs/<slug>.json (circuit-tracer's frontend schema), graphs/<slug>.npz (the full adjacency and node
+    tables), graphs/<slug>.png and .dot (the pruned graph); returns the graph's frontend metadata (the script
+    indexes every graph's in graphs/graph-metadata.json)."""
     from lib.io import graph_json, graph_plot
     from lib.io.results import atomic_write
 
@@ -67,12 +68,6 @@ def write_graph(run, model, graph, pruned, slug: str, extra: dict, labels) -> No
     scan = f"{model.name}-{graph.transcoders.replace(':', '-')}"
     front = graph_json.frontend(graph, pruned, decode, slug, scan, extra["node_threshold"])
     run.json(f"graphs/{slug}.json", front)
-    index_path = run.path / "graphs" / "graph-metadata.json"
-    import json
-
-    index = json.loads(index_path.read_text()) if index_path.exists() else {"graphs": []}
-    run.json("graphs/graph-metadata.json", graph_json.metadata_index(
-        [{"metadata": m} for m in index["graphs"]] + [front]))
     arrays = {"adjacency": graph.adjacency.numpy(), "metric_row": graph.metric_row.numpy(),
               "targets": graph.targets.numpy(), "tokens": graph.tokens.numpy(), "active": graph.active.numpy(),
               "activations": graph.activations.numpy(), "selected": graph.selected.numpy(),
@@ -93,6 +88,7 @@ def write_graph(run, model, graph, pruned, slug: str, extra: dict, labels) -> No
     title = f"{slug} ({graph.transcoders}): {front['metadata']['prompt'][-60:]!r}"
     run.figure(f"graphs/{slug}.png", graph_plot.figure(front, graph.n_layers, names, title))
     run.text(f"graphs/{slug}.dot", graph_plot.dot(front, graph.n_layers, names, title))
+    return front["metadata"]
 
 
 def task_circuit(model, tc, task: str, counts: dict, extra: dict, data, base, opts, labels) -> tuple[list, list]:

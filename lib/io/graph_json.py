@@ -7,11 +7,6 @@ graph-metadata.json listing the graphs of a folder. Plain JSON, no torch."""
 
 from __future__ import annotations
 
-NODE_FIELDS = {"node_id": str, "feature": int, "layer": str, "ctx_idx": int, "feature_type": str,
-               "token_prob": float, "is_target_logit": bool, "run_idx": int, "reverse_ctx_idx": int,
-               "jsNodeId": str, "clerp": str, "influence": (float, type(None)), "activation": (float, type(None))}
-METADATA_FIELDS = {"slug": str, "scan": str, "transcoder_list": list, "prompt_tokens": list, "prompt": str,
-                   "node_threshold": (float, type(None)), "schema_version": (int, type(None))}
 QPARAMS = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
 
 
@@ -80,35 +75,7 @@ def frontend(graph, pruned, decode, slug: str, scan: str, node_threshold: float)
     return {"metadata": metadata, "qParams": dict(QPARAMS), "nodes": kept, "links": links}
 
 
-def problems(model: dict) -> list[str]:
-    """What in a frontend model breaks circuit-tracer's pydantic models (empty when it validates)."""
-    out = []
-    for key in ("metadata", "qParams", "nodes", "links"):
-        if key not in model:
-            out.append(f"no {key}")
-    if out:
-        return out
-    for name, kind in METADATA_FIELDS.items():
-        if name not in model["metadata"] and name not in ("node_threshold", "schema_version"):
-            out.append(f"metadata has no {name}")
-        elif name in model["metadata"] and not isinstance(model["metadata"][name], kind):
-            out.append(f"metadata.{name} is {type(model['metadata'][name]).__name__}")
-    ids = set()
-    for n in model["nodes"]:
-        for name, kind in NODE_FIELDS.items():
-            if name in n and not isinstance(n[name], kind) or (name == "feature" and isinstance(n.get(name), bool)):
-                out.append(f"node {n.get('node_id')}: {name} is {type(n[name]).__name__}")
-        for name in ("node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId"):
-            if name not in n:
-                out.append(f"node {n.get('node_id')} has no {name}")
-        ids.add(n.get("node_id"))
-    for link in model["links"]:
-        if not {"source", "target", "weight"} <= set(link) or link["source"] not in ids or link["target"] not in ids:
-            out.append(f"link {link} does not join two nodes")
-    return out
-
-
-def metadata_index(models: list[dict]) -> dict:
-    """graph-metadata.json of a folder of graphs (circuit-tracer's add_graph_metadata: one entry per slug)."""
-    by_slug = {m["metadata"]["slug"]: m["metadata"] for m in models}
-    return {"graphs": list(by_slug.values())}
+def metadata_index(metadata: list[dict]) -> dict:
+    """graph-metadata.json of a folder of graphs (circuit-tracer's add_graph_metadata: one entry per slug, the
+    last one written for a slug)."""
+    return {"graphs": list({m["slug"]: m for m in metadata}.values())}
