@@ -98,3 +98,11 @@ def completed_run(out, script: str, *args: str):
     (run,) = (out / script.removesuffix(".py")).iterdir()
     return run
 
+
+def refused(r, message: str) -> None:
+    """A run refused as the error policy says: exit 2, one `error:` line naming message, no traceback."""
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+

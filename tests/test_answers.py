@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, refused, run_cli
 
 HEAVY = ("torch", "transformer_lens", "transformers", "pandas", "scipy", "matplotlib")
 SCRIPTS = sorted(p.name for p in ROOT.glob("[0-9][0-9]_*.py"))
@@ -63,13 +63,6 @@ def test_help_and_option_errors_import_nothing_heavy():
         else:
             lines = [line for line in case["stderr"].splitlines() if line.strip()]
             assert case["code"] == 2 and len(lines) == 1 and lines[0].startswith("error: "), case
-
-
-def refused(r, message):
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("name, message", [

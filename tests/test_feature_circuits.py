@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import completed_run, run_cli
+from conftest import completed_run, refused, run_cli
 
 
 @pytest.mark.parametrize("aggregation", ["sum", "none"])
@@ -99,8 +99,8 @@ def test_positions_from_the_answer(tmp_path):
     (["--ig-steps", "0"], "--ig-steps must be between 1 and 1,000"),
 ])
 def test_bad_options(tmp_path, args, message):
-    r = run_cli("09_feature_circuits.py", "--tasks", "ioi", "--model", "./no-such-model", *args, "--out", str(tmp_path))
-    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    refused(run_cli("09_feature_circuits.py", "--tasks", "ioi", "--model", "./no-such-model", *args, "--out",
+                    str(tmp_path)), message)
 
 
 def test_dictionaries_of_another_model_are_refused_before_any_work(tmp_path):

@@ -8,7 +8,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, refused, run_cli
 
 TOY = ["--model", "toy"]
 QUICK = [*TOY, "--n-bootstrap", "40", "--quiet"]
@@ -157,11 +157,6 @@ def test_rows_that_break_a_rule_are_dropped_counted_and_explained(tmp_path):
                                     "token length: 1")
     record = json.loads((run / "run.json").read_text())["task_files"]["mixed"]
     assert record["rows_used"] == 4 and record["rows_dropped"] == 2
-
-
-def refused(r, message):
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
 
 
 def bad_files(where):
