@@ -403,6 +403,11 @@ def test_complete_run_on_toy(tmp_path):
     assert set(comp.transcoders) == {"plt", "clt"} and set(comp.layers_replaced) == {1, 2, 3, 4}
     sens = pd.read_csv(run / "sensitivity.csv")
     assert np.allclose(sens[sens.node_threshold == 0.8].jaccard_vs_default, 1.0)
+    sweep = pd.read_csv(run / "sensitivity_summary.csv")  # means over each task's graphs, by threshold
+    by_hand = sens.groupby(["task", "node_threshold"]).features_pruned.mean()
+    assert len(sweep) == len(by_hand) and np.allclose(sweep.set_index(["task", "node_threshold"]).features_pruned,
+                                                        by_hand.loc[list(zip(sweep.task, sweep.node_threshold))])
+    assert (sweep.jaccard_vs_default_ci_low <= sweep.jaccard_vs_default + 1e-12).all()
     inter = pd.read_csv(run / "interventions.csv")
     assert (inter.baseline_frozen_minus_model.abs() < 1e-4).all()
     np.testing.assert_allclose(inter.gap, inter.real - inter.predicted_graph)

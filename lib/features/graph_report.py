@@ -124,19 +124,25 @@ def task_circuit(model, tc, task: str, counts: dict, extra: dict, data, base, op
 
 
 def summaries(tables: dict, opts) -> dict:
-    """Per task means over its graphs with 95% bootstrap intervals over graphs: scores, and intervention gaps."""
+    """Per task means over its graphs with 95% bootstrap intervals over graphs: scores, the sensitivity sweep (per
+    node threshold) and intervention gaps."""
     import pandas as pd
 
     from lib.methods import intervals
 
     ci = dict(n_resamples=opts.n_bootstrap, seed=opts.seed)
-    scores, gaps = [], []
-    for task, part in tables["scores"].groupby("task", sort=False):
-        row = {"task": task, "graphs": len(part)}
-        for col in ("replacement_full", "completeness_full", "replacement_pruned", "completeness_pruned",
-                    "features_pruned", "errors_pruned", "edges_pruned"):
+    pruned = ("replacement_pruned", "completeness_pruned", "features_pruned", "errors_pruned", "edges_pruned")
+
+    def means(part, columns, **key) -> dict:
+        row = {**key, "graphs": len(part)}
+        for col in columns:
             row |= intervals.columns(col, intervals.mean, part[col].to_numpy(), **ci)
-        scores.append(row)
+        return row
+    scores = [means(part, ("replacement_full", "completeness_full", *pruned), task=task)
+              for task, part in tables["scores"].groupby("task", sort=False)]
+    sweep = [means(part, (*pruned, "jaccard_vs_default"), task=task, node_threshold=t)
+             for (task, t), part in tables["sensitivity"].groupby(["task", "node_threshold"], sort=False)]
+    gaps = []
     for task, part in tables["interventions"].groupby("task", sort=False):
         row = {"task": task, "interventions": len(part)}
         for col in ("gap", "gap_attention", "gap_linear"):
@@ -144,7 +150,8 @@ def summaries(tables: dict, opts) -> dict:
         for col in ("frozen", "real"):
             row[f"corr_predicted_{col}"] = float(np.corrcoef(part.predicted_graph, part[col])[0, 1]) if len(part) > 2 else np.nan
         gaps.append(row)
-    return {"scores_summary": pd.DataFrame(scores), "interventions_summary": pd.DataFrame(gaps)}
+    return {"scores_summary": pd.DataFrame(scores), "sensitivity_summary": pd.DataFrame(sweep),
+            "interventions_summary": pd.DataFrame(gaps)}
 
 
 def plot_task(task: str, tables: dict, extra: dict) -> dict:
