@@ -16,11 +16,13 @@ if TYPE_CHECKING:
     import pandas as pd
 
 app = cli.script_app(__doc__)
-HEADLINE = [Metric("clean_mean", "summary.csv", "mean", {"condition": "clean", "group": "all"}),
-            Metric("clean_accuracy", "summary.csv", "accuracy", {"condition": "clean", "group": "all"}),
-            Metric("corrupted_mean", "summary.csv", "mean", {"condition": "corrupted", "group": "all"}),
-            Metric("faithfulness", "summary.csv", "faithfulness", {"condition": "circuit", "group": "all"}),
-            Metric("faithfulness_median", "summary.csv", "faithfulness_median", {"condition": "circuit", "group": "all"})]
+HEADLINE = [
+    Metric("clean_mean", "summary.csv", "mean", {"condition": "clean", "group": "all"}),
+    Metric("clean_accuracy", "summary.csv", "accuracy", {"condition": "clean", "group": "all"}),
+    Metric("corrupted_mean", "summary.csv", "mean", {"condition": "corrupted", "group": "all"}),
+    Metric("faithfulness", "summary.csv", "faithfulness", {"condition": "circuit", "group": "all"}),
+    Metric("faithfulness_median", "summary.csv", "faithfulness_median", {"condition": "circuit", "group": "all"}),
+]
 
 
 def summary_rows(items: pd.DataFrame, column: str, condition: str, n_bootstrap: int, seed: int) -> list[dict]:
@@ -31,13 +33,21 @@ def summary_rows(items: pd.DataFrame, column: str, condition: str, n_bootstrap: 
 
     rows = []
     for (task, group), df in [((t, "all"), d) for t, d in items.groupby("task", sort=False)] + list(
-            items.groupby(["task", "group"], sort=True)):
+        items.groupby(["task", "group"], sort=True)
+    ):
         v = df[column].to_numpy()
         ci = dict(n_resamples=n_bootstrap, seed=seed)
-        row = {"task": task, "circuit": df.circuit.iloc[0], "condition": condition, "group": group, "n": len(v),
-               **intervals.columns("mean", intervals.mean, v, **ci), "std": v.std(ddof=1) if len(v) > 1 else 0.0,
-               **intervals.columns("median", intervals.median, v, **ci),
-               **intervals.columns("accuracy", intervals.positive_share, v, **ci)}
+        row = {
+            "task": task,
+            "circuit": df.circuit.iloc[0],
+            "condition": condition,
+            "group": group,
+            "n": len(v),
+            **intervals.columns("mean", intervals.mean, v, **ci),
+            "std": v.std(ddof=1) if len(v) > 1 else 0.0,
+            **intervals.columns("median", intervals.median, v, **ci),
+            **intervals.columns("accuracy", intervals.positive_share, v, **ci),
+        }
         for name in ("faithfulness", "faithfulness_median"):
             row |= {name: np.nan, f"{name}_ci_low": np.nan, f"{name}_ci_high": np.nan}
         if condition == "circuit":
@@ -49,13 +59,26 @@ def summary_rows(items: pd.DataFrame, column: str, condition: str, n_bootstrap: 
 
 
 @app.command()
-def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
-         dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 100, batch_size: cli.BatchOpt = 32,
-         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), task_metric: cli.TaskMetricOpt = "", circuit: CircuitOpt = "auto",
-         ablation: AblationOpt = "resample", n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False,
-         resume: cli.ResumeOpt = None):
+def main(
+    tasks: cli.TasksOpt = "all",
+    model: cli.ModelOpt = "gpt2",
+    device: cli.DeviceOpt = "auto",
+    dtype: cli.DtypeOpt = "float32",
+    n_prompts: cli.NPromptsOpt = 100,
+    batch_size: cli.BatchOpt = 32,
+    seed: cli.SeedOpt = 0,
+    out: cli.OutOpt = Path("results"),
+    task_metric: cli.TaskMetricOpt = "",
+    circuit: CircuitOpt = "auto",
+    ablation: AblationOpt = "resample",
+    n_bootstrap: cli.NBootstrapOpt = 1000,
+    quiet: cli.QuietOpt = False,
+    resume: cli.ResumeOpt = None,
+):
     check_options(circuit, ablation)
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap, task_metric=task_metric)
+    opts = cli.common(
+        tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap, task_metric=task_metric
+    )
     # the work's imports, once the options are valid (--help and option errors never pay for them)
     import pandas as pd
 
@@ -64,8 +87,14 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
     from lib.core.patching import evaluate_mask
     from lib.io import plots
     from lib.io.plots import TASK_METRIC_LABELS
+
     with circuit_experiment("02_logit_diff", opts, circuit, ablation, resume=resume, headline=HEADLINE) as (
-            lm, run, graph, datasets):
+        lm,
+        run,
+        graph,
+        datasets,
+    ):
+
         def task_items(name: str) -> pd.DataFrame:
             data = datasets[name]
             resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, ablation, run)
@@ -78,20 +107,45 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
 
         items = pd.concat(cli.per_task(run, opts.tasks, task_items).values(), ignore_index=True)
         boot = (opts.n_bootstrap, opts.seed)
-        summary = pd.DataFrame(summary_rows(items, "metric_clean", "clean", *boot)
-                               + summary_rows(items, "metric_corrupted", "corrupted", *boot)
-                               + summary_rows(items, "metric_circuit", "circuit", *boot))
+        summary = pd.DataFrame(
+            summary_rows(items, "metric_clean", "clean", *boot)
+            + summary_rows(items, "metric_corrupted", "corrupted", *boot)
+            + summary_rows(items, "metric_circuit", "circuit", *boot)
+        )
         run.csv("dataset.csv", pd.concat([d.dataset_frame(lm.tokenizer) for d in datasets.values()]))
         run.csv("items.csv", items)
         run.csv("summary.csv", summary)
-        run.figure("metric_hist.png", plots.histograms(
-            {t: {"clean": d.metric_clean.to_numpy(), "corrupted": d.metric_corrupted.to_numpy(),
-                 f"circuit ({d.circuit.iloc[0]})": d.metric_circuit.to_numpy()}
-             for t, d in items.groupby("task", sort=False)}, "Task metric per prompt",
-            {t: TASK_METRIC_LABELS[datasets[t].metric_kind] for t in datasets}, "prompts"))
-        overall = summary[summary.group == "all"][["task", "circuit", "condition", "n", "mean", "mean_ci_low",
-                                                   "mean_ci_high", "accuracy", "faithfulness", "faithfulness_ci_low",
-                                                   "faithfulness_ci_high"]]
+        run.figure(
+            "metric_hist.png",
+            plots.histograms(
+                {
+                    t: {
+                        "clean": d.metric_clean.to_numpy(),
+                        "corrupted": d.metric_corrupted.to_numpy(),
+                        f"circuit ({d.circuit.iloc[0]})": d.metric_circuit.to_numpy(),
+                    }
+                    for t, d in items.groupby("task", sort=False)
+                },
+                "Task metric per prompt",
+                {t: TASK_METRIC_LABELS[datasets[t].metric_kind] for t in datasets},
+                "prompts",
+            ),
+        )
+        overall = summary[summary.group == "all"][
+            [
+                "task",
+                "circuit",
+                "condition",
+                "n",
+                "mean",
+                "mean_ci_low",
+                "mean_ci_high",
+                "accuracy",
+                "faithfulness",
+                "faithfulness_ci_low",
+                "faithfulness_ci_high",
+            ]
+        ]
         print(overall.to_string(index=False, float_format="%.4f"))
 
 

@@ -13,7 +13,7 @@ import typer
 
 from lib.core import choices
 from lib.core.errors import UserError
-from lib.io import cli, progress
+from lib.io import checks, cli, progress
 from lib.io.headline import Metric
 
 app = cli.script_app(__doc__)
@@ -28,69 +28,121 @@ SWEEP = "0.5 0.6 0.7 0.8 0.9 0.95 0.99"
 
 
 @app.command()
-def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.DeviceOpt = "auto",
-         dtype: cli.DtypeOpt = "float32", n_prompts: cli.NPromptsOpt = 40, batch_size: cli.BatchOpt = 16,
-         seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"), task_metric: cli.TaskMetricOpt = "",
-         dictionaries: cli.DictionariesOpt = "toy",
-         transcoders: Annotated[str, typer.Option(help="plt (per-layer transcoders) | clt (a cross-layer "
-                                                  "transcoder): the replacement model of the graphs")] = "plt",
-         n_graphs: Annotated[int, typer.Option("--n-graphs", help="graphs per task (its first discovery prompts)")] = 8,
-         node_threshold: Annotated[float, typer.Option("--node-threshold", help="cumulative influence kept by "
-                                                       "pruning (circuit-tracer's default)")] = 0.8,
-         edge_threshold: Annotated[float, typer.Option("--edge-threshold", help="cumulative edge score kept")] = 0.98,
-         sweep: Annotated[str, typer.Option(help="node thresholds of the sensitivity sweep")] = SWEEP,
-         max_feature_nodes: Annotated[int, typer.Option("--max-feature-nodes", help="feature rows per graph, the most "
-                                                        "influential first (0: every active feature)")] = 0,
-         max_n_logits: Annotated[int, typer.Option("--max-n-logits", help="logit nodes at most")] = 10,
-         desired_logit_prob: Annotated[float, typer.Option("--desired-logit-prob", help="logit nodes until their "
-                                                           "probability reaches this")] = 0.95,
-         target_batch: Annotated[int, typer.Option("--target-batch", help="target rows per backward pass")] = 64,
-         n_intervene: Annotated[int, typer.Option("--n-intervene", help="top graph features intervened on per "
-                                                  "graph")] = 5,
-         min_frequency: Annotated[float, typer.Option("--min-frequency", help="share of a task's pruned graphs a node "
-                                                      "must be in to join the task's circuit")] = 0.5,
-         n_bootstrap: cli.NBootstrapOpt = 1000, quiet: cli.QuietOpt = False, resume: cli.ResumeOpt = None):
+def main(
+    tasks: cli.TasksOpt = "all",
+    model: cli.ModelOpt = "gpt2",
+    device: cli.DeviceOpt = "auto",
+    dtype: cli.DtypeOpt = "float32",
+    n_prompts: cli.NPromptsOpt = 40,
+    batch_size: cli.BatchOpt = 16,
+    seed: cli.SeedOpt = 0,
+    out: cli.OutOpt = Path("results"),
+    task_metric: cli.TaskMetricOpt = "",
+    dictionaries: cli.DictionariesOpt = "toy",
+    transcoders: Annotated[
+        str,
+        typer.Option(
+            help="plt (per-layer transcoders) | clt (a cross-layer transcoder): the replacement model of the graphs"
+        ),
+    ] = "plt",
+    n_graphs: Annotated[int, typer.Option("--n-graphs", help="graphs per task (its first discovery prompts)")] = 8,
+    node_threshold: Annotated[
+        float, typer.Option("--node-threshold", help="cumulative influence kept by pruning (circuit-tracer's default)")
+    ] = 0.8,
+    edge_threshold: Annotated[float, typer.Option("--edge-threshold", help="cumulative edge score kept")] = 0.98,
+    sweep: Annotated[str, typer.Option(help="node thresholds of the sensitivity sweep")] = SWEEP,
+    max_feature_nodes: Annotated[
+        int,
+        typer.Option(
+            "--max-feature-nodes", help="feature rows per graph, the most influential first (0: every active feature)"
+        ),
+    ] = 0,
+    max_n_logits: Annotated[int, typer.Option("--max-n-logits", help="logit nodes at most")] = 10,
+    desired_logit_prob: Annotated[
+        float, typer.Option("--desired-logit-prob", help="logit nodes until their probability reaches this")
+    ] = 0.95,
+    target_batch: Annotated[int, typer.Option("--target-batch", help="target rows per backward pass")] = 64,
+    n_intervene: Annotated[int, typer.Option("--n-intervene", help="top graph features intervened on per graph")] = 5,
+    min_frequency: Annotated[
+        float,
+        typer.Option(
+            "--min-frequency", help="share of a task's pruned graphs a node must be in to join the task's circuit"
+        ),
+    ] = 0.5,
+    n_bootstrap: cli.NBootstrapOpt = 1000,
+    quiet: cli.QuietOpt = False,
+    resume: cli.ResumeOpt = None,
+):
     if transcoders not in choices.GRAPH_TRANSCODERS:
         raise UserError(f"unknown --transcoders {transcoders!r}; choose from {', '.join(choices.GRAPH_TRANSCODERS)}")
-    cli.check_between(1, 1000, ("--n-graphs", n_graphs))
-    cli.check_between(1, 100, ("--max-n-logits", max_n_logits), ("--n-intervene", n_intervene))
-    cli.check_between(1, 4096, ("--target-batch", target_batch))
-    cli.check_between(0, 1 << 24, ("--max-feature-nodes", max_feature_nodes))
-    thresholds = cli.parse_floats(sweep, "--sweep")
-    for name, value in (("--node-threshold", node_threshold), ("--edge-threshold", edge_threshold),
-                        ("--desired-logit-prob", desired_logit_prob), ("--min-frequency", min_frequency),
-                        *(("--sweep", t) for t in thresholds)):
-        cli.check_finite(name, value)
+    checks.check_between(1, 1000, ("--n-graphs", n_graphs))
+    checks.check_between(1, 100, ("--max-n-logits", max_n_logits), ("--n-intervene", n_intervene))
+    checks.check_between(1, 4096, ("--target-batch", target_batch))
+    checks.check_between(0, 1 << 24, ("--max-feature-nodes", max_feature_nodes))
+    thresholds = checks.parse_floats(sweep, "--sweep")
+    for name, value in (
+        ("--node-threshold", node_threshold),
+        ("--edge-threshold", edge_threshold),
+        ("--desired-logit-prob", desired_logit_prob),
+        ("--min-frequency", min_frequency),
+        *(("--sweep", t) for t in thresholds),
+    ):
+        checks.check_finite(name, value)
         if not 0 <= value <= 1:
             raise UserError(f"{name} must be between 0 and 1 (got {value:g})")
     if n_graphs > n_prompts:
-        raise UserError(f"--n-graphs {n_graphs} is more than --n-prompts {n_prompts} (graphs are built on the "
-                        "discovery prompts)")
-    opts = cli.common(tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap,
-                      task_metric=task_metric)
+        raise UserError(
+            f"--n-graphs {n_graphs} is more than --n-prompts {n_prompts} (graphs are built on the discovery prompts)"
+        )
+    opts = cli.common(
+        tasks, model, device, dtype, n_prompts, batch_size, seed, out, quiet, n_bootstrap, task_metric=task_metric
+    )
     import pandas as pd
 
     from lib.features import files
-    from lib.features.graph_report import plot_task, summaries, transcoder_sets
     from lib.io import graph_json
+    from lib.io.graph_report import plot_task, summaries, transcoder_sets
 
-    extra = dict(dictionaries=dictionaries, transcoders=transcoders, n_graphs=n_graphs, node_threshold=node_threshold,
-                 edge_threshold=edge_threshold, sweep=sorted(set(thresholds) | {node_threshold}),
-                 max_feature_nodes=max_feature_nodes or None, max_n_logits=max_n_logits,
-                 desired_logit_prob=desired_logit_prob, target_batch=target_batch, n_intervene=n_intervene,
-                 min_frequency=min_frequency)
+    extra = dict(
+        dictionaries=dictionaries,
+        transcoders=transcoders,
+        n_graphs=n_graphs,
+        node_threshold=node_threshold,
+        edge_threshold=edge_threshold,
+        sweep=sorted(set(thresholds) | {node_threshold}),
+        max_feature_nodes=max_feature_nodes or None,
+        max_n_logits=max_n_logits,
+        desired_logit_prob=desired_logit_prob,
+        target_batch=target_batch,
+        n_intervene=n_intervene,
+        min_frequency=min_frequency,
+    )
     with cli.experiment("10_attribution_graphs", opts, resume=resume, headline=HEADLINE, **extra) as (lm, run):
         sets = transcoder_sets(files.load_set(dictionaries, lm), lm, dictionaries, transcoders)
-        run.record["transcoder_sets"] = {k: {"name": tc.name, "architecture": tc.architecture, "k": tc.k,
-                                             "d_sae": tc.d_sae, "hooks_in": tc.hooks_in, "hooks_out": tc.hooks_out}
-                                         for k, tc in sets.items()}
-        run.record["not_available"] = {k: "not in the dictionary set" for k in choices.GRAPH_TRANSCODERS if k not in sets}
+        run.record["transcoder_sets"] = {
+            k: {
+                "name": tc.name,
+                "architecture": tc.architecture,
+                "k": tc.k,
+                "d_sae": tc.d_sae,
+                "hooks_in": tc.hooks_in,
+                "hooks_out": tc.hooks_out,
+            }
+            for k, tc in sets.items()
+        }
+        run.record["not_available"] = {
+            k: "not in the dictionary set" for k in choices.GRAPH_TRANSCODERS if k not in sets
+        }
         results = cli.per_task(run, opts.tasks, lambda name: graph_task(lm, run, name, opts, sets, extra))
         run.record["graph_seconds"] = {name: res["seconds"] for name, res in results.items()}
-        run.json("graphs/graph-metadata.json", graph_json.metadata_index(
-            [m for res in results.values() for m in res["graph_metadata"]]))
-        tables = {t: pd.DataFrame([r for res in results.values() for r in res[t]])
-                  for t in ("scores", "interventions", "compounding", "sensitivity", "task_features", "task_circuit")}
+        run.json(
+            "graphs/graph-metadata.json",
+            graph_json.metadata_index([m for res in results.values() for m in res["graph_metadata"]]),
+        )
+        tables = {
+            t: pd.DataFrame([r for res in results.values() for r in res[t]])
+            for t in ("scores", "interventions", "compounding", "sensitivity", "task_features", "task_circuit")
+        }
         run.csv("dataset.csv", pd.concat([res["frame"] for res in results.values()]))
         for name, table in tables.items():
             run.csv(f"{name}.csv", table)
@@ -99,8 +151,12 @@ def main(tasks: cli.TasksOpt = "all", model: cli.ModelOpt = "gpt2", device: cli.
         for name in opts.tasks:
             for file, fig in plot_task(name, tables, extra).items():
                 run.figure(file, fig)
-        print(tables["scores"].groupby("task", sort=False)[["replacement_full", "completeness_full", "features_pruned",
-                                                             "edges_pruned"]].mean().to_string(float_format="%.3f"))
+        print(
+            tables["scores"]
+            .groupby("task", sort=False)[["replacement_full", "completeness_full", "features_pruned", "edges_pruned"]]
+            .mean()
+            .to_string(float_format="%.3f")
+        )
 
 
 def graph_task(lm, run, name: str, opts, sets: dict, extra: dict) -> dict:
@@ -112,23 +168,33 @@ def graph_task(lm, run, name: str, opts, sets: dict, extra: dict) -> dict:
 
     from lib.features import graph_checks as checks
     from lib.features.attribution import attribute, memory_estimate, metric_direction
-    from lib.features.graph_report import feature_labels, task_circuit, write_graph
     from lib.features.influence import logit_weights, prune
+    from lib.io.graph_report import feature_labels, task_circuit, write_graph
     from lib.methods.faithfulness import discovery_and_held_out
 
     discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
     if extra["n_graphs"] > len(discovery):
-        raise UserError(f"--n-graphs {extra['n_graphs']}: task {name} has {len(discovery)} discovery prompts "
-                        f"(raise --n-prompts or lower --n-graphs)")
+        raise UserError(
+            f"--n-graphs {extra['n_graphs']}: task {name} has {len(discovery)} discovery prompts "
+            f"(raise --n-prompts or lower --n-graphs)"
+        )
     n_ctx = int(lm.bridge.cfg.n_ctx)
-    longest = int(discovery.lengths[:extra["n_graphs"]].max())
+    longest = int(discovery.lengths[: extra["n_graphs"]].max())
     if max(longest, int(held_out.lengths.max())) > n_ctx:
-        raise UserError(f"task {name}: a prompt of {max(longest, int(held_out.lengths.max()))} tokens is longer than "
-                        f"model {lm.name}'s context of {n_ctx}")
+        raise UserError(
+            f"task {name}: a prompt of {max(longest, int(held_out.lengths.max()))} tokens is longer than "
+            f"model {lm.name}'s context of {n_ctx}"
+        )
     tc = sets[extra["transcoders"]]
     w_u = lm.bridge.W_U.detach()
-    estimate = memory_estimate(lm, tc, discovery.clean[int(discovery.lengths[:extra["n_graphs"]].argmax()), :longest],
-                               extra["target_batch"], extra["max_feature_nodes"], extra["max_n_logits"])
+    estimate = memory_estimate(
+        lm,
+        tc,
+        discovery.clean[int(discovery.lengths[: extra["n_graphs"]].argmax()), :longest],
+        extra["target_batch"],
+        extra["max_feature_nodes"],
+        extra["max_n_logits"],
+    )
     progress.note(f"{name}: memory estimate for its longest graph ({longest} tokens): {estimate}")
     rows = {"scores": [], "interventions": [], "sensitivity": []}
     counts: dict = {}
@@ -137,29 +203,61 @@ def graph_task(lm, run, name: str, opts, sets: dict, extra: dict) -> dict:
     labels = feature_labels(lm, tc)
     with progress.bar(extra["n_graphs"], f"{name}: attribution graphs ({tc.kind})", "graph") as bar:
         for i in range(extra["n_graphs"]):
-            tokens = discovery.clean[i, :int(discovery.lengths[i])]
+            tokens = discovery.clean[i, : int(discovery.lengths[i])]
             direction = metric_direction(w_u, discovery.correct[i].to(w_u.device), discovery.wrong[i].to(w_u.device))
             t0 = time.perf_counter()
-            graph = attribute(lm, tc, tokens, direction, extra["max_n_logits"], extra["desired_logit_prob"],
-                              extra["target_batch"], extra["max_feature_nodes"])
+            graph = attribute(
+                lm,
+                tc,
+                tokens,
+                direction,
+                extra["max_n_logits"],
+                extra["desired_logit_prob"],
+                extra["target_batch"],
+                extra["max_feature_nodes"],
+            )
             seconds = time.perf_counter() - t0
             weights = logit_weights(graph.adjacency.shape[0], graph.logit_probs)
-            pruned = prune(graph.adjacency, weights, graph.n_features, graph.n_pos, graph.n_logits,
-                           extra["node_threshold"], extra["edge_threshold"])
+            pruned = prune(
+                graph.adjacency,
+                weights,
+                graph.n_features,
+                graph.n_pos,
+                graph.n_logits,
+                extra["node_threshold"],
+                extra["edge_threshold"],
+            )
             slug = f"{name}_{i}"
             metadata.append(write_graph(run, lm, graph, pruned, slug, extra, labels))
             top = int(graph.logit_tokens[0])
             full = checks.full_scores(graph, weights)
-            rows["scores"].append({"task": name, "graph": slug, "prompt": discovery.info.clean_text.iloc[i],
-                                   "positions": graph.n_pos, "active_features": len(graph.active),
-                                   **checks.graph_scores(graph, weights, pruned, full), "logit_nodes": graph.n_logits,
-                                   "top_logit": lm.tokenizer.decode([top]), "top_logit_prob": float(graph.logit_probs[0]),
-                                   "metric_node_value": graph.metric_value})
+            rows["scores"].append(
+                {
+                    "task": name,
+                    "graph": slug,
+                    "prompt": discovery.info.clean_text.iloc[i],
+                    "positions": graph.n_pos,
+                    "active_features": len(graph.active),
+                    **checks.graph_scores(graph, weights, pruned, full),
+                    "logit_nodes": graph.n_logits,
+                    "top_logit": lm.tokenizer.decode([top]),
+                    "top_logit_prob": float(graph.logit_probs[0]),
+                    "metric_node_value": graph.metric_value,
+                }
+            )
             timings.append(round(seconds, 4))
-            rows["sensitivity"] += [{"task": name, "graph": slug, **r} for r in checks.sensitivity_rows(
-                graph, weights, extra["sweep"], extra["node_threshold"], pruned, extra["edge_threshold"])]
-            rows["interventions"] += [{"task": name, "graph": slug, **r} for r in checks.intervention_rows(
-                lm, tc, graph, pruned.influence, pruned.node_mask, direction.to(lm.device), extra["n_intervene"])]
+            rows["sensitivity"] += [
+                {"task": name, "graph": slug, **r}
+                for r in checks.sensitivity_rows(
+                    graph, weights, extra["sweep"], extra["node_threshold"], pruned, extra["edge_threshold"]
+                )
+            ]
+            rows["interventions"] += [
+                {"task": name, "graph": slug, **r}
+                for r in checks.intervention_rows(
+                    lm, tc, graph, pruned.influence, pruned.node_mask, direction.to(lm.device), extra["n_intervene"]
+                )
+            ]
             for key, value in checks.node_keys(graph, pruned).items():
                 counts.setdefault(key, []).append(value)
             bar.update(1)
@@ -172,15 +270,34 @@ def graph_task(lm, run, name: str, opts, sets: dict, extra: dict) -> dict:
     ci = dict(n_resamples=opts.n_bootstrap, seed=opts.seed)
     for kind, by_k in kl_metric.items():
         for k, (kl, metric) in by_k.items():
-            compounding.append({"task": name, "transcoders": kind, "layers_replaced": k,
-                                **intervals.columns("kl", intervals.mean, kl, **ci),
-                                **intervals.columns("metric", intervals.mean, metric, **ci),
-                                **intervals.columns("faithfulness", intervals.ratio_of_means, metric,
-                                                    base.metric_clean.to_numpy(), base.metric_corrupted.to_numpy(), **ci),
-                                "metric_model": float(np.mean(base.metric_clean))})
+            compounding.append(
+                {
+                    "task": name,
+                    "transcoders": kind,
+                    "layers_replaced": k,
+                    **intervals.columns("kl", intervals.mean, kl, **ci),
+                    **intervals.columns("metric", intervals.mean, metric, **ci),
+                    **intervals.columns(
+                        "faithfulness",
+                        intervals.ratio_of_means,
+                        metric,
+                        base.metric_clean.to_numpy(),
+                        base.metric_corrupted.to_numpy(),
+                        **ci,
+                    ),
+                    "metric_model": float(np.mean(base.metric_clean)),
+                }
+            )
     features, circuit = task_circuit(lm, tc, name, counts, extra, held_out, base, opts, labels)
-    return {**rows, "compounding": compounding, "task_features": features, "task_circuit": circuit, "frame": frame,
-            "seconds": timings, "graph_metadata": metadata}
+    return {
+        **rows,
+        "compounding": compounding,
+        "task_features": features,
+        "task_circuit": circuit,
+        "frame": frame,
+        "seconds": timings,
+        "graph_metadata": metadata,
+    }
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ import time
 import tomllib
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from lib.batch import cells, grid
 from lib.core.errors import UserError
-from lib.io import cli
+from lib.io import checks, cli
 from lib.io.results import atomic_write, git_commit, probe_writable, versions
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
@@ -55,9 +55,15 @@ def _todo(out: Path, all_cells: list, only_failed: bool) -> list:
 
 
 def _record(out: Path, grid_file: Path, text: str, all_cells: list, executor: dict) -> None:
-    record = {"grid_file": str(grid_file), "grid": text,
-              "cells": [{"cell_id": c.id, "script": c.script, "options": dict(c.options)} for c in all_cells],
-              "executor": executor, "git": git_commit(), "versions": versions(), "python": sys.executable}
+    record = {
+        "grid_file": str(grid_file),
+        "grid": text,
+        "cells": [{"cell_id": c.id, "script": c.script, "options": dict(c.options)} for c in all_cells],
+        "executor": executor,
+        "git": git_commit(),
+        "versions": versions(),
+        "python": sys.executable,
+    }
     atomic_write(out / "batch.json", lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
 
 
@@ -107,29 +113,50 @@ def _run_submitit(out: Path, all_cells: list, todo: list, cluster: str, params: 
 
 
 @app.command()
-def run(grid_file: Annotated[Path, typer.Argument(help="the grid (TOML)")],
-        out: Annotated[Path, typer.Option("--out", help="the batch directory")],
-        executor: Annotated[str, typer.Option(help="local | slurm | submitit-local (the SLURM path run on this "
-                                                    "machine by submitit's local executor)")] = "local",
-        jobs: Annotated[int, typer.Option(help="parallel processes (local executor)")] = 1,
-        only_failed: Annotated[bool, typer.Option("--only-failed", help="rerun only the failed cells")] = False,
-        fork: Annotated[bool, typer.Option("--fork/--no-fork", help="local executor: fork each cell from a server "
-                                           "that holds the heavy imports (default), or start each as a fresh "
-                                           "interpreter, exactly as a shell would")] = True,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="print the cells and what would run; run nothing")] = False,
-        partition: Annotated[Optional[str], typer.Option(help="SLURM partition")] = None,
-        gpus_per_task: Annotated[int, typer.Option(help="SLURM GPUs per task")] = 1,
-        cpus_per_task: Annotated[int, typer.Option(help="CPUs per task")] = 4,
-        mem_gb: Annotated[float, typer.Option(help="memory per task, GB")] = 32.0,
-        timeout_min: Annotated[int, typer.Option(help="time limit per task, minutes")] = 120,
-        slurm_array_parallelism: Annotated[int, typer.Option(help="cells running at once on SLURM")] = 64,
-        sbatch: Annotated[Optional[list[str]], typer.Option(help="extra sbatch parameter KEY=VALUE (repeatable), "
-                                                            "e.g. --sbatch account=myproj --sbatch qos=high")] = None):
+def run(
+    grid_file: Annotated[Path, typer.Argument(help="the grid (TOML)")],
+    out: Annotated[Path, typer.Option("--out", help="the batch directory")],
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local | slurm | submitit-local (the SLURM path run on this machine by submitit's local executor)"
+        ),
+    ] = "local",
+    jobs: Annotated[int, typer.Option(help="parallel processes (local executor)")] = 1,
+    only_failed: Annotated[bool, typer.Option("--only-failed", help="rerun only the failed cells")] = False,
+    fork: Annotated[
+        bool,
+        typer.Option(
+            "--fork/--no-fork",
+            help="local executor: fork each cell from a server "
+            "that holds the heavy imports (default), or start each as a fresh "
+            "interpreter, exactly as a shell would",
+        ),
+    ] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the cells and what would run; run nothing")] = False,
+    partition: Annotated[str | None, typer.Option(help="SLURM partition")] = None,
+    gpus_per_task: Annotated[int, typer.Option(help="SLURM GPUs per task")] = 1,
+    cpus_per_task: Annotated[int, typer.Option(help="CPUs per task")] = 4,
+    mem_gb: Annotated[float, typer.Option(help="memory per task, GB")] = 32.0,
+    timeout_min: Annotated[int, typer.Option(help="time limit per task, minutes")] = 120,
+    slurm_array_parallelism: Annotated[int, typer.Option(help="cells running at once on SLURM")] = 64,
+    sbatch: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="extra sbatch parameter KEY=VALUE (repeatable), e.g. --sbatch account=myproj --sbatch qos=high"
+        ),
+    ] = None,
+):
     """Run every cell of GRID_FILE not yet finished; then summarize."""
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
-    cli.check_at_least(1, ("--jobs", jobs), ("--cpus-per-task", cpus_per_task), ("--timeout-min", timeout_min),
-                       ("--slurm-array-parallelism", slurm_array_parallelism))
+    checks.check_at_least(
+        1,
+        ("--jobs", jobs),
+        ("--cpus-per-task", cpus_per_task),
+        ("--timeout-min", timeout_min),
+        ("--slurm-array-parallelism", slurm_array_parallelism),
+    )
     if gpus_per_task < 0 or not mem_gb > 0:
         raise UserError("--gpus-per-task must be >= 0 and --mem-gb > 0")
     extra = {}
@@ -140,9 +167,16 @@ def run(grid_file: Annotated[Path, typer.Argument(help="the grid (TOML)")],
         extra[key] = value
     text, all_cells = grid.load(grid_file)
     grid.check(all_cells, str(grid_file))  # every cell, by its script's own parser, before anything runs
-    params = {"timeout_min": timeout_min, "mem_gb": mem_gb, "cpus_per_task": cpus_per_task, "name": "circuit-grid",
-              "slurm_partition": partition, "slurm_gpus_per_task": gpus_per_task,
-              "slurm_array_parallelism": slurm_array_parallelism, "slurm_additional_parameters": extra or None}
+    params = {
+        "timeout_min": timeout_min,
+        "mem_gb": mem_gb,
+        "cpus_per_task": cpus_per_task,
+        "name": "circuit-grid",
+        "slurm_partition": partition,
+        "slurm_gpus_per_task": gpus_per_task,
+        "slurm_array_parallelism": slurm_array_parallelism,
+        "slurm_additional_parameters": extra or None,
+    }
     if dry_run:
         todo = {c.id for c in _todo(out, all_cells, only_failed)} if out.is_dir() else {c.id for c in all_cells}
         for c in all_cells:
@@ -154,8 +188,13 @@ def run(grid_file: Annotated[Path, typer.Argument(help="the grid (TOML)")],
         from lib.batch import forked
 
         forked.start()  # its imports overlap the manifest and the first cells' scheduling
-    _record(out, grid_file, text, all_cells, {"executor": executor, "jobs": jobs, "fork": fork,
-                                               **({} if executor == "local" else params)})
+    _record(
+        out,
+        grid_file,
+        text,
+        all_cells,
+        {"executor": executor, "jobs": jobs, "fork": fork, **({} if executor == "local" else params)},
+    )
     todo = _todo(out, all_cells, only_failed)
     print(f"{len(todo)} of {len(all_cells)} cells to run ({len(all_cells) - len(todo)} finished earlier)", flush=True)
     cells.write_manifest(out, all_cells)
@@ -166,8 +205,11 @@ def run(grid_file: Annotated[Path, typer.Argument(help="the grid (TOML)")],
     m = _summarize(out, all_cells)
     unfinished = m[m.state != "done"]
     if len(unfinished):  # the summary covers the finished cells; the run as a whole did not succeed
-        print(f"error: {len(unfinished)} of {len(m)} cells did not finish ({_counts(m)}); see "
-              f"uv run python batch.py status {out}", file=sys.stderr)
+        print(
+            f"error: {len(unfinished)} of {len(m)} cells did not finish ({_counts(m)}); see "
+            f"uv run python batch.py status {out}",
+            file=sys.stderr,
+        )
         sys.exit(1)
 
 
@@ -177,8 +219,7 @@ def _summarize(out: Path, all_cells: list):
 
     m = cells.write_manifest(out, all_cells)
     table, folded = aggregate.summarize(out, m)
-    print(_counts(m) + f"; wrote {out}/summary.csv "
-          f"({len(table)} rows), summary_by_seed.csv, tables.md, tables.tex")
+    print(_counts(m) + f"; wrote {out}/summary.csv ({len(table)} rows), summary_by_seed.csv, tables.md, tables.tex")
     return m
 
 
@@ -207,9 +248,11 @@ def summarize(out: Annotated[Path, typer.Argument(help="the batch directory")]):
 
 def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
-    cli.guarded("batch.py", lambda: command.main(args=sys.argv[1:] if argv is None else argv, prog_name="batch.py",
-                                                 standalone_mode=False),
-                interrupted_note="; finished cells are counted in the manifest; rerun the same command to continue")
+    cli.guarded(
+        "batch.py",
+        lambda: command.main(args=sys.argv[1:] if argv is None else argv, prog_name="batch.py", standalone_mode=False),
+        interrupted_note="; finished cells are counted in the manifest; rerun the same command to continue",
+    )
 
 
 if __name__ == "__main__":

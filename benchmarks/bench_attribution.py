@@ -25,7 +25,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.io import cli  # noqa: E402
+from lib.io import checks, cli  # noqa: E402
 
 app = cli.script_app(__doc__)
 
@@ -37,17 +37,21 @@ def _vm_hwm() -> int:
 
 
 @app.command()
-def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto",
-         width: int = typer.Option(24576, help="latents per layer of random transcoders"),
-         k: int = typer.Option(32, help="active latents per token (TopK)"),
-         kind: str = typer.Option("plt", help="plt | clt (random ones)"),
-         dictionaries: str = typer.Option("", "--dictionaries", help="a stored set instead of random transcoders"),
-         target_batch: int = typer.Option(64, "--target-batch", help="target rows per backward pass"),
-         repeats: int = typer.Option(3, help="timed backward passes (median)"),
-         out: cli.OutOpt = Path("results"), seed: cli.SeedOpt = 0):
-    cli.check_between(1, 1 << 20, ("--width", width))
-    cli.check_between(1, width, ("--k", k))
-    cli.check_between(1, 4096, ("--target-batch", target_batch))
+def main(
+    model: cli.ModelOpt = "gpt2-random",
+    device: cli.DeviceOpt = "auto",
+    width: int = typer.Option(24576, help="latents per layer of random transcoders"),
+    k: int = typer.Option(32, help="active latents per token (TopK)"),
+    kind: str = typer.Option("plt", help="plt | clt (random ones)"),
+    dictionaries: str = typer.Option("", "--dictionaries", help="a stored set instead of random transcoders"),
+    target_batch: int = typer.Option(64, "--target-batch", help="target rows per backward pass"),
+    repeats: int = typer.Option(3, help="timed backward passes (median)"),
+    out: cli.OutOpt = Path("results"),
+    seed: cli.SeedOpt = 0,
+):
+    checks.check_between(1, 1 << 20, ("--width", width))
+    checks.check_between(1, width, ("--k", k))
+    checks.check_between(1, 4096, ("--target-batch", target_batch))
     if kind not in ("plt", "clt"):
         from lib.core.errors import UserError
 
@@ -59,26 +63,36 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto",
     from lib.core.model import load_model
     from lib.features import files
     from lib.features.attribution import _Pass, attribute, clean_state, memory_estimate, metric_direction
-    from lib.features.graph_report import transcoder_sets
     from lib.features.transcoders import TranscoderSet
+    from lib.io.graph_report import transcoder_sets
     from lib.io.results import RunDir
     from tasks import TASKS
 
     check_device_name(device)
     lm = load_model(model, device=device, seed=seed)
     data = TASKS["ioi"].build(lm.tokenizer, 1, seed)
-    tokens = data.clean[0, :int(data.lengths[0])]
+    tokens = data.clean[0, : int(data.lengths[0])]
     L, d = lm.n_layers, lm.d_model
     if dictionaries:
         tc = transcoder_sets(files.load_set(dictionaries, lm), lm, dictionaries, kind)[kind]
     else:
         g = torch.Generator().manual_seed(seed)
-        w_dec = [torch.nn.functional.normalize(torch.randn(width, (L - l) if kind == "clt" else 1, d, generator=g), dim=-1)
-                 for l in range(L)]
-        tc = TranscoderSet(kind, f"random-{kind}", [f"blocks.{l}.ln2.hook_normalized" for l in range(L)],
-                           [f"blocks.{l}.hook_mlp_out" for l in range(L)],
-                           [torch.randn(d, width, generator=g) / d ** 0.5 for _ in range(L)],
-                           [torch.zeros(width) for _ in range(L)], w_dec, torch.zeros(L, d), "topk", k)
+        w_dec = [
+            torch.nn.functional.normalize(torch.randn(width, (L - l) if kind == "clt" else 1, d, generator=g), dim=-1)
+            for l in range(L)
+        ]
+        tc = TranscoderSet(
+            kind,
+            f"random-{kind}",
+            [f"blocks.{l}.ln2.hook_normalized" for l in range(L)],
+            [f"blocks.{l}.hook_mlp_out" for l in range(L)],
+            [torch.randn(d, width, generator=g) / d**0.5 for _ in range(L)],
+            [torch.zeros(width) for _ in range(L)],
+            w_dec,
+            torch.zeros(L, d),
+            "topk",
+            k,
+        )
         tc = tc.to(device=lm.device)
     direction = metric_direction(lm.bridge.W_U.detach(), data.correct[0].to(lm.device), data.wrong[0].to(lm.device))
     estimate = memory_estimate(lm, tc, tokens, target_batch, None, 10)
@@ -98,7 +112,8 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto",
     t_graph = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() if cuda else _vm_hwm()
     weights = sum(p.numel() * p.element_size() for p in lm.bridge.parameters()) + sum(
-        t.numel() * t.element_size() for t in [*tc.W_enc, *tc.W_dec, *tc.b_enc, tc.b_dec])
+        t.numel() * t.element_size() for t in [*tc.W_enc, *tc.W_dec, *tc.b_enc, tc.b_dec]
+    )
     batch = min(target_batch, graph.n_features + graph.n_logits + 1)
     n_batches = math.ceil((graph.n_logits + 1) / batch) + math.ceil(graph.n_features / batch)
     # the floor's parts: the forward pass over `batch` prompt copies, and one full batch of feature rows
@@ -118,19 +133,44 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto",
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     t_backward = statistics.median(times[1:])
-    row = {"model": lm.name, "device": str(lm.device), "transcoders": graph.transcoders, "width": tc.d_sae, "k": tc.k,
-           "positions": graph.n_pos, "active_features": len(graph.active), "nodes": graph.adjacency.shape[0],
-           "target_batch": batch, "target_batches": n_batches, "graph_seconds": t_graph,
-           "forward_pass_seconds": t_forward, "backward_pass_seconds": t_backward,
-           "graph_over_backward_floor": t_graph / (n_batches * t_backward),
-           "graph_over_floor_with_forward": t_graph / (n_batches * t_backward + t_forward),
-           "peak_memory_mib": peak / 2**20, "weights_mib": weights / 2**20,
-           "peak_beyond_weights_mib": (peak - weights) / 2**20, "graph_peak_mib": (peak - before) / 2**20,
-           "estimate": estimate}
+    row = {
+        "model": lm.name,
+        "device": str(lm.device),
+        "transcoders": graph.transcoders,
+        "width": tc.d_sae,
+        "k": tc.k,
+        "positions": graph.n_pos,
+        "active_features": len(graph.active),
+        "nodes": graph.adjacency.shape[0],
+        "target_batch": batch,
+        "target_batches": n_batches,
+        "graph_seconds": t_graph,
+        "forward_pass_seconds": t_forward,
+        "backward_pass_seconds": t_backward,
+        "graph_over_backward_floor": t_graph / (n_batches * t_backward),
+        "graph_over_floor_with_forward": t_graph / (n_batches * t_backward + t_forward),
+        "peak_memory_mib": peak / 2**20,
+        "weights_mib": weights / 2**20,
+        "peak_beyond_weights_mib": (peak - weights) / 2**20,
+        "graph_peak_mib": (peak - before) / 2**20,
+        "estimate": estimate,
+    }
     frame = pd.DataFrame([row])
-    run_dir = RunDir(out, "bench_attribution", {"options": {"model": model, "width": width, "k": k, "kind": kind,
-                                                            "target_batch": target_batch, "device": str(lm.device)}},
-                     sys.argv)
+    run_dir = RunDir(
+        out,
+        "bench_attribution",
+        {
+            "options": {
+                "model": model,
+                "width": width,
+                "k": k,
+                "kind": kind,
+                "target_batch": target_batch,
+                "device": str(lm.device),
+            }
+        },
+        sys.argv,
+    )
     run_dir.csv("bench.csv", frame)
     print(frame.T.to_string(header=False))
     print(f"wrote {run_dir.finish()}")

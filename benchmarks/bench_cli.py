@@ -27,7 +27,7 @@ import typer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lib.io import cli  # noqa: E402
+from lib.io import checks, cli  # noqa: E402
 
 app = cli.script_app(__doc__)
 CELL = ["--tasks", "ioi", "--model", "toy", "--n-prompts", "12", "--device", "cpu", "--quiet"]
@@ -44,10 +44,12 @@ def wall(argv: list[str], repeats: int) -> float:
 
 
 @app.command()
-def main(repeats: int = typer.Option(3, help="fresh processes per measurement (median)"),
-         jobs: int = typer.Option(2, help="parallel cells of the smoke grid"),
-         out: cli.OutOpt = Path("results")):
-    cli.check_at_least(1, ("--repeats", repeats), ("--jobs", jobs))
+def main(
+    repeats: int = typer.Option(3, help="fresh processes per measurement (median)"),
+    jobs: int = typer.Option(2, help="parallel cells of the smoke grid"),
+    out: cli.OutOpt = Path("results"),
+):
+    checks.check_at_least(1, ("--repeats", repeats), ("--jobs", jobs))
     import pandas as pd
 
     from lib.batch import forked
@@ -62,8 +64,14 @@ def main(repeats: int = typer.Option(3, help="fresh processes per measurement (m
         rows.append({"measure": f"{script} --help", "seconds": t_help, "floor_seconds": floor, "ratio": t_help / floor})
         if script != "batch.py":
             t_err = wall([py, script, "--n-prompts", "0"], repeats)
-            rows.append({"measure": f"{script} --n-prompts 0 (refused)", "seconds": t_err, "floor_seconds": floor,
-                         "ratio": t_err / floor})
+            rows.append(
+                {
+                    "measure": f"{script} --n-prompts 0 (refused)",
+                    "seconds": t_err,
+                    "floor_seconds": floor,
+                    "ratio": t_err / floor,
+                }
+            )
     print(pd.DataFrame(rows).to_string(index=False, float_format="%.3f"), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,10 +97,18 @@ def main(repeats: int = typer.Option(3, help="fresh processes per measurement (m
         t_fresh = wall([py, "02_logit_diff.py", *CELL, "--out", str(tmp / "fresh")], repeats)
         cell_rows = [
             {"measure": "toy cell: work in a warm process", "seconds": t_work, "floor_seconds": t_work, "ratio": 1.0},
-            {"measure": "toy cell forked: overhead beyond the work", "seconds": t_fork - t_work, "floor_seconds": t_work,
-             "ratio": t_fork / t_work},
-            {"measure": "toy cell fresh interpreter: overhead beyond the work", "seconds": t_fresh - t_work,
-             "floor_seconds": t_work, "ratio": t_fresh / t_work},
+            {
+                "measure": "toy cell forked: overhead beyond the work",
+                "seconds": t_fork - t_work,
+                "floor_seconds": t_work,
+                "ratio": t_fork / t_work,
+            },
+            {
+                "measure": "toy cell fresh interpreter: overhead beyond the work",
+                "seconds": t_fresh - t_work,
+                "floor_seconds": t_work,
+                "ratio": t_fresh / t_work,
+            },
         ]
         print(pd.DataFrame(cell_rows).to_string(index=False, float_format="%.3f"), flush=True)
 
@@ -101,13 +117,33 @@ def main(repeats: int = typer.Option(3, help="fresh processes per measurement (m
         for fork in (False, True):
             where = tmp / ("fork" if fork else "no-fork")
             t = time.perf_counter()
-            r = subprocess.run([py, "batch.py", "run", "grids/smoke.toml", "--out", str(where), "--jobs", str(jobs),
-                                "--fork" if fork else "--no-fork"], cwd=ROOT, capture_output=True, text=True)
+            r = subprocess.run(
+                [
+                    py,
+                    "batch.py",
+                    "run",
+                    "grids/smoke.toml",
+                    "--out",
+                    str(where),
+                    "--jobs",
+                    str(jobs),
+                    "--fork" if fork else "--no-fork",
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
             seconds = time.perf_counter() - t
             assert r.returncode == 0, r.stderr[-2000:]
             summaries[fork] = (where / "summary.csv").read_bytes()
-            grid_rows.append({"measure": f"smoke grid, {jobs} jobs, {'--fork' if fork else '--no-fork'}",
-                              "seconds": seconds, "floor_seconds": float("nan"), "ratio": float("nan")})
+            grid_rows.append(
+                {
+                    "measure": f"smoke grid, {jobs} jobs, {'--fork' if fork else '--no-fork'}",
+                    "seconds": seconds,
+                    "floor_seconds": float("nan"),
+                    "ratio": float("nan"),
+                }
+            )
         grid_rows[1]["floor_seconds"] = grid_rows[0]["seconds"]
         grid_rows[1]["ratio"] = grid_rows[0]["seconds"] / grid_rows[1]["seconds"]  # the speed-up
         identical = summaries[True] == summaries[False]

@@ -30,13 +30,13 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.core.circuits import canonical_circuit  # noqa: E402
 from lib.core.graph import graph_of  # noqa: E402
 from lib.core.metrics import data_metric  # noqa: E402
 from lib.core.model import load_model  # noqa: E402
 from lib.core.patching import ablate_mask, ablation_values, masked_answer_logits  # noqa: E402
 from lib.io import cli  # noqa: E402
 from lib.methods.acdc import PartialRunner, edge_order  # noqa: E402
+from lib.methods.canonical import canonical_circuit  # noqa: E402
 from lib.methods.eap import edge_scores  # noqa: E402
 from lib.methods.node_patching import heads_and_mlps, patch_metrics  # noqa: E402
 from tasks import TASKS  # noqa: E402
@@ -67,9 +67,15 @@ def peak_memory_mb(device) -> float:
 
 
 @app.command()
-def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_prompts: cli.NPromptsOpt = 32,
-         repeats: int = 3, seed: cli.SeedOpt = 0, out: cli.OutOpt = Path("results"),
-         node_patching: bool = typer.Option(True, help="include (c), the slowest measurement")):
+def main(
+    model: cli.ModelOpt = "gpt2-random",
+    device: cli.DeviceOpt = "auto",
+    n_prompts: cli.NPromptsOpt = 32,
+    repeats: int = 3,
+    seed: cli.SeedOpt = 0,
+    out: cli.OutOpt = Path("results"),
+    node_patching: bool = typer.Option(True, help="include (c), the slowest measurement"),
+):
     opts = cli.common("ioi", model, device, "float32", n_prompts, n_prompts, seed, out)
     lm = load_model(opts.model, opts.device, "float32", seed)
     dev, graph = lm.device, graph_of(lm)
@@ -83,6 +89,7 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
     def bare_fwd_bwd():
         def grad_input(x, hook):
             return x.detach().requires_grad_(True)
+
         with torch.enable_grad(), lm.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", grad_input)]):
             logits = lm.bridge(data.clean)
             data_metric(logits[rows, data.answer_pos], data).sum().backward()
@@ -120,21 +127,37 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
     def path_patching(path):
         patcher = PathPatcher(lm, graph, data, "noise")
         for s0 in range(0, len(senders), per_pass):
-            patcher.metrics(senders[s0:s0 + per_pass], to_logits, path)
+            patcher.metrics(senders[s0 : s0 + per_pass], to_logits, path)
 
     t_path = {p: timed(lambda p=p: path_patching(p), 1, dev) for p in ("direct", "through-mlps")}
     path_rows = [
-        {"measure": f"08 exact effect per edge ({len(few)} edges) / masked forward", "seconds": t_edges / len(few),
-         "floor_seconds": t_masked, "ratio": t_edges / len(few) / t_masked, "target": 1.0,
-         "peak_memory_mb": peak_memory_mb(dev)}] + [
-        {"measure": f"07 path patching per sender ({len(senders)} senders, {p}, to logits) / bare forward",
-         "seconds": t / len(senders), "floor_seconds": t_fwd, "ratio": t / len(senders) / t_fwd,
-         "target": float("nan"), "peak_memory_mb": peak_memory_mb(dev)} for p, t in t_path.items()]
+        {
+            "measure": f"08 exact effect per edge ({len(few)} edges) / masked forward",
+            "seconds": t_edges / len(few),
+            "floor_seconds": t_masked,
+            "ratio": t_edges / len(few) / t_masked,
+            "target": 1.0,
+            "peak_memory_mb": peak_memory_mb(dev),
+        }
+    ] + [
+        {
+            "measure": f"07 path patching per sender ({len(senders)} senders, {p}, to logits) / bare forward",
+            "seconds": t / len(senders),
+            "floor_seconds": t_fwd,
+            "ratio": t / len(senders) / t_fwd,
+            "target": float("nan"),
+            "peak_memory_mb": peak_memory_mb(dev),
+        }
+        for p, t in t_path.items()
+    ]
 
     comps = heads_and_mlps(lm.n_layers, lm.n_heads)
     per_pass = max(1, lm.rows_per_pass // len(data))
-    t_patch = timed(lambda: patch_metrics(lm, data, comps, "denoise", per_pass), 1, dev, warmup=False) \
-        if node_patching else float("nan")
+    t_patch = (
+        timed(lambda: patch_metrics(lm, data, comps, "denoise", per_pass), 1, dev, warmup=False)
+        if node_patching
+        else float("nan")
+    )
 
     runner = PartialRunner(lm, graph, data, "resample", len(data))
     acdc_rows = []
@@ -156,49 +179,105 @@ def main(model: cli.ModelOpt = "gpt2-random", device: cli.DeviceOpt = "auto", n_
         with lm.bridge.hooks(fwd_hooks=runner.hooks()):
             t_trial = timed(lambda layer=layer: runner.logits(0, layer), repeats, dev)
         runner.ablate[s_idx, r_idx] = 0.0
-        floor = "bare full forward (rotary: no partial recompute)" if runner.full else f"bare forward from layer {layer}"
-        acdc_rows.append({"measure": f"ACDC trial at layer {layer} / {floor}",
-                          "seconds": t_trial, "floor_seconds": t_bare, "ratio": t_trial / t_bare,
-                          "target": float("nan"), "peak_memory_mb": peak_memory_mb(dev)})
-    acdc_rows.append({"measure": "ACDC forward passes per threshold (edges x batches)",
-                      "seconds": float("nan"), "floor_seconds": float("nan"),
-                      "ratio": float(len(edge_order(graph)) * len(runner.batches)), "target": float("nan"),
-                      "peak_memory_mb": float("nan")})
+        floor = (
+            "bare full forward (rotary: no partial recompute)" if runner.full else f"bare forward from layer {layer}"
+        )
+        acdc_rows.append(
+            {
+                "measure": f"ACDC trial at layer {layer} / {floor}",
+                "seconds": t_trial,
+                "floor_seconds": t_bare,
+                "ratio": t_trial / t_bare,
+                "target": float("nan"),
+                "peak_memory_mb": peak_memory_mb(dev),
+            }
+        )
+    acdc_rows.append(
+        {
+            "measure": "ACDC forward passes per threshold (edges x batches)",
+            "seconds": float("nan"),
+            "floor_seconds": float("nan"),
+            "ratio": float(len(edge_order(graph)) * len(runner.batches)),
+            "target": float("nan"),
+            "peak_memory_mb": float("nan"),
+        }
+    )
 
     from lib.methods.hypotheses import answer_feature, canonical_features
     from lib.methods.scrubbing import Pool, draw, scrubbed_logits
 
     pool = Pool.of(TASKS["ioi"].build(lm.tokenizer, 10 * n_prompts, seed), TASKS["ioi"])
-    hyp = canonical_features("ioi", graph, keep) if canonical_circuit("ioi", graph, lm.name) is not None \
+    hyp = (
+        canonical_features("ioi", graph, keep)
+        if canonical_circuit("ioi", graph, lm.name) is not None
         else answer_feature("ioi", graph, keep)
+    )
     draws = draw(graph, pool, hyp, seed)
     eval_idx = torch.arange(n_prompts).numpy()
     stats = {}
-    t_scrub = timed(lambda: stats.update(scrubbed_logits(lm, graph, pool, hyp, draws, eval_idx, n_prompts)[1]),
-                    repeats, dev)
+    t_scrub = timed(
+        lambda: stats.update(scrubbed_logits(lm, graph, pool, hyp, draws, eval_idx, n_prompts)[1]), repeats, dev
+    )
     rows_needed = stats["plain_rows"] + stats["scrub_rows"]
     scrub_rows = [
-        {"measure": f"causal scrubbing ({hyp.label}) / bare forward", "seconds": t_scrub, "floor_seconds": t_fwd,
-         "ratio": t_scrub / t_fwd, "target": float("nan"), "peak_memory_mb": peak_memory_mb(dev)},
-        {"measure": f"causal scrubbing / bare forward of its {rows_needed} rows", "seconds": t_scrub,
-         "floor_seconds": t_fwd * rows_needed / n_prompts, "ratio": t_scrub / (t_fwd * rows_needed / n_prompts),
-         "target": float("nan"), "peak_memory_mb": peak_memory_mb(dev)},
+        {
+            "measure": f"causal scrubbing ({hyp.label}) / bare forward",
+            "seconds": t_scrub,
+            "floor_seconds": t_fwd,
+            "ratio": t_scrub / t_fwd,
+            "target": float("nan"),
+            "peak_memory_mb": peak_memory_mb(dev),
+        },
+        {
+            "measure": f"causal scrubbing / bare forward of its {rows_needed} rows",
+            "seconds": t_scrub,
+            "floor_seconds": t_fwd * rows_needed / n_prompts,
+            "ratio": t_scrub / (t_fwd * rows_needed / n_prompts),
+            "target": float("nan"),
+            "peak_memory_mb": peak_memory_mb(dev),
+        },
     ]
 
-    table = pd.DataFrame([
-        {"measure": "EAP / (2 fwd + 1 bwd)", "seconds": t_eap, "floor_seconds": t_floor, "ratio": t_eap / t_floor,
-         "target": 1.5, "peak_memory_mb": eap_mem},
-        {"measure": "masked evaluation / bare forward", "seconds": t_masked, "floor_seconds": t_fwd,
-         "ratio": t_masked / t_fwd, "target": 1.3, "peak_memory_mb": peak_memory_mb(dev)},
-        {"measure": f"03 heads+MLPs ({len(comps)} patches) / {len(comps)} bare forwards", "seconds": t_patch,
-         "floor_seconds": len(comps) * t_fwd, "ratio": t_patch / (len(comps) * t_fwd),
-         "target": 0.6 if lm.arch.starts_mid_model else float("nan"),
-         "peak_memory_mb": peak_memory_mb(dev)},
-    ] + acdc_rows + scrub_rows + path_rows).assign(model=lm.name, device=str(dev), n_prompts=len(data), positions=int(data.clean.shape[1]))
+    table = pd.DataFrame(
+        [
+            {
+                "measure": "EAP / (2 fwd + 1 bwd)",
+                "seconds": t_eap,
+                "floor_seconds": t_floor,
+                "ratio": t_eap / t_floor,
+                "target": 1.5,
+                "peak_memory_mb": eap_mem,
+            },
+            {
+                "measure": "masked evaluation / bare forward",
+                "seconds": t_masked,
+                "floor_seconds": t_fwd,
+                "ratio": t_masked / t_fwd,
+                "target": 1.3,
+                "peak_memory_mb": peak_memory_mb(dev),
+            },
+            {
+                "measure": f"03 heads+MLPs ({len(comps)} patches) / {len(comps)} bare forwards",
+                "seconds": t_patch,
+                "floor_seconds": len(comps) * t_fwd,
+                "ratio": t_patch / (len(comps) * t_fwd),
+                "target": 0.6 if lm.arch.starts_mid_model else float("nan"),
+                "peak_memory_mb": peak_memory_mb(dev),
+            },
+        ]
+        + acdc_rows
+        + scrub_rows
+        + path_rows
+    ).assign(model=lm.name, device=str(dev), n_prompts=len(data), positions=int(data.clean.shape[1]))
     print(table.to_string(index=False, float_format="%.3f"))
     from lib.io.results import RunDir
-    run = RunDir(opts.out, "benchmarks", {"options": {"model": model, "device": device, "n_prompts": n_prompts,
-                                                      "repeats": repeats, "seed": seed}}, sys.argv[1:])
+
+    run = RunDir(
+        opts.out,
+        "benchmarks",
+        {"options": {"model": model, "device": device, "n_prompts": n_prompts, "repeats": repeats, "seed": seed}},
+        sys.argv[1:],
+    )
     run.csv("bench_engine.csv", table)
     print(f"wrote {run.finish(model=lm.describe())}")
 

@@ -22,20 +22,25 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.io import cli  # noqa: E402
+from lib.io import checks, cli  # noqa: E402
 
 app = cli.script_app(__doc__)
 
 
 @app.command()
-def main(model: cli.ModelOpt = "gpt2-random", width: int = typer.Option(24576, help="latents of random dictionaries"),
-         dictionaries: str = typer.Option("", "--dictionaries", help="a stored set instead of random ones"),
-         n_prompts: cli.NPromptsOpt = 16, repeats: int = typer.Option(3, help="timed passes (median)"),
-         only: str = typer.Option("", "--sites", help="only these sites (space-separated), e.g. for IG on GPT-2's shape"),
-         ig_steps: int = typer.Option(5, "--ig-steps", help="IG steps of the node-effect rows"),
-         out: cli.OutOpt = Path("results"), seed: cli.SeedOpt = 0):
-    cli.check_between(1, 1 << 20, ("--width", width))
-    cli.check_between(1, 100, ("--repeats", repeats))
+def main(
+    model: cli.ModelOpt = "gpt2-random",
+    width: int = typer.Option(24576, help="latents of random dictionaries"),
+    dictionaries: str = typer.Option("", "--dictionaries", help="a stored set instead of random ones"),
+    n_prompts: cli.NPromptsOpt = 16,
+    repeats: int = typer.Option(3, help="timed passes (median)"),
+    only: str = typer.Option("", "--sites", help="only these sites (space-separated), e.g. for IG on GPT-2's shape"),
+    ig_steps: int = typer.Option(5, "--ig-steps", help="IG steps of the node-effect rows"),
+    out: cli.OutOpt = Path("results"),
+    seed: cli.SeedOpt = 0,
+):
+    checks.check_between(1, 1 << 20, ("--width", width))
+    checks.check_between(1, 100, ("--repeats", repeats))
     import pandas as pd
     import torch
 
@@ -45,14 +50,16 @@ def main(model: cli.ModelOpt = "gpt2-random", width: int = typer.Option(24576, h
     from lib.features.dictionary import Dictionary
     from lib.features.effects import node_effects
     from lib.features.splice import splice_hooks
-    from lib.features.train import sites
     from lib.io.results import RunDir
+    from lib.tools.dictionaries import sites
     from tasks import TASKS
 
     lm = load_model(model, device="cpu", seed=seed)
     tokens = TASKS["ioi"].build(lm.tokenizer, n_prompts, seed).clean
     if dictionaries:
-        chosen = {n: d for n, d in files.load_set(dictionaries, lm).items() if d.kind != "clt"}  # CLTs: bench_attribution
+        chosen = {
+            n: d for n, d in files.load_set(dictionaries, lm).items() if d.kind != "clt"
+        }  # CLTs: bench_attribution
     else:
         g = torch.Generator().manual_seed(seed)
         d = lm.d_model
@@ -60,10 +67,13 @@ def main(model: cli.ModelOpt = "gpt2-random", width: int = typer.Option(24576, h
         for name, (hook_in, hook_out) in sites(lm.n_layers).items():
             if hook_in != hook_out:
                 continue  # SAEs only: transcoders cost the same per token
-            chosen[name] = Dictionary({"architecture": "topk", "k": 32, "hook_name": hook_in},
-                                      torch.randn(d, width, generator=g) / d ** 0.5,
-                                      torch.nn.functional.normalize(torch.randn(width, d, generator=g), dim=-1),
-                                      torch.zeros(width), torch.zeros(d))
+            chosen[name] = Dictionary(
+                {"architecture": "topk", "k": 32, "hook_name": hook_in},
+                torch.randn(d, width, generator=g) / d**0.5,
+                torch.nn.functional.normalize(torch.randn(width, d, generator=g), dim=-1),
+                torch.zeros(width),
+                torch.zeros(d),
+            )
 
     def timed_fn(fn) -> float:
         times = []
@@ -119,22 +129,62 @@ def main(model: cli.ModelOpt = "gpt2-random", width: int = typer.Option(24576, h
     t_ig = timed_fn(lambda: effects("ig"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     widths = sorted({dd.d_sae for dd in chosen.values()})
-    table = pd.DataFrame([
-        {"measure": f"spliced forward ({len(chosen)} dictionaries) / bare forward", "seconds": spliced,
-         "floor_seconds": bare, "ratio": spliced / bare},
-        {"measure": "spliced forward, per dictionary / bare forward", "seconds": (spliced - bare) / len(chosen),
-         "floor_seconds": bare, "ratio": (spliced - bare) / len(chosen) / bare},
-        {"measure": "attribution node effects / one spliced forward + backward", "seconds": t_attrib,
-         "floor_seconds": t_point, "ratio": t_attrib / t_point},
-        {"measure": "edges into one downstream node (all its upstream nodes) / one spliced forward + backward",
-         "seconds": t_edges, "floor_seconds": t_point, "ratio": t_edges / t_point},
-        {"measure": f"IG node effects / ({len(chosen)} sites x {ig_steps} steps x (forward + backward))", "seconds": t_ig,
-         "floor_seconds": t_point * len(chosen) * ig_steps, "ratio": t_ig / (t_point * len(chosen) * ig_steps)},
-    ]).assign(model=lm.name, n_prompts=len(tokens), positions=int(tokens.shape[1]), width=" ".join(map(str, widths)),
-              sites=" ".join(chosen), peak_memory_mb=peak)
+    table = pd.DataFrame(
+        [
+            {
+                "measure": f"spliced forward ({len(chosen)} dictionaries) / bare forward",
+                "seconds": spliced,
+                "floor_seconds": bare,
+                "ratio": spliced / bare,
+            },
+            {
+                "measure": "spliced forward, per dictionary / bare forward",
+                "seconds": (spliced - bare) / len(chosen),
+                "floor_seconds": bare,
+                "ratio": (spliced - bare) / len(chosen) / bare,
+            },
+            {
+                "measure": "attribution node effects / one spliced forward + backward",
+                "seconds": t_attrib,
+                "floor_seconds": t_point,
+                "ratio": t_attrib / t_point,
+            },
+            {
+                "measure": "edges into one downstream node (all its upstream nodes) / one spliced forward + backward",
+                "seconds": t_edges,
+                "floor_seconds": t_point,
+                "ratio": t_edges / t_point,
+            },
+            {
+                "measure": f"IG node effects / ({len(chosen)} sites x {ig_steps} steps x (forward + backward))",
+                "seconds": t_ig,
+                "floor_seconds": t_point * len(chosen) * ig_steps,
+                "ratio": t_ig / (t_point * len(chosen) * ig_steps),
+            },
+        ]
+    ).assign(
+        model=lm.name,
+        n_prompts=len(tokens),
+        positions=int(tokens.shape[1]),
+        width=" ".join(map(str, widths)),
+        sites=" ".join(chosen),
+        peak_memory_mb=peak,
+    )
     print(table.to_string(index=False, float_format="%.3f"))
-    run = RunDir(out, "benchmarks", {"options": {"model": model, "width": width, "dictionaries": dictionaries,
-                                                 "n_prompts": n_prompts, "repeats": repeats}}, sys.argv[1:])
+    run = RunDir(
+        out,
+        "benchmarks",
+        {
+            "options": {
+                "model": model,
+                "width": width,
+                "dictionaries": dictionaries,
+                "n_prompts": n_prompts,
+                "repeats": repeats,
+            }
+        },
+        sys.argv[1:],
+    )
     run.csv("bench_features.csv", table)
     print(f"wrote {run.finish(model=lm.describe())}")
 

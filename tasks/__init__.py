@@ -1,19 +1,44 @@
 """Task registry: name -> Task (tasks/<module>.py, and tasks from files: tasks/files.py). TASK_NAMES needs no
-import of the task modules (torch, pandas), so the CLI checks --tasks at once; TASKS imports them on first use."""
+import of the task modules (torch, pandas), so the CLI checks --tasks at once; TASKS imports them on first use
+and always reflects the files registered so far (tasks.files.SOURCES), so nothing has to add to it."""
 
-TASK_NAMES = ("ioi", "sva", "docstring", "greater-than")
+from collections.abc import Iterator, Mapping
+
+from tasks.names import TASK_NAMES
+
+
+class _Registry(Mapping):
+    """The built-in tasks in TASK_NAMES order, then the task files named on this command line."""
+
+    def __init__(self):
+        from tasks import docstring, greater_than, ioi, sva
+
+        self.builtin = {t.name: t for t in (ioi.TASK, sva.TASK, docstring.TASK, greater_than.TASK)}
+        assert tuple(self.builtin) == TASK_NAMES, "TASK_NAMES must list the task modules' names in order"
+
+    def __getitem__(self, name: str):
+        from tasks import file_task, files
+
+        if name in self.builtin:
+            return self.builtin[name]
+        if name in files.SOURCES:
+            return file_task.task_of(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        from tasks import files
+
+        return iter([*self.builtin, *files.SOURCES])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def __getattr__(name: str):
     if name in ("TASKS", "Task", "TaskData"):
-        from tasks import base, docstring, greater_than, ioi, sva
+        from tasks import base
 
-        registry = {t.name: t for t in (ioi.TASK, sva.TASK, docstring.TASK, greater_than.TASK)}
-        assert tuple(registry) == TASK_NAMES, "TASK_NAMES must list the task modules' names in order"
-        from tasks import file_task, files
-
-        registry |= {name: file_task.task_of(name) for name in files.SOURCES}  # tasks from files named so far
-        globals().update(TASKS=registry, Task=base.Task, TaskData=base.TaskData)
+        globals().update(TASKS=_Registry(), Task=base.Task, TaskData=base.TaskData)
         return globals()[name]
     raise AttributeError(f"module 'tasks' has no attribute {name!r}")
 

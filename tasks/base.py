@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import pandas as pd
 import torch
@@ -47,7 +47,7 @@ class TaskData:
         """[N, P] bool: the positions inside each prompt (False on its right padding)."""
         return torch.arange(self.clean.shape[1], device=self.lengths.device)[None] < self.lengths[:, None]
 
-    def subset(self, idx) -> "TaskData":
+    def subset(self, idx) -> TaskData:
         """Items idx (a slice, list or tensor of indices), trimmed to their longest length."""
         if isinstance(idx, slice):
             idx = torch.arange(len(self))[idx]
@@ -68,7 +68,7 @@ class TaskData:
             drop_reasons=self.drop_reasons,
         )
 
-    def to(self, device) -> "TaskData":
+    def to(self, device) -> TaskData:
         for name in ("clean", "corrupt", "lengths", "correct", "wrong"):
             setattr(self, name, getattr(self, name).to(device))
         return self
@@ -76,8 +76,10 @@ class TaskData:
     def dropped(self) -> dict:
         """What this tokenizer's constraints removed while building: generated prompts (clean and corrupted
         of unequal length, or an unknown token) and vocabulary (words that are not single tokens)."""
-        out = {"prompts_dropped": self.n_dropped,
-               "vocab_dropped": "; ".join(f"{k}: {' '.join(v)}" for k, v in sorted(self.vocab_dropped.items()))}
+        out = {
+            "prompts_dropped": self.n_dropped,
+            "vocab_dropped": "; ".join(f"{k}: {' '.join(v)}" for k, v in sorted(self.vocab_dropped.items())),
+        }
         if self.drop_reasons:  # tasks from files: why rows were dropped
             out["drop_reasons"] = "; ".join(f"{k}: {v}" for k, v in sorted(self.drop_reasons.items()))
         return out
@@ -118,9 +120,7 @@ def single_tokens(tokenizer, words: list[str], prefix: str = " ") -> tuple[list[
 
 def require(words: list[str], minimum: int, what: str, task: str) -> list[str]:
     if len(words) < minimum:
-        raise UserError(
-            f"task {task}: only {len(words)} {what} are single tokens for this tokenizer (need {minimum})"
-        )
+        raise UserError(f"task {task}: only {len(words)} {what} are single tokens for this tokenizer (need {minimum})")
     return words
 
 
@@ -176,8 +176,9 @@ def assemble(
         lengths[i] = len(c)
         rows.append({k2: v for k2, v in cand.items() if k2 not in ("correct", "wrong")})
     info = pd.DataFrame(rows).rename(columns={"clean": "clean_text", "corrupt": "corrupt_text"})
-    return TaskData(task, metric_kind, clean_t, corrupt_t, lengths, correct_t, wrong_t, info, pad,
-                    dropped, vocab_dropped or {})
+    return TaskData(
+        task, metric_kind, clean_t, corrupt_t, lengths, correct_t, wrong_t, info, pad, dropped, vocab_dropped or {}
+    )
 
 
 def rng_for(seed: int, task: str) -> random.Random:

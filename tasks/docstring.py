@@ -57,7 +57,7 @@ def build(tokenizer, n: int, seed: int, corruption: str = "random_random", varie
             fname = rng.choice(FUNCTION_NAMES)
             desc = {f"w{i}": rng.choice(words) for i in range(1, 8)}
 
-            def fill(A, B, dA, dB):
+            def fill(A, B, dA, dB, pre=pre, c=c, suf=suf, fname=fname, desc=desc):
                 args = ", ".join(["self", *pre, A, B, c, *suf])
                 return TEMPLATE.format(fname=fname, args=args, dA=dA, dB=dB, **desc)
 

@@ -33,8 +33,10 @@ def _ids_checked(tokenizer, ids: list[int], what: str, where: str) -> list[int]:
     vocab = len(tokenizer)
     for i in ids:
         if i >= vocab or token_ids(tokenizer, tokenizer.decode([i])) != [i]:
-            raise UserError(f"task file {where}: {what} {i} is not a token of this tokenizer (vocabulary {vocab}); "
-                            "the ids belong to another tokenizer")
+            raise UserError(
+                f"task file {where}: {what} {i} is not a token of this tokenizer (vocabulary {vocab}); "
+                "the ids belong to another tokenizer"
+            )
     return ids
 
 
@@ -49,13 +51,14 @@ def _item(source: FileSource, row: dict, tokenizer, year_ids: dict | None) -> tu
         ids = [_one_token(tokenizer, a) for a in right + wrong]
         if None in ids:
             return None, "an answer that is not one token"
-        correct, wrong_ids = ids[:len(right)], ids[len(right):]
+        correct, wrong_ids = ids[: len(right)], ids[len(right) :]
         group = str(row.get("group", "") or UNGROUPED)
     elif form == "eap-ig-ids":
         clean, corrupt = str(row["clean"]), str(row["corrupted"])
         correct = _ids_checked(tokenizer, parse_ids(row["correct_idx"], "correct_idx"), "correct_idx", source.path)
-        wrong_ids = _ids_checked(tokenizer, parse_ids(row["incorrect_idx"], "incorrect_idx"), "incorrect_idx",
-                                 source.path)
+        wrong_ids = _ids_checked(
+            tokenizer, parse_ids(row["incorrect_idx"], "incorrect_idx"), "incorrect_idx", source.path
+        )
         right = [tokenizer.decode([i]) for i in correct]
         group = UNGROUPED
     elif form == "eap-ig-label":
@@ -67,8 +70,10 @@ def _item(source: FileSource, row: dict, tokenizer, year_ids: dict | None) -> tu
         if not 0 <= yy <= 99:
             return None, "a label that is not a two-digit year"
         if len(year_ids) < 100:
-            raise UserError(f"task file {source.path}: the label format needs every two-digit year 00..99 as one "
-                            f"token; this tokenizer has {len(year_ids)} of them")
+            raise UserError(
+                f"task file {source.path}: the label format needs every two-digit year 00..99 as one "
+                f"token; this tokenizer has {len(year_ids)} of them"
+            )
         correct = [year_ids[y] for y in range(yy + 1, 100)]
         wrong_ids = [year_ids[y] for y in range(0, yy + 1)]
         if not correct:
@@ -82,8 +87,14 @@ def _item(source: FileSource, row: dict, tokenizer, year_ids: dict | None) -> tu
         if None in correct + wrong_ids:
             return None, "an answer that is not one token"
         right, group = [right_text], str(row.get("operator", UNGROUPED)) if form == "mib-arithmetic" else UNGROUPED
-    return {"clean": clean, "corrupt": corrupt, "correct": correct, "wrong": wrong_ids, "group": group,
-            ANSWER_FEATURE: "|".join(right)}, ""
+    return {
+        "clean": clean,
+        "corrupt": corrupt,
+        "correct": correct,
+        "wrong": wrong_ids,
+        "group": group,
+        ANSWER_FEATURE: "|".join(right),
+    }, ""
 
 
 def _mib(form: str, row: dict):
@@ -95,8 +106,12 @@ def _mib(form: str, row: dict):
         cf = row.get("symbol_counterfactual") or {}
         if not cf.get("prompt"):
             return None, None, None, None
-        return (row["prompt"], cf["prompt"], str(row["choices"]["label"][row["answerKey"]]),
-                str(cf["choices"]["label"][cf["answerKey"]]))
+        return (
+            row["prompt"],
+            cf["prompt"],
+            str(row["choices"]["label"][row["answerKey"]]),
+            str(cf["choices"]["label"][cf["answerKey"]]),
+        )
     cf = row.get("random_counterfactual") or {}
     if not cf.get("prompt"):
         return None, None, None, None
@@ -131,14 +146,25 @@ def build(name: str, tokenizer, n: int, seed: int, corruption: str = "file") -> 
     data = assemble(name, tokenizer, iter(kept), len(kept), source.metric)
     data.n_dropped = sum(reasons.values())
     data.drop_reasons = dict(reasons)
-    source.stats = {"rows_used": len(kept), "rows_dropped": data.n_dropped, "drop_reasons": dict(reasons),
-                    "rows_not_read": len(source.rows) - len(kept) - data.n_dropped}
+    source.stats = {
+        "rows_used": len(kept),
+        "rows_dropped": data.n_dropped,
+        "drop_reasons": dict(reasons),
+        "rows_not_read": len(source.rows) - len(kept) - data.n_dropped,
+    }
     return data
 
 
 def task_of(name: str) -> Task:
     """The registered file task as a Task (no canonical circuit; one corruption; answer-feature only)."""
     source = SOURCES[name]
-    return Task(name=name, build=lambda tokenizer, n, seed, corruption="file": build(name, tokenizer, n, seed, corruption),
-                description=f"from {source.path} ({source.format}, metric {source.metric})", canonical=None,
-                features=(ANSWER_FEATURE,), aligned_by=(), answer_feature=ANSWER_FEATURE, corruptions=("file",))
+    return Task(
+        name=name,
+        build=lambda tokenizer, n, seed, corruption="file": build(name, tokenizer, n, seed, corruption),
+        description=f"from {source.path} ({source.format}, metric {source.metric})",
+        canonical=None,
+        features=(ANSWER_FEATURE,),
+        aligned_by=(),
+        answer_feature=ANSWER_FEATURE,
+        corruptions=("file",),
+    )

@@ -30,9 +30,11 @@ FORMATS = ("text-pairs", "eap-ig-ids", "eap-ig-label", "mib-ioi", "mib-mcqa", "m
 METRIC_KINDS = ("logit_diff", "logit_minus_max", "prob_diff")  # tasks/base.py
 SUFFIXES = (".csv", ".jsonl", ".json")
 MIB_HUB = "mib-bench"  # MIB's datasets on the Hugging Face hub: mib-bench/ioi, mib-bench/arithmetic_addition, ...
-NOT_AVAILABLE = ("canonical circuit: ROC/AUC rows are omitted",
-                 "causal-scrubbing features beyond whole-prompt and answer-feature (the correct answer)",
-                 "a second corruption: 23's corruption=second settings are not applicable")
+NOT_AVAILABLE = (
+    "canonical circuit: ROC/AUC rows are omitted",
+    "causal-scrubbing features beyond whole-prompt and answer-feature (the correct answer)",
+    "a second corruption: 23's corruption=second settings are not applicable",
+)
 
 
 @dataclass
@@ -49,8 +51,16 @@ class FileSource:
     stats: dict = field(default_factory=dict)  # filled by the builder: rows kept, dropped and why
 
     def provenance(self) -> dict:
-        return {"path": self.path, "size": self.size, "sha256": self.sha256, "format": self.format,
-                "metric": self.metric, "rows": len(self.rows), **self.stats, "not_available": list(NOT_AVAILABLE)}
+        return {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "format": self.format,
+            "metric": self.metric,
+            "rows": len(self.rows),
+            **self.stats,
+            "not_available": list(NOT_AVAILABLE),
+        }
 
 
 SOURCES: dict[str, FileSource] = {}  # task name -> its file, for every file named on the command line
@@ -58,12 +68,6 @@ SOURCES: dict[str, FileSource] = {}  # task name -> its file, for every file nam
 
 def reset() -> None:
     """Forget the task files of an earlier command line (one process may parse several: tests, batch checks)."""
-    import tasks
-
-    registry = vars(tasks).get("TASKS")
-    for name in SOURCES:
-        if registry is not None:
-            registry.pop(name, None)
     SOURCES.clear()
 
 
@@ -74,7 +78,7 @@ def is_file_spec(token: str) -> bool:
 
 def register(spec: str, task_metric: str = "") -> str:
     """Read and check a task file (or mib:<dataset>), register it, and return its task name (the stem)."""
-    from tasks import TASK_NAMES
+    from tasks.names import TASK_NAMES
 
     if task_metric and task_metric not in METRIC_KINDS:
         raise UserError(f"unknown --task-metric {task_metric!r}; choose from {', '.join(METRIC_KINDS)}")
@@ -85,30 +89,28 @@ def register(spec: str, task_metric: str = "") -> str:
     if source.name in TASK_NAMES:
         raise UserError(f"task file {spec}: its name {source.name!r} is a built-in task's; rename the file")
     if source.name in SOURCES and SOURCES[source.name].path != source.path:
-        raise UserError(f"task files {SOURCES[source.name].path} and {spec} have the same name {source.name!r}; "
-                        "rename one")
+        raise UserError(
+            f"task files {SOURCES[source.name].path} and {spec} have the same name {source.name!r}; rename one"
+        )
     source.metric = _metric(source, task_metric, spec)
-    SOURCES[source.name] = source
-    import tasks
-
-    if "TASKS" in vars(tasks):  # the registry exists already: add the task to it
-        from tasks.file_task import task_of
-
-        tasks.TASKS[source.name] = task_of(source.name)
+    SOURCES[source.name] = source  # tasks.TASKS reads SOURCES: the task is registered from here on
     return source.name
 
 
 def _metric(source: FileSource, option: str, spec: str) -> str:
     named = {str(r.get("metric", "")).strip() for r in source.rows} - {""} if source.format == "text-pairs" else set()
     if len(named) > 1:
-        raise UserError(f"task file {spec}: its metric column names several metrics ({', '.join(sorted(named))}); "
-                        "a task has one")
+        raise UserError(
+            f"task file {spec}: its metric column names several metrics ({', '.join(sorted(named))}); a task has one"
+        )
     if named - set(METRIC_KINDS):
         raise UserError(f"task file {spec}: unknown metric {named.pop()!r}; choose from {', '.join(METRIC_KINDS)}")
     if source.format == "eap-ig-label":
         if option and option != "prob_diff":
-            raise UserError(f"task file {spec}: the label format is scored by prob_diff (years after YY against "
-                            f"the rest), not {option}")
+            raise UserError(
+                f"task file {spec}: the label format is scored by prob_diff (years after YY against "
+                f"the rest), not {option}"
+            )
         return "prob_diff"
     if named and option and named != {option}:
         raise UserError(f"task file {spec} names metric {named.pop()} but --task-metric is {option}")
@@ -135,8 +137,13 @@ def _from_path(path: Path) -> FileSource:
 
 def _data_files(folder: Path) -> list[Path]:
     """The data files of a local copy of a hub dataset (its parquet or JSON(L) files, in name order)."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix in (".parquet", ".jsonl", ".json") and p.is_file()
-                   and not p.name.startswith(("dataset_info", "state", "dataset_dict")))
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix in (".parquet", ".jsonl", ".json")
+        and p.is_file()
+        and not p.name.startswith(("dataset_info", "state", "dataset_dict"))
+    )
     if not files:
         raise UserError(f"task folder {folder} holds no .parquet, .jsonl or .json data files")
     return files
@@ -180,8 +187,9 @@ def _read_rows(path: Path) -> list[dict]:
         except json.JSONDecodeError as e:
             raise UserError(f"task file {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
     else:
-        raise UserError(f"task file {path}: unknown kind of file; use .csv, .jsonl or .json (or a folder of a "
-                        "hub dataset's files)")
+        raise UserError(
+            f"task file {path}: unknown kind of file; use .csv, .jsonl or .json (or a folder of a hub dataset's files)"
+        )
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise UserError(f"task file {path}: every row must be a JSON object")
     return rows
@@ -203,14 +211,17 @@ def detect(rows: list[dict], where: str) -> str:
     elif {"prompt", "label", "random_counterfactual"} <= keys:
         form, need = "mib-arithmetic", ("prompt", "label", "random_counterfactual")
     else:
-        raise UserError(f"task file {where}: no known format fits its columns ({', '.join(sorted(map(str, keys)))}); "
-                        "expected clean, corrupted, correct, wrong (text pairs), clean, corrupted, correct_idx, "
-                        "incorrect_idx or clean, corrupted, label (EAP-IG), or MIB's task data")
+        raise UserError(
+            f"task file {where}: no known format fits its columns ({', '.join(sorted(map(str, keys)))}); "
+            "expected clean, corrupted, correct, wrong (text pairs), clean, corrupted, correct_idx, "
+            "incorrect_idx or clean, corrupted, label (EAP-IG), or MIB's task data"
+        )
     for i, r in enumerate(rows, 1):
         missing = [k for k in need if k not in r]
         if missing:
-            raise UserError(f"task file {where}, row {i}: no {', '.join(missing)} (a {form} file needs them in "
-                            "every row)")
+            raise UserError(
+                f"task file {where}, row {i}: no {', '.join(missing)} (a {form} file needs them in every row)"
+            )
     if form == "text-pairs" and any(str(r.get("group", "")).strip() == "all" for r in rows):
         raise UserError(f"task file {where}: group 'all' is reserved for the summary over every item; rename it")
     return form
@@ -238,16 +249,19 @@ def _from_hub(spec: str) -> FileSource:
     from lib.core.model import hub_reachable
 
     if not hub_reachable():
-        raise UserError(f"cannot load {spec} from the Hugging Face hub (offline or unreachable); use a local copy "
-                        "of the dataset's files: --tasks path/to/folder")
+        raise UserError(
+            f"cannot load {spec} from the Hugging Face hub (offline or unreachable); use a local copy "
+            "of the dataset's files: --tasks path/to/folder"
+        )
     try:
         from datasets import load_dataset
 
         config = "4_answer_choices" if "mcqa" in dataset else None  # as MIB's HFEAPDataset loads MCQA
         rows = list(load_dataset(f"{MIB_HUB}/{dataset}", config, split=split or "train"))
     except Exception as e:  # noqa: BLE001 - any failure of the hub is one line
-        raise UserError(f"cannot load {spec} from the hub ({type(e).__name__}: {' '.join(str(e).split())[:200]})") \
-            from None
+        raise UserError(
+            f"cannot load {spec} from the hub ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        ) from None
     if not rows:
         raise UserError(f"{spec} has no rows")
     return FileSource(dataset, spec, detect(rows, spec), rows, "")

@@ -70,9 +70,11 @@ def build(tokenizer, n: int, seed: int, corruption: str = "01") -> TaskData:
     require(nouns, 1, "greater-than nouns", "greater-than")
     yy_ids = year_tokens(tokenizer)
     if len(yy_ids) < 100:  # e.g. Llama and Qwen tokenizers split numbers into single digits
-        raise UserError(f"task greater-than needs every two-digit year ending 00..99 as one token (its metric is "
-                        f"the probability of the later ones); this tokenizer has {len(yy_ids)} of the 100, so the "
-                        "task is not defined for it")
+        raise UserError(
+            f"task greater-than needs every two-digit year ending 00..99 as one token (its metric is "
+            f"the probability of the later ones); this tokenizer has {len(yy_ids)} of the 100, so the "
+            "task is not defined for it"
+        )
     years = require(valid_years(tokenizer), 1, "greater-than years", "greater-than")
     rng, alt = rng_for(seed, "greater-than"), rng_for(seed, "greater-than:random_year")
 
@@ -97,8 +99,9 @@ def build(tokenizer, n: int, seed: int, corruption: str = "01") -> TaskData:
                 "wrong_answer": f"<={yy:02d}",
             }
 
-    return assemble("greater-than", tokenizer, candidates(), n, "prob_diff",
-                    {"nouns": dropped_nouns} if dropped_nouns else {})
+    return assemble(
+        "greater-than", tokenizer, candidates(), n, "prob_diff", {"nouns": dropped_nouns} if dropped_nouns else {}
+    )
 
 
 TASK = Task(

@@ -101,9 +101,14 @@ def build(tokenizer, n: int, seed: int, corruption: str = "abc") -> TaskData:
             io, s, x, y, z = rng.sample(names, 5)
             place, obj = rng.choice(places), rng.choice(objects)
 
-            def fill(s1, io_name, s2):
-                return (template.replace("[S1]", s1).replace("[IO]", io_name).replace("[S2]", s2)
-                        .replace("[PLACE]", place).replace("[OBJECT]", obj))
+            def fill(s1, io_name, s2, template=template, place=place, obj=obj):
+                return (
+                    template.replace("[S1]", s1)
+                    .replace("[IO]", io_name)
+                    .replace("[S2]", s2)
+                    .replace("[PLACE]", place)
+                    .replace("[OBJECT]", obj)
+                )
 
             corrupt = fill(x, y, z) if corruption == "abc" else fill(s, io, x)
             yield {
@@ -120,8 +125,9 @@ def build(tokenizer, n: int, seed: int, corruption: str = "abc") -> TaskData:
                 "wrong_answer": " " + s,
             }
 
-    dropped = {k: v for k, v in [("names", dropped_names), ("places", dropped_places),
-                                 ("objects", dropped_objects)] if v}
+    dropped = {
+        k: v for k, v in [("names", dropped_names), ("places", dropped_places), ("objects", dropped_objects)] if v
+    }
     return assemble("ioi", tokenizer, candidates(), n, "logit_diff", dropped)
 
 

@@ -4,25 +4,72 @@ from __future__ import annotations
 
 from tasks.base import Task, TaskData, assemble, require, rng_for, single_tokens
 
-NOUNS = [("athlete", "athletes"), ("aunt", "aunts"), ("boy", "boys"), ("carpenter", "carpenters"),
-         ("doctor", "doctors"), ("farmer", "farmers"), ("father", "fathers"), ("friend", "friends"),
-         ("girl", "girls"), ("guy", "guys"), ("kid", "kids"), ("lawyer", "lawyers"), ("man", "men"),
-         ("mother", "mothers"), ("poet", "poets"), ("singer", "singers"), ("teacher", "teachers"),
-         ("uncle", "uncles"), ("victim", "victims"), ("woman", "women"), ("guard", "guards"),
-         ("chef", "chefs"), ("architect", "architects"), ("skater", "skaters"),
-         ("dancer", "dancers"), ("minister", "ministers"), ("driver", "drivers"),
-         ("assistant", "assistants"), ("executive", "executives"), ("parent", "parents")]
+NOUNS = [
+    ("athlete", "athletes"),
+    ("aunt", "aunts"),
+    ("boy", "boys"),
+    ("carpenter", "carpenters"),
+    ("doctor", "doctors"),
+    ("farmer", "farmers"),
+    ("father", "fathers"),
+    ("friend", "friends"),
+    ("girl", "girls"),
+    ("guy", "guys"),
+    ("kid", "kids"),
+    ("lawyer", "lawyers"),
+    ("man", "men"),
+    ("mother", "mothers"),
+    ("poet", "poets"),
+    ("singer", "singers"),
+    ("teacher", "teachers"),
+    ("uncle", "uncles"),
+    ("victim", "victims"),
+    ("woman", "women"),
+    ("guard", "guards"),
+    ("chef", "chefs"),
+    ("architect", "architects"),
+    ("skater", "skaters"),
+    ("dancer", "dancers"),
+    ("minister", "ministers"),
+    ("driver", "drivers"),
+    ("assistant", "assistants"),
+    ("executive", "executives"),
+    ("parent", "parents"),
+]
 PREPOSITIONS = ["near", "behind", "beside"]
 PREPNOUNS = ["bike", "car", "cat", "chair", "desk", "dog", "table", "tree", "truck", "window"]
 # Transitive verbs of the relative clause, agreeing with its own subject (noun2).
-RC_VERBS = [("likes", "like"), ("hates", "hate"), ("loves", "love"), ("admires", "admire"),
-            ("knows", "know"), ("sees", "see")]
+RC_VERBS = [
+    ("likes", "like"),
+    ("hates", "hate"),
+    ("loves", "love"),
+    ("admires", "admire"),
+    ("knows", "know"),
+    ("sees", "see"),
+]
 # Answer verbs (singular, plural); pairs that are not single tokens are dropped per tokenizer.
-ANSWER_VERBS = [("is", "are"), ("has", "have"), ("does", "do"), ("goes", "go"), ("was", "were"),
-                ("approves", "approve"), ("knows", "know"), ("likes", "like"), ("says", "say"),
-                ("makes", "make"), ("takes", "take"), ("wants", "want"), ("seems", "seem"),
-                ("looks", "look"), ("gets", "get"), ("thinks", "think"), ("needs", "need"),
-                ("lives", "live"), ("works", "work"), ("writes", "write")]
+ANSWER_VERBS = [
+    ("is", "are"),
+    ("has", "have"),
+    ("does", "do"),
+    ("goes", "go"),
+    ("was", "were"),
+    ("approves", "approve"),
+    ("knows", "know"),
+    ("likes", "like"),
+    ("says", "say"),
+    ("makes", "make"),
+    ("takes", "take"),
+    ("wants", "want"),
+    ("seems", "seem"),
+    ("looks", "look"),
+    ("gets", "get"),
+    ("thinks", "think"),
+    ("needs", "need"),
+    ("lives", "live"),
+    ("works", "work"),
+    ("writes", "write"),
+]
 STRUCTURES = ("simple", "pp", "rc")
 
 
@@ -72,8 +119,7 @@ def build(tokenizer, n: int, seed: int, corruption: str = "number") -> TaskData:
                 "wrong_answer": f"{'plural' if singular else 'singular'} verb",
             }
 
-    return assemble("sva", tokenizer, candidates(), n, "prob_diff",
-                    {"verbs": dropped_verbs} if dropped_verbs else {})
+    return assemble("sva", tokenizer, candidates(), n, "prob_diff", {"verbs": dropped_verbs} if dropped_verbs else {})
 
 
 TASK = Task(

@@ -35,7 +35,7 @@ def toy_tokenizer(tmp_path_factory):
     """The toy tokenizer, built fresh and loaded from disk like any Hugging Face tokenizer."""
     from transformers import AutoTokenizer
 
-    from lib.core.toy import build_tokenizer
+    from lib.tools.toy import build_tokenizer
 
     where = tmp_path_factory.mktemp("toy-tokenizer")
     build_tokenizer().save_pretrained(where)
@@ -47,8 +47,18 @@ def tiny(toy_tokenizer):
     """2 layers, 4 heads, d_model 32, random weights and biases, the toy tokenizer."""
     from lib.core.model import random_gpt2
 
-    return random_gpt2(toy_tokenizer, seed=3, name="tiny", random_biases=True,
-                       n_layer=2, n_head=4, n_embd=32, n_inner=64, n_positions=64, initializer_range=0.3)
+    return random_gpt2(
+        toy_tokenizer,
+        seed=3,
+        name="tiny",
+        random_biases=True,
+        n_layer=2,
+        n_head=4,
+        n_embd=32,
+        n_inner=64,
+        n_positions=64,
+        initializer_range=0.3,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -67,8 +77,14 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 
     import subprocess
 
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 def run_cli(script: str, *args: str):
@@ -105,4 +121,3 @@ def refused(r, message: str) -> None:
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert message in lines[0], lines[0]
     assert "Traceback" not in r.stderr
-

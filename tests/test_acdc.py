@@ -99,8 +99,16 @@ def test_pruned_acdc_equals_slow_implementation(setup, metric, tau):
 
     model, g, data = setup
     candidates = top_k_mask(g, edge_scores(model, g, data, 6, "eap"), g.n_edges // 3)
-    state = run_acdc(model, g, data, tau, metric, batch_size=4, candidates=candidates,
-                     state=ACDCState(tau) if metric == "kl" else None)  # a fresh state passed in, as 06 does
+    state = run_acdc(
+        model,
+        g,
+        data,
+        tau,
+        metric,
+        batch_size=4,
+        candidates=candidates,
+        state=ACDCState(tau) if metric == "kl" else None,
+    )  # a fresh state passed in, as 06 does
     slow = slow_acdc(model, g, data, tau, metric, candidates=candidates)
     assert torch.equal(kept_mask(g, state), slow)
     assert state.tried == int(candidates.sum()) and not (kept_mask(g, state) & ~candidates).any()
@@ -112,9 +120,29 @@ def test_script_hybrid_and_bad_pruning_options(tmp_path):
     import pandas as pd
     from conftest import run_cli
 
-    r = run_cli("06_acdc.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "4", "--thresholds", "0.05",
-                "--prune-with", "eap", "--prune-top", "20", "--no-plain", "--n-random", "1", "--n-bootstrap", "40",
-                "--quiet", "--out", str(tmp_path))
+    r = run_cli(
+        "06_acdc.py",
+        "--tasks",
+        "ioi",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "4",
+        "--thresholds",
+        "0.05",
+        "--prune-with",
+        "eap",
+        "--prune-top",
+        "20",
+        "--no-plain",
+        "--n-random",
+        "1",
+        "--n-bootstrap",
+        "40",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / "06_acdc").iterdir())
     sweep = pd.read_csv(run / "acdc_sweep.csv").set_index("method")
@@ -122,9 +150,11 @@ def test_script_hybrid_and_bad_pruning_options(tmp_path):
     hybrid = sweep.loc["acdc+eap-top20"]
     assert hybrid.edges_tried == 20 and hybrid.edges_kept <= 20 and hybrid.trial_passes_saved > 0
     assert (run / "circuit_ioi_tau0.05_pruned.json").exists()
-    for bad, message in [(["--prune-top", "5"], "need --prune-with"),
-                         (["--prune-with", "eap"], "exactly one of --prune-top"),
-                         (["--prune-with", "eap", "--prune-top", "5", "--prune-threshold", "0.1"], "exactly one"),
-                         (["--prune-with", "acdc", "--prune-top", "5"], "unknown --prune-with")]:
+    for bad, message in [
+        (["--prune-top", "5"], "need --prune-with"),
+        (["--prune-with", "eap"], "exactly one of --prune-top"),
+        (["--prune-with", "eap", "--prune-top", "5", "--prune-threshold", "0.1"], "exactly one"),
+        (["--prune-with", "acdc", "--prune-top", "5"], "unknown --prune-with"),
+    ]:
         r = run_cli("06_acdc.py", "--model", "toy", *bad, "--out", str(tmp_path / "bad"))
         assert r.returncode == 2 and message in r.stderr and not (tmp_path / "bad").exists(), r.stderr

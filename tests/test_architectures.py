@@ -29,8 +29,14 @@ from lib.methods.dla import direct_logit_attribution
 from lib.methods.eap import edge_scores
 from tasks import TASKS
 
-SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-             max_position_embeddings=64, initializer_range=0.3)
+SHAPE = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    initializer_range=0.3,
+)
 
 
 def tiny_configs(vocab: int) -> dict:
@@ -43,21 +49,32 @@ def tiny_configs(vocab: int) -> dict:
         "qwen2": (T.Qwen2ForCausalLM, T.Qwen2Config(**s, num_key_value_heads=1)),
         "gemma": (T.GemmaForCausalLM, T.GemmaConfig(**s, num_key_value_heads=2, head_dim=8)),
         "gemma2": (T.Gemma2ForCausalLM, T.Gemma2Config(**s, num_key_value_heads=2, head_dim=8)),
-        "opt": (T.OPTForCausalLM, T.OPTConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
-                                              num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32)),
-        "gpt-j": (T.GPTJForCausalLM, T.GPTJConfig(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
-                                                  n_positions=64)),
+        "opt": (
+            T.OPTForCausalLM,
+            T.OPTConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                ffn_dim=64,
+                word_embed_proj_dim=32,
+            ),
+        ),
+        "gpt-j": (
+            T.GPTJForCausalLM,
+            T.GPTJConfig(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64),
+        ),
     }
 
 
 SUPPORTED = ["gpt-neox", "llama", "mistral", "qwen2", "gemma"]
 REFUSED = {
     "gemma2": "is not supported: its blocks normalize the attention and MLP outputs before adding them to the "
-              "residual stream (ln1_post, ln2_post)",
+    "residual stream (ln1_post, ln2_post)",
     "opt": "is not supported: TransformerBridge has no per-head attention results for this architecture "
-           "(set_use_attn_result is not implemented)",
+    "(set_use_attn_result is not implemented)",
     "gpt-j": "is not supported: TransformerBridge has no per-head attention results for this architecture "
-             "(set_use_attn_result is not implemented)",
+    "(set_use_attn_result is not implemented)",
 }
 
 
@@ -113,7 +130,7 @@ def test_receiver_inputs_are_sums_of_source_outputs(arch):
     names = [n for n, _ in source_hooks(g)] + [n for n, _, _ in receiver_groups(g)]
     cache = capture(model, data.clean, dict.fromkeys(names))
     outs = torch.cat([as_sources(cache[n]) for n, _ in source_hooks(g)])  # [S, B, P, D]
-    for name, cols, n_before in receiver_groups(g):
+    for name, _cols, n_before in receiver_groups(g):
         x = cache[name]
         x = x if x.dim() == 4 else x.unsqueeze(2)  # [B, P, h, D]
         rest = x - outs[:n_before].sum(0).unsqueeze(2)
@@ -121,18 +138,18 @@ def test_receiver_inputs_are_sums_of_source_outputs(arch):
         assert spread < 1e-4 * max(1.0, x.abs().max().item()), (name, spread)
     # and not trivially: a parallel MLP does not read its own layer's heads
     if g.parallel:
-        x, heads = cache["blocks.1.hook_mlp_in"], outs[g.head_source(1, 0):g.mlp_source(1)].sum(0)
-        assert (x - outs[:g.sources_before_mlp(1)].sum(0) - heads).std() > 1e-2
+        x, heads = cache["blocks.1.hook_mlp_in"], outs[g.head_source(1, 0) : g.mlp_source(1)].sum(0)
+        assert (x - outs[: g.sources_before_mlp(1)].sum(0) - heads).std() > 1e-2
 
 
 def test_all_kept_is_clean_and_all_ablated_is_corrupted(arch):
     _, _, model, g, data = arch
     clean = answer_logits(model, data.clean, data.answer_pos, 4)
     corrupt = answer_logits(model, data.corrupt, data.answer_pos, 4)
-    torch.testing.assert_close(evaluate_mask(model, g, data, g.edge_exists, batch_size=4), clean,
-                               atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(evaluate_mask(model, g, data, torch.zeros_like(g.edge_exists), batch_size=4),
-                               corrupt, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(evaluate_mask(model, g, data, g.edge_exists, batch_size=4), clean, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        evaluate_mask(model, g, data, torch.zeros_like(g.edge_exists), batch_size=4), corrupt, atol=1e-4, rtol=1e-4
+    )
 
 
 def test_edge_set_matches_slow_reference(arch):
@@ -167,8 +184,11 @@ def test_acdc_partial_recompute_equals_the_full_forward_at_every_start_layer(arc
     values = ablation_values(model, g, data, "resample")
     for start in range(g.n_layers + 1):
         # what ACDC has removed before a trial at this layer: edges into receivers at layers >= start
-        ablate = ((torch.rand(g.n_sources, g.n_receivers, generator=gen) < 0.3) & g.edge_exists
-                  & (receiver_layers >= start)[None]).float()
+        ablate = (
+            (torch.rand(g.n_sources, g.n_receivers, generator=gen) < 0.3)
+            & g.edge_exists
+            & (receiver_layers >= start)[None]
+        ).float()
         runner.ablate.copy_(ablate)
         with model.bridge.hooks(fwd_hooks=runner.hooks()):
             partial = torch.cat([runner.logits(i, start) for i in range(len(runner.batches))])
@@ -186,8 +206,9 @@ def test_dla_sums_with_a_constant_bias_term(arch):
     from lib.methods.dla import residual_by_layer
 
     stream = residual_by_layer(model, data, batch_size=4)["stream"]  # the logit lens ends at the logit difference
-    torch.testing.assert_close(stream[:, -1], r.model_diff, atol=1e-4 * max(1.0, r.model_diff.abs().max().item()),
-                               rtol=1e-4)
+    torch.testing.assert_close(
+        stream[:, -1], r.model_diff, atol=1e-4 * max(1.0, r.model_diff.abs().max().item()), rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
@@ -212,8 +233,9 @@ def test_soft_capped_logits_are_the_models_own(toy_tokenizer):
     bridge.enable_compatibility_mode(disable_warnings=True)  # prepare() without its refusal
     for method in ("set_use_attn_result", "set_use_split_qkv_input", "set_use_hook_mlp_in"):
         getattr(bridge, method)(True)
-    model = LoadedModel("gemma2", bridge, toy_tokenizer, torch.device("cpu"), torch.float32, "test",
-                        architecture.read(bridge, n_kv))
+    model = LoadedModel(
+        "gemma2", bridge, toy_tokenizer, torch.device("cpu"), torch.float32, "test", architecture.read(bridge, n_kv)
+    )
     assert model.arch.softcap == 0.5
     tokens = torch.tensor([[1, 5, 9, 12], [1, 7, 3, 4]])
     pos = torch.tensor([3, 2])
@@ -253,12 +275,14 @@ def test_greater_than_refuses_a_digit_splitting_tokenizer(toy_tokenizer):
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, toy_tokenizer):
     """Tiny models saved as local Hugging Face directories, loaded by the scripts as a user's would be."""
+
     def save(arch: str):
         where = tmp_path_factory.mktemp(arch)
         cls, cfg = tiny_configs(len(toy_tokenizer))[arch]
         random_model(cls, cfg, seed=5, random_biases=True).save_pretrained(where)
         toy_tokenizer.save_pretrained(where)
         return where
+
     return save
 
 
@@ -281,8 +305,21 @@ def test_scripts_run_on_other_architectures(name, script, saved, tmp_path):
     import pandas as pd
     from conftest import run_cli
 
-    r = run_cli(script, "--model", str(saved(name)), "--tasks", "ioi", "--n-prompts", "6", "--quiet",
-                "--n-bootstrap", "40", "--out", str(tmp_path), *(["--thresholds", "0.05"] if "acdc" in script else []))
+    r = run_cli(
+        script,
+        "--model",
+        str(saved(name)),
+        "--tasks",
+        "ioi",
+        "--n-prompts",
+        "6",
+        "--quiet",
+        "--n-bootstrap",
+        "40",
+        "--out",
+        str(tmp_path),
+        *(["--thresholds", "0.05"] if "acdc" in script else []),
+    )
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / script.removesuffix(".py")).iterdir())
     arch = json.loads((run / "run.json").read_text())["model"]["architecture"]
@@ -310,8 +347,15 @@ def test_models_that_cannot_be_used_give_one_line(tmp_path, toy_tokenizer):
     T.T5Config(vocab_size=len(toy_tokenizer), d_model=16, d_ff=32, num_layers=1, num_heads=2).save_pretrained(t5)
     cases[t5] = "is not a causal language model"
     biogpt = tmp_path / "biogpt"
-    T.BioGptForCausalLM(T.BioGptConfig(vocab_size=len(toy_tokenizer), hidden_size=16, num_hidden_layers=1,
-                                       num_attention_heads=2, intermediate_size=32)).save_pretrained(biogpt)
+    T.BioGptForCausalLM(
+        T.BioGptConfig(
+            vocab_size=len(toy_tokenizer),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    ).save_pretrained(biogpt)
     cases[biogpt] = "is not supported: TransformerBridge cannot wrap it"
     broken = tmp_path / "broken"
     cls, cfg = tiny_configs(len(toy_tokenizer))["llama"]

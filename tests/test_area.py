@@ -71,7 +71,9 @@ def test_curve_on_toy_ends_at_the_full_model(toy):
 
     g, data = graph_of(toy), TASKS["sva"].build(toy.tokenizer, 8, 0)
     scores = edge_scores(toy, g, data, 8, "eap")
-    rows, areas = area.mib_curves(Evaluator(toy, g, data, "resample", 8), g, -scores, n_random=2, seed=0, n_bootstrap=200)
+    rows, areas = area.mib_curves(
+        Evaluator(toy, g, data, "resample", 8), g, -scores, n_random=2, seed=0, n_bootstrap=200
+    )
     last = [r for r in rows if r["fraction"] == 1.0]
     assert all(abs(r["faithfulness"] - 1) < 1e-6 and r["edges_kept"] == g.n_edges for r in last)
     assert all(r["faithfulness"] == 0 for r in rows if r["edges_requested"] == 0)  # empty circuit = 0 by definition
@@ -99,11 +101,19 @@ def test_eap_ig_json_round_trip_and_hand_written(tmp_path):
     assert torch.equal(back.mask(G), c.mask(G)) and back.method == "eap-ig-json"
     assert back.edges == c.edges  # negated on import: our scores come back
     # written by hand, as the EAP-IG library writes it (only the fields it reads): higher = more important
-    (tmp_path / "hand.json").write_text(json.dumps({
-        "cfg": {"n_layers": 2, "n_heads": 2, "parallel_attn_mlp": False, "d_model": 8},
-        "nodes": {"input": {"in_graph": True}, "m0": {"in_graph": True}, "logits": {"in_graph": True}},
-        "edges": {"input->m0": {"score": 0.5, "in_graph": True}, "m0->logits": {"score": 0.1, "in_graph": True},
-                  "input->logits": {"score": 0.0, "in_graph": False}}}))
+    (tmp_path / "hand.json").write_text(
+        json.dumps(
+            {
+                "cfg": {"n_layers": 2, "n_heads": 2, "parallel_attn_mlp": False, "d_model": 8},
+                "nodes": {"input": {"in_graph": True}, "m0": {"in_graph": True}, "logits": {"in_graph": True}},
+                "edges": {
+                    "input->m0": {"score": 0.5, "in_graph": True},
+                    "m0->logits": {"score": 0.1, "in_graph": True},
+                    "input->logits": {"score": 0.0, "in_graph": False},
+                },
+            }
+        )
+    )
     hand = Circuit.load(tmp_path / "hand.json", G)
     assert hand.edges == {"input->m0": -0.5, "m0->logits": -0.1}  # our convention: the important edge most negative
     with pytest.raises(UserError, match="an EAP-IG graph of a 2-layer, 2-head model, not of this 3-layer"):
@@ -150,7 +160,7 @@ def mib_cpr(graph, exported: dict, evaluator) -> float:
     for name, edge in exported["edges"].items():
         scores[graph.edge_index(name)] = edge["score"]
     full, empty = evaluator.clean.mean(), evaluator.metric(torch.zeros_like(graph.edge_exists)).mean()
-    fractions = (.001, .002, .005, .01, .02, .05, .1, .2, .5, 1)
+    fractions = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1)
     faithfulness = []
     for pct in fractions:
         n = int(pct * graph.n_edges)
@@ -158,8 +168,10 @@ def mib_cpr(graph, exported: dict, evaluator) -> float:
         in_graph[torch.argsort(scores.view(-1), descending=True)[:n]] = True
         keep = area.prune_dangling(graph, in_graph.view_as(scores))
         faithfulness.append((evaluator.metric(keep).mean() - empty) / (full - empty))
-    return sum((fractions[i + 1] - fractions[i]) * (faithfulness[i] + faithfulness[i + 1]) / 2
-               for i in range(len(fractions) - 1))
+    return sum(
+        (fractions[i + 1] - fractions[i]) * (faithfulness[i] + faithfulness[i + 1]) / 2
+        for i in range(len(fractions) - 1)
+    )
 
 
 def test_exported_eap_ig_file_gives_our_cpr_under_mibs_ranking(tmp_path):
@@ -171,8 +183,28 @@ def test_exported_eap_ig_file_gives_our_cpr_under_mibs_ranking(tmp_path):
     from lib.core.model import load_model
     from lib.methods.faithfulness import Evaluator, discovery_and_held_out
 
-    r = run_cli("05_eap.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "10", "--method", "eap", "--top-k", "20",
-                "--n-random", "0", "--n-bootstrap", "0", "--export", "eap-ig", "--quiet", "--out", str(tmp_path))
+    r = run_cli(
+        "05_eap.py",
+        "--tasks",
+        "ioi",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "10",
+        "--method",
+        "eap",
+        "--top-k",
+        "20",
+        "--n-random",
+        "0",
+        "--n-bootstrap",
+        "0",
+        "--export",
+        "eap-ig",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     (run,) = (tmp_path / "05_eap").iterdir()
     exported = json.loads((run / "circuit_ioi_top20.eap-ig.json").read_text())

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import completed_run, refused, run_cli
 
 
@@ -28,7 +27,7 @@ def prompt(toy):
     from tasks import TASKS
 
     data = TASKS["ioi"].build(toy.tokenizer, 4, 0)
-    return data, data.clean[1, :int(data.lengths[1])]
+    return data, data.clean[1, : int(data.lengths[1])]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,9 @@ def graphs(toy, sets, prompt):
 
     data, tokens = prompt
     direction = metric_direction(toy.bridge.W_U.detach(), data.correct[1], data.wrong[1])
-    return {k: attribute(toy, tc, tokens, direction, batch_size=48, desired_logit_prob=0.99999) for k, tc in sets.items()}
+    return {
+        k: attribute(toy, tc, tokens, direction, batch_size=48, desired_logit_prob=0.99999) for k, tc in sets.items()
+    }
 
 
 def frozen_targets(toy, tc, graph, tokens, mlp_out, embed):
@@ -51,7 +52,9 @@ def frozen_targets(toy, tc, graph, tokens, mlp_out, embed):
         def hook(x, hook):
             cache[name] = x
             return x
+
         return hook
+
     hooks = freeze_hooks(toy, frozen_values(toy, tokens[None])) + [("hook_embed", lambda x, hook: embed[None])]
     hooks += [(tc.hooks_out[l], lambda x, hook, l=l: mlp_out[l][None]) for l in range(tc.n_layers)]
     hooks += [(h, keep(h)) for h in tc.hooks_in] + [("unembed.hook_in", keep("final"))]
@@ -60,9 +63,9 @@ def frozen_targets(toy, tc, graph, tokens, mlp_out, embed):
     sel = graph.active[graph.selected]
     values = torch.zeros(graph.adjacency.shape[0], dtype=torch.float64)
     pre = torch.stack([tc.pre(l, cache[tc.hooks_in[l]][0]) for l in range(tc.n_layers)])
-    values[:graph.n_features] = pre[sel[:, 0], sel[:, 1], sel[:, 2]].double()
+    values[: graph.n_features] = pre[sel[:, 0], sel[:, 1], sel[:, 2]].double()
     logits = cache["final"][0, -1] @ toy.bridge.W_U + toy.bridge.b_U
-    values[-graph.n_logits:] = (logits[graph.logit_tokens] - logits.mean()).double()
+    values[-graph.n_logits :] = (logits[graph.logit_tokens] - logits.mean()).double()
     return values
 
 
@@ -82,6 +85,7 @@ def test_adjacency_columns_are_exact_direct_effects(toy, sets, prompt, graphs, k
         delta = base - frozen_targets(toy, tc, graph, tokens, mlp_removed, embed_removed)
         torch.testing.assert_close(delta, graph.adjacency[:, column].double(), atol=2e-5, rtol=0)
         assert graph.adjacency[:, column].abs().max() > 1e-4  # a column with effects, not a vacuous zero
+
     # an error node
     layer, pos = 2, P - 1
     removed = [m.clone() for m in mlp]
@@ -89,8 +93,11 @@ def test_adjacency_columns_are_exact_direct_effects(toy, sets, prompt, graphs, k
     check(s["error"].start + layer * P + pos, removed, embed)
     # the most influential-looking features: one per source layer (a CLT feature writes every later layer)
     for source in range(tc.n_layers - 1):
-        j = next(i for i in range(graph.n_features) if graph.active[graph.selected[i], 0] == source
-                 and graph.adjacency[:, i].abs().max() > 1e-3)
+        j = next(
+            i
+            for i in range(graph.n_features)
+            if graph.active[graph.selected[i], 0] == source and graph.adjacency[:, i].abs().max() > 1e-3
+        )
         layer, pos, feat = graph.active[graph.selected[j]].tolist()
         a = graph.activations[graph.selected[j]]
         removed = [m.clone() for m in mlp]
@@ -112,7 +119,7 @@ def test_adjacency_columns_are_exact_direct_effects(toy, sets, prompt, graphs, k
         torch.testing.assert_close(rows[part], (base - constant)[part], atol=5e-5, rtol=0)
 
 
-def test_frozen_and_real_replacement_reproduce_the_model(toy, sets, prompt, graphs):
+def test_frozen_and_real_replacement_reproduce_the_model(toy, sets, prompt):
     from lib.core.forward import logits_at
     from lib.features import graph_checks
     from lib.features.attribution import clean_state
@@ -120,16 +127,16 @@ def test_frozen_and_real_replacement_reproduce_the_model(toy, sets, prompt, grap
 
     _, tokens = prompt
     model_logits = logits_at(toy, tokens[None], torch.tensor([len(tokens) - 1]))
-    for kind, tc in sets.items():
+    for tc in sets.values():
         errors = {l: e[None] for l, e in enumerate(clean_state(toy, tc, tokens)["errors"])}
         with norms_through_hooks(toy):
             hooks = freeze_hooks(toy, frozen_values(toy, tokens[None])) + replacement_hooks(tc, range(4), errors=errors)
             frozen = logits_at(toy, tokens[None], torch.tensor([len(tokens) - 1]), hooks=hooks)
         torch.testing.assert_close(frozen, model_logits, atol=1e-5, rtol=0)
-        live = logits_at(toy, tokens[None], torch.tensor([len(tokens) - 1]),
-                         hooks=replacement_hooks(tc, range(4), errors="live"))
+        live = logits_at(
+            toy, tokens[None], torch.tensor([len(tokens) - 1]), hooks=replacement_hooks(tc, range(4), errors="live")
+        )
         torch.testing.assert_close(live, model_logits, atol=1e-5, rtol=0)
-        graph = graphs[kind]
         direction = torch.zeros(toy.d_model)
         direction[0] = 1.0
         for frozen_attention in (True, False):
@@ -145,7 +152,7 @@ def test_linear_prediction_matches_a_small_steer_in_the_frozen_model(toy, sets, 
     data, tokens = prompt
     graph = graphs[kind]
     direction = metric_direction(toy.bridge.W_U.detach(), data.correct[1], data.wrong[1])
-    metric = graph.metric_row[:graph.n_features].abs()
+    metric = graph.metric_row[: graph.n_features].abs()
     node = int(torch.argmax(metric))
     a = float(graph.activations[graph.selected[node]])
     edit = [(*graph.active[graph.selected[node]].tolist(), a * 1.05)]  # (layer, position, feature, value)
@@ -161,17 +168,19 @@ def test_max_feature_nodes_keeps_the_full_graphs_rows(toy, sets, prompt, graphs)
     data, tokens = prompt
     full = graphs["plt"]
     direction = metric_direction(toy.bridge.W_U.detach(), data.correct[1], data.wrong[1])
-    small = attribute(toy, sets["plt"], tokens, direction, batch_size=7, max_feature_nodes=40,
-                      desired_logit_prob=0.99999)
+    small = attribute(
+        toy, sets["plt"], tokens, direction, batch_size=7, max_feature_nodes=40, desired_logit_prob=0.99999
+    )
     assert small.n_features == 40 and len(small.selected.unique()) == 40
     keep = torch.cat([small.selected, torch.arange(full.n_features, full.adjacency.shape[0])])  # full: every feature
     torch.testing.assert_close(small.adjacency, full.adjacency[keep][:, keep], atol=1e-6, rtol=0)
     # the features chosen first are those with the largest influence through the logit rows
     from lib.features.influence import partial_influence
 
-    rows_logit = full.adjacency[-full.n_logits:, :full.adjacency.shape[0] - full.n_logits]
-    first = partial_influence(rows_logit, full.logit_probs, torch.arange(full.n_logits) + rows_logit.shape[1],
-                              full.adjacency.shape[0])[:full.n_features]
+    rows_logit = full.adjacency[-full.n_logits :, : full.adjacency.shape[0] - full.n_logits]
+    first = partial_influence(
+        rows_logit, full.logit_probs, torch.arange(full.n_logits) + rows_logit.shape[1], full.adjacency.shape[0]
+    )[: full.n_features]
     top = set(torch.argsort(first, descending=True, stable=True)[:7].tolist())
     assert top <= set(small.selected.tolist())
 
@@ -199,8 +208,16 @@ def test_influence_pruning_and_scores_against_numpy():
     pruned = adjacency.clone()
     pruned[0, 9] = pruned[3, 0] = 0
     by_hand = torch.zeros(12, 12)
-    for t, s, v in [(11, 1, 1 / 4), (11, 3, 1 / 4), (11, 6, 1 / 4), (11, 8, 1 / 4), (3, 1, 1 / 8), (3, 6, 1 / 8),
-                    (1, 9, 3 / 16), (1, 10, 3 / 16)]:
+    for t, s, v in [
+        (11, 1, 1 / 4),
+        (11, 3, 1 / 4),
+        (11, 6, 1 / 4),
+        (11, 8, 1 / 4),
+        (3, 1, 1 / 8),
+        (3, 6, 1 / 8),
+        (1, 9, 3 / 16),
+        (1, 10, 3 / 16),
+    ]:
         by_hand[t, s] = v
     torch.testing.assert_close(edge_influence(pruned, w), by_hand)
     # a random acyclic graph: influence and scores against numpy's matrix inverse
@@ -211,8 +228,8 @@ def test_influence_pruning_and_scores_against_numpy():
     order = np.r_[rng.permutation(nf) + nt, np.arange(nt), rng.permutation(ne) + nf + nt]  # a topological order
     rank = np.empty(n, int)
     rank[np.r_[np.arange(nf), np.arange(nf + ne, nf + ne + nt), np.arange(nf, nf + ne)]] = np.argsort(order)
-    a[:, nf + ne + nt:] = 0  # logits are no sources
-    a[nf:nf + ne + nt] = 0  # errors and tokens have no inputs
+    a[:, nf + ne + nt :] = 0  # logits are no sources
+    a[nf : nf + ne + nt] = 0  # errors and tokens have no inputs
     for i in range(nf):
         a[i, :nf] *= rank[:nf] < rank[i]  # a feature reads earlier features only
     probs = np.array([0.7, 0.2])
@@ -220,8 +237,8 @@ def test_influence_pruning_and_scores_against_numpy():
     infl, normalized = numpy_influence(a, weights)
     A, W = torch.tensor(a, dtype=torch.float64), torch.tensor(weights)
     np.testing.assert_allclose(node_influence(A, W).numpy(), infl, atol=1e-12)
-    replacement = infl[nf + ne:nf + ne + nt].sum() / (infl[nf + ne:nf + ne + nt].sum() + infl[nf:nf + ne].sum())
-    completeness = ((1 - normalized[:, nf:nf + ne].sum(1)) * (infl + weights)).sum() / (infl + weights).sum()
+    replacement = infl[nf + ne : nf + ne + nt].sum() / (infl[nf + ne : nf + ne + nt].sum() + infl[nf : nf + ne].sum())
+    completeness = ((1 - normalized[:, nf : nf + ne].sum(1)) * (infl + weights)).sum() / (infl + weights).sum()
     np.testing.assert_allclose(scores(A, W, nf, ne, nt), (replacement, completeness), atol=1e-12)
     # pruning: nodes by the influence threshold, then edges, then the dangling-node rule, by hand in numpy
     p = prune(A, W, nf, nt, nl, 0.8, 0.98)
@@ -230,8 +247,9 @@ def test_influence_pruning_and_scores_against_numpy():
         ordered = np.sort(values)[::-1]
         cumulative = np.cumsum(ordered) / ordered.sum()
         return ordered[min(np.searchsorted(cumulative, share), len(ordered) - 1)]
+
     keep = infl >= threshold(infl, 0.8)
-    keep[n - nl - nt:] = True
+    keep[n - nl - nt :] = True
     b = a * keep[:, None] * keep[None]
     infl_b, norm_b = numpy_influence(b, weights)
     edge_scores = norm_b * (infl_b + weights)[:, None]
@@ -239,7 +257,7 @@ def test_influence_pruning_and_scores_against_numpy():
     while True:
         edge_keep &= keep[:, None] & keep[None]
         new = keep.copy()
-        new[:n - nl - nt] &= edge_keep[:, :n - nl - nt].any(0)
+        new[: n - nl - nt] &= edge_keep[:, : n - nl - nt].any(0)
         new[:nf] &= edge_keep[:nf].any(1)
         if (new == keep).all():
             break
@@ -258,12 +276,31 @@ def test_influence_pruning_and_scores_against_numpy():
 
 
 # circuit-tracer's frontend models (frontend/graph_models.py), written out: field -> JSON types; required fields
-NODE = {"node_id": (str,), "feature": (int,), "layer": (str,), "ctx_idx": (int,), "feature_type": (str,),
-        "token_prob": (float, int), "is_target_logit": (bool,), "run_idx": (int,), "reverse_ctx_idx": (int,),
-        "jsNodeId": (str,), "clerp": (str,), "influence": (float, int, type(None)), "activation": (float, int, type(None))}
+NODE = {
+    "node_id": (str,),
+    "feature": (int,),
+    "layer": (str,),
+    "ctx_idx": (int,),
+    "feature_type": (str,),
+    "token_prob": (float, int),
+    "is_target_logit": (bool,),
+    "run_idx": (int,),
+    "reverse_ctx_idx": (int,),
+    "jsNodeId": (str,),
+    "clerp": (str,),
+    "influence": (float, int, type(None)),
+    "activation": (float, int, type(None)),
+}
 NODE_REQUIRED = {"node_id", "feature", "layer", "ctx_idx", "feature_type"}
-METADATA = {"slug": (str,), "scan": (str,), "transcoder_list": (list,), "prompt_tokens": (list,), "prompt": (str,),
-            "node_threshold": (float, int, type(None)), "schema_version": (int, type(None))}
+METADATA = {
+    "slug": (str,),
+    "scan": (str,),
+    "transcoder_list": (list,),
+    "prompt_tokens": (list,),
+    "prompt": (str,),
+    "node_threshold": (float, int, type(None)),
+    "schema_version": (int, type(None)),
+}
 QPARAMS = {"pinnedIds": (list,), "supernodes": (list,), "linkType": (str,), "clickedId": (str,), "sg_pos": (str,)}
 
 
@@ -291,8 +328,13 @@ def test_frontend_json_validates_round_trips_and_names_tokens_and_logits(toy, pr
 
     _, tokens = prompt
     graph = graphs["plt"]
-    p = prune(graph.adjacency, logit_weights(graph.adjacency.shape[0], graph.logit_probs), graph.n_features,
-              graph.n_pos, graph.n_logits)
+    p = prune(
+        graph.adjacency,
+        logit_weights(graph.adjacency.shape[0], graph.logit_probs),
+        graph.n_features,
+        graph.n_pos,
+        graph.n_logits,
+    )
     model = graph_json.frontend(graph, p, lambda t: toy.tokenizer.decode([t]), "ioi_1", "toy-plt", 0.8)
     validate_frontend(model)
     assert json.loads(json.dumps(model)) == model
@@ -325,12 +367,22 @@ def test_clt_files_round_trip_and_read_circuit_tracers_layout(tmp_path, sets):
     folder = tmp_path / "ct"
     folder.mkdir()
     for l in range(2):
-        save_file({f"W_enc_{l}": torch.randn(5, 3, generator=g), f"b_enc_{l}": torch.zeros(5),
-                   f"b_dec_{l}": torch.zeros(3), f"threshold_{l}": torch.full((5,), 0.5)}, str(folder / f"W_enc_{l}.safetensors"))
+        save_file(
+            {
+                f"W_enc_{l}": torch.randn(5, 3, generator=g),
+                f"b_enc_{l}": torch.zeros(5),
+                f"b_dec_{l}": torch.zeros(3),
+                f"threshold_{l}": torch.full((5,), 0.5),
+            },
+            str(folder / f"W_enc_{l}.safetensors"),
+        )
         save_file({f"W_dec_{l}": torch.randn(5, 2 - l, 3, generator=g)}, str(folder / f"W_dec_{l}.safetensors"))
     ct = files.read_set(folder)["ct"]
-    assert ct.kind == "clt" and ct.architecture == "jumprelu" and ct.hooks_in == ["blocks.0.hook_resid_mid",
-                                                                                   "blocks.1.hook_resid_mid"]
+    assert (
+        ct.kind == "clt"
+        and ct.architecture == "jumprelu"
+        and ct.hooks_in == ["blocks.0.hook_resid_mid", "blocks.1.hook_resid_mid"]
+    )
     x = torch.randn(4, 3, generator=g)
     pre = x @ ct.W_enc[1] + ct.b_enc[1]
     torch.testing.assert_close(ct.encode(1, x), torch.where(pre > 0.5, pre, torch.zeros_like(pre)))
@@ -379,16 +431,46 @@ def test_compounding_replaces_what_part_one_splices(toy, sets):
 
 
 def test_complete_run_on_toy(tmp_path):
-    run = completed_run(tmp_path, "10_attribution_graphs.py", "--tasks", "ioi", "greater-than", "--model", "toy",
-                        "--n-prompts", "8", "--n-graphs", "2", "--n-intervene", "2", "--n-bootstrap", "40", "--quiet")
+    run = completed_run(
+        tmp_path,
+        "10_attribution_graphs.py",
+        "--tasks",
+        "ioi",
+        "greater-than",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "8",
+        "--n-graphs",
+        "2",
+        "--n-intervene",
+        "2",
+        "--n-bootstrap",
+        "40",
+        "--quiet",
+    )
     names = {p.name for p in run.iterdir()}
     for task in ("ioi", "greater-than"):
-        assert {f"compounding_{task}.png", f"sensitivity_{task}.png", f"interventions_{task}.png",
-                f"task_features_{task}.png"} <= names
-    assert {"scores.csv", "interventions.csv", "compounding.csv", "sensitivity.csv", "task_features.csv",
-            "task_circuit.csv", "headline.csv", "run.json"} <= names
+        assert {
+            f"compounding_{task}.png",
+            f"sensitivity_{task}.png",
+            f"interventions_{task}.png",
+            f"task_features_{task}.png",
+        } <= names
+    assert {
+        "scores.csv",
+        "interventions.csv",
+        "compounding.csv",
+        "sensitivity.csv",
+        "task_features.csv",
+        "task_circuit.csv",
+        "headline.csv",
+        "run.json",
+    } <= names
     graphs = {p.name for p in (run / "graphs").iterdir()}
-    assert {f"{t}_{i}.{x}" for t in ("ioi", "greater-than") for i in (0, 1) for x in ("json", "npz", "png", "dot")} <= graphs
+    assert {
+        f"{t}_{i}.{x}" for t in ("ioi", "greater-than") for i in (0, 1) for x in ("json", "npz", "png", "dot")
+    } <= graphs
     index = json.loads((run / "graphs" / "graph-metadata.json").read_text())
     assert sorted(g["slug"] for g in index["graphs"]) == ["greater-than_0", "greater-than_1", "ioi_0", "ioi_1"]
     model = json.loads((run / "graphs" / "ioi_0.json").read_text())
@@ -405,8 +487,10 @@ def test_complete_run_on_toy(tmp_path):
     assert np.allclose(sens[sens.node_threshold == 0.8].jaccard_vs_default, 1.0)
     sweep = pd.read_csv(run / "sensitivity_summary.csv")  # means over each task's graphs, by threshold
     by_hand = sens.groupby(["task", "node_threshold"]).features_pruned.mean()
-    assert len(sweep) == len(by_hand) and np.allclose(sweep.set_index(["task", "node_threshold"]).features_pruned,
-                                                        by_hand.loc[list(zip(sweep.task, sweep.node_threshold))])
+    assert len(sweep) == len(by_hand) and np.allclose(
+        sweep.set_index(["task", "node_threshold"]).features_pruned,
+        by_hand.loc[list(zip(sweep.task, sweep.node_threshold))],
+    )
     assert (sweep.jaccard_vs_default_ci_low <= sweep.jaccard_vs_default + 1e-12).all()
     inter = pd.read_csv(run / "interventions.csv")
     assert (inter.baseline_frozen_minus_model.abs() < 1e-4).all()
@@ -416,8 +500,24 @@ def test_complete_run_on_toy(tmp_path):
 
 
 def test_the_same_seed_gives_byte_identical_csvs(tmp_path):
-    runs = [completed_run(tmp_path / name, "10_attribution_graphs.py", "--tasks", "sva", "--model", "toy",
-                          "--n-prompts", "4", "--n-graphs", "2", "--n-bootstrap", "40", "--quiet") for name in "ab"]
+    runs = [
+        completed_run(
+            tmp_path / name,
+            "10_attribution_graphs.py",
+            "--tasks",
+            "sva",
+            "--model",
+            "toy",
+            "--n-prompts",
+            "4",
+            "--n-graphs",
+            "2",
+            "--n-bootstrap",
+            "40",
+            "--quiet",
+        )
+        for name in "ab"
+    ]
     csvs = sorted(p.name for p in runs[0].glob("*.csv"))
     assert len(csvs) >= 8 and csvs == sorted(p.name for p in runs[1].glob("*.csv"))
     for name in csvs:
@@ -428,6 +528,7 @@ def test_the_same_seed_gives_byte_identical_csvs(tmp_path):
 def test_bad_input_is_one_line(tmp_path):
     def refused_with(args, message):
         refused(run_cli("10_attribution_graphs.py", "--model", "toy", "--out", str(tmp_path / "o"), *args), message)
+
     refused_with(["--n-graphs", "0"], "--n-graphs must be between 1 and 1,000")
     refused_with(["--transcoders", "sae"], "unknown --transcoders 'sae'")
     refused_with(["--node-threshold", "1.5"], "--node-threshold must be between 0 and 1")
@@ -437,7 +538,9 @@ def test_bad_input_is_one_line(tmp_path):
 
     files.write(only_saes / "resid0", files.read(TOY_DIR / "dictionaries" / "resid0"))
     refused_with(["--tasks", "ioi", "--dictionaries", str(only_saes)], "per-layer transcoders cover layers none of 4")
-    refused_with(["--tasks", "ioi", "--dictionaries", str(only_saes), "--transcoders", "clt"], "no cross-layer transcoder")
+    refused_with(
+        ["--tasks", "ioi", "--dictionaries", str(only_saes), "--transcoders", "clt"], "no cross-layer transcoder"
+    )
     from conftest import ROOT
 
     pairs = pd.read_csv(ROOT / "tasks" / "examples" / "ioi_pairs.csv").head(4)

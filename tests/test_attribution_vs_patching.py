@@ -63,8 +63,9 @@ def test_agreement_statistics_against_numpy():
     slope, intercept = np.polyfit(x, y, 1)
     r = np.corrcoef(x, y)[0, 1]
     assert a["slope"] == pytest.approx(slope) and a["intercept"] == pytest.approx(intercept)
-    assert a["pearson"] == pytest.approx(r) and a["r2"] == pytest.approx(1 - np.sum((y - slope * x - intercept) ** 2)
-                                                                           / np.sum((y - y.mean()) ** 2))
+    assert a["pearson"] == pytest.approx(r) and a["r2"] == pytest.approx(
+        1 - np.sum((y - slope * x - intercept) ** 2) / np.sum((y - y.mean()) ** 2)
+    )
     assert agreement.agreement(x, x, ks=(10,))["top10_jaccard"] == 1.0
 
 
@@ -87,8 +88,9 @@ def test_node_attribution_is_the_sum_of_its_edges(setup):
     scores = edge_scores(model, g, data, 6, "eap")
     delta = source_outputs(model, g, data.corrupt) - source_outputs(model, g, data.clean)
     probe = torch.zeros(len(data), data.clean.shape[1], g.n_heads, model.d_model, requires_grad=True)
-    logits = logits_at(model, data.clean, data.answer_pos, [("blocks.0.attn.hook_result", lambda x, hook: x + probe)],
-                       grad=True)
+    logits = logits_at(
+        model, data.clean, data.answer_pos, [("blocks.0.attn.hook_result", lambda x, hook: x + probe)], grad=True
+    )
     data_metric(logits, data).sum().backward()
     for h in range(g.n_heads):
         direct = float((delta[g.head_source(0, h)] * probe.grad[:, :, h]).sum()) / len(data)
@@ -99,13 +101,40 @@ def test_script_writes_a_complete_run(tmp_path):
     import pandas as pd
     from conftest import run_cli
 
-    r = run_cli("08_attribution_vs_patching.py", "--tasks", "ioi", "greater-than", "--model", "toy", "--n-prompts",
-                "6", "--sample", "40", "--curves", "2", "--n-bootstrap", "40", "--quiet", "--out", str(tmp_path))
+    r = run_cli(
+        "08_attribution_vs_patching.py",
+        "--tasks",
+        "ioi",
+        "greater-than",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "6",
+        "--sample",
+        "40",
+        "--curves",
+        "2",
+        "--n-bootstrap",
+        "40",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / "08_attribution_vs_patching").iterdir())
     names = {p.name for p in run.iterdir()}
-    assert {"edges.csv", "agreement.csv", "outliers.csv", "curves.csv", "nodes.csv", "scatter_ioi.png",
-            "interpolation_greater-than.png", "nodes.png", "headline.csv", "run.json"} <= names
+    assert {
+        "edges.csv",
+        "agreement.csv",
+        "outliers.csv",
+        "curves.csv",
+        "nodes.csv",
+        "scatter_ioi.png",
+        "interpolation_greater-than.png",
+        "nodes.png",
+        "headline.csv",
+        "run.json",
+    } <= names
     edges = pd.read_csv(run / "edges.csv")
     assert len(edges) == 2 * 40 and set(pd.read_csv(run / "agreement.csv").level) == {"edge", "node"}
     assert json.loads((run / "run.json").read_text())["options"]["rows_per_pass"] == 32  # the CPU default, resolved

@@ -48,14 +48,30 @@ def batch(*args):
 
 
 def test_expansion_products_defaults_overrides():
-    cells = grid.expand({"defaults": {"model": "toy", "seed": [0, 1], "n_prompts": 8},
-                         "experiment": [{"script": "21_output_variants.py", "tasks": ["ioi", "sva"],
-                                         "ablation": ["resample", "mean"]},
-                                        {"script": "06_acdc.py", "tasks": "all", "seed": 5, "thresholds": "0.01 0.1"}]})
+    cells = grid.expand(
+        {
+            "defaults": {"model": "toy", "seed": [0, 1], "n_prompts": 8},
+            "experiment": [
+                {"script": "21_output_variants.py", "tasks": ["ioi", "sva"], "ablation": ["resample", "mean"]},
+                {"script": "06_acdc.py", "tasks": "all", "seed": 5, "thresholds": "0.01 0.1"},
+            ],
+        }
+    )
     assert len(cells) == 2 * 2 * 2 + 4
     first = cells[0]
     assert dict(first.options) == {"tasks": "ioi", "model": "toy", "seed": 0, "n-prompts": 8, "ablation": "resample"}
-    assert first.argv() == ["--tasks", "ioi", "--model", "toy", "--seed", "0", "--n-prompts", "8", "--ablation", "resample"]
+    assert first.argv() == [
+        "--tasks",
+        "ioi",
+        "--model",
+        "toy",
+        "--seed",
+        "0",
+        "--n-prompts",
+        "8",
+        "--ablation",
+        "resample",
+    ]
     acdc = [c for c in cells if c.script == "06_acdc.py"]
     assert [c.task for c in acdc] == ["ioi", "sva", "docstring", "greater-than"]
     assert dict(acdc[0].options)["seed"] == 5 and acdc[0].argv()[-3:] == ["--thresholds", "0.01", "0.1"]
@@ -65,17 +81,22 @@ def test_expansion_products_defaults_overrides():
     assert same.id == first.id
 
 
-@pytest.mark.parametrize("text, message", [
-    ('[[experiment]]\nscript = "21_output_variants.py"\nablation = "foo"',
-     "experiment 1, cell 21_output_variants.py tasks=ioi ablation=foo: unknown ablation 'foo'"),
-    ('[[experiment]]\nscript = "21_output_variants.py"\nbogus = 1', "No such option: --bogus"),
-    ('[[experiment]]\nscript = "99_nothing.py"', "experiment 1: unknown script '99_nothing.py'"),
-    ('[[experiment]]\nscript = "01_dla.py"\nout = "x"', "option out is set by the runner"),
-    ('[[experiment]]\nscript = "06_acdc.py"\nthresholds = "nan"', "--thresholds must be a finite number"),
-    ('[defaults]\nseed = []\n[[experiment]]\nscript = "01_dla.py"', "option seed has an empty list"),
-    ("[[experiment]\n", "is not valid TOML"),
-    ('[defaults]\nmodel = "toy"', "needs at least one [[experiment]] table"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            '[[experiment]]\nscript = "21_output_variants.py"\nablation = "foo"',
+            "experiment 1, cell 21_output_variants.py tasks=ioi ablation=foo: unknown ablation 'foo'",
+        ),
+        ('[[experiment]]\nscript = "21_output_variants.py"\nbogus = 1', "No such option: --bogus"),
+        ('[[experiment]]\nscript = "99_nothing.py"', "experiment 1: unknown script '99_nothing.py'"),
+        ('[[experiment]]\nscript = "01_dla.py"\nout = "x"', "option out is set by the runner"),
+        ('[[experiment]]\nscript = "06_acdc.py"\nthresholds = "nan"', "--thresholds must be a finite number"),
+        ('[defaults]\nseed = []\n[[experiment]]\nscript = "01_dla.py"', "option seed has an empty list"),
+        ("[[experiment]\n", "is not valid TOML"),
+        ('[defaults]\nmodel = "toy"', "needs at least one [[experiment]] table"),
+    ],
+)
 def test_bad_grid_refused_before_any_work(tmp_path, text, message):
     (tmp_path / "g.toml").write_text(text)
     code, out, err = batch("run", str(tmp_path / "g.toml"), "--out", str(tmp_path / "out"))
@@ -137,9 +158,13 @@ def test_sigterm_then_rerun_finishes_only_the_rest(smoke_run):
     b = where / "b"
     log = where / "b.log"
     with log.open("w") as f:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "batch.py"), "run", str(where / "smoke.toml"), "--out",
-                                 str(b), "--jobs", "2"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "batch.py"), "run", str(where / "smoke.toml"), "--out", str(b), "--jobs", "2"],
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         t0 = time.time()
         while time.time() - t0 < 300:  # wait until one cell is done, then stop the runner
             if (b / "manifest.csv").is_file() and (pd.read_csv(b / "manifest.csv").state == "done").sum() >= 1:
@@ -169,6 +194,7 @@ def test_exit_codes_of_concurrent_forked_scripts(tmp_path):
 
     def one(i):
         return ForkedScript(str(tmp_path / "exit3.py"), [], tmp_path / f"log{i}").wait(120)
+
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(one, range(300)))
     assert codes == [3] * 300
@@ -187,7 +213,7 @@ tasks = ["ioi"]
 [[experiment]]
 script = "21_output_variants.py"
 tasks = ["ioi"]
-circuit = "{tmp_path / 'c.json'}"
+circuit = "{tmp_path / "c.json"}"
 """)
     code, out, err = batch("run", str(tmp_path / "g.toml"), "--out", str(tmp_path / "out"), "--jobs", "2")
     (line,) = err.strip().splitlines()  # the run did not succeed: exit 1, one line saying so
@@ -198,15 +224,27 @@ circuit = "{tmp_path / 'c.json'}"
     assert "edge 'a9.h9->logits' does not exist in a 4-layer, 4-head model" in m.error[1]
     code, out, err = batch("status", str(tmp_path / "out"))
     assert "done=1 failed=1" in out and "a9.h9->logits" in out
-    code, out, err = batch("run", str(tmp_path / "g.toml"), "--out", str(tmp_path / "out"), "--only-failed", "--dry-run")
+    code, out, err = batch(
+        "run", str(tmp_path / "g.toml"), "--out", str(tmp_path / "out"), "--only-failed", "--dry-run"
+    )
     assert "1 of 2 cells would run" in out
 
 
 def test_slurm_path_through_submitit_local_executor(smoke_run, tmp_path):
     """The SLURM code path (submitit job array), run by submitit's local executor: same cells, same summary."""
     where, _, _ = smoke_run
-    code, out, err = batch("run", str(where / "smoke.toml"), "--out", str(tmp_path / "c"), "--executor",
-                           "submitit-local", "--cpus-per-task", "1", "--timeout-min", "20")
+    code, out, err = batch(
+        "run",
+        str(where / "smoke.toml"),
+        "--out",
+        str(tmp_path / "c"),
+        "--executor",
+        "submitit-local",
+        "--cpus-per-task",
+        "1",
+        "--timeout-min",
+        "20",
+    )
     assert code == 0, err + out
     a, c = pd.read_csv(where / "a" / "manifest.csv"), pd.read_csv(tmp_path / "c" / "manifest.csv")
     assert list(a.cell_id) == list(c.cell_id) and (c.state == "done").all()

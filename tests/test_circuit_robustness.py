@@ -48,7 +48,9 @@ def test_node_level_equals_node_patching_of_the_nodes_left_out(tiny, ioi):
         edge_engine = data_metric(evaluate_mask(tiny, g, ioi, nodes, "resample", 4), ioi)
         patched = patch_metrics(tiny, ioi, [comp], "noise", 1)[0]
         torch.testing.assert_close(edge_engine.float(), patched.float(), atol=1e-4, rtol=1e-4)
-        assert (edge_engine - data_metric(evaluate_mask(tiny, g, ioi, g.edge_exists, "resample", 4), ioi)).abs().max() > 1e-3
+        assert (
+            edge_engine - data_metric(evaluate_mask(tiny, g, ioi, g.edge_exists, "resample", 4), ioi)
+        ).abs().max() > 1e-3
 
 
 def test_patching_only_named_positions(tiny, ioi):
@@ -57,10 +59,16 @@ def test_patching_only_named_positions(tiny, ioi):
     g = graph_of(tiny)
     keep = torch.zeros_like(g.edge_exists)
     every = torch.ones(ioi.clean.shape, dtype=torch.bool)
-    torch.testing.assert_close(evaluate_mask(tiny, g, ioi, keep, positions=every, batch_size=4),
-                               evaluate_mask(tiny, g, ioi, keep, batch_size=4))
-    torch.testing.assert_close(evaluate_mask(tiny, g, ioi, keep, positions=~every, batch_size=4),
-                               evaluate_mask(tiny, g, ioi, g.edge_exists, batch_size=4), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        evaluate_mask(tiny, g, ioi, keep, positions=every, batch_size=4),
+        evaluate_mask(tiny, g, ioi, keep, batch_size=4),
+    )
+    torch.testing.assert_close(
+        evaluate_mask(tiny, g, ioi, keep, positions=~every, batch_size=4),
+        evaluate_mask(tiny, g, ioi, g.edge_exists, batch_size=4),
+        atol=1e-5,
+        rtol=1e-5,
+    )
     named = robustness.named_positions(TASKS["ioi"], ioi)
     assert named.sum(1).tolist() == [3] * len(ioi) and named[torch.arange(len(ioi)), ioi.answer_pos].all()
     assert robustness.named_positions(TASKS["sva"], ioi) is None
@@ -79,12 +87,32 @@ def test_every_task_has_two_corruptions_with_the_same_clean_prompts(task, toy_to
 
 
 def test_verdict_names_the_extremes():
-    rows = [{"corruption": "abc", "ablation": "resample", "level": "edges", "positions": "all", "metric": "task",
-             "faithfulness": 0.9},
-            {"corruption": "abc", "ablation": "zero", "level": "edges", "positions": "all", "metric": "task",
-             "faithfulness": 0.2},
-            {"corruption": "s2", "ablation": "mean", "level": "nodes", "positions": "all", "metric": "kl",
-             "faithfulness": float("nan")}]
+    rows = [
+        {
+            "corruption": "abc",
+            "ablation": "resample",
+            "level": "edges",
+            "positions": "all",
+            "metric": "task",
+            "faithfulness": 0.9,
+        },
+        {
+            "corruption": "abc",
+            "ablation": "zero",
+            "level": "edges",
+            "positions": "all",
+            "metric": "task",
+            "faithfulness": 0.2,
+        },
+        {
+            "corruption": "s2",
+            "ablation": "mean",
+            "level": "nodes",
+            "positions": "all",
+            "metric": "kl",
+            "faithfulness": float("nan"),
+        },
+    ]
     v = robustness.verdict("ioi", rows)
     assert v["range"] == pytest.approx(0.7) and v["verdict"] == "not robust" and v["n_settings"] == 2
     assert "from 0.20 (zero/abc/edges/all positions/task) to 0.90 (resample/abc/edges/all positions/task)" in v["line"]
@@ -94,12 +122,31 @@ def test_script_writes_a_complete_run(tmp_path):
     import pandas as pd
     from conftest import run_cli
 
-    r = run_cli("23_robustness.py", "--tasks", "ioi", "sva", "--model", "toy", "--n-prompts", "8", "--n-bootstrap",
-                "40", "--quiet", "--out", str(tmp_path))
+    r = run_cli(
+        "23_robustness.py",
+        "--tasks",
+        "ioi",
+        "sva",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "8",
+        "--n-bootstrap",
+        "40",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / "23_robustness").iterdir())
-    assert {"robustness.csv", "robustness_summary.csv", "robustness_heatmap.png", "dataset.csv", "run.json",
-            "headline.csv"} <= {p.name for p in run.iterdir()}
+    assert {
+        "robustness.csv",
+        "robustness_summary.csv",
+        "robustness_heatmap.png",
+        "dataset.csv",
+        "run.json",
+        "headline.csv",
+    } <= {p.name for p in run.iterdir()}
     grid = pd.read_csv(run / "robustness.csv")
     assert len(grid[grid.task == "ioi"]) == 72 and len(grid[grid.task == "sva"]) == 36  # sva names no positions
     assert {"corruption", "ablation", "level", "positions", "metric", "faithfulness_ci_low"} <= set(grid.columns)

@@ -18,13 +18,23 @@ def run_dirs(out, script):
 
 
 def test_dla_end_to_end(tmp_path):
-    r = run_script("01_dla.py", "--tasks", "ioi", "greater-than", "--model", "toy", "--n-prompts", "8",
-                   "--out", str(tmp_path))
+    r = run_script(
+        "01_dla.py", "--tasks", "ioi", "greater-than", "--model", "toy", "--n-prompts", "8", "--out", str(tmp_path)
+    )
     assert r.returncode == 0, r.stderr
     (run,) = run_dirs(tmp_path, "01_dla")
-    assert {p.name for p in run.iterdir()} == {"run.json", "dataset.csv", "dla.csv", "dla_check.csv",
-                                               "dla_heads.png", "dla_top.png", "headline.csv", "dla_layers.csv",
-                                               "dla_layers_ioi.png", "dla_layers_greater-than.png"}
+    assert {p.name for p in run.iterdir()} == {
+        "run.json",
+        "dataset.csv",
+        "dla.csv",
+        "dla_check.csv",
+        "dla_heads.png",
+        "dla_top.png",
+        "headline.csv",
+        "dla_layers.csv",
+        "dla_layers_ioi.png",
+        "dla_layers_greater-than.png",
+    }
     layers = pd.read_csv(run / "dla_layers.csv")
     assert len(layers) == 2 * (1 + 2 * 4)  # per task: the embedding, then attention and MLP of 4 layers
     check = pd.read_csv(run / "dla_check.csv")
@@ -55,22 +65,27 @@ def test_logit_diff_reruns_are_byte_identical(tmp_path):
     # toy has no published circuit: auto discovers an EAP-IG top-k circuit, named in every row and run.json
     assert summary.circuit.str.startswith("auto:eap-ig-top").all()
     record = json.loads((first / "run.json").read_text())
-    for task, info in record["circuits"].items():
+    for info in record["circuits"].values():
         assert info["source"] == "auto" and info["k"] == info["n_edges"] and info["label"].endswith(f"top{info['k']}")
         assert info["reached_target"] == (info["discovery_faithfulness"] >= 0.8)
     circuit = summary[(summary.condition == "circuit") & (summary.group == "all")]
     assert circuit.faithfulness.notna().all()
-    assert (circuit.faithfulness_ci_low <= circuit.faithfulness).all() and (circuit.faithfulness <= circuit.faithfulness_ci_high).all()
+    assert (circuit.faithfulness_ci_low <= circuit.faithfulness).all() and (
+        circuit.faithfulness <= circuit.faithfulness_ci_high
+    ).all()
     assert {"mean_ci_low", "median_ci_high", "accuracy_ci_low", "faithfulness_median_ci_high"} <= set(summary.columns)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--tasks", "ioi", "nope"], "unknown task 'nope'; valid tasks: ioi, sva, docstring, greater-than or all"),
-    (["--tasks", "ioi", "--n-prompts", "0"], "--n-prompts must be at least 1"),
-    (["--tasks", "ioi", "--model", "no-such-model-xyz"], "--model toy"),
-    (["--tasks", "ioi", "--device", "tpu"], "unknown device"),
-    (["--tasks", "ioi", "--bogus"], "No such option"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tasks", "ioi", "nope"], "unknown task 'nope'; valid tasks: ioi, sva, docstring, greater-than or all"),
+        (["--tasks", "ioi", "--n-prompts", "0"], "--n-prompts must be at least 1"),
+        (["--tasks", "ioi", "--model", "no-such-model-xyz"], "--model toy"),
+        (["--tasks", "ioi", "--device", "tpu"], "unknown device"),
+        (["--tasks", "ioi", "--bogus"], "No such option"),
+    ],
+)
 def test_bad_input_one_line_exit_2(tmp_path, args, message):
     r = run_cli("02_logit_diff.py", *args, "--out", str(tmp_path))
     assert r.returncode == 2
@@ -87,8 +102,19 @@ def test_circuit_file_option(tmp_path):
 
     g = Graph(4, 4)
     Circuit("toy", "ioi", "all", {}, {e: 0.0 for e in g.edge_names}).save(tmp_path / "all.json", g)
-    r = run_cli("02_logit_diff.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "6",
-                   "--circuit", str(tmp_path / "all.json"), "--out", str(tmp_path / "res"))
+    r = run_cli(
+        "02_logit_diff.py",
+        "--tasks",
+        "ioi",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "6",
+        "--circuit",
+        str(tmp_path / "all.json"),
+        "--out",
+        str(tmp_path / "res"),
+    )
     assert r.returncode == 0, r.stderr
     (run,) = run_dirs(tmp_path / "res", "02_logit_diff")
     s = pd.read_csv(run / "summary.csv")
@@ -96,26 +122,47 @@ def test_circuit_file_option(tmp_path):
     assert row.circuit == "file:all.json" and abs(row.faithfulness - 1) < 1e-6
     (tmp_path / "bad.json").write_text('{"edges": [{"edge": "a3.h0->a1.h0<q>"}]}')
     (tmp_path / "broken.json").write_text("{")
-    for circuit, message in [(tmp_path / "missing.json", "neither canonical, auto, nor an existing"),
-                             (tmp_path / "bad.json", "does not exist"), (tmp_path / "broken.json", "not valid JSON"),
-                             ("canonical", "no canonical circuit is published for task ioi on model toy")]:
-        r = run_cli("02_logit_diff.py", "--tasks", "ioi", "--model", "toy", "--circuit", str(circuit),
-                       "--out", str(tmp_path / "res2"))
+    for circuit, message in [
+        (tmp_path / "missing.json", "neither canonical, auto, nor an existing"),
+        (tmp_path / "bad.json", "does not exist"),
+        (tmp_path / "broken.json", "not valid JSON"),
+        ("canonical", "no canonical circuit is published for task ioi on model toy"),
+    ]:
+        r = run_cli(
+            "02_logit_diff.py",
+            "--tasks",
+            "ioi",
+            "--model",
+            "toy",
+            "--circuit",
+            str(circuit),
+            "--out",
+            str(tmp_path / "res2"),
+        )
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert run_dirs(tmp_path / "res2", "02_logit_diff") == []
 
 
 def test_activation_patching_end_to_end(tmp_path):
-    r = run_cli("03_activation_patching.py", "--tasks", "sva", "--model", "toy", "--n-prompts", "6",
-                   "--out", str(tmp_path))
+    r = run_cli(
+        "03_activation_patching.py", "--tasks", "sva", "--model", "toy", "--n-prompts", "6", "--out", str(tmp_path)
+    )
     assert r.returncode == 0, r.stderr
     (run,) = run_dirs(tmp_path, "03_activation_patching")
-    assert {"patching.csv", "patching_heads.png", "patching_resid_sva_denoise.png", "patching_resid_sva_noise.png",
-            "dataset.csv", "run.json"} <= {p.name for p in run.iterdir()}
+    assert {
+        "patching.csv",
+        "patching_heads.png",
+        "patching_resid_sva_denoise.png",
+        "patching_resid_sva_noise.png",
+        "dataset.csv",
+        "run.json",
+    } <= {p.name for p in run.iterdir()}
     df = pd.read_csv(run / "patching.csv")
     heads = df[df.kind == "head"]
     assert len(heads) == 2 * 16 and set(df.direction) == {"denoise", "noise"}
-    assert ((heads.normalized_ci_low <= heads.normalized + 1e-9) & (heads.normalized <= heads.normalized_ci_high + 1e-9)).all()
+    assert (
+        (heads.normalized_ci_low <= heads.normalized + 1e-9) & (heads.normalized <= heads.normalized_ci_high + 1e-9)
+    ).all()
     final = df[(df.kind == "resid_post") & (df.position == df[df.kind == "resid_post"].position.max())]
     assert (abs(final.normalized - final.direction.map({"denoise": 1.0, "noise": 0.0})) < 1e-4).all()
 
@@ -143,13 +190,35 @@ def test_zero_batch_size(tmp_path):
 
 
 def test_eap_end_to_end(tmp_path):
-    r = run_cli("05_eap.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "6", "--method", "eap",
-                   "--top-k", "10", "50", "--out", str(tmp_path))
+    r = run_cli(
+        "05_eap.py",
+        "--tasks",
+        "ioi",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "6",
+        "--method",
+        "eap",
+        "--top-k",
+        "10",
+        "50",
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     (run,) = run_dirs(tmp_path, "05_eap")
     names = {p.name for p in run.iterdir()}
-    assert {"edge_scores.csv", "faithfulness_curve.csv", "faithfulness_curve.png", "diagram_ioi.png",
-            "circuit_ioi_top10.json", "circuit_ioi_top50.json", "dataset.csv", "run.json"} <= names
+    assert {
+        "edge_scores.csv",
+        "faithfulness_curve.csv",
+        "faithfulness_curve.png",
+        "diagram_ioi.png",
+        "circuit_ioi_top10.json",
+        "circuit_ioi_top50.json",
+        "dataset.csv",
+        "run.json",
+    } <= names
     scores = pd.read_csv(run / "edge_scores.csv")
     assert len(scores) == 479 and sorted(scores.abs_rank) == list(range(1, 480))
     curve = pd.read_csv(run / "faithfulness_curve.csv")
@@ -158,18 +227,33 @@ def test_eap_end_to_end(tmp_path):
     assert len(json.loads((run / "circuit_ioi_top10.json").read_text())["edges"]) == 10
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--metric", "kl"], "gradient of KL"),
-    (["--method", "acdc"], "unknown method 'acdc'"),
-    (["--ig-steps", "0"], "--ig-steps must be between 1 and 1,000 (got 0)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--metric", "kl"], "gradient of KL"),
+        (["--method", "acdc"], "unknown method 'acdc'"),
+        (["--ig-steps", "0"], "--ig-steps must be between 1 and 1,000 (got 0)"),
+    ],
+)
 def test_eap_bad_input(tmp_path, args, message):
     refused(run_cli("05_eap.py", "--tasks", "ioi", "--model", "toy", *args, "--out", str(tmp_path)), message)
 
 
 def test_acdc_end_to_end_and_resume_errors(tmp_path):
-    r = run_cli("06_acdc.py", "--tasks", "sva", "--model", "toy", "--n-prompts", "4", "--thresholds", "0.01", "1.0",
-                "--out", str(tmp_path))
+    r = run_cli(
+        "06_acdc.py",
+        "--tasks",
+        "sva",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "4",
+        "--thresholds",
+        "0.01",
+        "1.0",
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     (run,) = run_dirs(tmp_path, "06_acdc")
     names = {p.name for p in run.iterdir()}
@@ -177,21 +261,44 @@ def test_acdc_end_to_end_and_resume_errors(tmp_path):
     assert "checkpoint.json" not in names  # a finished run keeps no resume state
     sweep = pd.read_csv(run / "acdc_sweep.csv")
     assert list(sweep.tau) == [0.01, 1.0] and (sweep.edges_tried == 479).all()
-    assert (sweep.faithfulness_ci_low <= sweep.faithfulness).all() and (sweep.faithfulness <= sweep.faithfulness_ci_high).all()
+    assert (sweep.faithfulness_ci_low <= sweep.faithfulness).all() and (
+        sweep.faithfulness <= sweep.faithfulness_ci_high
+    ).all()
     r = run_cli("06_acdc.py", "--resume", str(run))
     assert r.returncode == 2 and "not an interrupted run" in r.stderr
 
 
 def test_causal_scrubbing_end_to_end(tmp_path):
-    args = ["--tasks", "sva", "docstring", "--model", "toy", "--n-prompts", "12", "--pool-size", "150",
-            "--n-seeds", "2", "--out", str(tmp_path)]
+    args = [
+        "--tasks",
+        "sva",
+        "docstring",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "12",
+        "--pool-size",
+        "150",
+        "--n-seeds",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     for _ in range(2):
         r = run_cli("04_causal_scrubbing.py", *args)
         assert r.returncode == 0, r.stderr
     first, second = run_dirs(tmp_path, "04_causal_scrubbing")
     assert {p.name for p in first.iterdir()} == {
-        "run.json", "dataset.csv", "items.csv", "seeds.csv", "summary.csv", "hypothesis.csv", "headline.csv",
-        "scrubbing_sva.png", "scrubbing_docstring.png"}
+        "run.json",
+        "dataset.csv",
+        "items.csv",
+        "seeds.csv",
+        "summary.csv",
+        "hypothesis.csv",
+        "headline.csv",
+        "scrubbing_sva.png",
+        "scrubbing_docstring.png",
+    }
     for name in ("items.csv", "seeds.csv", "summary.csv"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     summary = pd.read_csv(first / "summary.csv")
@@ -199,8 +306,11 @@ def test_causal_scrubbing_end_to_end(tmp_path):
     feature = summary[summary.test == "feature hypothesis"]
     assert (feature.loss_recovered_ratio_of_means_ci_low <= feature.loss_recovered_ratio_of_means).all()
     assert (feature.kl_mean_ci_low <= feature.kl_mean).all() and (feature.kl_mean <= feature.kl_mean_ci_high).all()
-    assert list(summary.test[:3]) == ["feature hypothesis", "complement-only (weaker test)",
-                                      "baseline (all inputs resampled)"]
+    assert list(summary.test[:3]) == [
+        "feature hypothesis",
+        "complement-only (weaker test)",
+        "baseline (all inputs resampled)",
+    ]
     assert summary.hypothesis[0] == "answer feature (number)" and summary.resampled_fraction[0] > 0.5
     items = pd.read_csv(first / "items.csv")
     assert len(items) == 2 * 3 * 2 * 12 and (items.kl >= 0).all() and (items.reverse_kl >= 0).all()
@@ -214,16 +324,20 @@ def test_causal_scrubbing_end_to_end(tmp_path):
     assert set(hyp[hyp.node != "input"].features) <= {"number", "answer_param", "prompt"}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--n-seeds", "0"], "--n-seeds must be between 1 and 1,000 (got 0)"),
-    (["--pool-size", "5"], "--pool-size (5) must be at least --n-prompts (8)"),
-    (["--hypothesis", "psychic"], "unknown hypothesis 'psychic'"),
-    (["--hypothesis", "canonical"], "names head 9.9, which a 4-layer, 4-head model does not have"),
-    (["--circuit", "missing.json"], "is neither canonical, auto, nor an existing circuit JSON file"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--n-seeds", "0"], "--n-seeds must be between 1 and 1,000 (got 0)"),
+        (["--pool-size", "5"], "--pool-size (5) must be at least --n-prompts (8)"),
+        (["--hypothesis", "psychic"], "unknown hypothesis 'psychic'"),
+        (["--hypothesis", "canonical"], "names head 9.9, which a 4-layer, 4-head model does not have"),
+        (["--circuit", "missing.json"], "is neither canonical, auto, nor an existing circuit JSON file"),
+    ],
+)
 def test_causal_scrubbing_bad_input(tmp_path, args, message):
-    r = run_cli("04_causal_scrubbing.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "8",
-                "--out", str(tmp_path), *args)
+    r = run_cli(
+        "04_causal_scrubbing.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "8", "--out", str(tmp_path), *args
+    )
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert run_dirs(tmp_path, "04_causal_scrubbing") == []
 

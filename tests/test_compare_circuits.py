@@ -19,13 +19,16 @@ G = Graph(2, 2)
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.booleans(), min_size=G.n_edges, max_size=G.n_edges),
-       st.lists(st.booleans(), min_size=G.n_edges, max_size=G.n_edges))
+@given(
+    st.lists(st.booleans(), min_size=G.n_edges, max_size=G.n_edges),
+    st.lists(st.booleans(), min_size=G.n_edges, max_size=G.n_edges),
+)
 def test_jaccard_identities(a_bits, b_bits):
     def mask(bits):
         m = torch.zeros_like(G.edge_exists)
         m[G.edge_exists] = torch.tensor(bits)
         return m
+
     a, b = mask(a_bits), mask(b_bits)
     assert comparison.jaccard(a, a) == 1.0 and comparison.node_jaccard(G, a, a) == 1.0
     assert comparison.jaccard(a, b) == comparison.jaccard(b, a)
@@ -65,8 +68,9 @@ def test_stability_of_a_deterministic_method_on_identical_prompt_sets_is_one(tin
 
 
 def test_node_set_stable_from():
-    keeps = [G.mask_of(e) for e in (["input->m0"], ["input->m0", "m0->logits"], ["input->m0", "m0->logits",
-                                                                                 "input->logits"])]
+    keeps = [
+        G.mask_of(e) for e in (["input->m0"], ["input->m0", "m0->logits"], ["input->m0", "m0->logits", "input->logits"])
+    ]
     assert comparison.node_set_stable_from(G, [1, 2, 3], keeps) == 2
     assert comparison.node_set_stable_from(G, [1, 2, 3], keeps[:1] * 3) == 1
 
@@ -75,15 +79,37 @@ def test_script_discovers_and_compares(tmp_path):
     import pandas as pd
     from conftest import run_cli
 
-    r = run_cli("24_compare_circuits.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "8", "--top-k", "10",
-                "--n-resamples", "5", "--n-bootstrap", "40", "--quiet", "--out", str(tmp_path))
+    r = run_cli(
+        "24_compare_circuits.py",
+        "--tasks",
+        "ioi",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "8",
+        "--top-k",
+        "10",
+        "--n-resamples",
+        "5",
+        "--n-bootstrap",
+        "40",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / "24_compare_circuits").iterdir())
     circuits = pd.read_csv(run / "circuits.csv")
     assert list(circuits.circuit) == ["eap-top10", "eap-ig-top10", "acdc@0.01"]
     assert len(pd.read_csv(run / "pairwise.csv")) == 3
-    assert {"jaccard_ioi.png", "sensitivity.png", "stability_hist.png", "stability.csv", "sensitivity.csv",
-            "headline.csv"} <= {p.name for p in run.iterdir()}
+    assert {
+        "jaccard_ioi.png",
+        "sensitivity.png",
+        "stability_hist.png",
+        "stability.csv",
+        "sensitivity.csv",
+        "headline.csv",
+    } <= {p.name for p in run.iterdir()}
     stability = pd.read_csv(run / "stability_summary.csv")
     assert (stability.edges_in_every_resample <= 10).all()
 

@@ -31,8 +31,9 @@ def test_eap_equals_autograd_on_the_mask(setup):
 
 def test_eap_ig_one_step_is_eap(setup):
     model, g, data = setup
-    torch.testing.assert_close(edge_scores(model, g, data, 4, "eap-ig", ig_steps=1),
-                               edge_scores(model, g, data, 4, "eap"))
+    torch.testing.assert_close(
+        edge_scores(model, g, data, 4, "eap-ig", ig_steps=1), edge_scores(model, g, data, 4, "eap")
+    )
 
 
 def test_eap_ig_differs_and_is_finite(setup):
@@ -46,8 +47,9 @@ def test_rank_correlation_with_exact_edge_patching(setup):
     """Exact effect of ablating each edge alone (resample), all edges batched as separate masks."""
     model, g, data = setup
     values = ablation_values(model, g, data, "resample")
-    clean = data_metric(masked_answer_logits(model, g, data, values, torch.zeros(g.n_sources, g.n_receivers)),
-                        data).mean()
+    clean = data_metric(
+        masked_answer_logits(model, g, data, values, torch.zeros(g.n_sources, g.n_receivers)), data
+    ).mean()
     s_idx, r_idx = g.edge_exists.nonzero(as_tuple=True)
     exact = []
     for s, r in zip(s_idx.tolist(), r_idx.tolist()):
@@ -79,11 +81,13 @@ def slow_gradient_points(model, g, data, points):
             value = corrupt[rows] + alpha * (clean[rows] - corrupt[rows])
             return (value.permute(1, 2, 0, 3) if x.dim() == 4 else value[0]).clone().requires_grad_(True)
 
-        def keep(name):  # a zero probe added to the receiver's input: its gradient is the input's
+        def keep(name, kept=kept):  # a zero probe added to the receiver's input: its gradient is the input's
             def hook(x, hook):
                 kept[name] = torch.zeros_like(x, requires_grad=True)
                 return x + kept[name]
+
             return hook
+
         hooks = [("blocks.0.hook_resid_pre", lambda x, hook: x.detach().requires_grad_(True)), (name, interpolate)]
         hooks += [(n, keep(n)) for n, _, _ in receiver_groups(g)]
         data_metric(logits_at(model, data.clean, data.answer_pos, hooks, grad=True), data).sum().backward()
@@ -94,8 +98,16 @@ def slow_gradient_points(model, g, data, points):
     return scores * g.edge_exists / (len(points) * len(data))
 
 
-@pytest.mark.parametrize("method, points", [("eap-ig", "right"), ("eap-ig", "left"), ("eap-ig-activations", "right"),
-                                            ("eap-ig-activations", "left"), ("clean-corrupted", "right")])
+@pytest.mark.parametrize(
+    "method, points",
+    [
+        ("eap-ig", "right"),
+        ("eap-ig", "left"),
+        ("eap-ig-activations", "right"),
+        ("eap-ig-activations", "left"),
+        ("clean-corrupted", "right"),
+    ],
+)
 def test_variants_equal_a_slow_autograd_reference(setup, method, points):
     from lib.methods.eap import gradient_points
 

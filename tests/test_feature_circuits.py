@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import completed_run, refused, run_cli
 
 
@@ -38,12 +37,39 @@ def test_batches_accumulate_to_the_one_batch_means(toy, aggregation):
 
 
 def test_complete_run_on_toy(tmp_path):
-    run = completed_run(tmp_path, "09_feature_circuits.py", "--tasks", "ioi", "sva", "--model", "toy", "--n-prompts",
-                        "8", "--method", "attrib", "--n-random", "1", "--n-bootstrap", "40", "--quiet")
+    run = completed_run(
+        tmp_path,
+        "09_feature_circuits.py",
+        "--tasks",
+        "ioi",
+        "sva",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "8",
+        "--method",
+        "attrib",
+        "--n-random",
+        "1",
+        "--n-bootstrap",
+        "40",
+        "--quiet",
+    )
     names = {p.name for p in run.iterdir()}
-    assert {"node_effects.csv", "features.csv", "faithfulness_curve.csv", "faithfulness_curve_ioi.png", "area.csv",
-            "circuit_ioi.png", "circuit_ioi.dot",
-            "faithfulness_curve_sva.png", "circuit_ioi.json", "circuit_sva.json", "headline.csv", "run.json"} <= names
+    assert {
+        "node_effects.csv",
+        "features.csv",
+        "faithfulness_curve.csv",
+        "faithfulness_curve_ioi.png",
+        "area.csv",
+        "circuit_ioi.png",
+        "circuit_ioi.dot",
+        "faithfulness_curve_sva.png",
+        "circuit_ioi.json",
+        "circuit_sva.json",
+        "headline.csv",
+        "run.json",
+    } <= names
     curve = pd.read_csv(run / "faithfulness_curve.csv")
     assert set(curve.variant) == {"features", "features without errors", "neurons", "random"}
     for (task, variant), d in curve.groupby(["task", "variant"]):
@@ -57,6 +83,7 @@ def test_complete_run_on_toy(tmp_path):
     areas = pd.read_csv(run / "area.csv")
     assert len(areas) == 2 * 4 and ((areas.cpr_like >= -0.5) & (areas.cpr_like <= 1.5)).all()
     from lib.methods.area import area  # by hand for one curve: trapezoids over the fraction of nodes kept
+
     part = curve[(curve.task == "ioi") & (curve.variant == "features")].groupby("nodes_kept").faithfulness.mean()
     total = pd.read_csv(run / "node_effects_summary.csv").set_index("task").at["ioi", "nodes"]
     x, f = part.index.to_numpy() / total, part.to_numpy()
@@ -73,16 +100,39 @@ def test_complete_run_on_toy(tmp_path):
     edges = pd.read_csv(run / "edges.csv")
     assert (edges.effect.abs() >= 0.01).all() and len(edges) > 0
     circuit_nodes = {n["node"] for n in circuit["nodes"]}
-    assert set(edges[edges.task == "ioi"].upstream) <= circuit_nodes and set(edges[edges.task == "ioi"].downstream) <= circuit_nodes
-    assert {e["edge"] for e in circuit["edges"]} == {f"{u}->{d}" for u, d in zip(edges[edges.task == "ioi"].upstream,
-                                                                             edges[edges.task == "ioi"].downstream)}
+    assert (
+        set(edges[edges.task == "ioi"].upstream) <= circuit_nodes
+        and set(edges[edges.task == "ioi"].downstream) <= circuit_nodes
+    )
+    assert {e["edge"] for e in circuit["edges"]} == {
+        f"{u}->{d}" for u, d in zip(edges[edges.task == "ioi"].upstream, edges[edges.task == "ioi"].downstream)
+    }
     assert all(f'"{e["edge"].split("->")[0]}" -> "{e["edge"].split("->")[1]}"' in dot for e in circuit["edges"])
 
 
 def test_positions_from_the_answer(tmp_path):
-    r = run_cli("09_feature_circuits.py", "--tasks", "sva", "--model", "toy", "--n-prompts", "6", "--aggregate",
-                "none", "--method", "attrib", "--ablation", "resample", "--n-random", "0", "--n-bootstrap", "0",
-                "--quiet", "--out", str(tmp_path))
+    r = run_cli(
+        "09_feature_circuits.py",
+        "--tasks",
+        "sva",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "6",
+        "--aggregate",
+        "none",
+        "--method",
+        "attrib",
+        "--ablation",
+        "resample",
+        "--n-random",
+        "0",
+        "--n-bootstrap",
+        "0",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     (run,) = (tmp_path / "09_feature_circuits").iterdir()
     nodes = pd.read_csv(run / "node_effects.csv")
@@ -93,24 +143,45 @@ def test_positions_from_the_answer(tmp_path):
     assert json.loads((run / "run.json").read_text())["edges"].startswith("not computed under --aggregate none")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "exact"], "unknown --method 'exact'"),
-    (["--node-threshold", "-1"], "--node-threshold must be non-negative"),
-    (["--ig-steps", "0"], "--ig-steps must be between 1 and 1,000"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "exact"], "unknown --method 'exact'"),
+        (["--node-threshold", "-1"], "--node-threshold must be non-negative"),
+        (["--ig-steps", "0"], "--ig-steps must be between 1 and 1,000"),
+    ],
+)
 def test_bad_options(tmp_path, args, message):
-    refused(run_cli("09_feature_circuits.py", "--tasks", "ioi", "--model", "./no-such-model", *args, "--out",
-                    str(tmp_path)), message)
+    refused(
+        run_cli(
+            "09_feature_circuits.py", "--tasks", "ioi", "--model", "./no-such-model", *args, "--out", str(tmp_path)
+        ),
+        message,
+    )
 
 
 def test_dictionaries_of_another_model_are_refused_before_any_work(tmp_path):
     from lib.features import files
     from lib.features.dictionary import Dictionary
 
-    wide = Dictionary({"architecture": "standard", "hook_name": "blocks.0.hook_resid_post", "model_name": "toy"},
-                      torch.zeros(768, 8), torch.zeros(8, 768), torch.zeros(8), torch.zeros(768))
+    wide = Dictionary(
+        {"architecture": "standard", "hook_name": "blocks.0.hook_resid_post", "model_name": "toy"},
+        torch.zeros(768, 8),
+        torch.zeros(8, 768),
+        torch.zeros(8),
+        torch.zeros(768),
+    )
     files.write(tmp_path / "set" / "r0", wide)
-    r = run_cli("09_feature_circuits.py", "--tasks", "ioi", "--model", "toy", "--dictionaries", str(tmp_path / "set"),
-                "--out", str(tmp_path / "o"))
+    r = run_cli(
+        "09_feature_circuits.py",
+        "--tasks",
+        "ioi",
+        "--model",
+        "toy",
+        "--dictionaries",
+        str(tmp_path / "set"),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert r.returncode == 2 and "dictionary r0: d_in is 768, but blocks.0.hook_resid_post is 64 wide" in r.stderr
     assert not any((tmp_path / "o").rglob("*.csv"))

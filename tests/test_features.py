@@ -26,8 +26,13 @@ def random_dictionary(hook: str, d_in: int, d_out: int, seed: int, architecture:
         cfg["k"] = 8
     if out:
         cfg["hook_name_out"] = out
-    return Dictionary(cfg, torch.randn(d_in, D_SAE, generator=g) / 8, torch.randn(D_SAE, d_out, generator=g) / 8,
-                      torch.randn(D_SAE, generator=g) / 10, torch.randn(d_out, generator=g) / 10)
+    return Dictionary(
+        cfg,
+        torch.randn(d_in, D_SAE, generator=g) / 8,
+        torch.randn(D_SAE, d_out, generator=g) / 8,
+        torch.randn(D_SAE, generator=g) / 10,
+        torch.randn(d_out, generator=g) / 10,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +60,18 @@ def test_hand_written_saelens_folder_gives_numpys_activations(tmp_path):
     for name, arch in (("relu", "standard"), ("topk", "topk")):
         where = tmp_path / name
         where.mkdir()
-        save_file({"W_enc": w_enc, "W_dec": w_dec, "b_enc": b_enc, "b_dec": b_dec}, str(where / "sae_weights.safetensors"))
-        cfg = {"architecture": arch, "d_in": 5, "d_sae": 7, "dtype": "float32", "apply_b_dec_to_input": True,
-               "normalize_activations": "none", "metadata": {"hook_name": "blocks.0.hook_resid_post", "model_name": "toy"}}
+        save_file(
+            {"W_enc": w_enc, "W_dec": w_dec, "b_enc": b_enc, "b_dec": b_dec}, str(where / "sae_weights.safetensors")
+        )
+        cfg = {
+            "architecture": arch,
+            "d_in": 5,
+            "d_sae": 7,
+            "dtype": "float32",
+            "apply_b_dec_to_input": True,
+            "normalize_activations": "none",
+            "metadata": {"hook_name": "blocks.0.hook_resid_post", "model_name": "toy"},
+        }
         if arch == "topk":
             cfg["k"] = 3
         (where / "cfg.json").write_text(json.dumps(cfg))
@@ -73,8 +87,9 @@ def test_hand_written_saelens_folder_gives_numpys_activations(tmp_path):
         d = loaded[name]
         got = d.encode(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(d.decode(torch.from_numpy(expected)).numpy(), expected @ w_dec + b_dec, rtol=1e-5,
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            d.decode(torch.from_numpy(expected)).numpy(), expected @ w_dec + b_dec, rtol=1e-5, atol=1e-5
+        )
         assert d.hook_name == "blocks.0.hook_resid_post" and d.kind == "sae"
 
 
@@ -166,8 +181,8 @@ def test_training_is_deterministic_and_refuses_bad_options(tmp_path):
     import io
     import subprocess
 
-    from lib.features import train
     from lib.io import cli
+    from lib.tools import dictionaries as train
 
     def run_cli(_, *args):  # the trainer's CLI in this process
         err, code = io.StringIO(), 0
@@ -179,8 +194,23 @@ def test_training_is_deterministic_and_refuses_bad_options(tmp_path):
         return subprocess.CompletedProcess(args, code, "", err.getvalue())
 
     for run in ("a", "b"):
-        r = run_cli("lib/features/train.py", "--out", str(tmp_path / run), "--sites", "embed", "tc0", "--steps", "30",
-                    "--n-per-task", "4", "--width", "32", "--k", "4", "--quiet")
+        r = run_cli(
+            "lib/tools/dictionaries.py",
+            "--out",
+            str(tmp_path / run),
+            "--sites",
+            "embed",
+            "tc0",
+            "--steps",
+            "30",
+            "--n-per-task",
+            "4",
+            "--width",
+            "32",
+            "--k",
+            "4",
+            "--quiet",
+        )
         assert r.returncode == 0, r.stderr
     for name in ("embed", "tc0"):
         a, b = (tmp_path / run / name / "sae_weights.safetensors" for run in ("a", "b"))
@@ -189,9 +219,9 @@ def test_training_is_deterministic_and_refuses_bad_options(tmp_path):
     assert d.kind == "transcoder" and d.hook_name == "blocks.0.ln2.hook_normalized" and d.k == 4
     report = (tmp_path / "a" / "report.csv").read_text().splitlines()
     assert report[0].startswith("dictionary,kind,hook_name,hook_name_out,d_sae,k,fvu,l0,dead_fraction,kl_spliced")
-    r = run_cli("lib/features/train.py", "--out", str(tmp_path / "a"), "--quiet")
+    r = run_cli("lib/tools/dictionaries.py", "--out", str(tmp_path / "a"), "--quiet")
     assert r.returncode == 2 and "exists; a dictionary set is never overwritten" in r.stderr
-    r = run_cli("lib/features/train.py", "--out", str(tmp_path / "c"), "--sites", "resid9", "--quiet")
+    r = run_cli("lib/tools/dictionaries.py", "--out", str(tmp_path / "c"), "--sites", "resid9", "--quiet")
     assert r.returncode == 2 and "unknown site resid9" in r.stderr
 
 
@@ -227,8 +257,8 @@ def test_trainer_reproduces_a_shipped_dictionary_bit_for_bit(tmp_path):
     import io
 
     from lib.core.model import TOY_DIR
-    from lib.features import train
     from lib.io import cli
+    from lib.tools import dictionaries as train
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         cli.main(train.app, ["--model", "toy", "--out", str(tmp_path / "set"), "--sites", "tc3", "--quiet"])
@@ -262,6 +292,7 @@ def _site_gradient(toy, data, hook_name):
     def add(x, hook):
         delta["d"] = torch.zeros_like(x, requires_grad=True)
         return x + delta["d"]
+
     with torch.enable_grad():
         resid = toy.bridge.run_with_hooks(data.clean, fwd_hooks=[(hook_name, add), stop_before_unembedding()])
         _metric(toy, data, resid).sum().backward()
@@ -308,8 +339,14 @@ def test_integrated_gradients_approach_the_exact_patch_of_a_whole_site(toy):
         patch = capture(toy, data.corrupt, [d.hook_name_out])[d.hook_name_out]
         with torch.no_grad():
             base = _metric(toy, data, toy.bridge.run_with_hooks(data.clean, fwd_hooks=[stop_before_unembedding()]))
-            moved = _metric(toy, data, toy.bridge.run_with_hooks(
-                data.clean, fwd_hooks=[(d.hook_name_out, lambda x, hook: patch), stop_before_unembedding()]))
+            moved = _metric(
+                toy,
+                data,
+                toy.bridge.run_with_hooks(
+                    data.clean,
+                    fwd_hooks=[(d.hook_name_out, lambda x, hook, patch=patch: patch), stop_before_unembedding()],
+                ),
+            )
         total = effects["features"].sum((1, 2)) + effects["error"].sum(1)
         assert (total - (moved - base)).abs().max() < 1e-3 * (1 + (moved - base).abs().max()), name
 
@@ -329,16 +366,22 @@ def test_ablation_identities(toy):
         model_metric = _metric(toy, data, toy.bridge.run_with_hooks(data.clean, fwd_hooks=[stop_before_unembedding()]))
     values = reference_values(toy, shipped, data, "mean")
     everything, nothing = every_node(shipped, data, True), every_node(shipped, data, False)
-    torch.testing.assert_close(ablated_metric(toy, shipped, data, everything, values), model_metric, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        ablated_metric(toy, shipped, data, everything, values), model_metric, atol=1e-4, rtol=1e-4
+    )
     # every node ablated: each site carries the reference prompts' mean activation at each position
     hooks = sorted({d.hook_name_out for d in shipped.values()})
     acts = capture(toy, data.corrupt, hooks)
     real = (torch.arange(data.corrupt.shape[1])[None] < data.lengths[:, None])[..., None].float()
     means = {h: (acts[h] * real).sum(0) / real.sum(0).clamp_min(1) for h in hooks}  # [P, D]
     with torch.no_grad():
-        resid = toy.bridge.run_with_hooks(data.clean, fwd_hooks=[
-            *[(h, lambda x, hook, _m=means[h]: _m[None, :x.shape[1]].expand_as(x)) for h in hooks],
-            stop_before_unembedding()])
+        resid = toy.bridge.run_with_hooks(
+            data.clean,
+            fwd_hooks=[
+                *[(h, lambda x, hook, _m=means[h]: _m[None, : x.shape[1]].expand_as(x)) for h in hooks],
+                stop_before_unembedding(),
+            ],
+        )
     at_means = _metric(toy, data, resid)
     ablated = ablated_metric(toy, shipped, data, nothing, values)
     torch.testing.assert_close(ablated, at_means, atol=1e-4, rtol=1e-4)
@@ -347,16 +390,28 @@ def test_ablation_identities(toy):
     for name, parts in reference_values(toy, shipped, data, "mean", batch_size=4).items():
         for k, v in parts.items():
             torch.testing.assert_close(v, values[name][k], atol=1e-5, rtol=1e-5)
-    half = {s: {"features": m["features"] & (torch.arange(m["features"].shape[-1]) % 2 == 0),
-                "error": m["error"]} for s, m in everything.items()}
-    torch.testing.assert_close(ablated_metric(toy, shipped, data, half, values, batch_size=4),
-                               ablated_metric(toy, shipped, data, half, values), atol=1e-5, rtol=1e-5)
+    half = {
+        s: {"features": m["features"] & (torch.arange(m["features"].shape[-1]) % 2 == 0), "error": m["error"]}
+        for s, m in everything.items()
+    }
+    torch.testing.assert_close(
+        ablated_metric(toy, shipped, data, half, values, batch_size=4),
+        ablated_metric(toy, shipped, data, half, values),
+        atol=1e-5,
+        rtol=1e-5,
+    )
     # every feature kept, every error removed: the replacement model
     with torch.no_grad():
-        replaced = _metric(toy, data, toy.bridge.run_with_hooks(
-            data.clean, fwd_hooks=[*splice_hooks(shipped, with_error=False), stop_before_unembedding()]))
-    torch.testing.assert_close(ablated_metric(toy, shipped, data, everything, values, errors="remove"), replaced,
-                               atol=1e-4, rtol=1e-4)
+        replaced = _metric(
+            toy,
+            data,
+            toy.bridge.run_with_hooks(
+                data.clean, fwd_hooks=[*splice_hooks(shipped, with_error=False), stop_before_unembedding()]
+            ),
+        )
+    torch.testing.assert_close(
+        ablated_metric(toy, shipped, data, everything, values, errors="remove"), replaced, atol=1e-4, rtol=1e-4
+    )
 
 
 def test_edge_effects_on_the_residual_identity_path_are_exact(toy):
@@ -425,10 +480,13 @@ def test_edge_effects_agree_with_exact_feature_patching_off_the_identity_path(to
         def read(x, hook):
             captured["f"] = down.encode(x)[..., d]
             return x
+
         with torch.no_grad():
-            toy.bridge.run_with_hooks(data.clean, fwd_hooks=[(up.hook_name_out, write), (down.hook_name_out, read),
-                                                             stop_before_unembedding()])
+            toy.bridge.run_with_hooks(
+                data.clean, fwd_hooks=[(up.hook_name_out, write), (down.hook_name_out, read), stop_before_unembedding()]
+            )
         return captured["f"]
+
     base = f_d_with(clean["attn1"]["features"])
     exact, approx = [], []
     for j in moved:

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from lib.core.circuits import canonical_circuit
 from lib.core.errors import UserError
 from lib.core.graph import Graph
 from lib.io.circuit_json import Circuit
+from lib.methods.canonical import canonical_circuit
 
 G = Graph(12, 12)
 
@@ -24,14 +24,17 @@ def test_json_round_trip(tmp_path):
     assert torch.equal(back.mask(G), G.mask_of(names)) and int(back.mask(G).sum()) == 4
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not valid JSON"),
-    ('{"edges": []}', "has no edges"),
-    ('{"nodes": []}', "no 'edges' list"),
-    ('{"edges": [{"edge": "a9.h9->a5.h5<q>"}]}', "does not exist"),
-    ('{"edges": [{"edge": "a99.h0->logits"}]}', "does not exist"),
-    ('{"edges": [3]}', "each edge must be"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"edges": []}', "has no edges"),
+        ('{"nodes": []}', "no 'edges' list"),
+        ('{"edges": [{"edge": "a9.h9->a5.h5<q>"}]}', "does not exist"),
+        ('{"edges": [{"edge": "a99.h0->logits"}]}', "does not exist"),
+        ('{"edges": [3]}', "each edge must be"),
+    ],
+)
 def test_bad_circuit_files(tmp_path, content, message):
     path = tmp_path / "c.json"
     path.write_text(content)

@@ -22,7 +22,7 @@ def test_equivalence_p_value_by_hand():
     circuit = np.r_[np.ones(9), -np.ones(1)]  # the circuit beats the model on 9 of 10 prompts
     r = ht.equivalence(full, circuit, epsilon=0.1, tie=1e-9)
     # |k/10 - 1/2| >= 0.4 for k in {0, 1, 9, 10}, K ~ Binomial(10, 0.6)
-    hand = sum(math.comb(10, k) * 0.6 ** k * 0.4 ** (10 - k) for k in (0, 1, 9, 10))
+    hand = sum(math.comb(10, k) * 0.6**k * 0.4 ** (10 - k) for k in (0, 1, 9, 10))
     assert r["statistic"] == 0.9 and r["n"] == 10 and math.isclose(r["p_value"], hand)
     same = ht.equivalence(full, full + 1e-12, 0.1, tie=1e-9)
     assert same["p_value"] == 1.0 and same["ties"] == 10
@@ -31,7 +31,7 @@ def test_equivalence_p_value_by_hand():
 def test_independence_permutation_null():
     rng = np.random.default_rng(0)
     x = rng.normal(size=60)
-    dependent = ht.independence(x, x ** 2 + 0.05 * rng.normal(size=60), 300, seed=1)
+    dependent = ht.independence(x, x**2 + 0.05 * rng.normal(size=60), 300, seed=1)
     independent = ht.independence(x, rng.normal(size=60), 300, seed=1)
     assert dependent["p_value"] < 0.01 < independent["p_value"]
     # the vectorised null equals HSIC recomputed on the same permutations
@@ -92,8 +92,24 @@ def test_empty_circuit_is_not_equivalent_and_the_full_graph_is(toy):
 
 
 def test_hypothesis_tests_end_to_end(tmp_path):
-    r = run_cli("22_hypothesis_tests.py", "--tasks", "ioi", "greater-than", "--model", "toy", "--n-prompts", "8", "--n-random", "6",
-                "--n-permutations", "50", "--max-edges", "3", "--out", str(tmp_path))
+    r = run_cli(
+        "22_hypothesis_tests.py",
+        "--tasks",
+        "ioi",
+        "greater-than",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "8",
+        "--n-random",
+        "6",
+        "--n-permutations",
+        "50",
+        "--max-edges",
+        "3",
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     (run,) = (tmp_path / "22_hypothesis_tests").iterdir()
     names = {p.name for p in run.iterdir()}
@@ -103,7 +119,9 @@ def test_hypothesis_tests_end_to_end(tmp_path):
     assert len(tests) == 8 and set(tests.test) == {"equivalence", "independence", "minimality", "sufficiency"}
     assert ((tests.p_value >= 0) & (tests.p_value <= 1) & (tests.p_value_holm >= tests.p_value)).all()
     assert (tests.rejected == (tests.p_value_holm < 0.05)).all()
-    r = run_cli("22_hypothesis_tests.py", "--tasks", "ioi", "--model", "toy", "--epsilon", "0.7", "--out", str(tmp_path))
+    r = run_cli(
+        "22_hypothesis_tests.py", "--tasks", "ioi", "--model", "toy", "--epsilon", "0.7", "--out", str(tmp_path)
+    )
     assert r.returncode == 2 and "--epsilon must be strictly between 0 and 0.5" in r.stderr
 
 
@@ -114,8 +132,19 @@ def test_a_circuit_of_every_edge_is_refused_in_one_line(tmp_path):
 
     g = Graph(4, 4)
     Circuit("toy", "ioi", "all", {}, {e: 0.0 for e in g.edge_names}).save(tmp_path / "all.json", g)
-    r = run_cli("22_hypothesis_tests.py", "--tasks", "ioi", "--model", "toy", "--n-prompts", "6", "--circuit",
-                str(tmp_path / "all.json"), "--out", str(tmp_path / "o"))
+    r = run_cli(
+        "22_hypothesis_tests.py",
+        "--tasks",
+        "ioi",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "6",
+        "--circuit",
+        str(tmp_path / "all.json"),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert r.returncode == 2 and "the circuit holds every edge of the model" in r.stderr, r.stderr
     paths = ht.RandomPaths(g, np.random.default_rng(0))
     assert torch.equal(paths.grow(torch.zeros_like(g.edge_exists), g.n_edges), g.edge_exists)

@@ -10,7 +10,9 @@ from lib.methods import intervals
 def test_equals_scipy_bca_on_a_known_sample():
     x = np.random.default_rng(1).exponential(size=60)
     low, high = intervals.interval(intervals.mean, x, n_resamples=2000, seed=5)
-    ref = bootstrap((x,), np.mean, n_resamples=2000, method="BCa", random_state=np.random.default_rng(5)).confidence_interval
+    ref = bootstrap(
+        (x,), np.mean, n_resamples=2000, method="BCa", random_state=np.random.default_rng(5)
+    ).confidence_interval
     assert np.isclose(low, ref.low) and np.isclose(high, ref.high)
 
 
@@ -20,8 +22,15 @@ def test_ratio_of_means_resampled_jointly_equals_scipy_paired():
     m = 0.7 * clean + 0.3 * corrupt + rng.normal(0, 0.3, 80)
     value = intervals.ratio_of_means(m, clean, corrupt)
     low, high = intervals.interval(intervals.ratio_of_means, m, clean, corrupt, seed=0)
-    ref = bootstrap((m, clean, corrupt), intervals.ratio_of_means, paired=True, vectorized=True, method="BCa",
-                    n_resamples=1000, random_state=np.random.default_rng(0)).confidence_interval
+    ref = bootstrap(
+        (m, clean, corrupt),
+        intervals.ratio_of_means,
+        paired=True,
+        vectorized=True,
+        method="BCa",
+        n_resamples=1000,
+        random_state=np.random.default_rng(0),
+    ).confidence_interval
     assert np.isclose(low, ref.low) and np.isclose(high, ref.high) and low < value < high
     # hand check of the statistic itself
     assert np.isclose(value, (m.mean() - corrupt.mean()) / (clean.mean() - corrupt.mean()))

@@ -9,8 +9,15 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import log_softmax
 from scipy.stats import entropy
 
-from lib.core.metrics import (js_divergence, kl_divergence, kl_interpretation, normalized, reverse_kl, task_metric,
-                         total_variation)
+from lib.core.metrics import (
+    js_divergence,
+    kl_divergence,
+    kl_interpretation,
+    normalized,
+    reverse_kl,
+    task_metric,
+    total_variation,
+)
 
 
 def logits_of(p):
@@ -53,7 +60,8 @@ def test_two_point_values():
     assert total_variation(p, q).item() == pytest.approx(0.4)
     m = [0.7, 0.3]
     js = 0.5 * (0.5 * math.log(0.5 / m[0]) + 0.5 * math.log(0.5 / m[1])) + 0.5 * (
-        0.9 * math.log(0.9 / m[0]) + 0.1 * math.log(0.1 / m[1]))
+        0.9 * math.log(0.9 / m[0]) + 0.1 * math.log(0.1 / m[1])
+    )
     assert js_divergence(p, q).item() == pytest.approx(js, rel=1e-12)
 
 
@@ -76,10 +84,12 @@ def test_task_metrics_hand_computed():
     logits = torch.tensor([[2.0, 0.5, -1.0, 3.0], [0.0, 1.0, 2.0, 0.0]])
     correct = torch.tensor([[0, -1], [2, -1]])
     wrong = torch.tensor([[1, 3], [1, -1]])
-    torch.testing.assert_close(task_metric(logits, correct, wrong, "logit_diff"),
-                               torch.tensor([1.5, 1.0], dtype=torch.float64))
-    torch.testing.assert_close(task_metric(logits, correct, wrong, "logit_minus_max"),
-                               torch.tensor([-1.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        task_metric(logits, correct, wrong, "logit_diff"), torch.tensor([1.5, 1.0], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        task_metric(logits, correct, wrong, "logit_minus_max"), torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    )
     p = torch.softmax(logits.double(), -1)
     expected = torch.stack([p[0, 0] - p[0, 1] - p[0, 3], p[1, 2] - p[1, 1]])
     torch.testing.assert_close(task_metric(logits, correct, wrong, "prob_diff"), expected)
@@ -96,4 +106,8 @@ def test_normalized_faithfulness():
 
 def test_kl_interpretation_bands():
     assert [kl_interpretation(x) for x in (0.001, 0.05, 0.5, 5.0)] == [
-        "near-perfect", "good, minor tail gaps", "meaningful gaps", "poor"]
+        "near-perfect",
+        "good, minor tail gaps",
+        "meaningful gaps",
+        "poor",
+    ]

@@ -39,6 +39,9 @@ def test_batches_over_the_data_equal_one_batch(tiny):
     data = TASKS["ioi"].build(tiny.tokenizer, 5, 2)
     comps = heads_and_mlps(tiny.n_layers, tiny.n_heads)
     whole = patch_metrics(tiny, data, comps, "denoise", per_pass=len(comps)).numpy()
-    torch.testing.assert_close(torch.as_tensor(data_patch_metrics(tiny, data, comps, "denoise", batch_size=2,
-                                                                  rows_per_pass=4)), torch.as_tensor(whole),
-                               atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        torch.as_tensor(data_patch_metrics(tiny, data, comps, "denoise", batch_size=2, rows_per_pass=4)),
+        torch.as_tensor(whole),
+        atol=1e-6,
+        rtol=1e-6,
+    )

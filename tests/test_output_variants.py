@@ -21,8 +21,19 @@ def test_against_independent_computation(toy, tmp_path):
     gen = torch.Generator().manual_seed(0)
     keep = (torch.rand(g.edge_exists.shape, generator=gen) < 0.5) & g.edge_exists
     Circuit("toy", "sva", "random-half", {}, {e: 0.0 for e in g.edges_of(keep)}).save(tmp_path / "c.json", g)
-    r = run_cli("21_output_variants.py", "--tasks", "sva", "--model", "toy", "--n-prompts", "5",
-                   "--circuit", str(tmp_path / "c.json"), "--out", str(tmp_path / "res"))
+    r = run_cli(
+        "21_output_variants.py",
+        "--tasks",
+        "sva",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "5",
+        "--circuit",
+        str(tmp_path / "c.json"),
+        "--out",
+        str(tmp_path / "res"),
+    )
     assert r.returncode == 0, r.stderr
     (run,) = list((tmp_path / "res" / "21_output_variants").iterdir())
     items = pd.read_csv(run / "items.csv")

@@ -26,8 +26,13 @@ def test_line_progress_is_plain_and_bounded():
 
 
 def test_heatmaps_share_one_symmetric_scale_with_integer_ticks():
-    fig = plots.heatmaps({"a": np.array([[0.1, -0.2], [0.3, 0.0]]), "b": np.array([[2.0, 1.0], [0.0, -0.5]])},
-                         "t", "head", "layer", "DLA (logit difference)")
+    fig = plots.heatmaps(
+        {"a": np.array([[0.1, -0.2], [0.3, 0.0]]), "b": np.array([[2.0, 1.0], [0.0, -0.5]])},
+        "t",
+        "head",
+        "layer",
+        "DLA (logit difference)",
+    )
     images = [ax.images[0] for ax in fig.axes if ax.images]
     assert len(images) == 2 and all(im.get_clim() == (-2.0, 2.0) for im in images)
     for ax in fig.axes[:2]:

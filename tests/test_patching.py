@@ -52,8 +52,11 @@ def test_all_ablated_resample_is_corrupted_model(tiny, data):
 def slow_reference(model, g, batch, ablation, ablate):
     """Fix receivers one at a time in forward order, each from a fresh forward pass, edge by edge."""
     fixed = {}  # (hook name, column index within hook or None) -> fixed input [B, P, D]
-    rcv = [(name, c) for name, cols in receiver_hooks(g)
-           for c in (range(cols.start, cols.stop) if isinstance(cols, slice) else [cols])]
+    rcv = [
+        (name, c)
+        for name, cols in receiver_hooks(g)
+        for c in (range(cols.start, cols.stop) if isinstance(cols, slice) else [cols])
+    ]
 
     def run():
         outs, inputs = {}, {}
@@ -63,6 +66,7 @@ def slow_reference(model, g, batch, ablation, ablate):
                 for i, s in enumerate(range(rows.start, rows.stop)):
                     outs[s] = as_sources(x)[i]
                 return x
+
             return hook
 
         def fix(name, cols):
@@ -77,6 +81,7 @@ def slow_reference(model, g, batch, ablation, ablate):
                         else:
                             x = fixed[c].clone()
                 return x
+
             return hook
 
         hooks = [(n, save_src(r)) for n, r in source_hooks(g)] + [(n, fix(n, c)) for n, c in receiver_hooks(g)]
@@ -84,7 +89,7 @@ def slow_reference(model, g, batch, ablation, ablate):
         return logits, outs, inputs
 
     with torch.no_grad():
-        for name, c in rcv:
+        for _name, c in rcv:
             _, outs, inputs = run()
             x = inputs[c].clone()
             for s in range(g.n_sources):

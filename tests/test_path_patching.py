@@ -25,7 +25,9 @@ def setup(tiny):
 
 
 def component(name: str) -> Component:
-    return Component("head", int(name[1]), int(name.split(".h")[1])) if name[0] == "a" else Component("mlp", int(name[1:]))
+    return (
+        Component("head", int(name[1]), int(name.split(".h")[1])) if name[0] == "a" else Component("mlp", int(name[1:]))
+    )
 
 
 @pytest.mark.parametrize("direction", ["noise", "denoise"])
@@ -35,8 +37,9 @@ def test_direct_to_all_receivers_is_node_patching(setup, direction):
     every = torch.ones(g.n_receivers, dtype=torch.bool)
     ours = PathPatcher(model, g, data, direction).metrics(rows, every, "direct")
     for i, name in enumerate(SENDERS):
-        torch.testing.assert_close(ours[i], patch_metrics(model, data, [component(name)], direction, 1)[0],
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            ours[i], patch_metrics(model, data, [component(name)], direction, 1)[0], atol=1e-4, rtol=1e-4
+        )
 
 
 def test_unreachable_receivers_change_nothing(setup):
@@ -80,14 +83,17 @@ def wang_three_runs(model, g, data, sender: str, receiver_hook: str, freeze_mlps
             if rows.start <= s < rows.stop:
                 value[s - rows.start] = corrupt_out[s]
             return value.permute(1, 2, 0, 3) if x.dim() == 4 else value[0]
+
         return hook
 
     def record(x, hook):
         recorded["x"] = x.clone()
         return x
+
     with torch.no_grad():
-        model.bridge.run_with_hooks(data.clean, fwd_hooks=[(n, freeze(r)) for n, r in source_hooks(g)[1:]]
-                                    + [(receiver_hook, record)])
+        model.bridge.run_with_hooks(
+            data.clean, fwd_hooks=[(n, freeze(r)) for n, r in source_hooks(g)[1:]] + [(receiver_hook, record)]
+        )
     logits = logits_at(model, data.clean, data.answer_pos, [(receiver_hook, lambda x, hook: recorded["x"])])
     return data_metric(logits, data)
 
@@ -123,9 +129,9 @@ def test_canonical_groups_on_gpt2_shape():
     from lib.core.graph import Graph
 
     g = Graph(12, 12)
-    (label, scan, mask), = parse_receivers("name-movers<q>", g, "ioi", "gpt2")
+    ((label, scan, mask),) = parse_receivers("name-movers<q>", g, "ioi", "gpt2")
     assert sorted(g.receivers[i] for i in mask.nonzero().flatten()) == ["a10.h0<q>", "a9.h6<q>", "a9.h9<q>"]
-    (_, _, mask), = parse_receivers("s-inhibition<v>", g, "ioi", "gpt2")
+    ((_, _, mask),) = parse_receivers("s-inhibition<v>", g, "ioi", "gpt2")
     assert int(mask.sum()) == 4
 
 
@@ -133,9 +139,25 @@ def test_script_writes_a_complete_run(tmp_path):
     import pandas as pd
     from conftest import run_cli
 
-    r = run_cli("07_path_patching.py", "--tasks", "ioi", "greater-than", "--model", "toy", "--n-prompts", "6",
-                "--receivers", "logits all-heads<v>", "--path", "direct", "--n-bootstrap", "40", "--quiet",
-                "--out", str(tmp_path))
+    r = run_cli(
+        "07_path_patching.py",
+        "--tasks",
+        "ioi",
+        "greater-than",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "6",
+        "--receivers",
+        "logits all-heads<v>",
+        "--path",
+        "direct",
+        "--n-bootstrap",
+        "40",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / "07_path_patching").iterdir())
     frame = pd.read_csv(run / "path_patching.csv")

@@ -19,9 +19,19 @@ def overlaps(a, b) -> bool:
 def test_null_distribution_of_distances_is_visible_and_positive():
     rng = np.random.default_rng(0)
     null = np.r_[np.zeros(3), 10 ** rng.uniform(-9, -7, 40)]  # a small circuit: tiny distances, some exactly 0
-    fig = plots.null_distributions({"sufficiency": {
-        "null": null, "p_value": 0.99961, "null_label": "random circuits", "positive": True,
-        "observed": [(2e-8, "circuit", "C3")], "xlabel": "distance"}}, "t")
+    fig = plots.null_distributions(
+        {
+            "sufficiency": {
+                "null": null,
+                "p_value": 0.99961,
+                "null_label": "random circuits",
+                "positive": True,
+                "observed": [(2e-8, "circuit", "C3")],
+                "xlabel": "distance",
+            }
+        },
+        "t",
+    )
     renderer = drawn(fig)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_xlim()[0] > 0  # a distance has no negative axis
@@ -30,26 +40,37 @@ def test_null_distribution_of_distances_is_visible_and_positive():
     assert all(p.get_window_extent(renderer).width >= 1 for p in bars)  # visible
     labels = [t for t in ax.get_xticklabels() + ax.get_xticklabels(minor=True) if t.get_text() and t.get_visible()]
     boxes = [t.get_window_extent(renderer) for t in labels]
-    assert not any(overlaps(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert not any(overlaps(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     assert "p > 0.999" in ax.get_title() and "p = 1" not in ax.get_title()
     assert "3 of 43 are 0" in ax.get_legend().get_texts()[0].get_text()
 
 
 def test_null_distribution_on_a_short_span_labels_do_not_collide():
     """Distances within one decade (a circuit's random circuits all alike): minor log labels used to collide."""
-    fig = plots.null_distributions({"sufficiency": {
-        "null": np.linspace(150, 320, 30), "p_value": 0.04, "positive": True, "observed": [(18.0, "circuit", "C3")],
-        "xlabel": "distance"}}, "t")
+    fig = plots.null_distributions(
+        {
+            "sufficiency": {
+                "null": np.linspace(150, 320, 30),
+                "p_value": 0.04,
+                "positive": True,
+                "observed": [(18.0, "circuit", "C3")],
+                "xlabel": "distance",
+            }
+        },
+        "t",
+    )
     renderer = drawn(fig)
     ax = fig.axes[0]
     labels = [t for t in ax.get_xticklabels() + ax.get_xticklabels(minor=True) if t.get_text() and t.get_visible()]
     lo, hi = ax.get_xlim()
     labels = [t for t in labels if lo <= t.get_position()[0] <= hi]
     boxes = [t.get_window_extent(renderer) for t in labels]
-    assert len(boxes) >= 2 and not any(overlaps(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert len(boxes) >= 2 and not any(overlaps(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
 
 
-@pytest.mark.parametrize("p, text", [(1.0, "p = 1"), (0.99961, "p > 0.999"), (0.04, "p = 0.04"), (2e-5, "p = 2.00e-05")])
+@pytest.mark.parametrize(
+    "p, text", [(1.0, "p = 1"), (0.99961, "p > 0.999"), (0.04, "p = 0.04"), (2e-5, "p = 2.00e-05")]
+)
 def test_p_values_as_text(p, text):
     assert plots.p_text(p) == text
 
@@ -75,12 +96,26 @@ def test_output_variants_puts_unbounded_and_bounded_divergences_apart(tmp_path):
 
     from lib.io import cli
 
-    r = run_cli("21_output_variants.py", "--tasks", "ioi", "sva", "--model", "toy", "--n-prompts", "6",
-                "--n-bootstrap", "40", "--quiet", "--out", str(tmp_path))
+    r = run_cli(
+        "21_output_variants.py",
+        "--tasks",
+        "ioi",
+        "sva",
+        "--model",
+        "toy",
+        "--n-prompts",
+        "6",
+        "--n-bootstrap",
+        "40",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     (run,) = (tmp_path / "21_output_variants").iterdir()
-    fig = cli.load_script("21_output_variants.py").metrics_figure(pd.read_csv(run / "summary.csv"), ["ioi", "sva"],
-                                                                  "resample")
+    fig = cli.load_script("21_output_variants.py").metrics_figure(
+        pd.read_csv(run / "summary.csv"), ["ioi", "sva"], "resample"
+    )
     renderer = drawn(fig)
     shown = [{t.get_text() for t in ax.get_legend().get_texts()} for ax in fig.axes]
     assert shown[:2] == [{"kl", "reverse_kl"}, {"js", "tv"}]  # KL beside JS/TV would flatten them to nothing
@@ -89,8 +124,13 @@ def test_output_variants_puts_unbounded_and_bounded_divergences_apart(tmp_path):
 
 
 def test_one_point_curves_are_marked_and_centred():
-    fig = plots.curves({"ioi": (np.array([37]), np.array([0.8])), "sva": (np.array([37]), np.array([0.6]))},
-                       "t", "edges", "f", logx=True)
+    fig = plots.curves(
+        {"ioi": (np.array([37]), np.array([0.8])), "sva": (np.array([37]), np.array([0.6]))},
+        "t",
+        "edges",
+        "f",
+        logx=True,
+    )
     drawn(fig)
     ax = fig.axes[0]
     lo, hi = ax.get_xlim()
@@ -100,8 +140,15 @@ def test_one_point_curves_are_marked_and_centred():
 
 
 def test_diagram_names_every_node_and_keeps_edges_off_the_input_label():
-    edges = [("input", "a0.h1<q>", 1.0), ("input", "m0", -0.5), ("input", "a2.h3<v>", 0.3), ("a0.h1", "a2.h0<k>", 0.4),
-             ("a2.h0", "logits", 2.0), ("m0", "logits", 0.2), ("input", "logits", 0.1)]
+    edges = [
+        ("input", "a0.h1<q>", 1.0),
+        ("input", "m0", -0.5),
+        ("input", "a2.h3<v>", 0.3),
+        ("a0.h1", "a2.h0<k>", 0.4),
+        ("a2.h0", "logits", 2.0),
+        ("m0", "logits", 0.2),
+        ("input", "logits", 0.1),
+    ]
     fig = diagram.circuit_figure(edges, 3, 4, "t")
     renderer = drawn(fig)
     ax = fig.axes[0]

@@ -65,8 +65,11 @@ def test_any_integer_option_value_is_one_line_exit_2(tmp_path, script, data):
     _assert_refused(tmp_path, script, option, str(value))
 
 
-LOGITS = arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(2, 12)),
-                elements=st.one_of(st.floats(-1e30, 1e30), st.sampled_from([-1e30, 1e30, 0.0, -3e38, 3e38])))
+LOGITS = arrays(
+    np.float64,
+    st.tuples(st.integers(1, 4), st.integers(2, 12)),
+    elements=st.one_of(st.floats(-1e30, 1e30), st.sampled_from([-1e30, 1e30, 0.0, -3e38, 3e38])),
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -93,8 +96,11 @@ def test_circuit_json_round_trips(tmp_path, data):
 
     g = Graph(data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
     edges = data.draw(st.lists(st.sampled_from(g.edge_names), min_size=1, unique=True))
-    scores = data.draw(st.lists(st.one_of(st.floats(allow_infinity=False), st.just(float("nan"))),
-                                min_size=len(edges), max_size=len(edges)))
+    scores = data.draw(
+        st.lists(
+            st.one_of(st.floats(allow_infinity=False), st.just(float("nan"))), min_size=len(edges), max_size=len(edges)
+        )
+    )
     c = Circuit("m", "ioi", "test", {"k": 1}, dict(zip(edges, scores)))
     c.save(tmp_path / "c.json", g)
     back = Circuit.load(tmp_path / "c.json", g)
@@ -151,8 +157,17 @@ def test_acdc_resumed_after_an_interrupt_anywhere_equals_uninterrupted(acdc_setu
     state = acdc.ACDCState(0.02)
     try:
         with interrupts.handled(), pytest.raises(interrupts.Interrupted):
-            acdc.run_acdc(model, g, data, 0.02, "kl", batch_size=4, state=state,
-                          progress=_Progress(k) if inside else None)
+            acdc.run_acdc(
+                model,
+                g,
+                data,
+                0.02,
+                "kl",
+                batch_size=4,
+                state=state,
+                progress=_Progress(k) if inside else None,
+                critical=interrupts.deferred,
+            )
     finally:
         monkeypatch_session.setattr(acdc, "score", real_score)
     saved = pickle.loads(pickle.dumps(copy.deepcopy(state)))  # as the checkpoint stores it

@@ -25,15 +25,23 @@ def hooks_from(layer: int, n_layers: int, d_model: int) -> list:
     if layer == n_layers:
         return [(f"blocks.{n_layers - 1}.hook_resid_post", add)]
     return [(f"blocks.{layer}.attn.hook_result", add), (f"blocks.{layer}.hook_mlp_in", add)] + [
-        (f"blocks.{l}.hook_mlp_out", add) for l in range(layer, n_layers)]
+        (f"blocks.{l}.hook_mlp_out", add) for l in range(layer, n_layers)
+    ]
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def model(request, tiny, toy_tokenizer):
     if request.param == "gpt2":
         return tiny
-    cfg = T.LlamaConfig(vocab_size=len(toy_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, initializer_range=0.3)
+    cfg = T.LlamaConfig(
+        vocab_size=len(toy_tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=0.3,
+    )
     return from_hf(random_model(T.LlamaForCausalLM, cfg, seed=2).eval(), toy_tokenizer, "llama")
 
 

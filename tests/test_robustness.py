@@ -44,7 +44,9 @@ def wait_for_line(path, needle, proc, timeout=120):
 
 
 def csv_bytes(run):
-    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.suffix in (".csv", ".json") and p.name != "run.json"}
+    return {
+        p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.suffix in (".csv", ".json") and p.name != "run.json"
+    }
 
 
 ACDC_ARGS = ["--tasks", "sva", *TOY, "--n-prompts", "8", "--thresholds", "0.01", "0.1"]
@@ -67,7 +69,9 @@ def test_sigterm_during_acdc_then_resume_equals_uninterrupted(tmp_path):
     last = log.read_text().strip().splitlines()[-1]
     assert last.startswith("error: interrupted by SIGTERM; finished work kept in ") and "--resume" in last, last
     (kept,) = run_dirs(tmp_path / "b", "06_acdc")
-    assert kept.name.endswith(".interrupted") and last.endswith(f"continue with: uv run python 06_acdc.py --resume {kept}")
+    assert kept.name.endswith(".interrupted") and last.endswith(
+        f"continue with: uv run python 06_acdc.py --resume {kept}"
+    )
     states = list((kept / ".units").glob("sva_tau0.01.state.pkl"))
     assert states, "the search state of the threshold in flight was checkpointed on SIGTERM"
 
@@ -138,18 +142,29 @@ def test_deferred_section_raises_at_its_end():
 IOI = ["--tasks", "ioi", *TOY]
 
 
-@pytest.mark.parametrize("script, args, message", [
-    ("02_logit_diff.py", [*IOI, "--seed", "99999999999999999999"], "--seed must be between 0 and 4294967295"),
-    ("02_logit_diff.py", [*IOI, "--seed", "-1"], "--seed must be between 0"),
-    ("02_logit_diff.py", ["--tasks", "all", "foo", *TOY], "--tasks all cannot be combined with task names"),
-    ("02_logit_diff.py", ["--tasks", "--model", "toy"], "--tasks needs at least one value (it was followed by --model)"),
-    ("06_acdc.py", [*IOI, "--thresholds", "nan"], "--thresholds must be a finite number"),
-    ("06_acdc.py", [*IOI, "--thresholds", "0.1", "inf"], "--thresholds must be a finite number"),
-    ("05_eap.py", [*IOI, "--threshold", "nan"], "--threshold must be a finite number"),
-    ("05_eap.py", [*IOI, "--top-k", "2.5"], "--top-k must be whole numbers"),
-    ("02_logit_diff.py", ["--tasks", "ioi", "--model", "./no-such-dir"], "--model ./no-such-dir: no such local directory"),
-    ("02_logit_diff.py", [*IOI, "--resume"], "--resume needs the interrupted run's directory"),
-])
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("02_logit_diff.py", [*IOI, "--seed", "99999999999999999999"], "--seed must be between 0 and 4294967295"),
+        ("02_logit_diff.py", [*IOI, "--seed", "-1"], "--seed must be between 0"),
+        ("02_logit_diff.py", ["--tasks", "all", "foo", *TOY], "--tasks all cannot be combined with task names"),
+        (
+            "02_logit_diff.py",
+            ["--tasks", "--model", "toy"],
+            "--tasks needs at least one value (it was followed by --model)",
+        ),
+        ("06_acdc.py", [*IOI, "--thresholds", "nan"], "--thresholds must be a finite number"),
+        ("06_acdc.py", [*IOI, "--thresholds", "0.1", "inf"], "--thresholds must be a finite number"),
+        ("05_eap.py", [*IOI, "--threshold", "nan"], "--threshold must be a finite number"),
+        ("05_eap.py", [*IOI, "--top-k", "2.5"], "--top-k must be whole numbers"),
+        (
+            "02_logit_diff.py",
+            ["--tasks", "ioi", "--model", "./no-such-dir"],
+            "--model ./no-such-dir: no such local directory",
+        ),
+        ("02_logit_diff.py", [*IOI, "--resume"], "--resume needs the interrupted run's directory"),
+    ],
+)
 def test_bad_options_refused_before_anything(tmp_path, script, args, message):
     r = run_cli(script, *args, "--out", str(tmp_path / "res"))
     assert r.returncode == 2
@@ -184,18 +199,33 @@ def test_failed_model_load_leaves_no_directories(tmp_path, monkeypatch):
     assert not (tmp_path / "fresh").exists()
 
 
-@pytest.mark.parametrize("content, message", [("", "is not valid JSON"), ("{", "is not valid JSON"),
-                                              ('{"edges": []}', "has no edges"),
-                                              ('{"edges": [{"edge": 3}]}', "each edge must be a name"),
-                                              ("[1, 2]", "has no 'edges' list")])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "is not valid JSON"),
+        ("{", "is not valid JSON"),
+        ('{"edges": []}', "has no edges"),
+        ('{"edges": [{"edge": 3}]}', "each edge must be a name"),
+        ("[1, 2]", "has no 'edges' list"),
+    ],
+)
 def test_circuit_file_checked_before_the_model_loads(tmp_path, monkeypatch, content, message):
     """With --model gpt2 offline, a model load would fail first: the circuit error shows it was read before."""
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     (tmp_path / "c.json").write_text(content)
-    r = run_cli("21_output_variants.py", "--tasks", "ioi", "--model", "gpt2", "--circuit", str(tmp_path / "c.json"),
-                "--out", str(tmp_path / "res"))
+    r = run_cli(
+        "21_output_variants.py",
+        "--tasks",
+        "ioi",
+        "--model",
+        "gpt2",
+        "--circuit",
+        str(tmp_path / "c.json"),
+        "--out",
+        str(tmp_path / "res"),
+    )
     assert r.returncode == 2
     one_error_line(r, message)
     assert not (tmp_path / "res").exists()

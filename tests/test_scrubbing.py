@@ -86,8 +86,8 @@ def test_ioi_positions(toy_tokenizer):
 
 def slow_scrub(model, graph, pool, hyp, draws, i: int) -> torch.Tensor:
     """The treeified graph evaluated recursively: one forward pass per instance, every receiver input summed
-    source by source (circuit edges from the parent's instance, others from the receiver's random prompt) plus
-the attention output biases, which belong to no source."""
+        source by source (circuit edges from the parent's instance, others from the receiver's random prompt) plus
+    the attention output biases, which belong to no source."""
     keep = hyp.keep & graph.edge_exists
     W = pool.data.clean.shape[1]
     plain, memo = {}, {}
@@ -100,7 +100,7 @@ the attention output biases, which belong to no source."""
 
     def plain_out(k):  # [S, W, D]
         if k not in plain:
-            plain[k] = source_outputs(model, graph, pool.data.clean[k:k + 1].to(model.device))[:, 0]
+            plain[k] = source_outputs(model, graph, pool.data.clean[k : k + 1].to(model.device))[:, 0]
         return plain[k]
 
     def mask(node, j):
@@ -138,6 +138,7 @@ the attention output biases, which belong to no source."""
                         else:
                             x[0] = inputs[c]
                 return x
+
             hooks.append((name, set_inputs))
         if node.startswith("a"):
             l, h = (int(x) for x in node[1:].split(".h"))
@@ -145,7 +146,7 @@ the attention output biases, which belong to no source."""
         elif node.startswith("m"):
             hooks.append((f"blocks.{node[1:]}.hook_mlp_out", lambda x, hook: captured.update(out=x[0].clone())))
         with torch.no_grad():
-            logits = model.bridge.run_with_hooks(pool.data.clean[j:j + 1].to(model.device), fwd_hooks=hooks)
+            logits = model.bridge.run_with_hooks(pool.data.clean[j : j + 1].to(model.device), fwd_hooks=hooks)
         memo[(node, j)] = logits[0] if node == "logits" else captured["out"]
         return memo[(node, j)]
 

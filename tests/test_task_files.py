@@ -15,7 +15,7 @@ QUICK = [*TOY, "--n-bootstrap", "40", "--quiet"]
 
 
 def export(*args):
-    import tasks.export as export_module
+    import lib.tools.export_task as export_module
     from lib.io import cli
 
     out, err, code = io.StringIO(), io.StringIO(), 0
@@ -62,8 +62,18 @@ def test_exported_ioi_as_a_file_gives_the_builtin_numbers(exported, tmp_path):
     same(a, b, "ioi_pairs", ["edge_scores.csv", "faithfulness_curve.csv", "area.csv", "mib_curve.csv"])
     circuit = b / "circuit_ioi_pairs_top100.json"  # the same circuit evaluated by 02 on both
     for task, out in (("ioi", "c"), (str(exported), "d")):
-        r = run_cli("02_logit_diff.py", "--tasks", task, "--n-prompts", "12", "--circuit", str(circuit), *QUICK,
-                    "--out", str(tmp_path / out))
+        r = run_cli(
+            "02_logit_diff.py",
+            "--tasks",
+            task,
+            "--n-prompts",
+            "12",
+            "--circuit",
+            str(circuit),
+            *QUICK,
+            "--out",
+            str(tmp_path / out),
+        )
         assert r.returncode == 0, r.stderr
     c, d = the_run(tmp_path / "c", "02_logit_diff"), the_run(tmp_path / "d", "02_logit_diff")
     x, y = pd.read_csv(c / "items.csv"), pd.read_csv(d / "items.csv")
@@ -81,10 +91,22 @@ def toy_ids(words):
     return [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
 
 
-PAIRS = [("Mary", "John", "Kevin"), ("Sarah", "David", "Paul"), ("Lisa", "Brian", "James"), ("Michael", "Jessica", "Robert")]
-IOI_ROWS = [(f"Then, {a} and {b} went to the {place}. {b} gave a drink to",
-             f"Then, {a} and {b} went to the {place}. {c} gave a drink to", f" {a}", f" {b}")
-            for place in ("store", "school", "office") for a, b, c in PAIRS]  # 12 distinct rows
+PAIRS = [
+    ("Mary", "John", "Kevin"),
+    ("Sarah", "David", "Paul"),
+    ("Lisa", "Brian", "James"),
+    ("Michael", "Jessica", "Robert"),
+]
+IOI_ROWS = [
+    (
+        f"Then, {a} and {b} went to the {place}. {b} gave a drink to",
+        f"Then, {a} and {b} went to the {place}. {c} gave a drink to",
+        f" {a}",
+        f" {b}",
+    )
+    for place in ("store", "school", "office")
+    for a, b, c in PAIRS
+]  # 12 distinct rows
 
 
 def hand_files(where):
@@ -92,31 +114,51 @@ def hand_files(where):
     ids = toy_ids([r[2] for r in IOI_ROWS] + [r[3] for r in IOI_ROWS])
     n = len(IOI_ROWS)
     lines = ["clean,corrupted,correct_idx,incorrect_idx"] + [
-        f'"{c}","{k}",{ids[i][0]},"[{ids[n + i][0]}]"' for i, (c, k, _, _) in enumerate(IOI_ROWS)]
+        f'"{c}","{k}",{ids[i][0]},"[{ids[n + i][0]}]"' for i, (c, k, _, _) in enumerate(IOI_ROWS)
+    ]
     (where / "eapig_ids.csv").write_text("\n".join(lines) + "\n")
     nouns = "abduction accord affair agreement appraisal assaults assessment attack attempts campaign".split()
     years = list(zip(nouns, (1732, 1453, 1645, 1577, 1236, 1368, 1412, 1524, 1689, 1745)))  # 10 distinct rows
-    lines = ["clean,corrupted,label"] + [f'"The {w} lasted from the year {y} to the year {y // 100}",'
-                                          f'"The {w} lasted from the year {y // 100}01 to the year {y // 100}",{y % 100}'
-                                          for w, y in years]
+    lines = ["clean,corrupted,label"] + [
+        f'"The {w} lasted from the year {y} to the year {y // 100}",'
+        f'"The {w} lasted from the year {y // 100}01 to the year {y // 100}",{y % 100}'
+        for w, y in years
+    ]
     (where / "eapig_label.csv").write_text("\n".join(lines) + "\n")
-    mib = [{"prompt": c, "metadata": {"indirect_object": io_.strip(), "subject": s.strip(), "random_c": "Kevin"},
-            "s2_io_flip_counterfactual": {"prompt": k}, "abc_counterfactual": {"prompt": k}}
-           for c, k, io_, s in IOI_ROWS]
+    mib = [
+        {
+            "prompt": c,
+            "metadata": {"indirect_object": io_.strip(), "subject": s.strip(), "random_c": "Kevin"},
+            "s2_io_flip_counterfactual": {"prompt": k},
+            "abc_counterfactual": {"prompt": k},
+        }
+        for c, k, io_, s in IOI_ROWS
+    ]
     (where / "mib_ioi").mkdir()
     (where / "mib_ioi" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mib))
     return [where / "eapig_ids.csv", where / "eapig_label.csv", where / "mib_ioi"]
 
 
-@pytest.mark.parametrize("script, extra", [("02_logit_diff.py", []), ("05_eap.py", ["--n-random", "1"]),
-                                           ("06_acdc.py", ["--thresholds", "0.1", "--n-random", "1"])])
+@pytest.mark.parametrize(
+    "script, extra",
+    [
+        ("02_logit_diff.py", []),
+        ("05_eap.py", ["--n-random", "1"]),
+        ("06_acdc.py", ["--thresholds", "0.1", "--n-random", "1"]),
+    ],
+)
 def test_hand_written_peer_files_run(tmp_path, script, extra):
     for path in hand_files(tmp_path):
-        r = run_cli(script, "--tasks", str(path), "--n-prompts", "5", *QUICK, *extra, "--out", str(tmp_path / path.stem))
+        r = run_cli(
+            script, "--tasks", str(path), "--n-prompts", "5", *QUICK, *extra, "--out", str(tmp_path / path.stem)
+        )
         assert r.returncode == 0, (path.name, r.stderr)
         run = the_run(tmp_path / path.stem, script.removesuffix(".py"))
         record = json.loads((run / "run.json").read_text())["task_files"][path.stem]
-        assert record["format"] == {"eapig_ids": "eap-ig-ids", "eapig_label": "eap-ig-label", "mib_ioi": "mib-ioi"}[path.stem]
+        assert (
+            record["format"]
+            == {"eapig_ids": "eap-ig-ids", "eapig_label": "eap-ig-label", "mib_ioi": "mib-ioi"}[path.stem]
+        )
         assert record["metric"] == ("prob_diff" if "label" in path.stem else "logit_diff")
         data = pd.read_csv(run / "dataset.csv")
         assert set(data.task) == {path.stem} and (data.prompts_dropped == 0).all()
@@ -143,9 +185,14 @@ def test_the_label_format_is_hannas_greater_than_metric(tmp_path):
 def test_rows_that_break_a_rule_are_dropped_counted_and_explained(tmp_path):
     path = tmp_path / "mixed.jsonl"
     rows = [{"clean": c, "corrupted": k, "correct": [a], "wrong": [b]} for c, k, a, b in IOI_ROWS[:4]]
-    rows.append({"clean": "Then, Mary and John went to the store. John gave a drink to",
-                 "corrupted": "Then, Mary and John went to the big store. John gave a drink to", "correct": " Mary",
-                 "wrong": " John"})  # unequal lengths
+    rows.append(
+        {
+            "clean": "Then, Mary and John went to the store. John gave a drink to",
+            "corrupted": "Then, Mary and John went to the big store. John gave a drink to",
+            "correct": " Mary",
+            "wrong": " John",
+        }
+    )  # unequal lengths
     rows.append({**rows[0], "correct": [" Mary John"]})  # an answer of two tokens
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = run_cli("01_dla.py", "--tasks", str(path), "--n-prompts", "10", *QUICK, "--out", str(tmp_path / "o"))
@@ -153,8 +200,9 @@ def test_rows_that_break_a_rule_are_dropped_counted_and_explained(tmp_path):
     run = the_run(tmp_path / "o", "01_dla")
     data = pd.read_csv(run / "dataset.csv")
     assert len(data) == 4 and (data.prompts_dropped == 2).all()
-    assert data.drop_reasons[0] == ("an answer that is not one token: 1; clean and corrupted prompts of unequal "
-                                    "token length: 1")
+    assert data.drop_reasons[0] == (
+        "an answer that is not one token: 1; clean and corrupted prompts of unequal token length: 1"
+    )
     record = json.loads((run / "run.json").read_text())["task_files"]["mixed"]
     assert record["rows_used"] == 4 and record["rows_dropped"] == 2
 
@@ -162,7 +210,7 @@ def test_rows_that_break_a_rule_are_dropped_counted_and_explained(tmp_path):
 def bad_files(where):
     (where / "empty.csv").write_text("")
     (where / "header_only.csv").write_text("clean,corrupted,correct,wrong\n")
-    (where / "latin1.csv").write_bytes("clean,corrupted,correct,wrong\n\"caf\xe9\",b,c,d\n".encode("latin-1"))
+    (where / "latin1.csv").write_bytes('clean,corrupted,correct,wrong\n"caf\xe9",b,c,d\n'.encode("latin-1"))
     (where / "columns.csv").write_text("prompt,answer\nx,y\n")
     (where / "ragged.csv").write_text("clean,corrupted,correct,wrong\na,b,c\n")
     (where / "metrics.csv").write_text("clean,corrupted,correct,wrong,metric\na,b,c,d,logit_diff\na,b,c,d,prob_diff\n")
@@ -186,27 +234,59 @@ def bad_files(where):
 
 def test_bad_files_are_one_line_before_the_model_loads(tmp_path):
     for name, message in bad_files(tmp_path).items():
-        r = run_cli("02_logit_diff.py", "--tasks", str(tmp_path / name), "--model", "./no-such-model",
-                    "--out", str(tmp_path / "o"))
+        r = run_cli(
+            "02_logit_diff.py",
+            "--tasks",
+            str(tmp_path / name),
+            "--model",
+            "./no-such-model",
+            "--out",
+            str(tmp_path / "o"),
+        )
         refused(r, message.format(w=tmp_path))
-    refused(run_cli("02_logit_diff.py", "--tasks", str(tmp_path / "label.csv"), "--task-metric", "logit_diff",
-                    "--out", str(tmp_path / "o")), "the label format is scored by prob_diff")
-    refused(run_cli("02_logit_diff.py", "--tasks", "ioi", "--task-metric", "prob_diff", "--out", str(tmp_path / "o")),
-            "--task-metric applies to tasks from files only")
+    refused(
+        run_cli(
+            "02_logit_diff.py",
+            "--tasks",
+            str(tmp_path / "label.csv"),
+            "--task-metric",
+            "logit_diff",
+            "--out",
+            str(tmp_path / "o"),
+        ),
+        "the label format is scored by prob_diff",
+    )
+    refused(
+        run_cli("02_logit_diff.py", "--tasks", "ioi", "--task-metric", "prob_diff", "--out", str(tmp_path / "o")),
+        "--task-metric applies to tasks from files only",
+    )
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.csv").write_text("clean,corrupted,correct,wrong\na,b,c,d\n")
     (tmp_path / "x.csv").write_text("clean,corrupted,correct,wrong\na,b,c,d\n")
-    refused(run_cli("02_logit_diff.py", "--tasks", str(tmp_path / "x.csv"), str(tmp_path / "a" / "x.csv"),
-                    "--out", str(tmp_path / "o")), "have the same name 'x'")
-    refused(run_cli("02_logit_diff.py", "--tasks", "mib:ioi", "--out", str(tmp_path / "o")),
-            "cannot load mib:ioi from the Hugging Face hub (offline or unreachable)")
+    refused(
+        run_cli(
+            "02_logit_diff.py",
+            "--tasks",
+            str(tmp_path / "x.csv"),
+            str(tmp_path / "a" / "x.csv"),
+            "--out",
+            str(tmp_path / "o"),
+        ),
+        "have the same name 'x'",
+    )
+    refused(
+        run_cli("02_logit_diff.py", "--tasks", "mib:ioi", "--out", str(tmp_path / "o")),
+        "cannot load mib:ioi from the Hugging Face hub (offline or unreachable)",
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_ids_of_another_tokenizer_are_refused(tmp_path):
-    (tmp_path / "gpt2_ids.csv").write_text('clean,corrupted,correct_idx,incorrect_idx\n"Then, Mary and John went to '
-                                           'the store. John gave a drink to","Then, Mary and John went to the store. '
-                                           'Kevin gave a drink to",5335,1757\n')
+    (tmp_path / "gpt2_ids.csv").write_text(
+        'clean,corrupted,correct_idx,incorrect_idx\n"Then, Mary and John went to '
+        'the store. John gave a drink to","Then, Mary and John went to the store. '
+        'Kevin gave a drink to",5335,1757\n'
+    )
     r = run_cli("02_logit_diff.py", "--tasks", str(tmp_path / "gpt2_ids.csv"), *TOY, "--out", str(tmp_path / "o"))
     refused(r, "correct_idx 5335 is not a token of this tokenizer")
 
@@ -214,8 +294,10 @@ def test_ids_of_another_tokenizer_are_refused(tmp_path):
 def test_grid_with_a_task_file_records_its_sha256(exported, tmp_path):
     from test_batch import batch
 
-    (tmp_path / "g.toml").write_text(f'[defaults]\nmodel = "toy"\nn-prompts = 4\n[[experiment]]\n'
-                                     f'script = "01_dla.py"\ntasks = ["{exported}", "ioi"]\n')
+    (tmp_path / "g.toml").write_text(
+        f'[defaults]\nmodel = "toy"\nn-prompts = 4\n[[experiment]]\n'
+        f'script = "01_dla.py"\ntasks = ["{exported}", "ioi"]\n'
+    )
     code, out, err = batch("run", str(tmp_path / "g.toml"), "--out", str(tmp_path / "b"))
     assert code == 0, err + out
     runs = list((tmp_path / "b" / "runs").glob("*/01_dla/*/run.json"))
@@ -228,8 +310,18 @@ def test_grid_with_a_task_file_records_its_sha256(exported, tmp_path):
 
 def test_shipped_example_runs(tmp_path):
     """As the README says, with the default --n-prompts (100): its 100 rows split 50/50 into discovery and held-out."""
-    r = run_cli("05_eap.py", "--tasks", str(ROOT / "tasks" / "examples" / "ioi_pairs.csv"), "--n-random", "1",
-                "--top-k", "10", *QUICK, "--out", str(tmp_path))
+    r = run_cli(
+        "05_eap.py",
+        "--tasks",
+        str(ROOT / "tasks" / "examples" / "ioi_pairs.csv"),
+        "--n-random",
+        "1",
+        "--top-k",
+        "10",
+        *QUICK,
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     data = pd.read_csv(the_run(tmp_path, "05_eap") / "dataset.csv")
     assert data.split.value_counts().to_dict() == {"discovery": 50, "held-out": 50}
@@ -243,11 +335,22 @@ def test_mib_mcqa_and_arithmetic_rows_as_mibs_loader_builds_them(tmp_path, gpt2_
 
     q = "Question: What color is the sky? A. blue B. red C. green D. black Answer:"
     cf = "Question: What color is the sky? A. red B. blue C. green D. black Answer:"
-    mcqa = [{"prompt": q, "choices": {"label": ["A", "B", "C", "D"], "text": ["blue", "red", "green", "black"]},
-             "answerKey": 0, "symbol_counterfactual": {"prompt": cf, "choices": {"label": ["A", "B", "C", "D"]},
-                                                       "answerKey": 1}}]
-    arithmetic = [{"prompt": "What is 12 plus 7? Answer:", "label": 19, "operator": "+",
-                   "random_counterfactual": {"prompt": "What is 23 plus 9? Answer:", "label": 32}}]
+    mcqa = [
+        {
+            "prompt": q,
+            "choices": {"label": ["A", "B", "C", "D"], "text": ["blue", "red", "green", "black"]},
+            "answerKey": 0,
+            "symbol_counterfactual": {"prompt": cf, "choices": {"label": ["A", "B", "C", "D"]}, "answerKey": 1},
+        }
+    ]
+    arithmetic = [
+        {
+            "prompt": "What is 12 plus 7? Answer:",
+            "label": 19,
+            "operator": "+",
+            "random_counterfactual": {"prompt": "What is 23 plus 9? Answer:", "label": 32},
+        }
+    ]
     for name, rows in (("mcqa", mcqa), ("arith", arithmetic)):
         (tmp_path / f"{name}.json").write_text(json.dumps(rows))
     cli.parse_tasks(f"{tmp_path / 'mcqa.json'}\n{tmp_path / 'arith.json'}")
@@ -266,8 +369,14 @@ def test_a_local_copy_of_mibs_parquet_files_loads(tmp_path):
 
     from tasks import files
 
-    rows = [{"prompt": c, "metadata": {"indirect_object": a.strip(), "subject": b.strip(), "random_c": "Kevin"},
-             "s2_io_flip_counterfactual": {"prompt": k}} for c, k, a, b in IOI_ROWS]
+    rows = [
+        {
+            "prompt": c,
+            "metadata": {"indirect_object": a.strip(), "subject": b.strip(), "random_c": "Kevin"},
+            "s2_io_flip_counterfactual": {"prompt": k},
+        }
+        for c, k, a, b in IOI_ROWS
+    ]
     (tmp_path / "mib_ioi" / "data").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows[:6]), tmp_path / "mib_ioi" / "data" / "train-00000-of-00002.parquet")
     pq.write_table(pa.Table.from_pylist(rows[6:]), tmp_path / "mib_ioi" / "data" / "train-00001-of-00002.parquet")
@@ -275,7 +384,9 @@ def test_a_local_copy_of_mibs_parquet_files_loads(tmp_path):
     source = files.SOURCES[name]
     assert name == "mib_ioi" and source.format == "mib-ioi" and len(source.rows) == len(rows)
     assert source.rows[6]["prompt"] == rows[6]["prompt"]  # the files in name order
-    r = run_cli("01_dla.py", "--tasks", str(tmp_path / "mib_ioi"), "--n-prompts", "6", *QUICK, "--out", str(tmp_path / "o"))
+    r = run_cli(
+        "01_dla.py", "--tasks", str(tmp_path / "mib_ioi"), "--n-prompts", "6", *QUICK, "--out", str(tmp_path / "o")
+    )
     assert r.returncode == 0, r.stderr
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lib.core.errors import UserError
-from lib.core.toy import build_tokenizer
+from lib.tools.toy import build_tokenizer
 from tasks import TASK_NAMES, TASKS, docstring, greater_than, ioi, sva
 from tasks.base import single_tokens
 

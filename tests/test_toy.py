@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lib.core.evaluate import behaviour
-from lib.core.toy import TOY_DIR, train
+from lib.tools.toy import TOY_DIR, train
 from tasks import TASK_NAMES, TASKS
 
 N = 60

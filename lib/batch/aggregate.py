@@ -46,7 +46,9 @@ def t_interval(values: np.ndarray) -> tuple[float, float, float, float]:
     if len(v) < 2:
         return mean, np.nan, np.nan, np.nan
     std = float(v.std(ddof=1))
-    lo, hi = stats.t.interval(CONFIDENCE, len(v) - 1, loc=mean, scale=std / np.sqrt(len(v))) if std > 0 else (mean, mean)
+    lo, hi = (
+        stats.t.interval(CONFIDENCE, len(v) - 1, loc=mean, scale=std / np.sqrt(len(v))) if std > 0 else (mean, mean)
+    )
     return mean, std, float(lo), float(hi)
 
 
@@ -56,9 +58,17 @@ def by_seed(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, d in table.groupby(keys, sort=False, dropna=False):
         mean, std, lo, hi = t_interval(d.value.to_numpy())
-        rows.append({**dict(zip(keys, key)), "n_seeds": int(np.isfinite(d.value).sum()), "mean": mean, "std": std,
-                     "ci_low": lo, "ci_high": hi,
-                     "seeds": " ".join(sorted(d["seed"].astype(str))) if "seed" in d else ""})
+        rows.append(
+            {
+                **dict(zip(keys, key)),
+                "n_seeds": int(np.isfinite(d.value).sum()),
+                "mean": mean,
+                "std": std,
+                "ci_low": lo,
+                "ci_high": hi,
+                "seeds": " ".join(sorted(d["seed"].astype(str))) if "seed" in d else "",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -91,12 +101,17 @@ def tables(folded: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def write_tables(out: Path, folded: pd.DataFrame) -> None:
     md, tex = [], []
-    note = (f"Values: mean over seeds ± half-width of the {CONFIDENCE:.0%} Student-t interval across seeds "
-            "(mean alone for one seed).")
+    note = (
+        f"Values: mean over seeds ± half-width of the {CONFIDENCE:.0%} Student-t interval across seeds "
+        "(mean alone for one seed)."
+    )
     for script, table in tables(folded).items():
         md += [f"## {script}", "", note, "", table.to_markdown(index=False), ""]
-        tex += [f"% {script}: {note}", table.to_latex(index=False, caption=f"{script}: {note}",
-                                                        label=f"tab:{script.removesuffix('.py')}"), ""]
+        tex += [
+            f"% {script}: {note}",
+            table.to_latex(index=False, caption=f"{script}: {note}", label=f"tab:{script.removesuffix('.py')}"),
+            "",
+        ]
     atomic_write(Path(out) / "tables.md", lambda p: p.write_text("\n".join(md)))
     atomic_write(Path(out) / "tables.tex", lambda p: p.write_text("\n".join(tex)))
 
@@ -113,8 +128,9 @@ def plots(out: Path, folded: pd.DataFrame) -> list[Path]:
     (Path(out) / "plots").mkdir(exist_ok=True)
     for script, d in folded.groupby("script", sort=False):
         metrics = list(dict.fromkeys(d.metric))
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 1, 3.6), squeeze=False,
-                                 layout="constrained")
+        fig, axes = plt.subplots(
+            1, len(metrics), figsize=(3.2 * len(metrics) + 1, 3.6), squeeze=False, layout="constrained"
+        )
         varying = _varying(d)
         for ax, metric in zip(axes[0], metrics):
             m = d[d.metric == metric]

@@ -41,8 +41,13 @@ def read_outcome(out: Path, cell_id: str) -> dict | None:
 
 def _leftover(where: Path) -> Path | None:
     """An interrupted (<id>.interrupted) or killed (.staging-<id>) run of the cell's script, to resume."""
-    found = [p for p in where.glob("*/*") if p.is_dir() and (p.name.endswith(".interrupted") or p.name.startswith(".staging-"))
-             and (p / "checkpoint.json").is_file()]
+    found = [
+        p
+        for p in where.glob("*/*")
+        if p.is_dir()
+        and (p.name.endswith(".interrupted") or p.name.startswith(".staging-"))
+        and (p / "checkpoint.json").is_file()
+    ]
     return sorted(found)[-1] if found else None
 
 
@@ -52,8 +57,9 @@ def _error_line(log: Path) -> str:
     return (errors or lines or ["(no output)"])[-1][:500]
 
 
-def run_cell(cell: Cell, out: str, threads: int | None = None, python: str = sys.executable,
-             forked: bool = False) -> dict:
+def run_cell(
+    cell: Cell, out: str, threads: int | None = None, python: str = sys.executable, forked: bool = False
+) -> dict:
     """Run one cell to its end (a fresh run, or --resume of its interrupted one); write and return its outcome.
     threads caps the cell's CPU threads (so parallel cells do not oversubscribe the cores). forked: start it
     from the forkserver that holds the heavy imports (lib.batch.forked; the local executor), else as a new
@@ -75,8 +81,14 @@ def run_cell(cell: Cell, out: str, threads: int | None = None, python: str = sys
         env = {**os.environ, **thread_env(threads)}
         t0 = time.time()
         with log.open("a") as f:
-            proc = subprocess.Popen([python, str(ROOT / cell.script), *args], cwd=os.getcwd(), stdout=f,
-                                    stderr=subprocess.STDOUT, start_new_session=True, env=env)
+            proc = subprocess.Popen(
+                [python, str(ROOT / cell.script), *args],
+                cwd=os.getcwd(),
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
     with _lock:
         _running[cell.id] = proc
         if _stopping.is_set():  # stop_running came while this cell was starting
@@ -86,12 +98,20 @@ def run_cell(cell: Cell, out: str, threads: int | None = None, python: str = sys
     finally:
         with _lock:
             _running.pop(cell.id, None)
-    runs = sorted(p for p in where.glob(f"{cell.script[:-3]}/*") if p.is_dir() and not p.name.startswith(".")
-                  and not p.name.endswith(".interrupted"))
+    runs = sorted(
+        p
+        for p in where.glob(f"{cell.script[:-3]}/*")
+        if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".interrupted")
+    )
     state = "done" if code == 0 and runs else "interrupted" if code in (129, 130, 143) else "failed"
-    outcome = {"cell_id": cell.id, "state": state, "exit_code": code,
-               "run_dir": str(runs[-1].relative_to(out)) if state == "done" else "",
-               "wall_seconds": round(time.time() - t0, 3), "error": "" if state == "done" else _error_line(log)}
+    outcome = {
+        "cell_id": cell.id,
+        "state": state,
+        "exit_code": code,
+        "run_dir": str(runs[-1].relative_to(out)) if state == "done" else "",
+        "wall_seconds": round(time.time() - t0, 3),
+        "error": "" if state == "done" else _error_line(log),
+    }
     atomic_write(where / "cell.json", lambda p: p.write_text(json.dumps(outcome, indent=1) + "\n"))
     return outcome
 
@@ -120,10 +140,18 @@ def manifest(out: Path, cells: list[Cell]):
     rows = []
     for c in cells:
         o = read_outcome(out, c.id) or {}
-        rows.append({"cell_id": c.id, "script": c.script, "task": c.task,
-                     "options": json.dumps(dict(c.options), sort_keys=True), "state": o.get("state", "pending"),
-                     "run_dir": o.get("run_dir", ""), "wall_seconds": o.get("wall_seconds", float("nan")),
-                     "error": o.get("error", "")})
+        rows.append(
+            {
+                "cell_id": c.id,
+                "script": c.script,
+                "task": c.task,
+                "options": json.dumps(dict(c.options), sort_keys=True),
+                "state": o.get("state", "pending"),
+                "run_dir": o.get("run_dir", ""),
+                "wall_seconds": o.get("wall_seconds", float("nan")),
+                "error": o.get("error", ""),
+            }
+        )
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 

@@ -80,11 +80,22 @@ def _child(script: str, args: list[str], stdout: str, stderr: str, cwd: str, env
 class ForkedScript:
     """A running script (see the module docstring); returncode as Popen's (negative: killed by a signal)."""
 
-    def __init__(self, script: str, args: list[str], stdout: Path, stderr: Path | None = None,
-                 env: dict | None = None, threads: int | None = None, cwd: Path | None = None):
+    def __init__(
+        self,
+        script: str,
+        args: list[str],
+        stdout: Path,
+        stderr: Path | None = None,
+        env: dict | None = None,
+        threads: int | None = None,
+        cwd: Path | None = None,
+    ):
         env = {**(env or {}), **thread_env(threads)}
-        self.process = context().Process(target=_child, args=(
-            script, list(args), str(stdout), str(stderr or stdout), str(cwd or os.getcwd()), env, threads), daemon=False)
+        self.process = context().Process(
+            target=_child,
+            args=(script, list(args), str(stdout), str(stderr or stdout), str(cwd or os.getcwd()), env, threads),
+            daemon=False,
+        )
         with _exit_codes:  # start() polls every other child of this process (multiprocessing's _cleanup)
             self.process.start()
         self.pid = self.process.pid
@@ -131,5 +142,6 @@ def run(script: str, args: list[str], where: Path, env: dict | None = None, time
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-        return subprocess.CompletedProcess([script, *args], code, out.read_text(errors="replace"),
-                                           err.read_text(errors="replace"))
+        return subprocess.CompletedProcess(
+            [script, *args], code, out.read_text(errors="replace"), err.read_text(errors="replace")
+        )

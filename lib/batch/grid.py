@@ -43,7 +43,11 @@ class Cell:
             if isinstance(value, bool):  # every flag is a --name/--no-name pair, so false is said, not dropped
                 out += [f"--{name}" if value else f"--no-{name}"]
             else:
-                out += [f"--{name}", *str(value).split()] if name in ("tasks", "thresholds", "top-k") else [f"--{name}", str(value)]
+                out += (
+                    [f"--{name}", *str(value).split()]
+                    if name in ("tasks", "thresholds", "top-k")
+                    else [f"--{name}", str(value)]
+                )
         return out
 
     def describe(self) -> str:
@@ -70,7 +74,9 @@ def expand(grid: dict, source: str = "grid") -> list[Cell]:
 
     unknown = set(grid) - {"defaults", "experiment"}
     if unknown:
-        raise UserError(f"{source}: unknown table(s) {', '.join(sorted(unknown))}; a grid has [defaults] and [[experiment]]")
+        raise UserError(
+            f"{source}: unknown table(s) {', '.join(sorted(unknown))}; a grid has [defaults] and [[experiment]]"
+        )
     defaults = grid.get("defaults", {})
     experiments = grid.get("experiment", [])
     if not isinstance(defaults, dict) or not isinstance(experiments, list) or not experiments:
@@ -79,7 +85,7 @@ def expand(grid: dict, source: str = "grid") -> list[Cell]:
     for i, exp in enumerate(experiments, 1):
         where = f"{source} experiment {i}"
         if not isinstance(exp, dict) or not isinstance(exp.get("script"), str):
-            raise UserError(f"{where}: needs script = \"NN_name.py\"")
+            raise UserError(f'{where}: needs script = "NN_name.py"')
         merged = {_name(k): v for k, v in defaults.items()} | {_name(k): v for k, v in exp.items() if k != "script"}
         bad = RESERVED & set(merged)
         if bad:

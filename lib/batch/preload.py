@@ -27,20 +27,34 @@ import transformers  # noqa: E402
 from lib.core import model as _model  # noqa: E402,F401
 
 # transformers loads model classes lazily, on first attribute access: touch the ones the offline models use
-for name in ("GPT2LMHeadModel", "GPT2Config", "GPTNeoXForCausalLM", "GPTNeoXConfig", "AutoTokenizer",
-             "AutoModelForCausalLM", "AutoConfig", "PreTrainedTokenizerFast"):
+for name in (
+    "GPT2LMHeadModel",
+    "GPT2Config",
+    "GPTNeoXForCausalLM",
+    "GPTNeoXConfig",
+    "AutoTokenizer",
+    "AutoModelForCausalLM",
+    "AutoConfig",
+    "PreTrainedTokenizerFast",
+):
     getattr(transformers, name)
 
 import tasks  # noqa: E402
 
 for package in ("lib.core", "lib.methods", "lib.io", "lib.batch", "lib.features"):
     for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
-        if f"{package}.{info.name}" not in ("lib.batch.preload", "lib.core.toy"):
+        if f"{package}.{info.name}" not in ("lib.batch.preload", "lib.tools.toy"):
             importlib.import_module(f"{package}.{info.name}")
 tasks.TASKS  # noqa: B018 - imports the task modules
 
-for name in ("PIL.PngImagePlugin", "einops._torch_specific", "pandas.io.formats.string", "pydantic.main",
-             "transformer_lens.model_bridge.sources.transformers_driver", "transformer_lens.utilities.architectures"):
+for name in (
+    "PIL.PngImagePlugin",
+    "einops._torch_specific",
+    "pandas.io.formats.string",
+    "pydantic.main",
+    "transformer_lens.model_bridge.sources.transformers_driver",
+    "transformer_lens.utilities.architectures",
+):
     importlib.import_module(name)  # image writing, einops on tensors, printed tables, the bridge's drivers
 
 assert not torch.cuda.is_initialized(), "the forkserver must not initialise CUDA"

@@ -60,8 +60,10 @@ def ungroup_kv(hf):
     try:
         new.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise UserError(f"cannot ungroup the grouped-query attention of {type(hf).__name__} (its k/v projections "
-                        f"are not named k_proj/v_proj): {str(e).splitlines()[0]}") from None
+        raise UserError(
+            f"cannot ungroup the grouped-query attention of {type(hf).__name__} (its k/v projections "
+            f"are not named k_proj/v_proj): {str(e).splitlines()[0]}"
+        ) from None
     return new.to(next(hf.parameters()).dtype).eval(), n_kv
 
 
@@ -84,19 +86,25 @@ def refusal(bridge, name: str) -> str | None:
     block = bridge.blocks[0]
     post = [n for n in ("ln1_post", "ln2_post") if hasattr(block, n)]
     if post:
-        return (f"model {name} ({arch}) is not supported: its blocks normalize the attention and MLP outputs "
-                f"before adding them to the residual stream ({', '.join(post)}), so a receiver's input is not "
-                "the sum of its sources' outputs and no edge can be patched exactly")
+        return (
+            f"model {name} ({arch}) is not supported: its blocks normalize the attention and MLP outputs "
+            f"before adding them to the residual stream ({', '.join(post)}), so a receiver's input is not "
+            "the sum of its sources' outputs and no edge can be patched exactly"
+        )
     for method in ("set_use_attn_result", "set_use_split_qkv_input", "set_use_hook_mlp_in"):
         try:
             getattr(bridge, method)(True)
         except NotImplementedError:
-            return (f"model {name} ({arch}) is not supported: TransformerBridge has no per-head "
-                    f"{'attention results' if method == 'set_use_attn_result' else 'q/k/v inputs'} for this "
-                    f"architecture ({method} is not implemented), so single heads' edges cannot be patched")
+            return (
+                f"model {name} ({arch}) is not supported: TransformerBridge has no per-head "
+                f"{'attention results' if method == 'set_use_attn_result' else 'q/k/v inputs'} for this "
+                f"architecture ({method} is not implemented), so single heads' edges cannot be patched"
+            )
     if getattr(bridge.cfg, "normalization_type", None) not in ("LN", "LNPre", "RMS", "RMSPre"):
-        return (f"model {name} ({arch}) is not supported: normalization {bridge.cfg.normalization_type!r} is "
-                "neither LayerNorm nor RMSNorm")
+        return (
+            f"model {name} ({arch}) is not supported: normalization {bridge.cfg.normalization_type!r} is "
+            "neither LayerNorm nor RMSNorm"
+        )
     return None
 
 

@@ -50,8 +50,10 @@ def check_model_name(name: str) -> None:
     except (OSError, ValueError) as e:
         raise UserError(f"--model {name!r} is not a usable name or path ({e})") from None
     if exists and not is_dir:
-        raise UserError(f"--model {name}: is a file; a local model is a directory in Hugging Face format "
-                        "(config.json, weights, tokenizer files)")
+        raise UserError(
+            f"--model {name}: is a file; a local model is a directory in Hugging Face format "
+            "(config.json, weights, tokenizer files)"
+        )
     if exists:
         return
     if name.startswith(("/", "./", "../", "~")) or name in (".", ".."):
@@ -59,5 +61,7 @@ def check_model_name(name: str) -> None:
     if not _HUB_ID.fullmatch(name) or "--" in name or ".." in name or name.endswith((".", "-")):
         close = [m for m in ("gpt2", *BUILTIN_MODELS) if m == name.strip()]
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"--model {name!r} is neither a built-in model ({', '.join(('gpt2', *BUILTIN_MODELS))}), "
-                        f"a local directory nor a hub name of the form owner/name{hint}")
+        raise UserError(
+            f"--model {name!r} is neither a built-in model ({', '.join(('gpt2', *BUILTIN_MODELS))}), "
+            f"a local directory nor a hub name of the form owner/name{hint}"
+        )

@@ -12,8 +12,8 @@ def answer_logits(model, tokens: torch.Tensor, pos: torch.Tensor, batch_size: in
     """Logits at each row's answer position, [N, V], computed in batches (no grad)."""
     out = []
     for start in range(0, len(tokens), batch_size):
-        t = tokens[start:start + batch_size].to(model.device)
-        p = pos[start:start + batch_size].to(model.device)
+        t = tokens[start : start + batch_size].to(model.device)
+        p = pos[start : start + batch_size].to(model.device)
         out.append(logits_at(model, t[:, : int(p.max()) + 1], p).float())
     return torch.cat(out)
 
@@ -30,6 +30,7 @@ def stop_before_unembedding() -> tuple:
             fired.append(True)
             raise StopAtLayerException(x)
         return x
+
     return "ln_final.hook_in", stop
 
 
@@ -40,8 +41,7 @@ def unembed_at(model, resid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return apply_softcap(logits, model.arch.softcap)
 
 
-def logits_at(model, tokens: torch.Tensor, pos: torch.Tensor, hooks: list = (),
-              grad: bool = False) -> torch.Tensor:
+def logits_at(model, tokens: torch.Tensor, pos: torch.Tensor, hooks: list = (), grad: bool = False) -> torch.Tensor:
     """Logits [B, V] at one position per row of a forward pass with hooks; the unembedding (a third of
     GPT-2 small's forward FLOPs) runs at those positions only."""
     with torch.set_grad_enabled(grad):
@@ -58,7 +58,9 @@ def capture(model, tokens: torch.Tensor, hook_names) -> dict:
         def hook(x, hook):
             cache[name] = x.detach()
             return x
+
         return hook
+
     with torch.no_grad():
         model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=[(n, keep(n)) for n in hook_names])
     return cache

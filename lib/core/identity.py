@@ -35,6 +35,8 @@ def identity_error(model) -> tuple[str, float] | None:
 def check_identity(model) -> None:
     bad = identity_error(model)
     if bad:
-        raise UserError(f"model {model.name} ({model.arch.name}) is not supported: the input of {bad[0]} is not "
-                        f"the sum of its sources' outputs plus a constant (off by {bad[1]:.2g} of its size on a "
-                        "probe batch), so its edges cannot be patched exactly")
+        raise UserError(
+            f"model {model.name} ({model.arch.name}) is not supported: the input of {bad[0]} is not "
+            f"the sum of its sources' outputs plus a constant (off by {bad[1]:.2g} of its size on a "
+            "probe batch), so its edges cannot be patched exactly"
+        )

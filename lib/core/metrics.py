@@ -111,6 +111,11 @@ def summarize(values, prefix: str = "") -> dict:
     """mean, std, median, IQR and worst-5% mean of per-prompt values (worst = largest)."""
     v = np.asarray(values, dtype=np.float64)
     q25, q50, q75, q95 = np.quantile(v, [0.25, 0.5, 0.75, 0.95])
-    return {f"{prefix}mean": v.mean(), f"{prefix}std": v.std(ddof=1) if len(v) > 1 else 0.0,
-            f"{prefix}median": q50, f"{prefix}q25": q25, f"{prefix}q75": q75,
-            f"{prefix}worst5": v[v >= q95].mean()}
+    return {
+        f"{prefix}mean": v.mean(),
+        f"{prefix}std": v.std(ddof=1) if len(v) > 1 else 0.0,
+        f"{prefix}median": q50,
+        f"{prefix}q25": q25,
+        f"{prefix}q75": q75,
+        f"{prefix}worst5": v[v >= q95].mean(),
+    }

@@ -6,9 +6,9 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -18,8 +18,7 @@ from lib.core.choices import check_device_name, check_dtype_name, check_model_na
 from lib.core.errors import UserError
 from lib.core.identity import check_identity
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 OFFLINE_HINT = "run offline with --model toy (shipped, trained) or --model gpt2-random (random weights)"
 
 
@@ -54,10 +53,17 @@ class LoadedModel:
         return 256 if self.device.type == "cuda" else 32
 
     def describe(self) -> dict:
-        return {"name": self.name, "source": self.source, "n_layers": self.n_layers,
-                "n_heads": self.n_heads, "d_model": self.d_model, "d_vocab": self.bridge.cfg.d_vocab,
-                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
-                "architecture": self.arch.describe()}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "d_model": self.d_model,
+            "d_vocab": self.bridge.cfg.d_vocab,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "architecture": self.arch.describe(),
+        }
 
 
 def resolve_device(device: str) -> torch.device:
@@ -115,12 +121,14 @@ def gpt2_tokenizer():
         local = where != "gpt2" or not hub_reachable()
         return AutoTokenizer.from_pretrained(where, local_files_only=local)
     except Exception as e:  # noqa: BLE001 - any failure here means "not available"
-        raise UserError(f"the GPT-2 tokenizer is not available ({where}: {type(e).__name__}); set "
-                        "GPT2_TOKENIZER_DIR to a local copy of it, or run with --model toy") from None
+        raise UserError(
+            f"the GPT-2 tokenizer is not available ({where}: {type(e).__name__}); set "
+            "GPT2_TOKENIZER_DIR to a local copy of it, or run with --model toy"
+        ) from None
 
 
 def tokenizer_of(name: str):
-    """The tokenizer a --model name loads with, without its weights (tasks.export)."""
+    """The tokenizer a --model name loads with, without its weights (lib.tools.export_task)."""
     from transformers import AutoTokenizer
 
     check_model_name(name)
@@ -128,11 +136,13 @@ def tokenizer_of(name: str):
         return gpt2_tokenizer()
     where = TOY_DIR if name == "toy" else Path(name).expanduser()
     try:
-        return AutoTokenizer.from_pretrained(str(where) if where.is_dir() else name,
-                                             local_files_only=not where.is_dir() and not hub_reachable())
+        return AutoTokenizer.from_pretrained(
+            str(where) if where.is_dir() else name, local_files_only=not where.is_dir() and not hub_reachable()
+        )
     except Exception as e:  # noqa: BLE001 - any failure here means "not available"
-        raise UserError(f"cannot load the tokenizer of {name!r} ({type(e).__name__}: {first_sentence(e)}); "
-                        f"{OFFLINE_HINT}") from None
+        raise UserError(
+            f"cannot load the tokenizer of {name!r} ({type(e).__name__}: {first_sentence(e)}); {OFFLINE_HINT}"
+        ) from None
 
 
 def _quiet(fn: Callable):
@@ -162,11 +172,14 @@ def bridge_from_hf(hf_model, tokenizer, name: str, device: torch.device, dtype: 
     hf_model.config._attn_implementation = "eager"
     arch = type(hf_model).__name__
     try:
-        bridge = build_bridge_from_module(hf_model, arch, hf_config=hf_model.config, tokenizer=tokenizer,
-                                          model_name=name)
+        bridge = build_bridge_from_module(
+            hf_model, arch, hf_config=hf_model.config, tokenizer=tokenizer, model_name=name
+        )
     except Exception as e:  # noqa: BLE001 - an architecture the bridge has no adapter for
-        raise UserError(f"model {name} ({arch}) is not supported: TransformerBridge cannot wrap it "
-                        f"({type(e).__name__}: {first_sentence(e)})") from None
+        raise UserError(
+            f"model {name} ({arch}) is not supported: TransformerBridge cannot wrap it "
+            f"({type(e).__name__}: {first_sentence(e)})"
+        ) from None
     return bridge, n_kv
 
 
@@ -190,16 +203,24 @@ def _random_gpt2_hf(tokenizer, seed: int, random_biases: bool = False, **config)
     return random_model(GPT2LMHeadModel, GPT2Config(vocab_size=len(tokenizer), **config), seed, random_biases)
 
 
-def from_hf(hf_model, tokenizer, name: str = "random", device="cpu", dtype=torch.float32,
-            source: str = "in memory") -> LoadedModel:
+def from_hf(
+    hf_model, tokenizer, name: str = "random", device="cpu", dtype=torch.float32, source: str = "in memory"
+) -> LoadedModel:
     """A LoadedModel of a Hugging Face module in memory (tests, benchmarks), prepared (or refused) like any other."""
     device = torch.device(device)
     bridge, n_kv = _quiet(lambda: bridge_from_hf(hf_model, tokenizer, name, device, dtype))
     return _finish(bridge, name, device, dtype, source, tokenizer, n_kv)
 
 
-def random_gpt2(tokenizer, seed: int = 0, name: str = "random", device="cpu", dtype=torch.float32,
-                random_biases: bool = False, **config) -> LoadedModel:
+def random_gpt2(
+    tokenizer,
+    seed: int = 0,
+    name: str = "random",
+    device="cpu",
+    dtype=torch.float32,
+    random_biases: bool = False,
+    **config,
+) -> LoadedModel:
     """A small random GPT-2-architecture model in memory (tests, benchmarks); config as in GPT2Config."""
     hf = _random_gpt2_hf(tokenizer, seed, random_biases, **config)
     return from_hf(hf, tokenizer, name, device, dtype, f"random {name}, seed {seed}")
@@ -219,8 +240,9 @@ def load_hf(where: str, device: torch.device, dtype: torch.dtype, name: str, wha
     try:  # the config first: a broken config.json is a config problem, whatever reads it next
         AutoConfig.from_pretrained(where)
     except Exception as e:  # noqa: BLE001
-        raise UserError(f"cannot read the config (config.json) of {what}: {type(e).__name__}: "
-                        f"{first_sentence(e)}") from None
+        raise UserError(
+            f"cannot read the config (config.json) of {what}: {type(e).__name__}: {first_sentence(e)}"
+        ) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
     except Exception as e:  # noqa: BLE001
@@ -229,8 +251,9 @@ def load_hf(where: str, device: torch.device, dtype: torch.dtype, name: str, wha
         hf = AutoModelForCausalLM.from_pretrained(where, attn_implementation="eager", torch_dtype=dtype)
     except ValueError as e:
         if "Unrecognized configuration class" in str(e) or "AutoModelForCausalLM" in str(e):
-            raise UserError(f"{what} is not a causal language model that transformers knows "
-                            f"({first_sentence(e)})") from None
+            raise UserError(
+                f"{what} is not a causal language model that transformers knows ({first_sentence(e)})"
+            ) from None
         raise UserError(f"cannot load the weights of {what}: {type(e).__name__}: {first_sentence(e)}") from None
     except Exception as e:  # noqa: BLE001 - unreadable or missing weights
         raise UserError(f"cannot load the weights of {what}: {type(e).__name__}: {first_sentence(e)}") from None
@@ -250,7 +273,8 @@ def load_hub(name: str, device: torch.device, dtype: torch.dtype):
         raise UserError(
             f"cannot load model {name!r} as a Hugging Face hub name (it is not a built-in name [{builtins}] "
             f"nor a local directory, and the hub is unreachable and the model is not in its local cache); "
-            f"{OFFLINE_HINT}")
+            f"{OFFLINE_HINT}"
+        )
     bridge, n_kv = load_hf(name, device, dtype, name, f"hub model {name!r}")
     return bridge, f"hub {name}", n_kv
 
@@ -268,10 +292,18 @@ def load_pythia_random(device: torch.device, dtype: torch.dtype, seed: int):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     tokenizer = gpt2_tokenizer()
-    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                           intermediate_size=3072, rotary_pct=0.25, use_parallel_residual=True,
-                           max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
-                           eos_token_id=tokenizer.eos_token_id)
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     hf = random_model(GPTNeoXForCausalLM, config, seed)
     bridge, n_kv = bridge_from_hf(hf, tokenizer, "pythia-160m-random", device, dtype)
     return bridge, f"random Pythia-160m shape (GPT-NeoX), GPT-2 tokenizer, seed {seed}", n_kv
@@ -301,8 +333,15 @@ def load_model(name: str = "gpt2", device: str = "auto", dtype: str = "float32",
     return _finish(bridge, name, dev, dt, source, None, n_kv)
 
 
-def _finish(bridge, name: str, device: torch.device, dtype: torch.dtype, source: str,
-            tokenizer=None, n_kv_heads: int | None = None) -> LoadedModel:
+def _finish(
+    bridge,
+    name: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    source: str,
+    tokenizer=None,
+    n_kv_heads: int | None = None,
+) -> LoadedModel:
     _quiet(lambda: prepare(bridge, name))
     tokenizer = tokenizer or bridge.tokenizer
     if tokenizer is None:

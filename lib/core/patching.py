@@ -41,8 +41,9 @@ def receiver_hooks(graph: Graph) -> list[tuple[str, list[int] | slice]]:
 
 def receiver_columns(graph: Graph) -> list[tuple[str, range]]:
     """receiver_hooks with each hook's columns as a range (one column for mlp_in and the logits)."""
-    return [(name, range(c.start, c.stop) if isinstance(c, slice) else range(c, c + 1))
-            for name, c in receiver_hooks(graph)]
+    return [
+        (name, range(c.start, c.stop) if isinstance(c, slice) else range(c, c + 1)) for name, c in receiver_hooks(graph)
+    ]
 
 
 def as_sources(x: torch.Tensor) -> torch.Tensor:
@@ -59,8 +60,9 @@ def source_outputs(model, graph: Graph, tokens: torch.Tensor) -> torch.Tensor:
         return x
 
     with torch.no_grad():
-        model.bridge.run_with_hooks(tokens, fwd_hooks=[(name, save) for name, _ in source_hooks(graph)]
-                                    + [stop_before_unembedding()])
+        model.bridge.run_with_hooks(
+            tokens, fwd_hooks=[(name, save) for name, _ in source_hooks(graph)] + [stop_before_unembedding()]
+        )
     return torch.cat(chunks)
 
 
@@ -97,8 +99,9 @@ def ablation_values(model, graph: Graph, batch, kind: str, mean: torch.Tensor | 
     raise ValueError(f"unknown ablation {kind!r}; choose from {ABLATIONS}")
 
 
-def add_ablated(x: torch.Tensor, cols: slice, chunks: list, ablate: torch.Tensor,
-                active: torch.Tensor | None = None) -> torch.Tensor:
+def add_ablated(
+    x: torch.Tensor, cols: slice, chunks: list, ablate: torch.Tensor, active: torch.Tensor | None = None
+) -> torch.Tensor:
     """x (a receiver group's input, [B, P, h, D] or [B, P, D]) plus sum_u ablate[u, r] * delta_u over the
     recorded source chunks (rows, delta [s, B, P, D]); chunks with no ablated edge here (per `active`, a CPU
     bool matrix, default ablate != 0) are skipped."""
@@ -117,8 +120,13 @@ def receiver_groups(graph: Graph):
     for name, cols in receiver_hooks(graph):
         cols = cols if isinstance(cols, slice) else slice(cols, cols + 1)
         layer = int(name.split(".")[1])
-        n_before = (graph.n_sources if cols.start == graph.logits_receiver else
-                    graph.sources_before_mlp(layer) if "mlp" in name else graph.sources_before_attn(layer))
+        n_before = (
+            graph.n_sources
+            if cols.start == graph.logits_receiver
+            else graph.sources_before_mlp(layer)
+            if "mlp" in name
+            else graph.sources_before_attn(layer)
+        )
         yield name, cols, n_before
 
 
@@ -170,8 +178,13 @@ class EdgePatch:
         total = torch.zeros_like(self.ablation[0])  # running sum of the deltas recorded so far, [B, P, D]
         # the running total holds every source recorded so far: in a parallel block that includes the
         # heads of the MLP's own layer, which it does not read, so its MLP is patched from the ablated side
-        groups = [(name, _plan_group(ablate, a_cpu, n, cols, "ablated" if self.graph.parallel and "mlp" in name
-                                     else self.mode)) for name, cols, n in receiver_groups(self.graph)]
+        groups = [
+            (
+                name,
+                _plan_group(ablate, a_cpu, n, cols, "ablated" if self.graph.parallel and "mlp" in name else self.mode),
+            )
+            for name, cols, n in receiver_groups(self.graph)
+        ]
         running = any(gp.complement for _, gp in groups)
 
         where = None if self.positions is None else self.positions.to(delta.device, delta.dtype)[None, :, :, None]
@@ -184,6 +197,7 @@ class EdgePatch:
                 if running:
                     total.add_(delta[rows].sum(0))
                 return x
+
             return hook
 
         def patch(gp: _Group):
@@ -198,10 +212,12 @@ class EdgePatch:
                     add = (gp.weight @ d).view(-1, B, P, D)  # [h, B, P, D]
                     out += add.permute(1, 2, 0, 3) if x.dim() == 4 else add[0]
                 return out
+
             return hook
 
-        return [(name, save(rows)) for name, rows in source_hooks(self.graph)] + \
-               [(name, patch(gp)) for name, gp in groups]
+        return [(name, save(rows)) for name, rows in source_hooks(self.graph)] + [
+            (name, patch(gp)) for name, gp in groups
+        ]
 
     def _grad_hooks(self) -> list:
         if self.positions is not None:
@@ -213,11 +229,14 @@ class EdgePatch:
             def hook(x, hook):
                 chunks.append((rows, self.ablation[rows] - as_sources(x)))
                 return x
+
             return hook
 
         hooks = [(name, save(rows)) for name, rows in source_hooks(self.graph)]
         for name, cols, _ in receiver_groups(self.graph):
-            hooks.append((name, lambda x, hook, cols=cols: add_ablated(x, cols, chunks, ablate, self.graph.edge_exists)))
+            hooks.append(
+                (name, lambda x, hook, cols=cols: add_ablated(x, cols, chunks, ablate, self.graph.edge_exists))
+            )
         return hooks
 
 
@@ -226,8 +245,15 @@ def ablate_mask(graph: Graph, keep: torch.Tensor) -> torch.Tensor:
     return (graph.edge_exists & ~keep.bool()).float()
 
 
-def masked_answer_logits(model, graph: Graph, batch, ablation: torch.Tensor, ablate: torch.Tensor,
-                         grad: bool = False, positions: torch.Tensor | None = None) -> torch.Tensor:
+def masked_answer_logits(
+    model,
+    graph: Graph,
+    batch,
+    ablation: torch.Tensor,
+    ablate: torch.Tensor,
+    grad: bool = False,
+    positions: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Logits [B, V] at the answer positions with the edges in `ablate` patched (one forward pass), at every
     position or only where `positions` ([B, P] bool) is true."""
     from lib.core.forward import logits_at
@@ -236,9 +262,17 @@ def masked_answer_logits(model, graph: Graph, batch, ablation: torch.Tensor, abl
     return logits_at(model, batch.clean.to(model.device), batch.answer_pos, hooks, grad=grad)
 
 
-def evaluate_mask(model, graph: Graph, data, keep: torch.Tensor, ablation: str = "resample",
-                  batch_size: int = 32, reference=None, progress=None,
-                  positions: torch.Tensor | None = None) -> torch.Tensor:
+def evaluate_mask(
+    model,
+    graph: Graph,
+    data,
+    keep: torch.Tensor,
+    ablation: str = "resample",
+    batch_size: int = 32,
+    reference=None,
+    progress=None,
+    positions: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Logits [N, V] at the answer positions of every item with only the edges in `keep` intact (at the
     positions marked in `positions` [N, P] only, if given). Mean ablation averages over the corrupted prompts
     of `reference` (default: data itself)."""
@@ -249,15 +283,23 @@ def evaluate_mask(model, graph: Graph, data, keep: torch.Tensor, ablation: str =
     for start in range(0, len(data), batch_size):
         batch = data.subset(slice(start, start + batch_size))
         values = ablation_values(model, graph, batch, ablation, mean)
-        where = None if positions is None else positions[start:start + batch_size, : batch.clean.shape[1]]
+        where = None if positions is None else positions[start : start + batch_size, : batch.clean.shape[1]]
         out.append(masked_answer_logits(model, graph, batch, values, ablate, positions=where).float())
         if progress is not None:
             progress.update(len(batch))
     return torch.cat(out)
 
 
-def masks_metric(model, graph: Graph, data, keeps: list[torch.Tensor], ablation: str = "resample",
-                 batch_size: int = 32, rows_per_pass: int | None = None, reference=None) -> torch.Tensor:
+def masks_metric(
+    model,
+    graph: Graph,
+    data,
+    keeps: list[torch.Tensor],
+    ablation: str = "resample",
+    batch_size: int = 32,
+    rows_per_pass: int | None = None,
+    reference=None,
+) -> torch.Tensor:
     """The task metric [C, N] of many circuits (kept-edge masks) at once: each forward pass carries several
     circuits, every prompt of the batch once per circuit, each row patched with its own circuit's mask."""
     from lib.core.forward import logits_at
@@ -275,10 +317,10 @@ def masks_metric(model, graph: Graph, data, keeps: list[torch.Tensor], ablation:
         for c0 in range(0, len(keeps), per_pass):
             k = min(per_pass, len(keeps) - c0)
             rep = batch.subset(torch.arange(B).repeat(k))  # circuit-major rows: circuit j has rows j*B..j*B+B-1
-            weights = ablates[c0:c0 + k].repeat_interleave(B, dim=0).to(values.dtype)  # [kB, S, R]
+            weights = ablates[c0 : c0 + k].repeat_interleave(B, dim=0).to(values.dtype)  # [kB, S, R]
             hooks = _row_mask_hooks(graph, values.repeat(1, k, 1, 1), weights)
             logits = logits_at(model, rep.clean.to(model.device), rep.answer_pos, hooks)
-            out[c0:c0 + k, start:start + B] = data_metric(logits.float(), rep).view(k, B).cpu()
+            out[c0 : c0 + k, start : start + B] = data_metric(logits.float(), rep).view(k, B).cpu()
     return out
 
 
@@ -290,12 +332,14 @@ def _row_mask_hooks(graph: Graph, ablation: torch.Tensor, weights: torch.Tensor)
         def hook(x, hook):
             torch.sub(ablation[rows], as_sources(x), out=delta[rows])
             return x
+
         return hook
 
     def patch(cols: slice, n_before: int):
         def hook(x, hook):
             add = torch.einsum("bsh,sbpd->bphd", weights[:, :n_before, cols], delta[:n_before])
             return x + (add if x.dim() == 4 else add[:, :, 0])
+
         return hook
 
     hooks = [(name, save(rows)) for name, rows in source_hooks(graph)]

@@ -30,8 +30,9 @@ class Restart:
         self.model, self.tokens = model, tokens.to(model.device)
         self.full = not model.arch.starts_mid_model
         L = model.n_layers
-        resid_names = [] if self.full else [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [
-            f"blocks.{L - 1}.hook_resid_post"]
+        resid_names = (
+            [] if self.full else [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+        )
         source_names = [] if graph is None else [n for n, _ in source_hooks(graph)]
         saved: dict[str, torch.Tensor] = {}
 
@@ -39,12 +40,16 @@ class Restart:
             def hook(x, hook):
                 saved[name] = x.detach()
                 return x
+
             return hook
 
         if resid_names or source_names:
             with torch.no_grad():
-                self.model.bridge.run_with_hooks(self.tokens, fwd_hooks=[
-                    (n, save(n)) for n in dict.fromkeys(resid_names + source_names)] + [stop_before_unembedding()])
+                self.model.bridge.run_with_hooks(
+                    self.tokens,
+                    fwd_hooks=[(n, save(n)) for n in dict.fromkeys(resid_names + source_names)]
+                    + [stop_before_unembedding()],
+                )
         self.resid = [saved[n] for n in resid_names]  # [L + 1] x [B, P, D]: entering each block, the final stream
         self.outs = torch.cat([as_sources(saved[n]) for n in source_names]) if source_names else None
 

@@ -51,8 +51,16 @@ def reference_values(model, dictionaries: dict, reference, ablation: str, batch_
     return {s: {k: v / counts.clamp_min(1) for k, v in parts.items()} for s, parts in sums.items()}
 
 
-def ablated_metric(model, dictionaries: dict, data, keep: dict, values: dict, errors: str = "default",
-                   complement: bool = False, batch_size: int | None = None) -> torch.Tensor:
+def ablated_metric(
+    model,
+    dictionaries: dict,
+    data,
+    keep: dict,
+    values: dict,
+    errors: str = "default",
+    complement: bool = False,
+    batch_size: int | None = None,
+) -> torch.Tensor:
     """The task metric [N] with every node outside keep ablated to values (reference_values), batch_size prompts
     per pass (default: all). keep: per site {"features": bool [N, P, d_sae], "error": bool [N, P]}; complement:
     ablate keep instead."""
@@ -64,14 +72,17 @@ def ablated_metric(model, dictionaries: dict, data, keep: dict, values: dict, er
         rows = slice(start, start + step)
         batch_keep = {s: {k: v[rows] for k, v in masks.items()} for s, masks in keep.items()}
         batch_values = {s: {k: v[rows] if v.dim() == 3 else v for k, v in vals.items()} for s, vals in values.items()}
-        parts.append(_ablated_batch(model, dictionaries, data.subset(rows), batch_keep, batch_values, errors,
-                                    complement))
+        parts.append(
+            _ablated_batch(model, dictionaries, data.subset(rows), batch_keep, batch_values, errors, complement)
+        )
     return torch.cat(parts)
 
 
-def _ablated_batch(model, dictionaries: dict, data, keep: dict, values: dict, errors: str,
-                   complement: bool) -> torch.Tensor:
-    from lib.features.splice import at_output, site as site_of
+def _ablated_batch(
+    model, dictionaries: dict, data, keep: dict, values: dict, errors: str, complement: bool
+) -> torch.Tensor:
+    from lib.features.splice import at_output
+    from lib.features.splice import site as site_of
 
     tokens = data.clean.to(model.device)
     hooks = []
@@ -98,6 +109,7 @@ def _ablated_batch(model, dictionaries: dict, data, keep: dict, values: dict, er
             else:
                 error = torch.where(_me[:, :p, None], error, value_e[:, :p].to(x.dtype))
             return (_d.decode(f) + error).to(x.dtype)
+
         hooks += at_output(d, ablate)
     with torch.no_grad():
         resid = model.bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, stop_before_unembedding()])
@@ -109,5 +121,7 @@ def every_node(dictionaries: dict, data, value: bool = True) -> dict:
     from lib.features.splice import site as site_of
 
     n, p = data.clean.shape
-    return {site_of(d): {"features": torch.full((n, p, d.d_sae), value), "error": torch.full((n, p), value)}
-            for d in dictionaries.values()}
+    return {
+        site_of(d): {"features": torch.full((n, p, d.d_sae), value), "error": torch.full((n, p), value)}
+        for d in dictionaries.values()
+    }

@@ -62,7 +62,12 @@ class AttributionGraph:
         """Node kind -> slice of the node order."""
         f, e = self.n_features, self.n_features + self.n_layers * self.n_pos
         t = e + self.n_pos
-        return {"feature": slice(0, f), "error": slice(f, e), "token": slice(e, t), "logit": slice(t, t + self.n_logits)}
+        return {
+            "feature": slice(0, f),
+            "error": slice(f, e),
+            "token": slice(e, t),
+            "logit": slice(t, t + self.n_logits),
+        }
 
 
 def salient_logits(logits: torch.Tensor, w_u: torch.Tensor, max_n_logits: int = 10, desired_prob: float = 0.95):
@@ -102,11 +107,13 @@ class _Pass:
             def hook(x, hook):
                 self.inputs[name] = x
                 return x
+
             return hook
 
         def stop(x, hook):
             self.inputs["final"] = x
             raise StopAtLayerException(x)
+
         hooks = freeze_hooks(model) + [("hook_embed", leaf(self.embed))]
         hooks += [(tc.hooks_out[l], leaf(m)) for l, m in enumerate(self.mlp)]
         hooks += [(h, keep(h)) for h in sorted(set(tc.hooks_in))] + [("unembed.hook_in", stop)]
@@ -122,8 +129,9 @@ class _Pass:
             g[row, pos] += vector.to(g.dtype)
         names, leaves = sorted(grads), [self.embed, *self.mlp]
         with torch.enable_grad():
-            out = torch.autograd.grad([self.inputs[n] for n in names], leaves, [grads[n] for n in names],
-                                      retain_graph=True, allow_unused=True)
+            out = torch.autograd.grad(
+                [self.inputs[n] for n in names], leaves, [grads[n] for n in names], retain_graph=True, allow_unused=True
+            )
         out = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(out, leaves)]
         return out[0], out[1:]
 
@@ -140,7 +148,9 @@ def _decoders_by_position(tc, active: torch.Tensor, activations: torch.Tensor, n
         pos = active[idx, 1]
         counts = torch.bincount(pos, minlength=n_pos)
         m = int(counts.max())
-        rank = torch.arange(len(idx), device=idx.device) - (torch.cumsum(counts, 0) - counts)[pos]  # index within its position
+        rank = (
+            torch.arange(len(idx), device=idx.device) - (torch.cumsum(counts, 0) - counts)[pos]
+        )  # index within its position
         cols = torch.zeros(n_pos, m, dtype=torch.long, device=idx.device)
         valid = torch.zeros(n_pos, m, dtype=torch.bool, device=idx.device)
         cols[pos, rank], valid[pos, rank] = idx, True
@@ -166,22 +176,44 @@ def clean_state(model, tc, tokens: torch.Tensor) -> dict:
         feats = {l: tc.encode(l, x_in[l]) for l in range(tc.n_layers)}
         mlp_out = [clean[h][0] for h in tc.hooks_out]
         errors = torch.stack([mlp_out[l] - tc.write(l, feats) for l in range(tc.n_layers)])
-    return {"inputs": x_in, "features": feats, "mlp_out": mlp_out, "errors": errors, "embed": clean["hook_embed"][0],
-            "final": clean["unembed.hook_in"][0]}
+    return {
+        "inputs": x_in,
+        "features": feats,
+        "mlp_out": mlp_out,
+        "errors": errors,
+        "embed": clean["hook_embed"][0],
+        "final": clean["unembed.hook_in"][0],
+    }
 
 
-def attribute(model, tc, tokens: torch.Tensor, direction: torch.Tensor | None = None, max_n_logits: int = 10,
-              desired_logit_prob: float = 0.95, batch_size: int = 64, max_feature_nodes: int | None = None,
-              update_interval: int = 4) -> AttributionGraph:
+def attribute(
+    model,
+    tc,
+    tokens: torch.Tensor,
+    direction: torch.Tensor | None = None,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    batch_size: int = 64,
+    max_feature_nodes: int | None = None,
+    update_interval: int = 4,
+) -> AttributionGraph:
     """The attribution graph of one prompt tokens [P] (BOS first) under the transcoder set tc."""
     if model.arch.softcap:
-        raise UserError(f"model {model.name} soft-caps its logits: demeaned logits are not linear in the residual "
-                        "stream there, so no exact attribution graph is built")
+        raise UserError(
+            f"model {model.name} soft-caps its logits: demeaned logits are not linear in the residual "
+            "stream there, so no exact attribution graph is built"
+        )
     L, P = tc.n_layers, len(tokens)
     dev = model.device
     tokens = tokens.to(dev)
     state = clean_state(model, tc, tokens)
-    errors, feats, x_in, mlp_out, embed = state["errors"].clone(), state["features"], state["inputs"], state["mlp_out"], state["embed"]
+    errors, feats, x_in, mlp_out, embed = (
+        state["errors"].clone(),
+        state["features"],
+        state["inputs"],
+        state["mlp_out"],
+        state["embed"],
+    )
     with torch.no_grad():
         acts = torch.stack([feats[l] for l in range(L)])  # [L, P, d_sae]
         bos = model.tokenizer.bos_token_id
@@ -213,15 +245,15 @@ def attribute(model, tc, tokens: torch.Tensor, direction: torch.Tensor | None = 
                 total = total + torch.bmm(g_mlp[s + o][:n_rows].transpose(0, 1), vec.transpose(1, 2))  # [P, r, m]
             out[:, cols[valid]] += total.permute(1, 0, 2)[:, valid]
         for l in range(L):
-            out[:, n_active + l * P: n_active + (l + 1) * P] = torch.einsum("rpd,pd->rp", g_mlp[l][:n_rows], errors[l])
-        out[:, n_active + L * P:] = torch.einsum("rpd,pd->rp", g_embed[:n_rows], embed.to(out.dtype))
+            out[:, n_active + l * P : n_active + (l + 1) * P] = torch.einsum("rpd,pd->rp", g_mlp[l][:n_rows], errors[l])
+        out[:, n_active + L * P :] = torch.einsum("rpd,pd->rp", g_embed[:n_rows], embed.to(out.dtype))
         return out
 
     # logit rows (and the metric row) first
     out_rows = list(logit_vecs) + ([direction.to(dev, errors.dtype)] if direction is not None else [])
     head = []
     for start in range(0, len(out_rows), batch):
-        chunk = out_rows[start:start + batch]
+        chunk = out_rows[start : start + batch]
         g_e, g_m = run.rows([(r, "final", P - 1, v) for r, v in enumerate(chunk)])
         head.append(columns(g_e, g_m, len(chunk)))
     head = torch.cat(head)
@@ -237,17 +269,24 @@ def attribute(model, tc, tokens: torch.Tensor, direction: torch.Tensor | None = 
             from lib.features.influence import partial_influence
 
             done = torch.tensor(order, dtype=torch.long, device=dev)
-            rows = torch.cat([logit_rows, feature_rows[:len(order)]])
+            rows = torch.cat([logit_rows, feature_rows[: len(order)]])
             row_nodes = torch.cat([torch.arange(K, device=dev) + width, done])
             influence = partial_influence(rows, logit_p.to(dev, rows.dtype), row_nodes, width + K)
             rank = torch.argsort(influence[:n_active], descending=True, stable=True)
-            pending = rank[~visited[rank]][:min(update_interval * batch, n_feat - len(order))]
+            pending = rank[~visited[rank]][: min(update_interval * batch, n_feat - len(order))]
         for start in range(0, len(pending), batch):
-            idx = pending[start:start + batch]
-            inj = [(r, tc.hooks_in[int(active[j, 0])], int(active[j, 1]), tc.W_enc[int(active[j, 0])][:, int(active[j, 2])])
-                   for r, j in enumerate(idx.tolist())]
+            idx = pending[start : start + batch]
+            inj = [
+                (
+                    r,
+                    tc.hooks_in[int(active[j, 0])],
+                    int(active[j, 1]),
+                    tc.W_enc[int(active[j, 0])][:, int(active[j, 2])],
+                )
+                for r, j in enumerate(idx.tolist())
+            ]
             g_e, g_m = run.rows(inj)
-            feature_rows[len(order):len(order) + len(idx)] = columns(g_e, g_m, len(idx))
+            feature_rows[len(order) : len(order) + len(idx)] = columns(g_e, g_m, len(idx))
             order += idx.tolist()
             visited[idx] = True
     # assemble circuit-tracer's square adjacency over the selected features
@@ -257,23 +296,36 @@ def attribute(model, tc, tokens: torch.Tensor, direction: torch.Tensor | None = 
     keep_cols = torch.cat([selected, torch.arange(n_active, width, device=dev)])
     n = n_feat + non_feature + K
     adjacency = torch.zeros(n, n, dtype=torch.float32, device="cpu")
-    adjacency[:n_feat, :n_feat + non_feature] = feature_rows[:, keep_cols].float().cpu()
-    adjacency[n - K:, :n_feat + non_feature] = logit_rows[:, keep_cols].float().cpu()
+    adjacency[:n_feat, : n_feat + non_feature] = feature_rows[:, keep_cols].float().cpu()
+    adjacency[n - K :, : n_feat + non_feature] = logit_rows[:, keep_cols].float().cpu()
     metric_row = None
     if metric_cols is not None:
         metric_row = torch.zeros(n)
-        metric_row[:n_feat + non_feature] = metric_cols[keep_cols].float().cpu()
+        metric_row[: n_feat + non_feature] = metric_cols[keep_cols].float().cpu()
     targets = torch.zeros(n, dtype=torch.float64)
     sel = active[selected]
     targets[:n_feat] = pre_all[sel[:, 0], sel[:, 1], sel[:, 2]].double().cpu()
-    targets[n - K:] = (logits[logit_idx] - logits.mean()).double().cpu()
+    targets[n - K :] = (logits[logit_idx] - logits.mean()).double().cpu()
     metric_value = float(final @ direction.to(dev, final.dtype)) if direction is not None else float("nan")
-    return AttributionGraph(tokens.cpu(), active.cpu(), activations.float().cpu(), selected.cpu(), adjacency,
-                            logit_idx.cpu(), logit_p.cpu(), metric_row, targets, metric_value, L, f"{tc.kind}:{tc.name}")
+    return AttributionGraph(
+        tokens.cpu(),
+        active.cpu(),
+        activations.float().cpu(),
+        selected.cpu(),
+        adjacency,
+        logit_idx.cpu(),
+        logit_p.cpu(),
+        metric_row,
+        targets,
+        metric_value,
+        L,
+        f"{tc.kind}:{tc.name}",
+    )
 
 
-def memory_estimate(model, tc, tokens: torch.Tensor, batch: int, max_feature_nodes: int | None,
-                    max_n_logits: int) -> str:
+def memory_estimate(
+    model, tc, tokens: torch.Tensor, batch: int, max_feature_nodes: int | None, max_n_logits: int
+) -> str:
     """A rough upper estimate of one graph's memory, from the prompt's count of active features (a clean pass):
     the dense adjacency, the rows being computed, and the batched forward and backward pass."""
     state = clean_state(model, tc, tokens.to(model.device))
@@ -291,5 +343,8 @@ def memory_estimate(model, tc, tokens: torch.Tensor, batch: int, max_feature_nod
 
     def mb(x):
         return f"{x / 2**20:,.0f} MiB" if x >= 2**20 else f"{x / 2**10:,.0f} KiB"
-    return (f"{n_active} active features, {n:,} nodes: adjacency {mb(adjacency)}, rows {mb(rows)}, "
-            f"pass on {b} prompt copies ~{mb(passes)}; about {mb(adjacency + rows + passes)} beyond the weights")
+
+    return (
+        f"{n_active} active features, {n:,} nodes: adjacency {mb(adjacency)}, rows {mb(rows)}, "
+        f"pass on {b} prompt copies ~{mb(passes)}; about {mb(adjacency + rows + passes)} beyond the weights"
+    )

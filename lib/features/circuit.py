@@ -39,16 +39,28 @@ class NodeEffects:
             for q in range(f.shape[0]):
                 at = "" if self.aggregation == "sum" else f"@{position_name(-q)}"
                 for i in np.flatnonzero(f[q]):
-                    rows.append({"site": site, "node": f"{site}/f{i}{at}", "feature": int(i), "position": at[1:],
-                                 "effect": float(f[q, i])})
-                rows.append({"site": site, "node": f"{site}/err{at}", "feature": -1, "position": at[1:],
-                             "effect": float(e[q])})
+                    rows.append(
+                        {
+                            "site": site,
+                            "node": f"{site}/f{i}{at}",
+                            "feature": int(i),
+                            "position": at[1:],
+                            "effect": float(f[q, i]),
+                        }
+                    )
+                rows.append(
+                    {"site": site, "node": f"{site}/err{at}", "feature": -1, "position": at[1:], "effect": float(e[q])}
+                )
         return rows
 
     def magnitudes(self) -> np.ndarray:
         """|effect| of every node, features and errors, flattened (for thresholds and sizes)."""
-        return np.concatenate([np.abs(np.r_[self.features[s].cpu().numpy().ravel(), self.errors[s].cpu().numpy().ravel()])
-                               for s in self.features])
+        return np.concatenate(
+            [
+                np.abs(np.r_[self.features[s].cpu().numpy().ravel(), self.errors[s].cpu().numpy().ravel()])
+                for s in self.features
+            ]
+        )
 
 
 class Accumulator:
@@ -85,8 +97,9 @@ class Accumulator:
         return NodeEffects(self.aggregation, features, errors)
 
 
-def keep_masks(nodes: NodeEffects, threshold: float, data, drop_errors: bool = False,
-               chosen: dict | None = None) -> dict:
+def keep_masks(
+    nodes: NodeEffects, threshold: float, data, drop_errors: bool = False, chosen: dict | None = None
+) -> dict:
     """Per-prompt keep masks (lib.features.ablate) of the circuit of nodes with |effect| >= threshold (or of
     `chosen`: {site: (feature mask [Q, d_sae], error mask [Q])}), for data's prompts."""
     n, p = data.clean.shape
@@ -99,16 +112,18 @@ def keep_masks(nodes: NodeEffects, threshold: float, data, drop_errors: bool = F
         if drop_errors:
             e_keep = torch.zeros_like(e_keep)
         if nodes.aggregation == "sum":
-            out[site] = {"features": f_keep[0][None, None].expand(n, p, -1).clone(),
-                         "error": e_keep[0].expand(n, p).clone()}
+            out[site] = {
+                "features": f_keep[0][None, None].expand(n, p, -1).clone(),
+                "error": e_keep[0].expand(n, p).clone(),
+            }
         else:
             features = torch.zeros(n, p, f_keep.shape[-1], dtype=torch.bool)
             error = torch.zeros(n, p, dtype=torch.bool)
             for i in range(n):
                 length = int(data.lengths[i])
                 q = min(length, f_keep.shape[0])
-                features[i, length - q:length] = f_keep[:q].flip(0)
-                error[i, length - q:length] = e_keep[:q].flip(0)
+                features[i, length - q : length] = f_keep[:q].flip(0)
+                error[i, length - q : length] = e_keep[:q].flip(0)
             out[site] = {"features": features, "error": error}
     return out
 
@@ -122,8 +137,10 @@ def random_choice(nodes: NodeEffects, size: int, rng: np.random.Generator) -> di
     out, start = {}, 0
     for s, f_shape, e_shape in shapes:
         nf, ne = int(np.prod(f_shape)), int(np.prod(e_shape))
-        out[s] = (torch.from_numpy(picked[start:start + nf].reshape(f_shape)),
-                  torch.from_numpy(picked[start + nf:start + nf + ne].reshape(e_shape)))
+        out[s] = (
+            torch.from_numpy(picked[start : start + nf].reshape(f_shape)),
+            torch.from_numpy(picked[start + nf : start + nf + ne].reshape(e_shape)),
+        )
         start += nf + ne
     return out
 

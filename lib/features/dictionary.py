@@ -69,26 +69,34 @@ class Dictionary:
     def check(self, where: str) -> None:
         """The tensors and the config agree (shapes, architecture, k); one UserError line otherwise."""
         if self.architecture not in ARCHITECTURES:
-            raise UserError(f"dictionary {where}: architecture {self.architecture!r} is not supported "
-                            f"({', '.join(ARCHITECTURES)})")
+            raise UserError(
+                f"dictionary {where}: architecture {self.architecture!r} is not supported ({', '.join(ARCHITECTURES)})"
+            )
         if self.architecture == "topk" and not (isinstance(self.k, int) and 0 < self.k <= self.d_sae):
             raise UserError(f"dictionary {where}: a topk dictionary needs an integer k in 1..d_sae (got {self.k!r})")
         norm = self.cfg.get("normalize_activations", "none") or "none"
         if norm != "none":
             raise UserError(f"dictionary {where}: normalize_activations {norm!r} is not supported (only none)")
-        shapes = {"W_enc": (self.d_in, self.d_sae), "W_dec": (self.d_sae, self.d_out), "b_enc": (self.d_sae,),
-                  "b_dec": (self.d_out,)}
+        shapes = {
+            "W_enc": (self.d_in, self.d_sae),
+            "W_dec": (self.d_sae, self.d_out),
+            "b_enc": (self.d_sae,),
+            "b_dec": (self.d_out,),
+        }
         for name, shape in shapes.items():
             if tuple(getattr(self, name).shape) != shape:
-                raise UserError(f"dictionary {where}: {name} has shape {tuple(getattr(self, name).shape)}, "
-                                f"expected {shape}")
+                raise UserError(
+                    f"dictionary {where}: {name} has shape {tuple(getattr(self, name).shape)}, expected {shape}"
+                )
         declared = {"d_in": self.d_in, "d_sae": self.d_sae, "d_out": self.d_out}
         for key, value in declared.items():
             if key in self.cfg and self.cfg[key] != value:
                 raise UserError(f"dictionary {where}: cfg.json says {key} = {self.cfg[key]}, its weights have {value}")
         if self.kind == "sae" and self.d_in != self.d_out:
-            raise UserError(f"dictionary {where}: an SAE reads and writes one activation, but d_in {self.d_in} != "
-                            f"d_out {self.d_out} (a transcoder names hook_name_out)")
+            raise UserError(
+                f"dictionary {where}: an SAE reads and writes one activation, but d_in {self.d_in} != "
+                f"d_out {self.d_out} (a transcoder names hook_name_out)"
+            )
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activations [..., d_sae] of the input activation x [..., d_in]."""
@@ -112,7 +120,7 @@ class Dictionary:
         """Reconstruction [..., d_out] of feature activations f [..., d_sae]."""
         return f @ self.W_dec + self.b_dec
 
-    def to(self, device=None, dtype=None) -> "Dictionary":
+    def to(self, device=None, dtype=None) -> Dictionary:
         moved = {n: getattr(self, n).to(device=device, dtype=dtype) for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
         return Dictionary(dict(self.cfg), **moved)
 
@@ -126,5 +134,6 @@ def identity_dictionary(like: Dictionary) -> Dictionary:
         cfg["hook_name"] = cfg.pop("hook_name_out")
     eye = torch.eye(d, dtype=like.W_dec.dtype, device=like.W_dec.device)
     zeros = torch.zeros(d, dtype=like.W_dec.dtype, device=like.W_dec.device)
-    return Dictionary({**cfg, "architecture": "identity", "apply_b_dec_to_input": False}, eye, eye.clone(), zeros,
-                      zeros.clone())
+    return Dictionary(
+        {**cfg, "architecture": "identity", "apply_b_dec_to_input": False}, eye, eye.clone(), zeros, zeros.clone()
+    )

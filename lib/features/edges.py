@@ -22,7 +22,7 @@ from lib.features.effects import effects_of, writing
 def site_layer(site: str) -> tuple[str, int]:
     """'resid3' -> ('resid', 3); 'embed' -> ('embed', -1)."""
     kind = site.rstrip("0123456789")
-    return kind, int(site[len(kind):]) if site != "embed" else -1
+    return kind, int(site[len(kind) :]) if site != "embed" else -1
 
 
 def upstream_of(site: str, present: set, parallel: bool = False) -> list[str]:
@@ -32,19 +32,32 @@ def upstream_of(site: str, present: set, parallel: bool = False) -> list[str]:
         return []
     previous = "embed" if layer == 0 else f"resid{layer - 1}"
     mlp = [s for s in (f"mlp{layer}", f"tc{layer}") if s in present]
-    candidates = {"attn": [previous], "mlp": [previous] + ([] if parallel else [f"attn{layer}"]),
-                  "resid": [previous, f"attn{layer}"] + mlp}
+    candidates = {
+        "attn": [previous],
+        "mlp": [previous] + ([] if parallel else [f"attn{layer}"]),
+        "resid": [previous, f"attn{layer}"] + mlp,
+    }
     candidates["tc"] = candidates["mlp"]
     return [s for s in candidates.get(kind, []) if s in present]
 
 
-def edge_effects(model, dictionaries: dict, data, downstream: dict, upstream_nodes: dict, clean: dict,
-                 patched: dict, grads: dict, parallel: bool = False) -> list[dict]:
+def edge_effects(
+    model,
+    dictionaries: dict,
+    data,
+    downstream: dict,
+    upstream_nodes: dict,
+    clean: dict,
+    patched: dict,
+    grads: dict,
+    parallel: bool = False,
+) -> list[dict]:
     """Rows {downstream, upstream, effect} (mean over prompts of the position-summed effect) for each downstream
     node in `downstream` ({site: (feature indices, include error)}) and each upstream node of its upstream sites
     kept in `upstream_nodes` ({site: (feature mask [d_sae] bool, error kept)}). clean/patched: node states;
     grads: folded gradients."""
-    from lib.features.splice import at_output, site as site_of
+    from lib.features.splice import at_output
+    from lib.features.splice import site as site_of
 
     by_site = {site_of(d): d for d in dictionaries.values()}
     tokens = data.clean.to(model.device)
@@ -60,15 +73,18 @@ def edge_effects(model, dictionaries: dict, data, downstream: dict, upstream_nod
             target = by_site[d_site]
             for s, dd in by_site.items():
                 if s in sources:  # the upstream sites: their nodes as leaves
-                    leaves[s] = (clean[s]["features"].clone().requires_grad_(True),
-                                 clean[s]["error"].clone().requires_grad_(True))
+                    leaves[s] = (
+                        clean[s]["features"].clone().requires_grad_(True),
+                        clean[s]["error"].clone().requires_grad_(True),
+                    )
                     hooks.append((dd.hook_name_out, writing(dd, *leaves[s])))
                 elif s != d_site and dd.hook_name_out not in (target.hook_name, target.hook_name_out):
                     hooks.append((dd.hook_name_out, _stopped))  # held at its value: no gradient through it
 
-            def capture(source, x):
+            def capture(source, x, captured=captured):
                 captured["x"], captured["out"] = source, x
                 return x
+
             hooks += at_output(target, capture)
             with torch.enable_grad():
                 model.bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, stop_before_unembedding()])
@@ -85,12 +101,15 @@ def edge_effects(model, dictionaries: dict, data, downstream: dict, upstream_nod
                 keep_f, keep_e = upstream_nodes.get(s, (None, False))
                 through = effects_of(f.grad, e.grad, clean[s], patched[s], real)  # per prompt and position
                 if keep_f is not None:
-                    per_feature = through["features"].sum(1).mean(0)  # [d_sae]: summed over positions, mean over prompts
+                    per_feature = (
+                        through["features"].sum(1).mean(0)
+                    )  # [d_sae]: summed over positions, mean over prompts
                     for j in torch.nonzero(keep_f).flatten().tolist():
                         rows.append({"downstream": name_d, "upstream": f"{s}/f{j}", "effect": float(per_feature[j])})
                 if keep_e:
-                    rows.append({"downstream": name_d, "upstream": f"{s}/err",
-                                 "effect": float(through["error"].sum(1).mean(0))})
+                    rows.append(
+                        {"downstream": name_d, "upstream": f"{s}/err", "effect": float(through["error"].sum(1).mean(0))}
+                    )
     return rows
 
 

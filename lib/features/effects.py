@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from lib.core.choices import FEATURE_METHODS as METHODS, FEATURE_PATCHES as PATCHES
+from lib.core.choices import FEATURE_METHODS as METHODS
+from lib.core.choices import FEATURE_PATCHES as PATCHES
 from lib.core.forward import stop_before_unembedding, unembed_at
 from lib.core.metrics import data_metric
 
@@ -26,8 +27,9 @@ def node_states(model, dictionaries: dict, tokens: torch.Tensor) -> dict:
 
     store = {}
     with torch.no_grad():
-        model.bridge.run_with_hooks(tokens, fwd_hooks=[*splice_hooks(dictionaries, store=store),
-                                                       stop_before_unembedding()])
+        model.bridge.run_with_hooks(
+            tokens, fwd_hooks=[*splice_hooks(dictionaries, store=store), stop_before_unembedding()]
+        )
     return {site: {k: v.detach() for k, v in parts.items()} for site, parts in store.items()}
 
 
@@ -44,8 +46,10 @@ def _metric(model, data, resid: torch.Tensor) -> torch.Tensor:
 
 def writing(site_dict, features: torch.Tensor, error: torch.Tensor):
     """A forward hook writing decode(features) + error at the site's output (a transcoder's output too)."""
+
     def hook(x, hook):
         return (site_dict.decode(features) + error).to(x.dtype)
+
     return hook
 
 
@@ -53,9 +57,11 @@ def _folded(site_dict, features: torch.Tensor, error: torch.Tensor):
     """The site's output as the model computes it (its value is x itself), with gradients reaching the clean
     features and error (leaves) through decode(features) + error and passing to x unchanged, as Marks et al.'s
     all-folded attribution sets them (x.grad = x_recon.grad: every site is the identity on the way back)."""
+
     def hook(x, hook):
         reconstruction = site_dict.decode(features).to(x.dtype)
         return x + (reconstruction - reconstruction.detach()) + (error.to(x.dtype) - error.detach().to(x.dtype))
+
     return hook
 
 
@@ -75,16 +81,20 @@ def folded_gradients(model, dictionaries: dict, data, clean: dict) -> dict:
     return {s: (f.grad, e.grad) for s, (f, e) in leaves.items()}
 
 
-def node_effects(model, dictionaries: dict, data, method: str = "attrib", patch: str = "corrupted",
-                 steps: int = 10) -> dict:
+def node_effects(
+    model, dictionaries: dict, data, method: str = "attrib", patch: str = "corrupted", steps: int = 10
+) -> dict:
     """{site: {"features": [N, P, d_sae], "error": [N, P]}} effects on the task metric of one batch (data)."""
 
     if method not in METHODS or patch not in PATCHES:
         raise ValueError(f"method {method!r} / patch {patch!r}: choose from {METHODS} / {PATCHES}")
     clean = node_states(model, dictionaries, data.clean.to(model.device))
     patched = patch_states(model, dictionaries, data, patch, clean)
-    grads = folded_gradients(model, dictionaries, data, clean) if method == "attrib" else \
-        ig_gradients(model, dictionaries, data, clean, patched, steps)
+    grads = (
+        folded_gradients(model, dictionaries, data, clean)
+        if method == "attrib"
+        else ig_gradients(model, dictionaries, data, clean, patched, steps)
+    )
     real = data.real.to(model.device)
     return {s: effects_of(grad_f, grad_e, clean[s], patched[s], real) for s, (grad_f, grad_e) in grads.items()}
 
@@ -104,8 +114,9 @@ def ig_gradients(model, dictionaries: dict, data, clean: dict, patched: dict, st
             f = ((1 - alpha) * clean[s]["features"] + alpha * patched[s]["features"]).requires_grad_(True)
             e = ((1 - alpha) * clean[s]["error"] + alpha * patched[s]["error"]).requires_grad_(True)
             with torch.enable_grad():
-                resid = model.bridge.run_with_hooks(tokens, fwd_hooks=[(d.hook_name_out, writing(d, f, e)),
-                                                                      stop_before_unembedding()])
+                resid = model.bridge.run_with_hooks(
+                    tokens, fwd_hooks=[(d.hook_name_out, writing(d, f, e)), stop_before_unembedding()]
+                )
                 _metric(model, data, resid).sum().backward()
             grads_f, grads_e = grads_f + f.grad, grads_e + e.grad
         out[s] = (grads_f / steps, grads_e / steps)

@@ -12,8 +12,16 @@ from lib.core.errors import UserError
 
 WEIGHTS, CONFIG = "sae_weights.safetensors", "cfg.json"
 TENSORS = ("W_enc", "W_dec", "b_enc", "b_dec")
-DTYPES = {"float32": "float32", "torch.float32": "float32", "float64": "float64", "torch.float64": "float64",
-          "float16": "float16", "torch.float16": "float16", "bfloat16": "bfloat16", "torch.bfloat16": "bfloat16"}
+DTYPES = {
+    "float32": "float32",
+    "torch.float32": "float32",
+    "float64": "float64",
+    "torch.float64": "float64",
+    "float16": "float16",
+    "torch.float16": "float16",
+    "bfloat16": "bfloat16",
+    "torch.bfloat16": "bfloat16",
+}
 METADATA = ("model_name", "hook_name", "hook_name_out", "hook_head_index", "prepend_bos")
 
 
@@ -49,8 +57,9 @@ def read(folder: Path):
     except FileNotFoundError:
         raise UserError(f"dictionary {folder} has no {WEIGHTS}") from None
     except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"dictionary {folder}: {WEIGHTS} is not a readable safetensors file "
-                        f"({' '.join(str(e).split())[:200]})") from None
+        raise UserError(
+            f"dictionary {folder}: {WEIGHTS} is not a readable safetensors file ({' '.join(str(e).split())[:200]})"
+        ) from None
     missing = [n for n in TENSORS if n not in tensors]
     if missing:
         raise UserError(f"dictionary {folder}: {WEIGHTS} has no {', '.join(missing)}")
@@ -65,9 +74,15 @@ def write(folder: Path, dictionary) -> None:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = {**dictionary.cfg, "d_in": dictionary.d_in, "d_sae": dictionary.d_sae, "d_out": dictionary.d_out,
-           "dtype": str(dictionary.W_enc.dtype).removeprefix("torch."), "normalize_activations": "none",
-           "apply_b_dec_to_input": dictionary.kind == "sae" and dictionary.cfg.get("apply_b_dec_to_input", True)}
+    cfg = {
+        **dictionary.cfg,
+        "d_in": dictionary.d_in,
+        "d_sae": dictionary.d_sae,
+        "d_out": dictionary.d_out,
+        "dtype": str(dictionary.W_enc.dtype).removeprefix("torch."),
+        "normalize_activations": "none",
+        "apply_b_dec_to_input": dictionary.kind == "sae" and dictionary.cfg.get("apply_b_dec_to_input", True),
+    }
     cfg["metadata"] = {k: cfg[k] for k in METADATA if cfg.get(k) is not None}
     save_file({n: getattr(dictionary, n).contiguous() for n in TENSORS}, str(folder / WEIGHTS))
     (folder / CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
@@ -116,8 +131,9 @@ def check_against(dictionaries: dict, model) -> None:
     for name, d in dictionaries.items():
         for what, hook, width in (("d_in", d.hook_name, d.d_in), ("d_out", d.hook_name_out, d.d_out)):
             if widths.get(hook) != width:
-                raise UserError(f"dictionary {name}: {what} is {width}, but {hook} is {widths.get(hook)} wide in "
-                                f"model {model.name}")
+                raise UserError(
+                    f"dictionary {name}: {what} is {width}, but {hook} is {widths.get(hook)} wide in model {model.name}"
+                )
 
 
 def resolve(spec: str) -> Path:
@@ -139,15 +155,18 @@ def resolve(spec: str) -> Path:
     from lib.core.model import hub_reachable
 
     if not hub_reachable():
-        raise UserError(f"cannot download dictionaries {spec!r} from the Hugging Face hub (offline or unreachable); "
-                        "run offline with --dictionaries toy or a local folder in SAELens's layout")
+        raise UserError(
+            f"cannot download dictionaries {spec!r} from the Hugging Face hub (offline or unreachable); "
+            "run offline with --dictionaries toy or a local folder in SAELens's layout"
+        )
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(spec, allow_patterns=[f"*{CONFIG}", f"*{WEIGHTS}"]))
     except Exception as e:  # noqa: BLE001 - any failure of the hub is one line
-        raise UserError(f"cannot download dictionaries {spec!r} ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:200]})") from None
+        raise UserError(
+            f"cannot download dictionaries {spec!r} ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        ) from None
 
 
 def load_set(spec: str, model) -> dict:

@@ -21,6 +21,7 @@ def _final_at_end(model, tokens: torch.Tensor, hooks: list) -> torch.Tensor:
 
     def stop(x, hook):
         raise StopAtLayerException(x)
+
     with torch.no_grad():
         return model.bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, ("unembed.hook_in", stop)])[:, -1]
 
@@ -33,8 +34,9 @@ def clean_errors(model, tc, tokens: torch.Tensor) -> dict:
     return {l: state["errors"][l][None] for l in range(tc.n_layers)}
 
 
-def intervene(model, tc, tokens: torch.Tensor, edits: list, direction: torch.Tensor, frozen: bool,
-              errors: dict | None = None) -> torch.Tensor:
+def intervene(
+    model, tc, tokens: torch.Tensor, edits: list, direction: torch.Tensor, frozen: bool, errors: dict | None = None
+) -> torch.Tensor:
     """The metric direction's value [R] for each row's edits [(layer, position, feature, value), ...] (row r of
     the batch), clean errors constant (clean_errors, computed here unless given), attention and norms frozen or
     recomputed."""
@@ -54,6 +56,7 @@ def intervene(model, tc, tokens: torch.Tensor, edits: list, direction: torch.Ten
         f = f.clone()
         f[r, p, i] = v.to(f.dtype)
         return f
+
     hooks = replacement_hooks(tc, range(tc.n_layers), errors=errors, edit=edit)
     batch = tokens[None].expand(len(edits), -1)
     if frozen:
@@ -89,8 +92,9 @@ def predicted(graph, nodes: list[int], values: list[float]) -> tuple[float, floa
     return float(metric @ response), float(metric[nodes] @ delta[nodes])
 
 
-def intervention_rows(model, tc, graph, influence: torch.Tensor, node_mask: torch.Tensor, direction: torch.Tensor,
-                      n_top: int) -> list[dict]:
+def intervention_rows(
+    model, tc, graph, influence: torch.Tensor, node_mask: torch.Tensor, direction: torch.Tensor, n_top: int
+) -> list[dict]:
     """Ablate (0) and steer (x2) each of the pruned graph's n_top most influential features alone, and ablate
     them all together: the graph's predictions, the frozen and the real model's changes, and the gaps."""
     nf = graph.n_features
@@ -104,6 +108,7 @@ def intervention_rows(model, tc, graph, influence: torch.Tensor, node_mask: torc
 
     def edit_of(nodes, values):
         return [(*graph.active[graph.selected[i]].tolist(), v) for i, v in zip(nodes, values)]
+
     edits = [[]] + [edit_of(nodes, values) for _, nodes, values in cases]
     errors = clean_errors(model, tc, graph.tokens)
     frozen = intervene(model, tc, graph.tokens, edits, direction, frozen=True, errors=errors)
@@ -113,11 +118,22 @@ def intervention_rows(model, tc, graph, influence: torch.Tensor, node_mask: torc
         through, direct = predicted(graph, nodes, values)
         d_frozen, d_real = float(frozen[r] - frozen[0]), float(real[r] - real[0])
         names = " ".join("{0}_{2}_{1}".format(*graph.active[graph.selected[i]].tolist()) for i in nodes)
-        rows.append({"intervention": kind, "features": names, "n_features": len(nodes),
-                     "influence": float(influence[nodes].sum()), "predicted_direct": direct, "predicted_graph": through,
-                     "frozen": d_frozen, "real": d_real, "gap_linear": d_frozen - through,
-                     "gap_attention": d_real - d_frozen, "gap": d_real - through,
-                     "baseline_frozen_minus_model": float(frozen[0]) - graph.metric_value})
+        rows.append(
+            {
+                "intervention": kind,
+                "features": names,
+                "n_features": len(nodes),
+                "influence": float(influence[nodes].sum()),
+                "predicted_direct": direct,
+                "predicted_graph": through,
+                "frozen": d_frozen,
+                "real": d_real,
+                "gap_linear": d_frozen - through,
+                "gap_attention": d_real - d_frozen,
+                "gap": d_real - through,
+                "baseline_frozen_minus_model": float(frozen[0]) - graph.metric_value,
+            }
+        )
     return rows
 
 
@@ -143,8 +159,9 @@ def compounding(model, sets: dict, data, batch_size: int) -> dict:
     return out
 
 
-def sensitivity_rows(graph, weights: torch.Tensor, thresholds: list[float], default: float, default_pruned,
-                     edge_threshold: float) -> list[dict]:
+def sensitivity_rows(
+    graph, weights: torch.Tensor, thresholds: list[float], default: float, default_pruned, edge_threshold: float
+) -> list[dict]:
     """Scores, node and edge counts of the graph pruned at each node threshold, and the Jaccard index of its
     feature and error nodes against those at the default threshold (default_pruned: that pruning, already done)."""
     from lib.features.influence import prune
@@ -154,11 +171,19 @@ def sensitivity_rows(graph, weights: torch.Tensor, thresholds: list[float], defa
     base = set(default_pruned.node_mask[:n_fe].nonzero().flatten().tolist())
     rows = []
     for t in thresholds:
-        p = default_pruned if t == default else prune(graph.adjacency, weights, graph.n_features, graph.n_pos,
-                                                      graph.n_logits, t, edge_threshold)
+        p = (
+            default_pruned
+            if t == default
+            else prune(graph.adjacency, weights, graph.n_features, graph.n_pos, graph.n_logits, t, edge_threshold)
+        )
         kept = set(p.node_mask[:n_fe].nonzero().flatten().tolist())
-        rows.append({"node_threshold": t, **graph_scores(graph, weights, p, full),
-                     "jaccard_vs_default": len(kept & base) / len(kept | base) if kept | base else 1.0})  # both empty: equal
+        rows.append(
+            {
+                "node_threshold": t,
+                **graph_scores(graph, weights, p, full),
+                "jaccard_vs_default": len(kept & base) / len(kept | base) if kept | base else 1.0,
+            }
+        )  # both empty: equal
     return rows
 
 
@@ -167,10 +192,15 @@ def full_scores(graph, weights: torch.Tensor) -> dict:
     from lib.features.influence import scores
 
     s = graph.slices()
-    replacement, completeness = scores(graph.adjacency, weights, graph.n_features, s["error"].stop - s["error"].start,
-                                       graph.n_pos)
-    return {"replacement_full": replacement, "completeness_full": completeness, "features_full": graph.n_features,
-            "edges_full": int((graph.adjacency != 0).sum())}
+    replacement, completeness = scores(
+        graph.adjacency, weights, graph.n_features, s["error"].stop - s["error"].start, graph.n_pos
+    )
+    return {
+        "replacement_full": replacement,
+        "completeness_full": completeness,
+        "features_full": graph.n_features,
+        "edges_full": int((graph.adjacency != 0).sum()),
+    }
 
 
 def graph_scores(graph, weights: torch.Tensor, pruned, full: dict | None = None) -> dict:
@@ -180,13 +210,21 @@ def graph_scores(graph, weights: torch.Tensor, pruned, full: dict | None = None)
 
     s = graph.slices()
     full = full_scores(graph, weights) if full is None else full
-    part = scores(graph.adjacency * pruned.edge_mask, weights, graph.n_features, s["error"].stop - s["error"].start,
-                  graph.n_pos)
+    part = scores(
+        graph.adjacency * pruned.edge_mask, weights, graph.n_features, s["error"].stop - s["error"].start, graph.n_pos
+    )
     mask = pruned.node_mask
-    return {"replacement_full": full["replacement_full"], "completeness_full": full["completeness_full"],
-            "replacement_pruned": part[0], "completeness_pruned": part[1], "features_full": full["features_full"],
-            "features_pruned": int(mask[s["feature"]].sum()), "errors_pruned": int(mask[s["error"]].sum()),
-            "edges_full": full["edges_full"], "edges_pruned": int(pruned.edge_mask.sum())}
+    return {
+        "replacement_full": full["replacement_full"],
+        "completeness_full": full["completeness_full"],
+        "replacement_pruned": part[0],
+        "completeness_pruned": part[1],
+        "features_full": full["features_full"],
+        "features_pruned": int(mask[s["feature"]].sum()),
+        "errors_pruned": int(mask[s["error"]].sum()),
+        "edges_full": full["edges_full"],
+        "edges_pruned": int(pruned.edge_mask.sum()),
+    }
 
 
 def node_keys(graph, pruned) -> dict:
@@ -194,7 +232,7 @@ def node_keys(graph, pruned) -> dict:
     last position) so that prompts of different lengths align; error nodes have feature -1."""
     s = graph.slices()
     out = {}
-    for i in pruned.node_mask[:s["error"].stop].nonzero().flatten().tolist():
+    for i in pruned.node_mask[: s["error"].stop].nonzero().flatten().tolist():
         if i < s["feature"].stop:
             layer, pos, feat = graph.active[graph.selected[i]].tolist()
             key = ("feature", layer, feat, graph.n_pos - 1 - pos)
@@ -214,14 +252,20 @@ def mean_values(model, tc, data, batch_size: int) -> tuple[dict, dict]:
     sums_f, sums_e, count = {}, {}, torch.zeros(width, 1, device=model.device)
     for start in range(0, len(data), batch_size):
         batch = data.subset(slice(start, start + batch_size))
-        real = torch.nn.functional.pad(batch.real.to(model.device), (0, width - batch.clean.shape[1]))[..., None].float()
+        real = torch.nn.functional.pad(batch.real.to(model.device), (0, width - batch.clean.shape[1]))[
+            ..., None
+        ].float()
         store, errs = {}, {}
 
-        def keep_error(l, e):
+        def keep_error(l, e, errs=errs):
             errs[l] = e
             return e
-        _final_at_end(model, batch.corrupt.to(model.device),
-                      replacement_hooks(tc, range(tc.n_layers), errors="live", store=store, edit_error=keep_error))
+
+        _final_at_end(
+            model,
+            batch.corrupt.to(model.device),
+            replacement_hooks(tc, range(tc.n_layers), errors="live", store=store, edit_error=keep_error),
+        )
         count += real.sum(0)
         for l in range(tc.n_layers):
             pad = (0, 0, 0, width - store[l].shape[1])
@@ -267,11 +311,12 @@ def ablated_metric(model, tc, data, masks: tuple, means: tuple, batch_size: int)
         batch = data.subset(slice(start, start + batch_size))
         rows, p = slice(start, start + len(batch)), batch.clean.shape[1]
 
-        def edit(l, f):
+        def edit(l, f, rows=rows, p=p):
             return torch.where(keep_f[l][rows, :p].to(f.device), f, mean_f[l][:p].to(f.dtype))
 
-        def edit_error(l, e):
+        def edit_error(l, e, rows=rows, p=p):
             return torch.where(keep_e[l][rows, :p, None].to(e.device), e, mean_e[l][:p].to(e.dtype))
+
         hooks = replacement_hooks(tc, range(tc.n_layers), errors="live", edit=edit, edit_error=edit_error)
         logits = logits_at(model, batch.clean.to(model.device), batch.answer_pos.to(model.device), hooks=hooks)
         out.append(data_metric(logits, batch).cpu())

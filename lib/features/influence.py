@@ -50,7 +50,7 @@ def find_threshold(scores: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def logit_weights(n: int, logit_probs: torch.Tensor) -> torch.Tensor:
     w = torch.zeros(n, dtype=logit_probs.dtype)
-    w[n - len(logit_probs):] = logit_probs
+    w[n - len(logit_probs) :] = logit_probs
     return w
 
 
@@ -61,8 +61,15 @@ class Pruned(NamedTuple):
     influence: torch.Tensor  # [n] node influence
 
 
-def prune(adjacency: torch.Tensor, weights: torch.Tensor, n_features: int, n_tokens: int, n_logits: int,
-          node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Pruned:
+def prune(
+    adjacency: torch.Tensor,
+    weights: torch.Tensor,
+    n_features: int,
+    n_tokens: int,
+    n_logits: int,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+) -> Pruned:
     """circuit-tracer's prune_graph: nodes to node_threshold of cumulative influence (tokens and logits always
     kept), edges to edge_threshold of cumulative edge score, then features and errors without an outgoing edge
     and features without an incoming one dropped, repeatedly until nothing changes."""
@@ -72,7 +79,7 @@ def prune(adjacency: torch.Tensor, weights: torch.Tensor, n_features: int, n_tok
     fixed = n_logits + n_tokens  # tokens and logits, at the end
     infl = node_influence(adjacency, weights)
     node_mask = infl >= find_threshold(infl, node_threshold)
-    node_mask[n - fixed:] = True
+    node_mask[n - fixed :] = True
     pruned = adjacency.clone()
     pruned[~node_mask] = 0
     pruned[:, ~node_mask] = 0
@@ -83,7 +90,7 @@ def prune(adjacency: torch.Tensor, weights: torch.Tensor, n_features: int, n_tok
         old = node_mask.clone()
         edge_mask[~node_mask] = False
         edge_mask[:, ~node_mask] = False
-        node_mask[:n - fixed] &= edge_mask[:, :n - fixed].any(0)  # features and errors need an outgoing edge
+        node_mask[: n - fixed] &= edge_mask[:, : n - fixed].any(0)  # features and errors need an outgoing edge
         node_mask[:n_features] &= edge_mask[:n_features].any(1)  # features need an incoming edge
     ordered, index = torch.sort(infl, descending=True)
     cumulative = torch.zeros_like(infl)
@@ -98,7 +105,7 @@ def scores(adjacency: torch.Tensor, weights: torch.Tensor, n_features: int, n_er
     normalized = normalize(adjacency)
     infl = influence(normalized, weights)
     e0, e1 = n_features, n_features + n_errors
-    token_influence, error_influence = infl[e1:e1 + n_tokens].sum(), infl[e0:e1].sum()
+    token_influence, error_influence = infl[e1 : e1 + n_tokens].sum(), infl[e0:e1].sum()
     replacement = token_influence / (token_influence + error_influence)
     non_error = 1 - normalized[:, e0:e1].sum(-1)
     output = infl + weights
@@ -106,13 +113,14 @@ def scores(adjacency: torch.Tensor, weights: torch.Tensor, n_features: int, n_er
     return float(replacement), float(completeness)
 
 
-def partial_influence(rows: torch.Tensor, logit_probs: torch.Tensor, row_nodes: torch.Tensor, n: int,
-                      max_iter: int = 128) -> torch.Tensor:
+def partial_influence(
+    rows: torch.Tensor, logit_probs: torch.Tensor, row_nodes: torch.Tensor, n: int, max_iter: int = 128
+) -> torch.Tensor:
     """circuit-tracer's compute_partial_influences: influence on the logits through the rows computed so far
     (rows [r, width], row_nodes [r] the node each row is, logits numbered width..n-1)."""
     normalized = normalize(rows)
     prod = torch.zeros(n, dtype=rows.dtype, device=rows.device)
-    prod[n - len(logit_probs):] = logit_probs
+    prod[n - len(logit_probs) :] = logit_probs
     total = torch.zeros(rows.shape[1], dtype=rows.dtype, device=rows.device)
     for _ in range(max_iter):
         prod_cols = prod[row_nodes] @ normalized  # [width]
@@ -120,5 +128,5 @@ def partial_influence(rows: torch.Tensor, logit_probs: torch.Tensor, row_nodes: 
             return total
         total += prod_cols
         prod = torch.zeros(n, dtype=rows.dtype, device=rows.device)
-        prod[:rows.shape[1]] = prod_cols
+        prod[: rows.shape[1]] = prod_cols
     raise RuntimeError("partial influence did not converge")

@@ -19,13 +19,18 @@ from lib.core.errors import UserError
 
 def frozen_hook_names(model) -> list[str]:
     """The hooks whose values freeze attention and normalization: patterns, ln1/ln2 scales, the final norm's."""
-    names = [f"blocks.{l}.{h}" for l in range(model.n_layers) for h in ("attn.hook_pattern", "ln1.hook_scale",
-                                                                         "ln2.hook_scale")]
+    names = [
+        f"blocks.{l}.{h}"
+        for l in range(model.n_layers)
+        for h in ("attn.hook_pattern", "ln1.hook_scale", "ln2.hook_scale")
+    ]
     names.append("ln_final.hook_scale")
     missing = [n for n in names if n not in model.bridge.hook_dict]
     if missing:
-        raise UserError(f"model {model.name} has no hook {missing[0]}: attention and norms cannot be frozen for "
-                        "an attribution graph")
+        raise UserError(
+            f"model {model.name} has no hook {missing[0]}: attention and norms cannot be frozen for "
+            "an attribution graph"
+        )
     return names
 
 
@@ -53,10 +58,12 @@ def norms_through_hooks(model):
 def freeze_hooks(model, values: dict | None = None) -> list[tuple]:
     """Hooks freezing patterns and norm scales: detached (values None: gradients stop there), or replaced by a
     clean pass's values {hook: [1, ...]} broadcast over the batch."""
+
     def hook_for(name):
         if values is None:
             return lambda x, hook: x.detach()
         return lambda x, hook: values[name].to(x.dtype).expand_as(x)
+
     return [(n, hook_for(n)) for n in frozen_hook_names(model)]
 
 
@@ -79,6 +86,7 @@ def replacement_hooks(tc, layers, errors=None, edit=None, store: dict | None = N
     features, unedited = {}, {}
     hooks = []
     for l in layers:
+
         def read(x, hook, l=l):
             if l == layers[0]:
                 features.clear(), unedited.clear()  # a new pass
@@ -97,5 +105,6 @@ def replacement_hooks(tc, layers, errors=None, edit=None, store: dict | None = N
             elif errors is not None:
                 out = out + errors[l].to(x.dtype)
             return out
+
         hooks += [(tc.hooks_in[l], read), (tc.hooks_out[l], write)]
     return hooks

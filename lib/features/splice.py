@@ -11,8 +11,12 @@ import re
 
 import torch
 
-SITE_OF_HOOK = ((re.compile(r"blocks\.0\.hook_resid_pre"), "embed"), (re.compile(r"blocks\.(\d+)\.hook_attn_out"), "attn"),
-                (re.compile(r"blocks\.(\d+)\.hook_mlp_out"), "mlp"), (re.compile(r"blocks\.(\d+)\.hook_resid_post"), "resid"))
+SITE_OF_HOOK = (
+    (re.compile(r"blocks\.0\.hook_resid_pre"), "embed"),
+    (re.compile(r"blocks\.(\d+)\.hook_attn_out"), "attn"),
+    (re.compile(r"blocks\.(\d+)\.hook_mlp_out"), "mlp"),
+    (re.compile(r"blocks\.(\d+)\.hook_resid_post"), "resid"),
+)
 
 
 def site(dictionary) -> str:
@@ -42,8 +46,10 @@ def at_output(dictionary, replace) -> list[tuple]:
 
     def at_out(x, hook):
         return replace(inputs.pop("source") if dictionary.kind == "transcoder" else x, x)
-    return ([(dictionary.hook_name, capture)] if dictionary.kind == "transcoder" else []) + \
-        [(dictionary.hook_name_out, at_out)]
+
+    return ([(dictionary.hook_name, capture)] if dictionary.kind == "transcoder" else []) + [
+        (dictionary.hook_name_out, at_out)
+    ]
 
 
 def splice_hooks(dictionaries: dict, with_error: bool = True, store: dict | None = None) -> list[tuple]:
@@ -52,6 +58,7 @@ def splice_hooks(dictionaries: dict, with_error: bool = True, store: dict | None
     and error [B, P, d_out]."""
     hooks = []
     for d in dictionaries.values():
+
         def replace(source, x, _d=d):
             features = _d.encode(source)
             reconstruction = _d.decode(features).to(x.dtype)
@@ -59,6 +66,7 @@ def splice_hooks(dictionaries: dict, with_error: bool = True, store: dict | None
             if store is not None:
                 store[site(_d)] = {"features": features, "error": error}
             return reconstruction + error if with_error else reconstruction
+
         hooks += at_output(d, replace)
     return hooks
 

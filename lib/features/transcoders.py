@@ -77,11 +77,22 @@ class TranscoderSet:
                 out = out + f.to(self.W_dec[source].dtype) @ self.W_dec[source][:, layer - source]
         return out
 
-    def to(self, device=None, dtype=None) -> "TranscoderSet":
+    def to(self, device=None, dtype=None) -> TranscoderSet:
         move = lambda ts: [t.to(device=device, dtype=dtype) for t in ts]  # noqa: E731
-        return TranscoderSet(self.kind, self.name, self.hooks_in, self.hooks_out, move(self.W_enc), move(self.b_enc),
-                             move(self.W_dec), self.b_dec.to(device=device, dtype=dtype), self.architecture, self.k,
-                             None if self.threshold is None else move(self.threshold), dict(self.cfg))
+        return TranscoderSet(
+            self.kind,
+            self.name,
+            self.hooks_in,
+            self.hooks_out,
+            move(self.W_enc),
+            move(self.b_enc),
+            move(self.W_dec),
+            self.b_dec.to(device=device, dtype=dtype),
+            self.architecture,
+            self.k,
+            None if self.threshold is None else move(self.threshold),
+            dict(self.cfg),
+        )
 
 
 def from_dictionaries(dictionaries: dict, n_layers: int, where: str) -> TranscoderSet:
@@ -91,25 +102,42 @@ def from_dictionaries(dictionaries: dict, n_layers: int, where: str) -> Transcod
 
     by_layer = {}
     for name, d in dictionaries.items():
-        m = re.fullmatch(r"blocks\.(\d+)\.hook_mlp_out", d.hook_name_out) if getattr(d, "kind", "") == "transcoder" else None
+        m = (
+            re.fullmatch(r"blocks\.(\d+)\.hook_mlp_out", d.hook_name_out)
+            if getattr(d, "kind", "") == "transcoder"
+            else None
+        )
         if m:
             by_layer.setdefault(int(m.group(1)), []).append(name)
     doubled = {l: n for l, n in by_layer.items() if len(n) > 1}
     if doubled:
         l, names = min(doubled.items())
-        raise UserError(f"--dictionaries {where}: layer {l} has {len(names)} transcoders ({', '.join(names)}); "
-                        "a replacement model takes one per layer")
+        raise UserError(
+            f"--dictionaries {where}: layer {l} has {len(names)} transcoders ({', '.join(names)}); "
+            "a replacement model takes one per layer"
+        )
     if sorted(by_layer) != list(range(n_layers)):
         covered = ", ".join(map(str, sorted(by_layer))) or "none"
-        raise UserError(f"--dictionaries {where}: per-layer transcoders cover layers {covered} of {n_layers}; "
-                        "an attribution graph replaces every MLP (one transcoder writing blocks.l.hook_mlp_out per layer)")
+        raise UserError(
+            f"--dictionaries {where}: per-layer transcoders cover layers {covered} of {n_layers}; "
+            "an attribution graph replaces every MLP (one transcoder writing blocks.l.hook_mlp_out per layer)"
+        )
     ds = [dictionaries[by_layer[l][0]] for l in range(n_layers)]
     archs = {d.architecture for d in ds}
     if len(archs) > 1 or len({d.k for d in ds}) > 1:
         raise UserError(f"--dictionaries {where}: the per-layer transcoders mix architectures {sorted(archs)}")
-    return TranscoderSet("plt", "+".join(by_layer[l][0] for l in range(n_layers)), [d.hook_name for d in ds],
-                         [d.hook_name_out for d in ds], [d.W_enc for d in ds], [d.b_enc for d in ds],
-                         [d.W_dec[:, None] for d in ds], torch.stack([d.b_dec for d in ds]), ds[0].architecture, ds[0].k)
+    return TranscoderSet(
+        "plt",
+        "+".join(by_layer[l][0] for l in range(n_layers)),
+        [d.hook_name for d in ds],
+        [d.hook_name_out for d in ds],
+        [d.W_enc for d in ds],
+        [d.b_enc for d in ds],
+        [d.W_dec[:, None] for d in ds],
+        torch.stack([d.b_dec for d in ds]),
+        ds[0].architecture,
+        ds[0].k,
+    )
 
 
 def is_clt(folder: Path) -> bool:
@@ -128,13 +156,17 @@ def read_clt(folder: Path) -> TranscoderSet:
         try:
             cfg = json.loads((folder / CLT_CONFIG).read_text(encoding="utf-8-sig"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"transcoder {folder}: {CLT_CONFIG} is not readable JSON ({' '.join(str(e).split())})") from None
+            raise UserError(
+                f"transcoder {folder}: {CLT_CONFIG} is not readable JSON ({' '.join(str(e).split())})"
+            ) from None
     n_layers = 0
     while (folder / f"W_enc_{n_layers}.safetensors").is_file():
         n_layers += 1
     missing = [f"W_dec_{l}.safetensors" for l in range(n_layers) if not (folder / f"W_dec_{l}.safetensors").is_file()]
     if missing:
-        raise UserError(f"transcoder {folder}: missing {missing[0]} (circuit-tracer's CLT layout has one per W_enc file)")
+        raise UserError(
+            f"transcoder {folder}: missing {missing[0]} (circuit-tracer's CLT layout has one per W_enc file)"
+        )
     enc, dec = [], []
     try:
         for l in range(n_layers):
@@ -149,12 +181,27 @@ def read_clt(folder: Path) -> TranscoderSet:
         W_dec = [d[f"W_dec_{l}"] for l, d in enumerate(dec)]
     except KeyError as e:
         raise UserError(f"transcoder {folder}: no tensor {e.args[0]} (circuit-tracer's CLT layout)") from None
-    threshold = [e[f"threshold_{l}"] for l, e in enumerate(enc)] if all(f"threshold_{l}" in e for l, e in enumerate(enc)) else None
+    threshold = (
+        [e[f"threshold_{l}"] for l, e in enumerate(enc)]
+        if all(f"threshold_{l}" in e for l, e in enumerate(enc))
+        else None
+    )
     arch = cfg.get("architecture", "jumprelu" if threshold is not None else "standard")
     hook_in, hook_out = cfg.get("hook_name", CIRCUIT_TRACER_HOOKS[0]), cfg.get("hook_name_out", CIRCUIT_TRACER_HOOKS[1])
-    tc = TranscoderSet("clt", folder.name, [hook_in.format(layer=l) for l in range(n_layers)],
-                       [hook_out.format(layer=l) for l in range(n_layers)], W_enc, b_enc, W_dec, b_dec, arch,
-                       cfg.get("k"), threshold, cfg)
+    tc = TranscoderSet(
+        "clt",
+        folder.name,
+        [hook_in.format(layer=l) for l in range(n_layers)],
+        [hook_out.format(layer=l) for l in range(n_layers)],
+        W_enc,
+        b_enc,
+        W_dec,
+        b_dec,
+        arch,
+        cfg.get("k"),
+        threshold,
+        cfg,
+    )
     check(tc, str(folder))
     return tc
 
@@ -165,15 +212,20 @@ def check(tc: TranscoderSet, where: str) -> None:
     if L == 0:
         raise UserError(f"transcoder {where}: no layers")
     if tc.architecture not in ("topk", "standard", "jumprelu"):
-        raise UserError(f"transcoder {where}: architecture {tc.architecture!r} is not supported (topk, standard, jumprelu)")
+        raise UserError(
+            f"transcoder {where}: architecture {tc.architecture!r} is not supported (topk, standard, jumprelu)"
+        )
     if tc.architecture == "topk" and not (isinstance(tc.k, int) and 0 < tc.k <= tc.d_sae):
         raise UserError(f"transcoder {where}: a topk transcoder needs an integer k in 1..d_sae (got {tc.k!r})")
     if tc.architecture == "jumprelu" and tc.threshold is None:
         raise UserError(f"transcoder {where}: jumprelu needs threshold_l tensors")
     d_in, d_sae, d_out = tc.W_enc[0].shape[0], tc.d_sae, tc.b_dec.shape[1]
     for l in range(L):
-        want = {"W_enc": (tc.W_enc[l], (d_in, d_sae)), "b_enc": (tc.b_enc[l], (d_sae,)),
-                "W_dec": (tc.W_dec[l], (d_sae, (L - l) if tc.kind == "clt" else 1, d_out))}
+        want = {
+            "W_enc": (tc.W_enc[l], (d_in, d_sae)),
+            "b_enc": (tc.b_enc[l], (d_sae,)),
+            "W_dec": (tc.W_dec[l], (d_sae, (L - l) if tc.kind == "clt" else 1, d_out)),
+        }
         for name, (t, shape) in want.items():
             if tuple(t.shape) != shape:
                 raise UserError(f"transcoder {where}: layer {l}'s {name} has shape {tuple(t.shape)}, expected {shape}")
@@ -186,16 +238,28 @@ def write_clt(folder: Path, tc: TranscoderSet) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for l in range(tc.n_layers):
-        tensors = {f"W_enc_{l}": tc.W_enc[l].T.contiguous(), f"b_enc_{l}": tc.b_enc[l].contiguous(),
-                   f"b_dec_{l}": tc.b_dec[l].contiguous()}
+        tensors = {
+            f"W_enc_{l}": tc.W_enc[l].T.contiguous(),
+            f"b_enc_{l}": tc.b_enc[l].contiguous(),
+            f"b_dec_{l}": tc.b_dec[l].contiguous(),
+        }
         if tc.threshold is not None:
             tensors[f"threshold_{l}"] = tc.threshold[l].contiguous()
         save_file(tensors, str(folder / f"W_enc_{l}.safetensors"))
         save_file({f"W_dec_{l}": tc.W_dec[l].contiguous()}, str(folder / f"W_dec_{l}.safetensors"))
-    cfg = {**tc.cfg, "transcoder_type": "clt", "architecture": tc.architecture, "k": tc.k, "n_layers": tc.n_layers,
-           "d_in": tc.W_enc[0].shape[0], "d_sae": tc.d_sae, "d_out": tc.b_dec.shape[1],
-           "dtype": str(tc.b_dec.dtype).removeprefix("torch."),
-           "hook_name": hook_template(tc.hooks_in), "hook_name_out": hook_template(tc.hooks_out)}
+    cfg = {
+        **tc.cfg,
+        "transcoder_type": "clt",
+        "architecture": tc.architecture,
+        "k": tc.k,
+        "n_layers": tc.n_layers,
+        "d_in": tc.W_enc[0].shape[0],
+        "d_sae": tc.d_sae,
+        "d_out": tc.b_dec.shape[1],
+        "dtype": str(tc.b_dec.dtype).removeprefix("torch."),
+        "hook_name": hook_template(tc.hooks_in),
+        "hook_name_out": hook_template(tc.hooks_out),
+    }
     (folder / CLT_CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from lib.core.errors import UserError
 
-EAP_IG_CONVENTION = ("higher = more important (the EAP-IG library's and MIB's convention: attribution of the "
-                     "loss -metric); this suite's EAP scores are the negatives")
+EAP_IG_CONVENTION = (
+    "higher = more important (the EAP-IG library's and MIB's convention: attribution of the "
+    "loss -metric); this suite's EAP scores are the negatives"
+)
 
 
 def _no_duplicate_keys(path):
@@ -25,6 +27,7 @@ def _no_duplicate_keys(path):
             twice = next(k for k in keys if keys.count(k) > 1)
             raise UserError(f"circuit file {path}: key {twice!r} appears twice in one object")
         return dict(pairs)
+
     return hook
 
 
@@ -65,15 +68,20 @@ class Circuit:
 
     def to_json(self, graph) -> dict:
         mask = self.mask(graph)
-        return {"model": self.model, "task": self.task, "method": self.method, "params": self.params,
-                "nodes": graph.nodes_of(mask),
-                "edges": [{"edge": e, "score": self.edges[e]} for e in graph.edges_of(mask)]}
+        return {
+            "model": self.model,
+            "task": self.task,
+            "method": self.method,
+            "params": self.params,
+            "nodes": graph.nodes_of(mask),
+            "edges": [{"edge": e, "score": self.edges[e]} for e in graph.edges_of(mask)],
+        }
 
     def save(self, path: Path, graph) -> None:
         Path(path).write_text(json.dumps(self.to_json(graph), indent=1) + "\n")
 
     @classmethod
-    def read(cls, path: Path) -> "Circuit":
+    def read(cls, path: Path) -> Circuit:
         """Read a circuit JSON and check its form (before any model is loaded); every problem is one
         UserError line. Edge names are checked against a graph by load()."""
         obj = read_json(path)
@@ -85,19 +93,25 @@ class Circuit:
         for item in obj["edges"]:
             name = item.get("edge") if isinstance(item, dict) else item
             if not isinstance(name, str) or "->" not in name:
-                raise UserError(f"circuit file {path}: each edge must be a name 'source->receiver' or "
-                                "{'edge': name, 'score': x}")
+                raise UserError(
+                    f"circuit file {path}: each edge must be a name 'source->receiver' or {{'edge': name, 'score': x}}"
+                )
             if name in edges:
                 raise UserError(f"circuit file {path}: edge {name} is listed twice")
             edges[name] = _score(path, name, item.get("score") if isinstance(item, dict) else None)
         if not edges:
             raise UserError(f"circuit file {path} has no edges")
         params = obj.get("params", {})
-        return cls(str(obj.get("model", "?")), str(obj.get("task", "?")), str(obj.get("method", "?")),
-                   params if isinstance(params, dict) else {}, edges)
+        return cls(
+            str(obj.get("model", "?")),
+            str(obj.get("task", "?")),
+            str(obj.get("method", "?")),
+            params if isinstance(params, dict) else {},
+            edges,
+        )
 
     @classmethod
-    def from_eap_ig(cls, obj: dict, path) -> "Circuit":
+    def from_eap_ig(cls, obj: dict, path) -> Circuit:
         """A circuit in the EAP-IG library's graph JSON: {"cfg": {n_layers, n_heads, parallel_attn_mlp, ...},
         "nodes": {name: {"in_graph"}}, "edges": {name: {"score", "in_graph"}}}; the circuit is the edges with
         in_graph true (a JSON boolean), their scores negated into our convention (module docstring)."""
@@ -109,8 +123,10 @@ class Circuit:
             if not isinstance(info, dict) or "in_graph" not in info or "->" not in str(name):
                 raise UserError(f"circuit file {path}: EAP-IG edge {name!r} needs {{'score', 'in_graph'}}")
             if not isinstance(info["in_graph"], bool):
-                raise UserError(f"circuit file {path}: edge {name}'s in_graph is {info['in_graph']!r}; it must be "
-                                "true or false (a JSON boolean)")
+                raise UserError(
+                    f"circuit file {path}: edge {name}'s in_graph is {info['in_graph']!r}; it must be "
+                    "true or false (a JSON boolean)"
+                )
             if info["in_graph"]:
                 edges[name] = -_score(path, name, info.get("score"))
         if not edges:
@@ -119,7 +135,7 @@ class Circuit:
         return cls(str(model), "?", "eap-ig-json", {"format": "eap-ig", "cfg": cfg}, edges)
 
     @classmethod
-    def load(cls, path: Path, graph, model_name: str | None = None) -> "Circuit":
+    def load(cls, path: Path, graph, model_name: str | None = None) -> Circuit:
         """read() and check every edge against graph, and the file's model (where it names one) against the
         loaded model's name: a circuit of another model is refused, not silently applied."""
         from lib.core.graph import Graph
@@ -127,13 +143,20 @@ class Circuit:
         circuit = cls.read(path)
         cfg = circuit.params.get("cfg") if circuit.params.get("format") == "eap-ig" else None
         if cfg and (cfg["n_layers"], cfg["n_heads"], bool(cfg.get("parallel_attn_mlp"))) != (
-                graph.n_layers, graph.n_heads, graph.parallel):
+            graph.n_layers,
+            graph.n_heads,
+            graph.parallel,
+        ):
             other = Graph(cfg["n_layers"], cfg["n_heads"], bool(cfg.get("parallel_attn_mlp")))
-            raise UserError(f"circuit file {path}: an EAP-IG graph of a {other.describe()} model, not of this "
-                            f"{graph.describe()} one")
+            raise UserError(
+                f"circuit file {path}: an EAP-IG graph of a {other.describe()} model, not of this "
+                f"{graph.describe()} one"
+            )
         if model_name is not None and circuit.model not in ("?", model_name):
-            raise UserError(f"circuit file {path} was made for model {circuit.model!r}, not {model_name!r}; if it "
-                            f"applies to this model, set its \"model\" field to {model_name!r}")
+            raise UserError(
+                f"circuit file {path} was made for model {circuit.model!r}, not {model_name!r}; if it "
+                f'applies to this model, set its "model" field to {model_name!r}'
+            )
         for name in circuit.edges:
             try:
                 graph.edge_index(name)
@@ -152,7 +175,15 @@ def eap_ig_json(graph, keep, importance, d_model: int | None, model_name: str | 
         s, r = graph.edge_index(e)
         score = float(importance[s, r])
         edges[e] = {"score": score if score == score else 0.0, "in_graph": bool(keep[s, r])}
-    return {"cfg": {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "parallel_attn_mlp": graph.parallel,
-                    "d_model": d_model, "model_name": model_name, "score_convention": EAP_IG_CONVENTION},
-            "nodes": {n: {"in_graph": n in on_nodes} for n in graph.nodes},
-            "edges": edges}
+    return {
+        "cfg": {
+            "n_layers": graph.n_layers,
+            "n_heads": graph.n_heads,
+            "parallel_attn_mlp": graph.parallel,
+            "d_model": d_model,
+            "model_name": model_name,
+            "score_convention": EAP_IG_CONVENTION,
+        },
+        "nodes": {n: {"in_graph": n in on_nodes} for n in graph.nodes},
+        "edges": edges,
+    }

@@ -14,9 +14,15 @@ from lib.core.choices import ABLATIONS
 from lib.core.errors import UserError
 from lib.io.circuit_json import Circuit
 
-CircuitOpt = Annotated[str, typer.Option("--circuit", help="canonical | auto (canonical if published for this "
-                                          "task and model, else the smallest EAP-IG top-k circuit reaching "
-                                          "0.8 faithfulness on discovery prompts) | path to a circuit JSON")]
+CircuitOpt = Annotated[
+    str,
+    typer.Option(
+        "--circuit",
+        help="canonical | auto (canonical if published for this "
+        "task and model, else the smallest EAP-IG top-k circuit reaching "
+        "0.8 faithfulness on discovery prompts) | path to a circuit JSON",
+    ),
+]
 AblationOpt = Annotated[str, typer.Option("--ablation", help="resample | mean | zero")]
 AUTO_TARGET = 0.8
 AUTO_SEED_OFFSET = 7919  # discovery prompts come from another seed, and overlaps are dropped
@@ -50,38 +56,47 @@ def check_options(spec: str, ablation: str) -> None:
 
 def check_against_model(spec: str, model, graph, tasks: list[str]) -> None:
     """Fail before any work: a circuit file that does not fit the model, or no canonical circuit."""
-    from lib.core.circuits import canonical_circuit
+    from lib.methods.canonical import canonical_circuit
 
     if spec not in ("canonical", "auto"):
         Circuit.load(Path(spec), graph, model.name)
     elif spec == "canonical":
         for task in tasks:
             if canonical_circuit(task, graph, model.name) is None:
-                raise UserError(f"no canonical circuit is published for task {task} on model {model.name}; "
-                                "use --circuit auto or a circuit JSON")
+                raise UserError(
+                    f"no canonical circuit is published for task {task} on model {model.name}; "
+                    "use --circuit auto or a circuit JSON"
+                )
 
 
-def resolve_circuit(spec: str, model, graph, task: str, eval_data, seed: int, batch_size: int,
-                    ablation: str, progress_factory=None) -> ResolvedCircuit:
-    from lib.core.circuits import canonical_circuit
+def resolve_circuit(
+    spec: str, model, graph, task: str, eval_data, seed: int, batch_size: int, ablation: str, progress_factory=None
+) -> ResolvedCircuit:
+    from lib.methods.canonical import canonical_circuit
 
     if spec not in ("canonical", "auto"):
         circuit = Circuit.load(Path(spec), graph, model.name)
         keep = circuit.mask(graph)
-        return ResolvedCircuit(f"file:{Path(spec).name}", keep, {"source": str(spec), "method": circuit.method,
-                                                                   "circuit_task": circuit.task, "n_edges": int(keep.sum())})
+        return ResolvedCircuit(
+            f"file:{Path(spec).name}",
+            keep,
+            {"source": str(spec), "method": circuit.method, "circuit_task": circuit.task, "n_edges": int(keep.sum())},
+        )
     keep = canonical_circuit(task, graph, model.name)
     if keep is not None:
         label = "canonical" if spec == "canonical" else "auto:canonical"
         return ResolvedCircuit(label, keep, {"source": "canonical", "n_edges": int(keep.sum())})
     if spec == "canonical":
-        raise UserError(f"no canonical circuit is published for task {task} on model {model.name}; "
-                        "use --circuit auto or a circuit JSON")
+        raise UserError(
+            f"no canonical circuit is published for task {task} on model {model.name}; "
+            "use --circuit auto or a circuit JSON"
+        )
     return discover_auto(model, graph, task, eval_data, seed, batch_size, ablation, progress_factory)
 
 
-def discover_auto(model, graph, task: str, eval_data, seed: int, batch_size: int, ablation: str,
-                  progress_factory=None) -> ResolvedCircuit:
+def discover_auto(
+    model, graph, task: str, eval_data, seed: int, batch_size: int, ablation: str, progress_factory=None
+) -> ResolvedCircuit:
     """Smallest EAP-IG top-k circuit (k on a log grid) with normalized faithfulness >= 0.8 on discovery
     prompts disjoint from the evaluation prompts."""
     from lib.methods.eap import edge_scores
@@ -112,10 +127,24 @@ def discover_auto(model, graph, task: str, eval_data, seed: int, batch_size: int
             break
     if bar is not None:
         bar.close()
-    return ResolvedCircuit(f"auto:eap-ig-top{k}", keep, {
-        "source": "auto", "method": "eap-ig", "ig_steps": 5, "k": k, "n_edges": k, "reached_target": f >= AUTO_TARGET,
-        "target_faithfulness": AUTO_TARGET, "discovery_faithfulness": f, "n_discovery": len(discovery),
-        "discovery_seed": seed + AUTO_SEED_OFFSET, "ablation": ablation, "grid": tried})
+    return ResolvedCircuit(
+        f"auto:eap-ig-top{k}",
+        keep,
+        {
+            "source": "auto",
+            "method": "eap-ig",
+            "ig_steps": 5,
+            "k": k,
+            "n_edges": k,
+            "reached_target": f >= AUTO_TARGET,
+            "target_faithfulness": AUTO_TARGET,
+            "discovery_faithfulness": f,
+            "n_discovery": len(discovery),
+            "discovery_seed": seed + AUTO_SEED_OFFSET,
+            "ablation": ablation,
+            "grid": tried,
+        },
+    )
 
 
 @contextmanager
@@ -136,7 +165,16 @@ def resolve_with_progress(spec: str, model, graph, task: str, data, opts, ablati
     """resolve_circuit with progress bars, recording the circuit used in run.json."""
     from lib.io import progress
 
-    resolved = resolve_circuit(spec, model, graph, task, data, opts.seed, opts.batch_size, ablation,
-                               progress_factory=lambda n, d: progress.bar(n, d, "step"))
+    resolved = resolve_circuit(
+        spec,
+        model,
+        graph,
+        task,
+        data,
+        opts.seed,
+        opts.batch_size,
+        ablation,
+        progress_factory=lambda n, d: progress.bar(n, d, "step"),
+    )
     run.record["circuits"][task] = {"label": resolved.label, **resolved.info}
     return resolved

@@ -7,25 +7,34 @@ import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import typer
 
 from lib.core.errors import UserError
+from lib.io import argv as argv_
 from lib.io import interrupts, progress
+from lib.io.checks import check_at_least
 
 # typer vendors its own click: take its exception classes from a public typer name, not the click package
 _click_exceptions = sys.modules[typer.BadParameter.__module__]
 
-# Options that take several space-separated values (`--tasks ioi sva`); argv joins them with newlines (so
-# messages can echo what was typed, and a value may hold a comma or a space).
-VARIADIC = ("--tasks", "--thresholds", "--top-k", "--circuits", "--sites")
-
-TasksOpt = Annotated[str, typer.Option("--tasks", help="task names, space-separated, or 'all'; or task files "
-                                      "(text pairs, EAP-IG CSV, MIB task data: see README 'Your own task')")]
-TaskMetricOpt = Annotated[str, typer.Option("--task-metric", help="for tasks from files without a metric column: "
-                                           "logit_diff (default) | logit_minus_max | prob_diff")]
+TasksOpt = Annotated[
+    str,
+    typer.Option(
+        "--tasks",
+        help="task names, space-separated, or 'all'; or task files "
+        "(text pairs, EAP-IG CSV, MIB task data: see README 'Your own task')",
+    ),
+]
+TaskMetricOpt = Annotated[
+    str,
+    typer.Option(
+        "--task-metric",
+        help="for tasks from files without a metric column: logit_diff (default) | logit_minus_max | prob_diff",
+    ),
+]
 ModelOpt = Annotated[str, typer.Option("--model", help="gpt2 | gpt2-random | toy | a local HF directory | a hub name")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 | float16 | bfloat16 | float64")]
@@ -33,20 +42,46 @@ NPromptsOpt = Annotated[int, typer.Option("--n-prompts", help="prompts per task"
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="prompts per forward pass")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed for prompt generation and sampling")]
 OutOpt = Annotated[Path, typer.Option("--out", help="results root; each run gets results/<script>/<run-id>/")]
-NBootstrapOpt = Annotated[int, typer.Option("--n-bootstrap", help="bootstrap resamples for the 95% intervals "
-                                            "over prompts (seeded by --seed; 0: no intervals)")]
-ExportOpt = Annotated[str, typer.Option("--export", help="eap-ig: also write every circuit in the EAP-IG "
-                                       "library's graph JSON (the format of MIB submissions), as <name>.eap-ig.json")]
-EXPORTS = ("", "eap-ig")
-RowsPerPassOpt = Annotated[Optional[int], typer.Option(
-    "--rows-per-pass", help="prompt copies per forward pass when interventions share one (interventions x prompts); "
-                            "default 256 on a GPU, 32 on CPU (wider passes are slower per row there)")]
-DictionariesOpt = Annotated[str, typer.Option("--dictionaries", help="toy (the set shipped with the toy model) | a "
-                                              "local folder of dictionary folders (SAELens layout) | a hub repo id")]
+NBootstrapOpt = Annotated[
+    int,
+    typer.Option(
+        "--n-bootstrap",
+        help="bootstrap resamples for the 95% intervals over prompts (seeded by --seed; 0: no intervals)",
+    ),
+]
+ExportOpt = Annotated[
+    str,
+    typer.Option(
+        "--export",
+        help="eap-ig: also write every circuit in the EAP-IG "
+        "library's graph JSON (the format of MIB submissions), as <name>.eap-ig.json",
+    ),
+]
+RowsPerPassOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--rows-per-pass",
+        help="prompt copies per forward pass when interventions share one (interventions x prompts); "
+        "default 256 on a GPU, 32 on CPU (wider passes are slower per row there)",
+    ),
+]
+DictionariesOpt = Annotated[
+    str,
+    typer.Option(
+        "--dictionaries",
+        help="toy (the set shipped with the toy model) | a "
+        "local folder of dictionary folders (SAELens layout) | a hub repo id",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet/--no-quiet", help="no progress output (batch jobs)")]
-ResumeOpt = Annotated[Optional[Path], typer.Option(
-    "--resume", help="continue an interrupted run (<run-id>.interrupted, or a killed run's .staging-<run-id>) "
-    "with its own options; give no other option")]
+ResumeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume",
+        help="continue an interrupted run (<run-id>.interrupted, or a killed run's .staging-<run-id>) "
+        "with its own options; give no other option",
+    ),
+]
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding and every derived seed stay in range
 MAX_PROMPTS = 100_000  # more prompts per task than one run needs; a typo here would fill memory for minutes
 BOOTSTRAP_RANGE = (40, 100_000)  # under 40 none falls beyond the 2.5 % point; more cost memory (resamples x prompts)
@@ -67,11 +102,6 @@ class Common:
     out: Path
     n_bootstrap: int = 1000
     task_metric: str = ""  # for tasks from files (tasks/files.py)
-
-
-def typed(spec: str) -> str:
-    """A variadic option's value as the user typed it (its values joined by spaces)."""
-    return spec.replace("\n", " ")
 
 
 def parse_tasks(spec: str, task_metric: str = "") -> list[str]:
@@ -95,72 +125,28 @@ def parse_tasks(spec: str, task_metric: str = "") -> list[str]:
         names = list(TASK_NAMES)
     unknown = [n for n in names if n not in TASK_NAMES and n not in files.SOURCES]
     if unknown:
-        raise UserError(f"unknown task {', '.join(map(repr, unknown))}; valid tasks: {', '.join(TASK_NAMES)} or all, "
-                        "or a task file (.csv, .jsonl, .json, a folder of a hub dataset's files, mib:<dataset>)")
+        raise UserError(
+            f"unknown task {', '.join(map(repr, unknown))}; valid tasks: {', '.join(TASK_NAMES)} or all, "
+            "or a task file (.csv, .jsonl, .json, a folder of a hub dataset's files, mib:<dataset>)"
+        )
     if task_metric and not files.SOURCES:
         raise UserError("--task-metric applies to tasks from files only (the built-in tasks have their own metrics)")
     return list(dict.fromkeys(names))
 
 
-def parse_floats(spec: str, what: str) -> list[float]:
-    """Space- or comma-separated finite numbers (nan and inf are refused: every comparison with NaN is false)."""
-    try:
-        values = [float(s) for s in spec.replace(",", " ").split()]
-    except ValueError:
-        raise UserError(f"{what} must be numbers, got {typed(spec)!r}") from None
-    check_finite(what, *values)
-    return values
-
-
-def parse_ints(spec: str, what: str) -> list[int]:
-    """Space- or comma-separated integers."""
-    try:
-        return [int(s) for s in spec.replace(",", " ").split()]
-    except ValueError:
-        raise UserError(f"{what} must be whole numbers, got {typed(spec)!r}") from None
-
-
-def check_at_least(minimum: int, *options: tuple[str, int]) -> None:
-    """Each (option name, value) pair: the value must be at least minimum."""
-    for what, value in options:
-        if value < minimum:
-            raise UserError(f"{what} must be at least {minimum} (got {value})")
-
-
-def check_between(low: int, high: int, *options: tuple[str, int]) -> None:
-    """Each (option name, value): low <= value <= high. Upper bounds catch a typed extra digit before it fills
-    memory or runs for days; each is far above any published use."""
-    for what, value in options:
-        if not low <= value <= high:
-            raise UserError(f"{what} must be between {low:,} and {high:,} (got {value:,})")
-
-
-def check_edge_counts(graph, *options: tuple[str, int]) -> None:
-    """Each (option name, number of edges): at most the model's edges (checked once the model is loaded, before
-    any work; the same rule in every script)."""
-    for what, value in options:
-        if value > graph.n_edges:
-            raise UserError(f"{what} {value:,} is more than the model's {graph.n_edges:,} edges")
-
-
-def check_rows_per_pass(value: int | None) -> None:
-    if value is not None:
-        check_at_least(1, ("--rows-per-pass", value))
-
-
-def check_export(export: str) -> None:
-    if export not in EXPORTS:
-        raise UserError(f"unknown --export {export!r}; use eap-ig")
-
-
-def check_finite(what: str, *values: float | None) -> None:
-    for v in values:
-        if v is not None and not np.isfinite(v):
-            raise UserError(f"{what} must be a finite number, got {v}")
-
-
-def common(tasks: str, model: str, device: str, dtype: str, n_prompts: int, batch_size: int, seed: int,
-           out: Path, quiet: bool = False, n_bootstrap: int = 1000, task_metric: str = "") -> Common:
+def common(
+    tasks: str,
+    model: str,
+    device: str,
+    dtype: str,
+    n_prompts: int,
+    batch_size: int,
+    seed: int,
+    out: Path,
+    quiet: bool = False,
+    n_bootstrap: int = 1000,
+    task_metric: str = "",
+) -> Common:
     """Validate the shared options (before any model is loaded)."""
     from lib.core.choices import check_device_name, check_dtype_name, check_model_name
 
@@ -168,11 +154,15 @@ def common(tasks: str, model: str, device: str, dtype: str, n_prompts: int, batc
     if not 0 <= seed <= SEED_MAX:
         raise UserError(f"--seed must be between 0 and {SEED_MAX} (got {seed})")
     if n_prompts > MAX_PROMPTS:
-        raise UserError(f"--n-prompts must be at most {MAX_PROMPTS:,} (got {n_prompts:,}); split larger sets over seeds")
+        raise UserError(
+            f"--n-prompts must be at most {MAX_PROMPTS:,} (got {n_prompts:,}); split larger sets over seeds"
+        )
     low, high = BOOTSTRAP_RANGE
     if n_bootstrap != 0 and not low <= n_bootstrap <= high:
-        raise UserError(f"--n-bootstrap must be 0 (no intervals) or between {low} and {high:,} (got {n_bootstrap:,}): "
-                        f"fewer leave no resample beyond the 2.5 % and 97.5 % points")
+        raise UserError(
+            f"--n-bootstrap must be 0 (no intervals) or between {low} and {high:,} (got {n_bootstrap:,}): "
+            f"fewer leave no resample beyond the 2.5 % and 97.5 % points"
+        )
     names = parse_tasks(tasks, task_metric)
     check_model_name(model)
     check_device_name(device)
@@ -213,7 +203,7 @@ def check_argv(app: typer.Typer, argv: list[str]) -> str | None:
     command = typer.main.get_command(app)
     _check_only = True
     try:
-        command.main(args=_join_variadic(list(argv)), prog_name="check", standalone_mode=False)
+        command.main(args=argv_.join_variadic(list(argv)), prog_name="check", standalone_mode=False)
     except _Checked:
         return None
     except UserError as e:
@@ -239,8 +229,7 @@ def load_script(name: str):
 
 
 @contextmanager
-def experiment(script: str, opts: Common, resume: Path | None = None, headline: list | None = None,
-               **extra_options):
+def experiment(script: str, opts: Common, resume: Path | None = None, headline: list | None = None, **extra_options):
     """Load the model, open a run directory; on success the run's headline metrics (the script's HEADLINE,
     lib.io.headline) are written to headline.csv and the run is moved into place whole. An interrupted
     run (Ctrl-C, SIGTERM, SIGHUP) keeps its finished units of work for --resume."""
@@ -262,10 +251,14 @@ def experiment(script: str, opts: Common, resume: Path | None = None, headline: 
     except KeyboardInterrupt as e:
         where, name = run.suspend(), getattr(e, "name", "Ctrl-C")
         if where is None:
-            raise Suspended(f"interrupted by {name} before any unit of work finished; nothing was kept",
-                            interrupts.exit_code(e)) from None
-        raise Suspended(f"interrupted by {name}; finished work kept in {where}; continue with: "
-                        f"uv run python {script}.py --resume {where}", interrupts.exit_code(e)) from None
+            raise Suspended(
+                f"interrupted by {name} before any unit of work finished; nothing was kept", interrupts.exit_code(e)
+            ) from None
+        raise Suspended(
+            f"interrupted by {name}; finished work kept in {where}; continue with: "
+            f"uv run python {script}.py --resume {where}",
+            interrupts.exit_code(e),
+        ) from None
     except BaseException:
         if resume is None:
             run.abort()
@@ -292,59 +285,6 @@ def per_task(run, names, compute, key=str) -> dict:
     return results
 
 
-def split_equals(argv: list[str]) -> list[str]:
-    """`--name=value` -> `--name value` (click accepts both; --resume and the variadic options are read here)."""
-    out = []
-    for arg in argv:
-        out += arg.split("=", 1) if arg.startswith("--") and "=" in arg else [arg]
-    return out
-
-
-def _join_variadic(argv: list[str]) -> list[str]:
-    """`--tasks ioi sva` -> `--tasks "ioi\nsva"`; a variadic option followed by no value is refused."""
-    argv, out, i = split_equals(argv), [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in VARIADIC:
-            vals = []
-            while i + 1 < len(argv) and not (argv[i + 1].startswith("--") or argv[i + 1] in ("-h",)):
-                vals.append(argv[i + 1])
-                i += 1
-            if not vals:
-                after = f" (it was followed by {argv[i + 1]})" if i + 1 < len(argv) else ""
-                raise UserError(f"{arg} needs at least one value{after}")
-            out += [arg, "\n".join(vals)]
-        else:
-            out.append(arg)
-        i += 1
-    return out
-
-
-def _resume_argv(argv: list[str], script: str) -> tuple[list[str], str | None]:
-    """(arguments, resume dir): `--resume DIR` alone gives the interrupted run's own arguments and DIR."""
-    from lib.io.results import read_checkpoint
-
-    argv = split_equals(argv)
-    if "--resume" not in argv:
-        return argv, None
-    i = argv.index("--resume")
-    if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-        raise UserError("--resume needs the interrupted run's directory")
-    where, others = argv[i + 1], argv[:i] + argv[i + 2:]
-    if others:
-        raise UserError("--resume continues an interrupted run with its own options; give no other option "
-                        f"(got {' '.join(others)})")
-    return list(read_checkpoint(Path(where), script)["argv"]), where
-
-
-LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # every boundary str.splitlines knows
-
-
-def one_line(message: str) -> str:
-    """A refusal as one line: a line break typed inside a value (a path, a name) is shown escaped."""
-    return "".join(c.encode("unicode_escape").decode() if c in LINE_BREAKS else c for c in message)
-
-
 def guarded(prog: str, invoke, interrupted_note: str = "") -> None:
     """Run a typer command (invoke() returns its exit code) under the error policy: usage and input errors
     print one line and exit 2; Ctrl-C, SIGTERM and SIGHUP exit 128 + the signal number (130, 143, 129)."""
@@ -356,10 +296,10 @@ def guarded(prog: str, invoke, interrupted_note: str = "") -> None:
                     raise interrupts.last or KeyboardInterrupt
                 sys.exit(code)
         except UserError as e:
-            print(f"error: {one_line(str(e))}", file=sys.stderr)
+            print(f"error: {argv_.one_line(str(e))}", file=sys.stderr)
             sys.exit(2)
         except _click_exceptions.UsageError as e:
-            print(f"error: {one_line(e.format_message())} (see {prog} --help)", file=sys.stderr)
+            print(f"error: {argv_.one_line(e.format_message())} (see {prog} --help)", file=sys.stderr)
             sys.exit(2)
         except Suspended as e:
             print(f"error: {e}", file=sys.stderr)
@@ -377,8 +317,8 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> None:
 
     def invoke():
         global ARGV
-        ARGV, resume = _resume_argv(list(sys.argv[1:] if argv is None else argv), script)
-        args = _join_variadic(ARGV) + (["--resume", resume] if resume else [])
+        ARGV, resume = argv_.resume_argv(list(sys.argv[1:] if argv is None else argv), script)
+        args = argv_.join_variadic(ARGV) + (["--resume", resume] if resume else [])
         return command.main(args=args, prog_name=f"{script}.py", standalone_mode=False)
 
     guarded(f"{script}.py", invoke)
@@ -394,4 +334,3 @@ def task_builds(model, opts: Common, seed: int | None = None) -> dict:
 
     seed = opts.seed if seed is None else seed
     return {name: TASKS[name].build(model.tokenizer, opts.n_prompts, seed) for name in opts.tasks}
-

@@ -61,9 +61,22 @@ def circuit_figure(edges: list[Edge], n_layers: int, n_heads: int, title: str, s
         dst, kind = node_of(rcv)
         used |= {src, dst}
         p0, p1 = grid_position(src, n_layers, n_heads), grid_position(dst, n_layers, n_heads)
-        ax.add_patch(FancyArrowPatch(p0, p1, connectionstyle="arc3,rad=0.12", arrowstyle="-|>", mutation_scale=7,
-                                     lw=_width(score, top), ls=STYLES[kind], color=_colour(score), alpha=0.7,
-                                     shrinkA=5, shrinkB=5, zorder=2))
+        ax.add_patch(
+            FancyArrowPatch(
+                p0,
+                p1,
+                connectionstyle="arc3,rad=0.12",
+                arrowstyle="-|>",
+                mutation_scale=7,
+                lw=_width(score, top),
+                ls=STYLES[kind],
+                color=_colour(score),
+                alpha=0.7,
+                shrinkA=5,
+                shrinkB=5,
+                zorder=2,
+            )
+        )
     for node in used:
         x, y = grid_position(node, n_layers, n_heads)
         marker = "s" if node.startswith("m") else "D" if node in ("input", "logits") else "o"
@@ -73,8 +86,17 @@ def circuit_figure(edges: list[Edge], n_layers: int, n_heads: int, title: str, s
         elif node == "logits":  # above: every edge enters it from below
             ax.annotate(node, (x, y), xytext=(0, 8), textcoords="offset points", ha="center", va="bottom", fontsize=8)
         else:  # every node named, on a white ground above the edges
-            ax.annotate(node, (x, y), xytext=(0, -7), textcoords="offset points", ha="center", va="top", fontsize=5.5,
-                        zorder=4, bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
+            ax.annotate(
+                node,
+                (x, y),
+                xytext=(0, -7),
+                textcoords="offset points",
+                ha="center",
+                va="top",
+                fontsize=5.5,
+                zorder=4,
+                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85),
+            )
     ax.set_xticks(list(range(n_heads)) + [n_heads + 0.5], [str(h) for h in range(n_heads)] + ["MLP"])
     ax.set_yticks(range(n_layers))
     ax.set_xlim(-0.8, n_heads + 1.3)
@@ -83,13 +105,15 @@ def circuit_figure(edges: list[Edge], n_layers: int, n_heads: int, title: str, s
     ax.set_ylabel("layer")
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    handles = [Line2D([], [], color=POSITIVE, lw=2.5, label=f"{score_name} > 0"),
-               Line2D([], [], color=NEGATIVE, lw=2.5, label=f"{score_name} < 0"),
-               Line2D([], [], color="k", lw=MAX_WIDTH, label=f"|{score_name}| = {top:.3g}"),
-               Line2D([], [], color="k", lw=_width(top / 2, top), label=f"|{score_name}| = {top / 2:.3g}"),
-               Line2D([], [], color="k", lw=1.5, ls="-", label="into q (or MLP, logits)"),
-               Line2D([], [], color="k", lw=1.5, ls="--", label="into k"),
-               Line2D([], [], color="k", lw=1.5, ls=":", label="into v")]
+    handles = [
+        Line2D([], [], color=POSITIVE, lw=2.5, label=f"{score_name} > 0"),
+        Line2D([], [], color=NEGATIVE, lw=2.5, label=f"{score_name} < 0"),
+        Line2D([], [], color="k", lw=MAX_WIDTH, label=f"|{score_name}| = {top:.3g}"),
+        Line2D([], [], color="k", lw=_width(top / 2, top), label=f"|{score_name}| = {top / 2:.3g}"),
+        Line2D([], [], color="k", lw=1.5, ls="-", label="into q (or MLP, logits)"),
+        Line2D([], [], color="k", lw=1.5, ls="--", label="into k"),
+        Line2D([], [], color="k", lw=1.5, ls=":", label="into v"),
+    ]
     if any(not np.isfinite(s) for _, _, s in edges):
         handles.insert(2, Line2D([], [], color=UNSCORED, lw=2.5, label="no score"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
@@ -101,21 +125,27 @@ def circuit_dot(edges: list[Edge], n_layers: int, n_heads: int, title: str, scor
     """The same circuit as Graphviz DOT text: one rank per layer, inputs at the bottom, logits on top."""
     top = _top(edges)
     nodes = {"input", "logits"} | {s for s, _, _ in edges} | {node_of(r)[0] for _, r, _ in edges}
-    lines = ["digraph circuit {", f'  label="{title}"; labelloc=t; rankdir=BT; newrank=true;',
-             '  node [shape=circle, fontsize=10, width=0.5, fixedsize=true];',
-             '  input [shape=box]; logits [shape=box];']
+    lines = [
+        "digraph circuit {",
+        f'  label="{title}"; labelloc=t; rankdir=BT; newrank=true;',
+        "  node [shape=circle, fontsize=10, width=0.5, fixedsize=true];",
+        "  input [shape=box]; logits [shape=box];",
+    ]
     for layer in range(n_layers):
         members = [n for n in [f"a{layer}.h{h}" for h in range(n_heads)] + [f"m{layer}"] if n in nodes]
         if members:
-            lines.append("  { rank=same; " + " ".join(f'"{n}"{" [shape=box]" if n[0] == "m" else ""};'
-                                                        for n in members) + " }")
+            lines.append(
+                "  { rank=same; " + " ".join(f'"{n}"{" [shape=box]" if n[0] == "m" else ""};' for n in members) + " }"
+            )
     for src, rcv, score in edges:
         dst, kind = node_of(rcv)
         style = {"q": "solid", "k": "dashed", "v": "dotted", "": "solid"}[kind]
         label = f', label="{kind}"' if kind else ""
         value = f"{score:.6g}" if np.isfinite(score) else "none"
-        lines.append(f'  "{src}" -> "{dst}" [color="{_colour(score)}", penwidth={_width(score, top):.2f}, '
-                     f'style={style}{label}, tooltip="{score_name} {value}"];')
+        lines.append(
+            f'  "{src}" -> "{dst}" [color="{_colour(score)}", penwidth={_width(score, top):.2f}, '
+            f'style={style}{label}, tooltip="{score_name} {value}"];'
+        )
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -125,7 +155,7 @@ def site_row(site: str) -> float:
     residual stream."""
     if site == "embed":
         return 0.0
-    kind, layer = site.rstrip("0123456789"), int(site[len(site.rstrip("0123456789")):])
+    kind, layer = site.rstrip("0123456789"), int(site[len(site.rstrip("0123456789")) :])
     return 1 + 3 * layer + {"attn": 0, "mlp": 1, "tc": 1, "resid": 2}.get(kind, 2)
 
 
@@ -142,15 +172,33 @@ def feature_figure(nodes: list[dict], title: str, max_per_row: int = 12, edges: 
     top_edge = max((abs(e["effect"]) for e in edges), default=1.0) or 1.0
     for e in edges:  # under the nodes, width by |effect|
         if e["upstream"] in where and e["downstream"] in where:
-            ax.annotate("", where[e["downstream"]], where[e["upstream"]], zorder=1, arrowprops=dict(
-                arrowstyle="-|>", lw=_width(e["effect"], top_edge), color=_colour(e["effect"]), alpha=0.5,
-                shrinkA=6, shrinkB=6))
+            ax.annotate(
+                "",
+                where[e["downstream"]],
+                where[e["upstream"]],
+                zorder=1,
+                arrowprops=dict(
+                    arrowstyle="-|>",
+                    lw=_width(e["effect"], top_edge),
+                    color=_colour(e["effect"]),
+                    alpha=0.5,
+                    shrinkA=6,
+                    shrinkB=6,
+                ),
+            )
     for y, row in by_row.items():
         shown = row[:max_per_row]
         for x, n in enumerate(shown):
             error = n["feature"] < 0
-            ax.scatter([x], [y], s=40 + 360 * abs(n["effect"]) / top, marker="s" if error else "o",
-                       color="0.6" if error else (POSITIVE if n["effect"] >= 0 else NEGATIVE), alpha=0.85, zorder=2)
+            ax.scatter(
+                [x],
+                [y],
+                s=40 + 360 * abs(n["effect"]) / top,
+                marker="s" if error else "o",
+                color="0.6" if error else (POSITIVE if n["effect"] >= 0 else NEGATIVE),
+                alpha=0.85,
+                zorder=2,
+            )
             label = n["node"] + (f"\n{n['promotes']}" if n.get("promotes") else "")
             ax.annotate(label, (x, y), xytext=(0, -9), textcoords="offset points", ha="center", va="top", fontsize=5.5)
         if len(row) > len(shown):
@@ -159,9 +207,11 @@ def feature_figure(nodes: list[dict], title: str, max_per_row: int = 12, edges: 
     ax.set_xticks([])
     ax.set_xlim(-0.7, max_per_row + 0.5)
     ax.set_ylim(min(fig_rows, default=0) - 0.9, max(fig_rows, default=0) + 0.6)
-    handles = [Line2D([], [], marker="o", ls="", color=POSITIVE, label="feature, effect > 0"),
-               Line2D([], [], marker="o", ls="", color=NEGATIVE, label="feature, effect < 0"),
-               Line2D([], [], marker="s", ls="", color="0.6", label="error node")]
+    handles = [
+        Line2D([], [], marker="o", ls="", color=POSITIVE, label="feature, effect > 0"),
+        Line2D([], [], marker="o", ls="", color=NEGATIVE, label="feature, effect < 0"),
+        Line2D([], [], marker="s", ls="", color="0.6", label="error node"),
+    ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     ax.set_title(title + f" (size: |effect|; {len(edges)} edges, width: |effect|)", fontsize=10)
     return fig
@@ -180,14 +230,18 @@ def feature_dot(nodes: list[dict], title: str, edges: list[dict] = ()) -> str:
             error = n["feature"] < 0
             colour = "#999999" if error else (POSITIVE if n["effect"] >= 0 else NEGATIVE)
             label = n["node"] + (f"\\n{n['promotes']}" if n.get("promotes") else "")
-            lines.append(f'  "{n["node"]}" [shape={"box" if error else "ellipse"}, color="{colour}", '
-                         f'penwidth={MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * abs(n["effect"]) / top:.2f}, '
-                         f'label="{label}", tooltip="effect {n["effect"]:.6g}"];')
+            lines.append(
+                f'  "{n["node"]}" [shape={"box" if error else "ellipse"}, color="{colour}", '
+                f"penwidth={MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * abs(n['effect']) / top:.2f}, "
+                f'label="{label}", tooltip="effect {n["effect"]:.6g}"];'
+            )
             members.append(f'"{n["node"]}";')
         lines.append("  { rank=same; " + " ".join(members) + " }")
     top_edge = max((abs(e["effect"]) for e in edges), default=1.0) or 1.0
     for e in edges:
-        lines.append(f'  "{e["upstream"]}" -> "{e["downstream"]}" [color="{_colour(e["effect"])}", '
-                     f'penwidth={_width(e["effect"], top_edge):.2f}, tooltip="effect {e["effect"]:.6g}"];')
+        lines.append(
+            f'  "{e["upstream"]}" -> "{e["downstream"]}" [color="{_colour(e["effect"])}", '
+            f'penwidth={_width(e["effect"], top_edge):.2f}, tooltip="effect {e["effect"]:.6g}"];'
+        )
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -16,9 +16,22 @@ def process_token(token: str) -> str:
 
 
 def _node(node_id, feature, layer, pos, kind, js, influence=None, activation=None, **extra) -> dict:
-    return {"node_id": node_id, "feature": int(feature), "layer": str(layer), "ctx_idx": int(pos), "feature_type": kind,
-            "token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0, "jsNodeId": js,
-            "clerp": "", "influence": influence, "activation": activation, **extra}
+    return {
+        "node_id": node_id,
+        "feature": int(feature),
+        "layer": str(layer),
+        "ctx_idx": int(pos),
+        "feature_type": kind,
+        "token_prob": 0.0,
+        "is_target_logit": False,
+        "run_idx": 0,
+        "reverse_ctx_idx": 0,
+        "jsNodeId": js,
+        "clerp": "",
+        "influence": influence,
+        "activation": activation,
+        **extra,
+    }
 
 
 def cantor(x: int, y: int) -> int:
@@ -48,8 +61,16 @@ def frontend(graph, pruned, decode, slug: str, scan: str, node_threshold: float)
         if i < s["feature"].stop:
             j = int(graph.selected[i])
             layer, pos, feat = graph.active[j].tolist()
-            nodes[i] = _node(ids[i], cantor(layer, feat), layer, pos, "cross layer transcoder", f"{layer}_{feat}-0",
-                             cumulative[i], float(graph.activations[j]))
+            nodes[i] = _node(
+                ids[i],
+                cantor(layer, feat),
+                layer,
+                pos,
+                "cross layer transcoder",
+                f"{layer}_{feat}-0",
+                cumulative[i],
+                float(graph.activations[j]),
+            )
         elif i < s["error"].stop:
             layer, pos = divmod(i - s["error"].start, graph.n_pos)
             nodes[i] = _node(ids[i], -1, layer, pos, "mlp reconstruction error", f"{layer}_-1-{pos}", cumulative[i])
@@ -60,18 +81,36 @@ def frontend(graph, pruned, decode, slug: str, scan: str, node_threshold: float)
         else:
             k = i - s["logit"].start
             vocab, prob = int(graph.logit_tokens[k]), float(graph.logit_probs[k])
-            nodes[i] = _node(ids[i], vocab, graph.n_layers + 1, graph.n_pos - 1, "logit", f"L_{vocab}-{graph.n_pos - 1}",
-                             token_prob=prob, is_target_logit=k == 0,
-                             clerp=f'Output "{process_token(decode(vocab))}" (p={prob:.3f})')
+            nodes[i] = _node(
+                ids[i],
+                vocab,
+                graph.n_layers + 1,
+                graph.n_pos - 1,
+                "logit",
+                f"L_{vocab}-{graph.n_pos - 1}",
+                token_prob=prob,
+                is_target_logit=k == 0,
+                clerp=f'Output "{process_token(decode(vocab))}" (p={prob:.3f})',
+            )
     targets, sources = pruned.edge_mask.nonzero(as_tuple=True)
     weights = graph.adjacency[targets, sources].tolist()
-    links = [{"source": nodes[src]["node_id"], "target": nodes[dst]["node_id"], "weight": w}
-             for dst, src, w in zip(targets.tolist(), sources.tolist(), weights) if src in nodes and dst in nodes]
+    links = [
+        {"source": nodes[src]["node_id"], "target": nodes[dst]["node_id"], "weight": w}
+        for dst, src, w in zip(targets.tolist(), sources.tolist(), weights)
+        if src in nodes and dst in nodes
+    ]
     used = {l["source"] for l in links} | {l["target"] for l in links}
     kept = [n for n in nodes.values() if n["node_id"] in used or n["feature_type"] in ("embedding", "logit")]
     tokens = [process_token(decode(int(t))) for t in graph.tokens.tolist()]
-    metadata = {"slug": slug, "scan": scan, "transcoder_list": [], "prompt_tokens": tokens, "prompt": "".join(tokens),
-                "node_threshold": float(node_threshold), "schema_version": 1}
+    metadata = {
+        "slug": slug,
+        "scan": scan,
+        "transcoder_list": [],
+        "prompt_tokens": tokens,
+        "prompt": "".join(tokens),
+        "node_threshold": float(node_threshold),
+        "schema_version": 1,
+    }
     return {"metadata": metadata, "qParams": dict(QPARAMS), "nodes": kept, "links": links}
 
 

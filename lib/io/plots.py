@@ -38,8 +38,16 @@ def _integer_ticks(ax, n: int, axis: str, labels=None, max_ticks: int = 40) -> N
         set_ticks(ticks, list(labels), rotation=90 if axis == "x" else 0, fontsize=6 if n > 12 else 8)
 
 
-def heatmaps(panels: dict[str, np.ndarray], title: str, xlabel: str, ylabel: str, cbar: str,
-             xticklabels=None, yticklabels=None, diverging: bool = True):
+def heatmaps(
+    panels: dict[str, np.ndarray],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    cbar: str,
+    xticklabels=None,
+    yticklabels=None,
+    diverging: bool = True,
+):
     """One heatmap per panel (e.g. per task, layer on the y axis) on one colour scale shared by all panels,
     symmetric about 0 when diverging; the scale is stated in the title."""
     arrays = {k: np.asarray(v, dtype=float) for k, v in panels.items()}
@@ -80,8 +88,9 @@ def top_bars(panels: dict[str, tuple[list[str], np.ndarray, np.ndarray]], title:
     return fig
 
 
-def histograms(panels: dict[str, dict[str, np.ndarray]], title: str, xlabels: dict[str, str] | str,
-               ylabel: str = "prompts"):
+def histograms(
+    panels: dict[str, dict[str, np.ndarray]], title: str, xlabels: dict[str, str] | str, ylabel: str = "prompts"
+):
     """Overlaid histograms per panel (e.g. clean vs corrupted metric per task); x label per panel."""
     fig, axes = _grid(len(panels))
     for ax, (name, series) in zip(axes, panels.items()):
@@ -108,17 +117,30 @@ def _label_axes(fig, ax, title: str, xlabel: str, ylabel: str, legend: bool = Tr
     return fig
 
 
-def curves(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
-           logx: bool = False, diagonal: bool = False, labels: dict[str, str] | None = None,
-           hlines: dict[float, str] | None = None, xticks: list[str] | None = None):
+def curves(
+    panels: dict[str, tuple[np.ndarray, np.ndarray]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logx: bool = False,
+    diagonal: bool = False,
+    labels: dict[str, str] | None = None,
+    hlines: dict[float, str] | None = None,
+    xticks: list[str] | None = None,
+):
     """One line per panel on shared axes (faithfulness vs edges kept, ROC curves); hlines marks references."""
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
     lone = all(len(np.atleast_1d(x)) == 1 for x, _ in panels.values())  # one point per curve (one threshold)
     for name, (x, y) in panels.items():
         ax.plot(x, y, marker="o" if lone else ".", markersize=7 if lone else 6, label=(labels or {}).get(name, name))
         if lone:  # a point alone says nothing unless its values are written next to it
-            ax.annotate(f"{np.atleast_1d(x)[0]:g}, {np.atleast_1d(y)[0]:.3g}", (np.atleast_1d(x)[0], np.atleast_1d(y)[0]),
-                        xytext=(6, 4), textcoords="offset points", fontsize=7)
+            ax.annotate(
+                f"{np.atleast_1d(x)[0]:g}, {np.atleast_1d(y)[0]:.3g}",
+                (np.atleast_1d(x)[0], np.atleast_1d(y)[0]),
+                xytext=(6, 4),
+                textcoords="offset points",
+                fontsize=7,
+            )
     for y, text in (hlines or {}).items():
         ax.axhline(y, color="grey", lw=0.7, ls=":")
         ax.annotate(text, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7, color="grey", va="bottom")
@@ -143,8 +165,13 @@ def grouped_bars(panels: dict[str, tuple], title: str):
     """Side-by-side panels {panel title: (table, y label[, (low table, high table)])}; in each, bars grouped by
     row (e.g. task), one colour per column (e.g. metric), with interval error bars where given. Quantities
     with different units go in different panels."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(sum(1.2 * len(p[0]) + 2.5 for p in panels.values()) + 1, 4),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(sum(1.2 * len(p[0]) + 2.5 for p in panels.values()) + 1, 4),
+        squeeze=False,
+        layout="constrained",
+    )
     for ax, (name, (table, ylabel, *ci)) in zip(axes[0], panels.items()):
         width = 0.8 / max(len(table.columns), 1)
         x = np.arange(len(table))
@@ -152,8 +179,11 @@ def grouped_bars(panels: dict[str, tuple], title: str):
             v = table[col].to_numpy(dtype=float)
             err = None
             if ci:  # an interval need not contain its estimate (a skewed bootstrap): no negative bar lengths
-                err = np.clip(np.vstack([v - ci[0][0][col].to_numpy(dtype=float),
-                                         ci[0][1][col].to_numpy(dtype=float) - v]), 0, None)
+                err = np.clip(
+                    np.vstack([v - ci[0][0][col].to_numpy(dtype=float), ci[0][1][col].to_numpy(dtype=float) - v]),
+                    0,
+                    None,
+                )
             ax.bar(x + i * width - 0.4 + width / 2, v, width, yerr=err, capsize=2, label=col)
         ax.set_xticks(x, table.index)
         ax.axhline(0, color="k", lw=0.6)
@@ -165,8 +195,9 @@ def grouped_bars(panels: dict[str, tuple], title: str):
     return fig
 
 
-def scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
-            loglog: bool = False):
+def scatter(
+    panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str, loglog: bool = False
+):
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for name, (x, y) in panels.items():
         ax.scatter(x, y, s=10, alpha=0.6, label=name)
@@ -181,9 +212,10 @@ def scrubbing(seeds, task: str):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     labels = list(dict.fromkeys(seeds.hypothesis))
     x = np.arange(len(labels))
-    for ax, col, ylabel in ((axes[0], "kl_mean", "KL(full || scrubbed), nats"),
-                            (axes[1], "loss_recovered_ratio_of_means",
-                             "loss recovered, ratio of means\n(1 = full model, 0 = baseline)")):
+    for ax, col, ylabel in (
+        (axes[0], "kl_mean", "KL(full || scrubbed), nats"),
+        (axes[1], "loss_recovered_ratio_of_means", "loss recovered, ratio of means\n(1 = full model, 0 = baseline)"),
+    ):
         per = [seeds[seeds.hypothesis == h][col].to_numpy(dtype=float) for h in labels]
         ax.bar(x, [v.mean() for v in per], color="#9ab", width=0.6)
         for i, v in enumerate(per):
@@ -207,13 +239,24 @@ def area_curves(curves, title: str):
         d = curves[curves.task == task]
         for ranking, style in (("signed", "C0"), ("abs", "C1")):
             r = d[d.ranking == ranking]
-            ax.plot(r.fraction * 100, r.faithfulness, marker=".", color=style,
-                    label={"signed": "signed score (CPR)", "abs": "|score| (CMD)"}[ranking])
+            ax.plot(
+                r.fraction * 100,
+                r.faithfulness,
+                marker=".",
+                color=style,
+                label={"signed": "signed score (CPR)", "abs": "|score| (CMD)"}[ranking],
+            )
         r = d[d.ranking == "signed"]
         if r.random_mean.notna().any():
             ax.plot(r.fraction * 100, r.random_mean, color="0.4", ls="--", label="random circuits (mean)")
-            ax.fill_between(r.fraction * 100, r.random_low, r.random_high, color="0.8", alpha=0.6,
-                            label="random circuits (2.5-97.5 %)")
+            ax.fill_between(
+                r.fraction * 100,
+                r.random_low,
+                r.random_high,
+                color="0.8",
+                alpha=0.6,
+                label="random circuits (2.5-97.5 %)",
+            )
         ax.axhline(1, color="grey", lw=0.6, ls=":")
         ax.axhline(0, color="grey", lw=0.6, ls=":")
         ax.set_xscale("log")
@@ -259,7 +302,9 @@ def null_distributions(panels: dict[str, dict], title: str):
             lo, hi = lo / 2, hi * 2  # a visible width even when every value is equal
             floor = lo
             zeros = int((values <= 0).sum())
-            label = p.get("null_label", "null") + (f" ({zeros} of {len(values)} are 0, drawn at the left edge)" if zeros else "")
+            label = p.get("null_label", "null") + (
+                f" ({zeros} of {len(values)} are 0, drawn at the left edge)" if zeros else ""
+            )
             ax.hist(np.maximum(values, floor), bins=np.geomspace(floor, hi, 25), color="0.5", label=label)
             ax.set_xscale("log")
             ax.set_xlim(floor, hi)
@@ -283,16 +328,27 @@ def null_distributions(panels: dict[str, dict], title: str):
     return fig
 
 
-def matrix(values: np.ndarray, rows: list[str], cols: list[str], title: str, cbar: str, vmin: float | None = None,
-           vmax: float | None = None):
+def matrix(
+    values: np.ndarray,
+    rows: list[str],
+    cols: list[str],
+    title: str,
+    cbar: str,
+    vmin: float | None = None,
+    vmax: float | None = None,
+):
     """One annotated heatmap (rows x columns, e.g. choices x tasks or circuit x circuit); nan cells grey."""
     values = np.asarray(values, dtype=float)
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(cols) + 3), max(3.0, 0.42 * len(rows) + 1.8)),
-                           layout="constrained")
+    fig, ax = plt.subplots(
+        figsize=(max(4.5, 1.1 * len(cols) + 3), max(3.0, 0.42 * len(rows) + 1.8)), layout="constrained"
+    )
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
-    im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
-                   interpolation="nearest")
-    ax.set_xticks(range(len(cols)), cols, rotation=30 if len(cols) > 3 else 0, ha="right" if len(cols) > 3 else "center")
+    im = ax.imshow(
+        np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest"
+    )
+    ax.set_xticks(
+        range(len(cols)), cols, rotation=30 if len(cols) > 3 else 0, ha="right" if len(cols) > 3 else "center"
+    )
     ax.set_yticks(range(len(rows)), rows)
     lo, hi = im.get_clim()
     for (i, j), v in np.ndenumerate(values):
@@ -304,8 +360,13 @@ def matrix(values: np.ndarray, rows: list[str], cols: list[str], title: str, cba
     return fig
 
 
-def fit_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[float, float]]], title: str,
-                xlabel: str, ylabel: str, points: str = "edges"):
+def fit_scatter(
+    panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[float, float]]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    points: str = "edges",
+):
     """One scatter per panel (x, y, marked [bool] or None, (slope, intercept)) with the line of best fit and
     y = x; marked points (e.g. the canonical circuit's edges) drawn in another colour."""
     fig, axes = _grid(len(panels), width=4.6, height=4.2)
@@ -315,8 +376,13 @@ def fit_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | Non
             ax.scatter(x[marked], y[marked], s=14, color="C3", label="canonical circuit")
         lo, hi = float(x.min()), float(x.max())  # lines over the scores' range
         ax.plot([lo, hi], [lo, hi], color="grey", lw=0.7, ls="--", label="y = x")
-        ax.plot([lo, hi], [slope * lo + intercept, slope * hi + intercept], color="k", lw=0.9,
-                label=f"fit: {line_text(slope, intercept)}")
+        ax.plot(
+            [lo, hi],
+            [slope * lo + intercept, slope * hi + intercept],
+            color="k",
+            lw=0.9,
+            label=f"fit: {line_text(slope, intercept)}",
+        )
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -325,8 +391,14 @@ def fit_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | Non
     return fig
 
 
-def paired_curves(pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
-                  solid: str, dashed: str):
+def paired_curves(
+    pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    solid: str,
+    dashed: str,
+):
     """Per key one colour: (x, y_solid, y_dashed), e.g. the exact metric along an interpolation and a linear
     estimate of it."""
     fig, ax = plt.subplots(figsize=(6.6, 4.6))

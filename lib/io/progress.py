@@ -56,8 +56,11 @@ class LineProgress:
         count = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         extra = f", {self.postfix}" if self.postfix else ""
-        print(f"{self.desc}: {count} {self.unit}{pct}, {rate:.3g} {self.unit}/s, {elapsed:.0f} s{extra}",
-              file=self.stream, flush=True)
+        print(
+            f"{self.desc}: {count} {self.unit}{pct}, {rate:.3g} {self.unit}/s, {elapsed:.0f} s{extra}",
+            file=self.stream,
+            flush=True,
+        )
         self.last_n, self.last_t = self.n, now
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ import platform
 import shutil
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -98,7 +98,7 @@ class RunDir:
             saved = read_checkpoint(resume, script)
             self.base, self.staging, self.run_id = resume.parent, resume, run_id_of(resume)
             self.record = {**record, **saved.get("record", {}), "options": record["options"]}
-            self.record.setdefault("resumed", []).append(datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            self.record.setdefault("resumed", []).append(datetime.now(UTC).isoformat(timespec="seconds"))
             self.argv = saved["argv"]
             self.files = [p.name for p in resume.iterdir() if not p.name.startswith(".") and p.name != CHECKPOINT]
             return
@@ -107,7 +107,7 @@ class RunDir:
             missing = [d for d in [base, *base.parents] if not d.exists()]
             base.mkdir(parents=True, exist_ok=True)
             self.created = missing  # deepest first
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
             self.run_id = f"{stamp}-{os.getpid()}"
             self.staging = base / f".staging-{self.run_id}"
             self.staging.mkdir()
@@ -125,8 +125,7 @@ class RunDir:
     def save_checkpoint(self) -> None:
         """Write what --resume needs: the script, its argv and the record so far."""
         obj = {"script": self.script, "argv": self.argv, "run_id": self.run_id, "record": self.record}
-        atomic_write(self.staging / CHECKPOINT,
-                      lambda p: p.write_text(json.dumps(obj, indent=1, default=str) + "\n"))
+        atomic_write(self.staging / CHECKPOINT, lambda p: p.write_text(json.dumps(obj, indent=1, default=str) + "\n"))
 
     def unit(self, key: str):
         """A finished unit of work saved by save_unit (None if there is none)."""
@@ -179,7 +178,7 @@ class RunDir:
             **extra,
             "versions": versions(),
             "git": git_commit(),
-            "started_utc": datetime.fromtimestamp(self.t0, timezone.utc).isoformat(timespec="seconds"),
+            "started_utc": datetime.fromtimestamp(self.t0, UTC).isoformat(timespec="seconds"),
             "wall_seconds": round(time.time() - self.t0, 3),
             "files": sorted(set(self.files) | {"run.json"}),
         }

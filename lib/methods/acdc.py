@@ -11,6 +11,7 @@ position embeddings from the model (rotary) cannot start mid-model; there every 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,6 @@ from lib.core.graph import Graph
 from lib.core.metrics import data_metric, kl_divergence
 from lib.core.patching import EdgePatch, ablation_values, add_ablated, as_sources, source_hooks
 from lib.core.recompute import run_blocks
-from lib.io import interrupts
 
 
 @dataclass
@@ -31,7 +31,9 @@ class ACDCState:
 
     tau: float
     removed: list[str] = field(default_factory=list)
-    scores: dict[str, float] = field(default_factory=dict)  # every tried edge -> how much its removal worsened the metric
+    scores: dict[str, float] = field(
+        default_factory=dict
+    )  # every tried edge -> how much its removal worsened the metric
     next_trial: int = 0  # index into edge_order
     current: float | None = None
     tried: int = 0
@@ -43,7 +45,7 @@ class ACDCState:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> "ACDCState":
+    def load(cls, path: Path) -> ACDCState:
         return cls(**json.loads(Path(path).read_text()))
 
 
@@ -78,7 +80,7 @@ class PartialRunner:
             with torch.no_grad():
                 logits, cache = model.bridge.run_with_cache(batch.clean, names_filter=lambda n: n in names)
                 if fixed is not None and fixed.any():  # the stream with the fixed edges ablated (the logits
-                    base = fixed.float().clone()       # receiver is patched by logits() itself)
+                    base = fixed.float().clone()  # receiver is patched by logits() itself)
                     base[:, graph.logits_receiver] = 0
                     with model.bridge.hooks(fwd_hooks=EdgePatch(graph, values, base.to(model.device)).hooks()):
                         _, cache = model.bridge.run_with_cache(batch.clean, names_filter=lambda n: n in names)
@@ -86,8 +88,10 @@ class PartialRunner:
             self.batches.append(batch)
             self.values.append(values)
             self.clean_logits.append(logits[rows, batch.answer_pos])
-            self.resid.append([cache[f"blocks.{l}.hook_resid_pre"] for l in range(graph.n_layers)]
-                              + [cache[f"blocks.{graph.n_layers - 1}.hook_resid_post"]])
+            self.resid.append(
+                [cache[f"blocks.{l}.hook_resid_pre"] for l in range(graph.n_layers)]
+                + [cache[f"blocks.{graph.n_layers - 1}.hook_resid_post"]]
+            )
             # what ablating an edge from each source chunk adds; fixed below the start layer
             self.clean_deltas.append([(r, values[r] - as_sources(cache[n])) for n, r in source_hooks(graph)])
         self.i = 0  # batch in flight
@@ -101,6 +105,7 @@ class PartialRunner:
             def hook(x, hook):
                 self.deltas.append((rows, self.values[self.i][rows] - as_sources(x)))
                 return x
+
             return hook
 
         def patch(cols):
@@ -111,8 +116,9 @@ class PartialRunner:
             out += [(f"blocks.{l}.hook_{k}_input", patch(g.qkv_receivers(l, k))) for k in "qkv"]
             out.append((f"blocks.{l}.hook_mlp_in", patch(slice(g.mlp_receiver(l), g.mlp_receiver(l) + 1))))
         if self.full:
-            out.append((f"blocks.{g.n_layers - 1}.hook_resid_post",
-                        patch(slice(g.logits_receiver, g.logits_receiver + 1))))
+            out.append(
+                (f"blocks.{g.n_layers - 1}.hook_resid_post", patch(slice(g.logits_receiver, g.logits_receiver + 1)))
+            )
         return out
 
     def logits(self, i: int, start_layer: int) -> torch.Tensor:
@@ -143,11 +149,24 @@ def worsening(metric: str, new: float, current: float, absolute: bool) -> float:
     return abs(new - current) if absolute else change
 
 
-def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation: str = "resample",
-             absolute: bool = False, batch_size: int = 64, state: ACDCState | None = None,
-             checkpoint=None, progress=None, candidates: torch.Tensor | None = None) -> ACDCState:
+def run_acdc(
+    model,
+    graph: Graph,
+    data,
+    tau: float,
+    metric: str = "kl",
+    ablation: str = "resample",
+    absolute: bool = False,
+    batch_size: int = 64,
+    state: ACDCState | None = None,
+    checkpoint=None,
+    progress=None,
+    candidates: torch.Tensor | None = None,
+    critical=nullcontext,
+) -> ACDCState:
     """Run (or resume from `state`) ACDC at threshold tau on data; returns the final state. With candidates
-    ([S, R] bool, e.g. EAP's top edges) only those are tried; every other edge is removed from the start."""
+    ([S, R] bool, e.g. EAP's top edges) only those are tried; every other edge is removed from the start.
+    critical() wraps each update of the state (the caller's signal deferral, so a trial is recorded whole)."""
     if metric not in METRICS:
         raise ValueError(f"unknown ACDC metric {metric!r}; choose from {METRICS}")
     fixed = None if candidates is None else graph.edge_exists & ~candidates.bool()
@@ -162,14 +181,16 @@ def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation
     order = edge_order(graph, candidates)
 
     def evaluate(start_layer: int) -> float:
-        total = sum(score(metric, runner.clean_logits[i], runner.logits(i, start_layer), b)
-                    for i, b in enumerate(runner.batches))
+        total = sum(
+            score(metric, runner.clean_logits[i], runner.logits(i, start_layer), b)
+            for i, b in enumerate(runner.batches)
+        )
         return total / len(data)
 
     with model.bridge.hooks(fwd_hooks=runner.hooks()):
         if state.current is None:
             current = evaluate(graph.n_layers)  # nothing tried yet (0 for KL unless edges were pruned)
-            with interrupts.deferred():
+            with critical():
                 state.current, state.forward_passes = current, state.forward_passes + len(runner.batches)
         if progress is not None:
             progress.update(state.next_trial)
@@ -179,7 +200,7 @@ def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation
             new = evaluate(graph.receiver_layer(r))
             worse = worsening(metric, new, state.current, absolute)
             name = f"{graph.sources[s]}->{graph.receivers[r]}"
-            with interrupts.deferred():  # a trial is recorded whole or not at all (then it is redone on resume)
+            with critical():  # a trial is recorded whole or not at all (then it is redone on resume)
                 state.tried += 1
                 state.forward_passes += len(runner.batches)
                 state.scores[name] = worse
@@ -191,8 +212,7 @@ def run_acdc(model, graph: Graph, data, tau: float, metric: str = "kl", ablation
                 state.next_trial = i + 1
                 if progress is not None:
                     removed = len(state.removed) - n_pruned  # of the edges tried
-                    progress.set_postfix(kept=state.next_trial - removed, removed=removed,
-                                         passes=state.forward_passes)
+                    progress.set_postfix(kept=state.next_trial - removed, removed=removed, passes=state.forward_passes)
                     progress.update(1)
                 if checkpoint is not None:
                     checkpoint(state)

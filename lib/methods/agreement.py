@@ -17,8 +17,16 @@ from lib.core.patching import ablation_values, receiver_groups
 from lib.core.recompute import Restart
 
 
-def single_edge_metrics(model, graph: Graph, data, edges: list[tuple[int, int, float]], ablation: str = "resample",
-                        batch_size: int = 32, rows_per_pass: int | None = None, progress=None) -> np.ndarray:
+def single_edge_metrics(
+    model,
+    graph: Graph,
+    data,
+    edges: list[tuple[int, int, float]],
+    ablation: str = "resample",
+    batch_size: int = 32,
+    rows_per_pass: int | None = None,
+    progress=None,
+) -> np.ndarray:
     """Task metric [E, N] with each edge (s, r, lam) moved a fraction lam from its clean value (0) to its ablated
     one (1), many edges per forward pass, each in its own block of rows. A block differs from the clean run only
     at its receiver, which reads lam * delta_u = lam * (ablation(u) - out_u(this run)) on top: u writes before
@@ -34,15 +42,17 @@ def single_edge_metrics(model, graph: Graph, data, edges: list[tuple[int, int, f
         delta = ablation_values(model, graph, batch, ablation) - restart.outs
         per_pass = max(1, (rows_per_pass or model.rows_per_pass) // B)
         for e0 in range(0, len(order), per_pass):
-            idx = order[e0:e0 + per_pass]
+            idx = order[e0 : e0 + per_pass]
             chunk = [edges[i] for i in idx]
             hooks = []
             for name, cols, _ in groups:
-                mine = [(m, s, r - cols.start, lam) for m, (s, r, lam) in enumerate(chunk) if cols.start <= r < cols.stop]
+                mine = [
+                    (m, s, r - cols.start, lam) for m, (s, r, lam) in enumerate(chunk) if cols.start <= r < cols.stop
+                ]
                 if not mine:
                     continue
 
-                def hook(x, hook, mine=mine):
+                def hook(x, hook, mine=mine, B=B, delta=delta):
                     x = x.clone()
                     for m, s, j, lam in mine:
                         rows = slice(m * B, (m + 1) * B)
@@ -51,31 +61,50 @@ def single_edge_metrics(model, graph: Graph, data, edges: list[tuple[int, int, f
                         else:
                             x[rows] += lam * delta[s]
                     return x
+
                 hooks.append((name, hook))
             rep = batch.subset(torch.arange(B).repeat(len(chunk)))
-            logits = restart.answer_logits(graph.receiver_layer(chunk[0][1]), rep.answer_pos.to(model.device), hooks,
-                                           copies=len(chunk))
-            out[idx, start:start + B] = data_metric(logits, rep).view(len(chunk), B).cpu().numpy()
+            logits = restart.answer_logits(
+                graph.receiver_layer(chunk[0][1]), rep.answer_pos.to(model.device), hooks, copies=len(chunk)
+            )
+            out[idx, start : start + B] = data_metric(logits, rep).view(len(chunk), B).cpu().numpy()
             if progress is not None:
                 progress.update(len(chunk))
     return out
 
 
-def exact_effects(model, graph: Graph, data, edges: list[tuple[int, int]], clean_metric: np.ndarray,
-                  ablation: str = "resample", batch_size: int = 32, rows_per_pass: int | None = None,
-                  progress=None) -> np.ndarray:
+def exact_effects(
+    model,
+    graph: Graph,
+    data,
+    edges: list[tuple[int, int]],
+    clean_metric: np.ndarray,
+    ablation: str = "resample",
+    batch_size: int = 32,
+    rows_per_pass: int | None = None,
+    progress=None,
+) -> np.ndarray:
     """Per edge and prompt [E, N]: metric with that edge alone ablated minus the clean metric (progress counts
     edges x batches)."""
-    m = single_edge_metrics(model, graph, data, [(s, r, 1.0) for s, r in edges], ablation, batch_size, rows_per_pass,
-                            progress)
+    m = single_edge_metrics(
+        model, graph, data, [(s, r, 1.0) for s, r in edges], ablation, batch_size, rows_per_pass, progress
+    )
     return m - clean_metric[None]
 
 
-def interpolation(model, graph: Graph, data, edges: list[tuple[int, int]], lambdas: list[float],
-                  ablation: str = "resample", batch_size: int = 32) -> np.ndarray:
+def interpolation(
+    model,
+    graph: Graph,
+    data,
+    edges: list[tuple[int, int]],
+    lambdas: list[float],
+    ablation: str = "resample",
+    batch_size: int = 32,
+) -> np.ndarray:
     """[E, L] mean metric with each edge moved a fraction lambda from its clean value (0) to its ablated one (1)."""
-    m = single_edge_metrics(model, graph, data, [(s, r, lam) for s, r in edges for lam in lambdas], ablation,
-                            batch_size)
+    m = single_edge_metrics(
+        model, graph, data, [(s, r, lam) for s, r in edges for lam in lambdas], ablation, batch_size
+    )
     return m.mean(1).reshape(len(edges), len(lambdas))
 
 
@@ -83,9 +112,15 @@ def agreement(estimate: np.ndarray, exact: np.ndarray, ks: tuple[int, ...] = (10
     """Pearson, Spearman, R^2 and the least-squares line exact ~ slope * estimate + intercept, and the Jaccard
     of the top-k sets by |value| for each k."""
     fit = stats.linregress(estimate, exact)
-    out = {"n_edges": len(exact), "pearson": float(fit.rvalue), "spearman": float(stats.spearmanr(estimate, exact).statistic),
-           "r2": float(fit.rvalue ** 2), "slope": float(fit.slope), "intercept": float(fit.intercept),
-           "mean_abs_error": float(np.abs(estimate - exact).mean())}
+    out = {
+        "n_edges": len(exact),
+        "pearson": float(fit.rvalue),
+        "spearman": float(stats.spearmanr(estimate, exact).statistic),
+        "r2": float(fit.rvalue**2),
+        "slope": float(fit.slope),
+        "intercept": float(fit.intercept),
+        "mean_abs_error": float(np.abs(estimate - exact).mean()),
+    }
     for k in ks:
         if k <= len(exact):
             a = set(np.argsort(-np.abs(estimate), kind="stable")[:k])

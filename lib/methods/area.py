@@ -106,9 +106,11 @@ def random_circuit(graph: Graph, n: int, rng: np.random.Generator) -> torch.Tens
 
 def _area_statistic(fractions, key: str):
     """A vectorised statistic for the bootstrap: arrays = (full, empty, m at each size), per prompt."""
+
     def statistic(full, empty, *ms, axis=-1):
         k, c = np.mean(empty, axis=axis), np.mean(full, axis=axis)
         return area(np.stack([(np.mean(m, axis=axis) - k) / (c - k) for m in ms], axis=-1), fractions, key)
+
     return statistic
 
 
@@ -119,8 +121,16 @@ def _spread(values: np.ndarray) -> tuple[float, float, float]:
     return float(np.mean(values)), float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
 
 
-def mib_curves(ev, graph: Graph, importance: torch.Tensor, n_random: int = 10, seed: int = 0, n_bootstrap: int = 0,
-               fractions=MIB_FRACTIONS, progress=None) -> tuple[list[dict], list[dict]]:
+def mib_curves(
+    ev,
+    graph: Graph,
+    importance: torch.Tensor,
+    n_random: int = 10,
+    seed: int = 0,
+    n_bootstrap: int = 0,
+    fractions=MIB_FRACTIONS,
+    progress=None,
+) -> tuple[list[dict], list[dict]]:
     """(curve rows, area rows) of the signed (CPR) and absolute (CMD) rankings of `importance` (larger = more
     important: -score for EAP, the worsening for ACDC) and of n_random random circuits per size, on the prompts
     of ev (a lib.faithfulness.Evaluator); the areas get 95% bootstrap intervals over prompts (every size's
@@ -154,25 +164,45 @@ def mib_curves(ev, graph: Graph, importance: torch.Tensor, n_random: int = 10, s
             if progress is not None:
                 progress.update(1)
             mean, low, high = _spread(random_f[:, j])
-            curve_rows.append({"ranking": ranking, "fraction": frac, "edges_requested": n,
-                               "edges_kept": int(keep.sum()), "faithfulness": faithfulness(per_size[-1]),
-                               "random_mean": mean, "random_low": low, "random_high": high,
-                               "random_edges_kept": _spread(random_kept[:, j])[0], "tied_at_cut": ties[-1]})
+            curve_rows.append(
+                {
+                    "ranking": ranking,
+                    "fraction": frac,
+                    "edges_requested": n,
+                    "edges_kept": int(keep.sum()),
+                    "faithfulness": faithfulness(per_size[-1]),
+                    "random_mean": mean,
+                    "random_low": low,
+                    "random_high": high,
+                    "random_edges_kept": _spread(random_kept[:, j])[0],
+                    "tied_at_cut": ties[-1],
+                }
+            )
         a = areas(fractions, [faithfulness(m) for m in per_size])
         key, log_key = ("area", "log_area") if metric == "cpr" else ("area_from_1", "log_area_from_1")
         row = {"metric": metric, "ranking": ranking}
         for name, k in (("value", key), ("log_axis_value", log_key)):
-            low, high = intervals.interval(_area_statistic(fractions, k), full_m, empty_m, *per_size,
-                                           n_resamples=n_bootstrap, seed=seed)
+            low, high = intervals.interval(
+                _area_statistic(fractions, k), full_m, empty_m, *per_size, n_resamples=n_bootstrap, seed=seed
+            )
             row |= {name: a[k], f"{name}_ci_low": low, f"{name}_ci_high": high}
         ln_span = float(np.log(fractions[-1] / fractions[0]))  # MIB's unnormalised natural-log axis
-        row |= {"mib_log_value": row["log_axis_value"] * ln_span, "mib_log_value_ci_low": row["log_axis_value_ci_low"] * ln_span,
-                "mib_log_value_ci_high": row["log_axis_value_ci_high"] * ln_span,
-                "edges_tied_at_cuts": " ".join(map(str, ties))}
+        row |= {
+            "mib_log_value": row["log_axis_value"] * ln_span,
+            "mib_log_value_ci_low": row["log_axis_value_ci_low"] * ln_span,
+            "mib_log_value_ci_high": row["log_axis_value_ci_high"] * ln_span,
+            "edges_tied_at_cuts": " ".join(map(str, ties)),
+        }
         mean, low, high = _spread(area(random_f, fractions, key))
-        row |= {"random_mean": mean, "random_low": low, "random_high": high,
-                "relative_to_random": a[key] / mean if mean else np.nan,
-                "log_axis_random_mean": _spread(area(random_f, fractions, log_key))[0],
-                "n_random": n_random, "full_metric": full, "empty_metric": empty}
+        row |= {
+            "random_mean": mean,
+            "random_low": low,
+            "random_high": high,
+            "relative_to_random": a[key] / mean if mean else np.nan,
+            "log_axis_random_mean": _spread(area(random_f, fractions, log_key))[0],
+            "n_random": n_random,
+            "full_metric": full,
+            "empty_metric": empty,
+        }
         area_rows.append(row)
     return curve_rows, area_rows

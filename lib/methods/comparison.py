@@ -33,10 +33,12 @@ def node_jaccard(graph: Graph, a: torch.Tensor, b: torch.Tensor) -> float:
 def overlap(graph: Graph, keep: torch.Tensor, reference: torch.Tensor) -> dict:
     """Edge precision, recall and Jaccard of a circuit against a reference circuit, and node Jaccard."""
     both = int((keep & reference).sum())
-    return {"reference_precision": both / max(int(keep.sum()), 1),
-            "reference_recall": both / max(int(reference.sum()), 1),
-            "reference_edge_jaccard": jaccard(keep, reference),
-            "reference_node_jaccard": node_jaccard(graph, keep, reference)}
+    return {
+        "reference_precision": both / max(int(keep.sum()), 1),
+        "reference_recall": both / max(int(reference.sum()), 1),
+        "reference_edge_jaccard": jaccard(keep, reference),
+        "reference_node_jaccard": node_jaccard(graph, keep, reference),
+    }
 
 
 def pairwise(graph: Graph, circuits: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:

@@ -22,8 +22,9 @@ class DLAResult:
 
 
 def component_names(n_layers: int, n_heads: int) -> list[str]:
-    return ["embed"] + [f"a{l}.h{h}" for l in range(n_layers) for h in range(n_heads)] + [
-        f"m{l}" for l in range(n_layers)]
+    return (
+        ["embed"] + [f"a{l}.h{h}" for l in range(n_layers) for h in range(n_heads)] + [f"m{l}" for l in range(n_layers)]
+    )
 
 
 def answer_weights(logits: torch.Tensor, data) -> torch.Tensor:
@@ -36,8 +37,9 @@ def answer_weights(logits: torch.Tensor, data) -> torch.Tensor:
     w = torch.zeros(n, v, dtype=torch.float64, device=logits.device)
     correct, wrong = data.correct.to(logits.device), data.wrong.to(logits.device)
     if data.metric_kind == "logit_minus_max":
-        masked = torch.where(wrong >= 0, logits.gather(-1, wrong.clamp_min(0)), torch.full_like(wrong, -1e30,
-                                                                                               dtype=logits.dtype))
+        masked = torch.where(
+            wrong >= 0, logits.gather(-1, wrong.clamp_min(0)), torch.full_like(wrong, -1e30, dtype=logits.dtype)
+        )
         wrong = wrong.gather(-1, masked.argmax(-1, keepdim=True))
     if data.metric_kind in ("logit_diff", "logit_minus_max"):
         correct, wrong = correct[:, :1], wrong[:, :1]
@@ -49,12 +51,17 @@ def answer_weights(logits: torch.Tensor, data) -> torch.Tensor:
 
 def direct_logit_attribution(model: LoadedModel, data, batch_size: int = 64, progress=None) -> DLAResult:
     if model.arch.softcap is not None:
-        raise UserError(f"DLA is not defined for model {model.name}: its logits are soft-capped (tanh), so they "
-                        "are not a sum of the components' direct effects")
+        raise UserError(
+            f"DLA is not defined for model {model.name}: its logits are soft-capped (tanh), so they "
+            "are not a sum of the components' direct effects"
+        )
     bridge, L = model.bridge, model.n_layers
     centre = model.arch.norm == "LN"
-    names = (["blocks.0.hook_resid_pre", f"blocks.{L - 1}.hook_resid_post", "ln_final.hook_scale"]
-             + [f"blocks.{l}.attn.hook_result" for l in range(L)] + [f"blocks.{l}.hook_mlp_out" for l in range(L)])
+    names = (
+        ["blocks.0.hook_resid_pre", f"blocks.{L - 1}.hook_resid_post", "ln_final.hook_scale"]
+        + [f"blocks.{l}.attn.hook_result" for l in range(L)]
+        + [f"blocks.{l}.hook_mlp_out" for l in range(L)]
+    )
     W_U, b_U = bridge.W_U.double(), bridge.b_U.double()  # [D, V], [V]
     attributions, biases, diffs, bias_vectors = [], [], [], []
     with torch.no_grad():
@@ -64,14 +71,17 @@ def direct_logit_attribution(model: LoadedModel, data, batch_size: int = 64, pro
             rows = torch.arange(len(batch), device=model.device)
             pos = batch.answer_pos
 
-            def at(name):
+            def at(name, cache=cache, rows=rows, pos=pos):
                 return cache[name][rows, pos].double()
 
-            comps = torch.cat([
-                at("blocks.0.hook_resid_pre")[:, None],
-                torch.cat([at(f"blocks.{l}.attn.hook_result") for l in range(L)], dim=1),  # [B, L*H, D]
-                torch.stack([at(f"blocks.{l}.hook_mlp_out") for l in range(L)], dim=1),
-            ], dim=1)  # [B, C, D]
+            comps = torch.cat(
+                [
+                    at("blocks.0.hook_resid_pre")[:, None],
+                    torch.cat([at(f"blocks.{l}.attn.hook_result") for l in range(L)], dim=1),  # [B, L*H, D]
+                    torch.stack([at(f"blocks.{l}.hook_mlp_out") for l in range(L)], dim=1),
+                ],
+                dim=1,
+            )  # [B, C, D]
             final = at(f"blocks.{L - 1}.hook_resid_post")  # [B, D]
             bias_resid = final - comps.sum(1)  # attention output biases (b_O), not part of any head
             bias_vectors.append(bias_resid.cpu())
@@ -79,10 +89,13 @@ def direct_logit_attribution(model: LoadedModel, data, batch_size: int = 64, pro
             w = answer_weights(logits[rows, pos].double(), batch)  # [B, V]
             direction = w @ W_U.T  # [B, D]
 
-            def project(x):  # centre (LayerNorm's mean removal only), frozen scale, onto the direction
+            def project(
+                x, direction=direction, scale=scale
+            ):  # centre (LayerNorm's mean removal only), frozen scale, onto the direction
                 x = x - x.mean(-1, keepdim=True) if centre else x
                 return (x * direction.unsqueeze(-2) if x.dim() == 3 else x * direction).sum(-1) / (
-                    scale if x.dim() == 2 else scale.unsqueeze(-1)).squeeze(-1)
+                    scale if x.dim() == 2 else scale.unsqueeze(-1)
+                ).squeeze(-1)
 
             attributions.append(project(comps).cpu())
             biases.append((project(bias_resid) + w @ b_U).cpu())
@@ -90,8 +103,13 @@ def direct_logit_attribution(model: LoadedModel, data, batch_size: int = 64, pro
             if progress is not None:
                 progress.update(len(batch))
     b = torch.cat(bias_vectors)
-    return DLAResult(component_names(L, model.n_heads), torch.cat(attributions), torch.cat(biases),
-                     torch.cat(diffs), float((b - b.mean(0)).abs().max()))
+    return DLAResult(
+        component_names(L, model.n_heads),
+        torch.cat(attributions),
+        torch.cat(biases),
+        torch.cat(diffs),
+        float((b - b.mean(0)).abs().max()),
+    )
 
 
 def residual_by_layer(model: LoadedModel, data, batch_size: int = 64) -> dict[str, torch.Tensor]:
@@ -101,11 +119,16 @@ def residual_by_layer(model: LoadedModel, data, batch_size: int = 64) -> dict[st
     unembedding bias, so the last equals the model's logit difference); write [N, 2L+1] what the embedding,
     each attention layer and each MLP adds; norms [N, 2L+1] of those writes (L2, residual-stream units)."""
     if model.arch.softcap is not None:
-        raise UserError(f"the residual-stream view is not defined for model {model.name}: its logits are "
-                        "soft-capped (tanh), so no projection adds up to them")
+        raise UserError(
+            f"the residual-stream view is not defined for model {model.name}: its logits are "
+            "soft-capped (tanh), so no projection adds up to them"
+        )
     bridge, L = model.bridge, model.n_layers
-    names = (["blocks.0.hook_resid_pre", "ln_final.hook_scale"] + [f"blocks.{l}.hook_attn_out" for l in range(L)]
-             + [f"blocks.{l}.hook_mlp_out" for l in range(L)])
+    names = (
+        ["blocks.0.hook_resid_pre", "ln_final.hook_scale"]
+        + [f"blocks.{l}.hook_attn_out" for l in range(L)]
+        + [f"blocks.{l}.hook_mlp_out" for l in range(L)]
+    )
     W_U, b_U = bridge.W_U.double(), bridge.b_U.double()
     centre = model.arch.norm == "LN"
     out = {"stream": [], "write": [], "norms": []}
@@ -115,8 +138,9 @@ def residual_by_layer(model: LoadedModel, data, batch_size: int = 64) -> dict[st
             logits, cache = bridge.run_with_cache(batch.clean, names_filter=lambda n: n in names)
             rows = torch.arange(len(batch), device=model.device)
 
-            def at(name):
+            def at(name, cache=cache, rows=rows, batch=batch):
                 return cache[name][rows, batch.answer_pos].double()
+
             writes = [at("blocks.0.hook_resid_pre")]
             for l in range(L):
                 writes += [at(f"blocks.{l}.hook_attn_out"), at(f"blocks.{l}.hook_mlp_out")]

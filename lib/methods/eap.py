@@ -37,8 +37,17 @@ def gradient_points(graph: Graph, method: str, steps: int, ig_points: str = "rig
     return [(g, k / steps) for g in groups for k in ks]
 
 
-def edge_scores(model, graph: Graph, data, batch_size: int = 32, method: str = "eap",
-                ig_steps: int = IG_STEPS, progress=None, per_prompt: bool = False, ig_points: str = "right"):
+def edge_scores(
+    model,
+    graph: Graph,
+    data,
+    batch_size: int = 32,
+    method: str = "eap",
+    ig_steps: int = IG_STEPS,
+    progress=None,
+    per_prompt: bool = False,
+    ig_points: str = "right",
+):
     """Attribution score of every edge, [S, R] float64 (0 where no edge), mean over the items of data; with
     per_prompt also each item's own scores, [N, S, R] float32 (their mean is the first result)."""
     if method not in METHODS:
@@ -49,7 +58,7 @@ def edge_scores(model, graph: Graph, data, batch_size: int = 32, method: str = "
     for start in range(0, len(data), batch_size):
         batch = data.subset(slice(start, start + batch_size)).to(model.device)
         corrupt = source_outputs(model, graph, batch.corrupt)  # [S, B, P, D]
-        rows = items[start:start + len(batch)] if per_prompt else None
+        rows = items[start : start + len(batch)] if per_prompt else None
         common = dict(scores=scores, weight=1.0 / (len(points) * len(data)), items=rows, item_weight=1.0 / len(points))
         if (0, 1.0) in points:  # the clean point first: its pass records the clean outputs (delta)
             delta = torch.empty_like(corrupt)
@@ -65,8 +74,7 @@ def edge_scores(model, graph: Graph, data, batch_size: int = 32, method: str = "
     return (mean, (items * graph.edge_exists.to(items.device)).cpu()) if per_prompt else mean
 
 
-def _accumulate(model, graph, batch, corrupt, delta, point, record_clean, scores, weight, items=None,
-                item_weight=1.0):
+def _accumulate(model, graph, batch, corrupt, delta, point, record_clean, scores, weight, items=None, item_weight=1.0):
     chunk, alpha = point
     name, chunk_rows = source_hooks(graph)[chunk]
 
@@ -82,6 +90,7 @@ def _accumulate(model, graph, batch, corrupt, delta, point, record_clean, scores
         def hook(x, hook):
             delta[rows] = corrupt[rows] - as_sources(x.detach())
             return x
+
         return hook
 
     def grad_hook(cols, n_sources):
@@ -92,11 +101,16 @@ def _accumulate(model, graph, batch, corrupt, delta, point, record_clean, scores
             # here is ~6x slower on CPU); the small [s, h] result accumulates in float64
             if items is not None:  # per item: [B, s, P*D] @ [B, P*D, h]
                 b = g.shape[0]
-                items[:, :n_sources, cols] += item_weight * torch.bmm(
-                    delta[:n_sources].reshape(n_sources, b, -1).transpose(0, 1),
-                    g.to(delta.dtype).permute(0, 1, 3, 2).reshape(b, -1, h)).float()
+                items[:, :n_sources, cols] += (
+                    item_weight
+                    * torch.bmm(
+                        delta[:n_sources].reshape(n_sources, b, -1).transpose(0, 1),
+                        g.to(delta.dtype).permute(0, 1, 3, 2).reshape(b, -1, h),
+                    ).float()
+                )
             g = g.to(delta.dtype).permute(0, 1, 3, 2).reshape(-1, h)
             scores[:n_sources, cols] += weight * (delta[:n_sources].reshape(n_sources, -1) @ g).double()
+
         return hook
 
     fwd = [] if chunk == 0 else [("blocks.0.hook_resid_pre", input_hook)]
@@ -106,12 +120,21 @@ def _accumulate(model, graph, batch, corrupt, delta, point, record_clean, scores
     bwd = []
     for l in range(graph.n_layers):
         for kind in "qkv":
-            bwd.append((f"blocks.{l}.hook_{kind}_input", grad_hook(graph.qkv_receivers(l, kind),
-                                                                     graph.sources_before_attn(l))))
-        bwd.append((f"blocks.{l}.hook_mlp_in", grad_hook(slice(graph.mlp_receiver(l), graph.mlp_receiver(l) + 1),
-                                                          graph.sources_before_mlp(l))))
-    bwd.append((f"blocks.{graph.n_layers - 1}.hook_resid_post",
-                grad_hook(slice(graph.logits_receiver, graph.logits_receiver + 1), graph.n_sources)))
+            bwd.append(
+                (f"blocks.{l}.hook_{kind}_input", grad_hook(graph.qkv_receivers(l, kind), graph.sources_before_attn(l)))
+            )
+        bwd.append(
+            (
+                f"blocks.{l}.hook_mlp_in",
+                grad_hook(slice(graph.mlp_receiver(l), graph.mlp_receiver(l) + 1), graph.sources_before_mlp(l)),
+            )
+        )
+    bwd.append(
+        (
+            f"blocks.{graph.n_layers - 1}.hook_resid_post",
+            grad_hook(slice(graph.logits_receiver, graph.logits_receiver + 1), graph.n_sources),
+        )
+    )
     assert len(bwd) == len(receiver_hooks(graph))
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
 

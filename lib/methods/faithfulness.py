@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lib.core.evaluate import behaviour
 from lib.core.errors import UserError
+from lib.core.evaluate import behaviour
 from lib.core.graph import Graph
 from lib.core.metrics import data_metric, median_of_ratios, normalized
 from lib.core.patching import evaluate_mask, masks_metric
@@ -33,18 +33,31 @@ def discovery_and_held_out(task: str, tokenizer, n: int, seed: int):
     # a task file with fewer than 2n usable rows is split in halves (the frame's `split` column says which)
     discovery, held_out = disjoint_split(data, n if len(data) >= 2 * n else (len(data) + 1) // 2)
     if not len(held_out):
-        raise UserError(f"task {task}: its {len(discovery)} prompts leave none held out; a task needs at least two "
-                        "distinct prompts")
-    frame = pd.concat([discovery.dataset_frame(tokenizer).assign(split="discovery"),
-                       held_out.dataset_frame(tokenizer).assign(split="held-out")])
+        raise UserError(
+            f"task {task}: its {len(discovery)} prompts leave none held out; a task needs at least two distinct prompts"
+        )
+    frame = pd.concat(
+        [
+            discovery.dataset_frame(tokenizer).assign(split="discovery"),
+            held_out.dataset_frame(tokenizer).assign(split="held-out"),
+        ]
+    )
     return discovery, held_out, frame
 
 
 class Evaluator:
     """Clean and corrupted metrics of a dataset, computed once; faithfulness of any mask against them."""
 
-    def __init__(self, model, graph: Graph, data, ablation: str = "resample", batch_size: int = 32,
-                 n_bootstrap: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        model,
+        graph: Graph,
+        data,
+        ablation: str = "resample",
+        batch_size: int = 32,
+        n_bootstrap: int = 0,
+        seed: int = 0,
+    ):
         self.model, self.graph, self.data, self.ablation, self.batch_size = model, graph, data, ablation, batch_size
         self.n_bootstrap, self.seed = n_bootstrap, seed  # > 0: 95% bootstrap intervals over prompts too
         base = behaviour(model, data, batch_size)
@@ -56,8 +69,9 @@ class Evaluator:
 
     def metrics(self, keeps: list[torch.Tensor], rows_per_pass: int | None = None) -> np.ndarray:
         """Per-prompt metrics [C, N] of many circuits, several per forward pass."""
-        return masks_metric(self.model, self.graph, self.data, keeps, self.ablation, self.batch_size,
-                            rows_per_pass).numpy()
+        return masks_metric(
+            self.model, self.graph, self.data, keeps, self.ablation, self.batch_size, rows_per_pass
+        ).numpy()
 
     def faithfulness(self, keep: torch.Tensor) -> dict:
         """Mean metric and normalized faithfulness (ratio of means, median of ratios) of a kept-edge mask,
@@ -111,8 +125,11 @@ def roc_point(graph: Graph, keep: torch.Tensor, reference: torch.Tensor) -> dict
     """One circuit's point against a reference circuit: tpr (its share of the reference's edges), fpr (its share
     of the other edges) and the reference's size."""
     others = ~reference & graph.edge_exists
-    return {"tpr": float((keep & reference).sum() / reference.sum()), "fpr": float((keep & others).sum() / others.sum()),
-            "reference_edges": int(reference.sum())}
+    return {
+        "tpr": float((keep & reference).sum() / reference.sum()),
+        "fpr": float((keep & others).sum() / others.sum()),
+        "reference_edges": int(reference.sum()),
+    }
 
 
 def roc_from_points(fpr, tpr) -> tuple[np.ndarray, np.ndarray, float]:
@@ -133,8 +150,9 @@ def auc_of_ranking(abs_scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return (ranks[..., truth].sum(-1) - pos * (pos + 1) / 2) / (pos * neg)
 
 
-def auc_interval(graph: Graph, item_scores: torch.Tensor, reference: torch.Tensor, n_bootstrap: int,
-                 seed: int) -> tuple[float, float]:
+def auc_interval(
+    graph: Graph, item_scores: torch.Tensor, reference: torch.Tensor, n_bootstrap: int, seed: int
+) -> tuple[float, float]:
     """95% bootstrap interval over prompts of the AUC of the mean edge scores (item_scores [N, S, R]):
     prompts are resampled as indices, so each resample's AUC ranks all edges of its own mean scores."""
     exists = graph.edge_exists

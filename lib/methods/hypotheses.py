@@ -33,8 +33,10 @@ def canonical_features(task: str, graph: Graph, keep: torch.Tensor) -> Hypothesi
             for head in canonical["classes"][cls]:
                 l, h = (int(x) for x in head.split("."))
                 if l >= graph.n_layers or h >= graph.n_heads:
-                    raise UserError(f"the {task} hypothesis names head {head}, which a {graph.n_layers}-layer, "
-                                    f"{graph.n_heads}-head model does not have")
+                    raise UserError(
+                        f"the {task} hypothesis names head {head}, which a {graph.n_layers}-layer, "
+                        f"{graph.n_heads}-head model does not have"
+                    )
                 members.add(f"a{l}.h{h}")
         for node in members & nodes:
             features[node], positions[node] = tuple(feature), position
@@ -57,8 +59,9 @@ def complement_only(keep: torch.Tensor) -> Hypothesis:
 
 def baseline(graph: Graph) -> Hypothesis:
     """The empty hypothesis: every input resampled, i.e. the model on a random other prompt."""
-    return Hypothesis("empty (baseline)", torch.zeros(graph.n_sources, graph.n_receivers, dtype=torch.bool),
-                      kind=BASELINE)
+    return Hypothesis(
+        "empty (baseline)", torch.zeros(graph.n_sources, graph.n_receivers, dtype=torch.bool), kind=BASELINE
+    )
 
 
 def full(graph: Graph) -> Hypothesis:

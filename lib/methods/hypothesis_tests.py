@@ -57,13 +57,15 @@ def equivalence(m_full: np.ndarray, m_circuit: np.ndarray, epsilon: float, tie: 
 def _centered_gram(x: np.ndarray) -> np.ndarray:
     d = np.abs(x[:, None] - x[None, :])
     sigma = np.median(d[np.triu_indices(len(x), 1)]) if len(x) > 1 else 1.0
-    gram = np.exp(-(d ** 2) / (2 * (sigma if sigma > 0 else 1.0) ** 2))
+    gram = np.exp(-(d**2) / (2 * (sigma if sigma > 0 else 1.0) ** 2))
     return gram - gram.mean(0, keepdims=True) - gram.mean(1, keepdims=True) + gram.mean()
 
 
 def hsic(x: np.ndarray, y: np.ndarray) -> float:
     """HSIC (Gretton et al. 2007) of two 1-d samples, Gaussian kernels: trace(K H L H) / (n - 1)^2."""
-    return float((_centered_gram(np.asarray(x, float)) * _centered_gram(np.asarray(y, float))).sum() / (len(x) - 1) ** 2)
+    return float(
+        (_centered_gram(np.asarray(x, float)) * _centered_gram(np.asarray(y, float))).sum() / (len(x) - 1) ** 2
+    )
 
 
 def independence(m_full: np.ndarray, m_knockout: np.ndarray, n_permutations: int, seed: int) -> dict:
@@ -77,9 +79,13 @@ def independence(m_full: np.ndarray, m_knockout: np.ndarray, n_permutations: int
     for start in range(0, n_permutations, 256):
         perms = np.stack([rng.permutation(n) for _ in range(min(256, n_permutations - start))])  # [B, n]
         permuted = lc[perms[:, :, None], perms[:, None, :]]  # centring commutes with permuting both axes
-        null[start:start + len(perms)] = (kc[None] * permuted).sum((1, 2)) / (n - 1) ** 2
-    return {"statistic": observed, "p_value": float((1 + (null >= observed - 1e-15).sum()) / (1 + n_permutations)),
-            "null": null, "n": n}
+        null[start : start + len(perms)] = (kc[None] * permuted).sum((1, 2)) / (n - 1) ** 2
+    return {
+        "statistic": observed,
+        "p_value": float((1 + (null >= observed - 1e-15).sum()) / (1 + n_permutations)),
+        "null": null,
+        "n": n,
+    }
 
 
 class RandomPaths:
@@ -123,8 +129,16 @@ class RandomPaths:
         return grown
 
 
-def minimality(metric, graph: Graph, keep: torch.Tensor, n_random: int, quantile: float, seed: int,
-               max_edges: int | None = None, progress=None) -> dict:
+def minimality(
+    metric,
+    graph: Graph,
+    keep: torch.Tensor,
+    n_random: int,
+    quantile: float,
+    seed: int,
+    max_edges: int | None = None,
+    progress=None,
+) -> dict:
     """Per circuit edge e, H0: knocking e out of C changes the output more than knocking a random added edge out
     of C inflated by random paths (until at least one edge is new; RandomPaths), with probability >= quantile;
     binomial test (alternative 'less'), Holm across edges. metric(keep) gives per-prompt metrics. A rejected
@@ -153,18 +167,36 @@ def minimality(metric, graph: Graph, keep: torch.Tensor, n_random: int, quantile
         if progress is not None:
             progress.update(1)
         stat = int((d > random_d).sum())
-        rows.append({"edge": e, "knockout_distance": d, "share_above_random": stat / n_random,
-                     "p_value": binomtest(stat, n_random, quantile, alternative="less").pvalue})
+        rows.append(
+            {
+                "edge": e,
+                "knockout_distance": d,
+                "share_above_random": stat / n_random,
+                "p_value": binomtest(stat, n_random, quantile, alternative="less").pvalue,
+            }
+        )
     adjusted = holm([r["p_value"] for r in rows]) if rows else np.array([])
     for r, a in zip(rows, adjusted):
         r["p_value_holm"] = float(a)
-    return {"edges": rows, "random": random_d, "random_added_edges": np.array(random_added),
-            "p_value": float(adjusted.min()) if len(adjusted) else 1.0,
-            "statistic": float(np.mean([r["share_above_random"] for r in rows])) if rows else np.nan}
+    return {
+        "edges": rows,
+        "random": random_d,
+        "random_added_edges": np.array(random_added),
+        "p_value": float(adjusted.min()) if len(adjusted) else 1.0,
+        "statistic": float(np.mean([r["share_above_random"] for r in rows])) if rows else np.nan,
+    }
 
 
-def sufficiency(metric, graph: Graph, keep: torch.Tensor, m_full: np.ndarray, n_random: int, quantile: float,
-                seed: int, progress=None) -> dict:
+def sufficiency(
+    metric,
+    graph: Graph,
+    keep: torch.Tensor,
+    m_full: np.ndarray,
+    n_random: int,
+    quantile: float,
+    seed: int,
+    progress=None,
+) -> dict:
     """H0: the circuit is at most as faithful (distance to M) as the quantile-th random circuit of its size
     (unions of random input -> logits paths with at least as many edges; RandomPaths); statistic = #{random circuits at least as far from M}; binomial test (alternative 'greater'). Small
     p: the circuit is better than random circuits of its size."""
@@ -181,5 +213,11 @@ def sufficiency(metric, graph: Graph, keep: torch.Tensor, m_full: np.ndarray, n_
             progress.update(1)
     random_d = np.array(random_d)
     stat = int((d_circuit <= random_d).sum())
-    return {"statistic": stat / n_random, "p_value": binomtest(stat, n_random, quantile, alternative="greater").pvalue,
-            "circuit_distance": d_circuit, "random": random_d, "random_sizes": np.array(random_sizes), "n": n_random}
+    return {
+        "statistic": stat / n_random,
+        "p_value": binomtest(stat, n_random, quantile, alternative="greater").pvalue,
+        "circuit_distance": d_circuit,
+        "random": random_d,
+        "random_sizes": np.array(random_sizes),
+        "n": n_random,
+    }

@@ -41,12 +41,21 @@ def interval(statistic, *samples, n_resamples: int = N_BOOTSTRAP, seed: int = 0)
     if shape[-1] < 2 or n_resamples < 1:
         nan = np.full(shape[:-1], np.nan)
         return (nan, nan) if shape[:-1] else (np.nan, np.nan)
+
     def ci(method):
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            c = bootstrap(tuple(samples), statistic, n_resamples=n_resamples, vectorized=True, paired=True, axis=-1,
-                          confidence_level=CONFIDENCE, method=method,
-                          random_state=np.random.default_rng(seed)).confidence_interval
+            c = bootstrap(
+                tuple(samples),
+                statistic,
+                n_resamples=n_resamples,
+                vectorized=True,
+                paired=True,
+                axis=-1,
+                confidence_level=CONFIDENCE,
+                method=method,
+                random_state=np.random.default_rng(seed),
+            ).confidence_interval
         return np.asarray(c.low, dtype=float), np.asarray(c.high, dtype=float)
 
     low, high = ci("BCa")
@@ -64,8 +73,9 @@ def columns(name: str, statistic, *samples, n_resamples: int = N_BOOTSTRAP, seed
     return {name: float(value), f"{name}_ci_low": low, f"{name}_ci_high": high}
 
 
-def normalized_columns(per_item: np.ndarray, clean: np.ndarray, corrupt: np.ndarray, n_bootstrap: int,
-                       seed: int) -> dict:
+def normalized_columns(
+    per_item: np.ndarray, clean: np.ndarray, corrupt: np.ndarray, n_bootstrap: int, seed: int
+) -> dict:
     """Per patched component [C] (per_item [C, N]): mean metric and normalized metric (ratio of means), each
     with its 95% bootstrap interval over prompts (resampled jointly with their clean and corrupted metric)."""
     ci = dict(n_resamples=n_bootstrap, seed=seed)

@@ -45,7 +45,8 @@ class Component:
 
 def heads_and_mlps(n_layers: int, n_heads: int) -> list[Component]:
     return [Component("head", l, h) for l in range(n_layers) for h in range(n_heads)] + [
-        Component("mlp", l) for l in range(n_layers)]
+        Component("mlp", l) for l in range(n_layers)
+    ]
 
 
 def residual_positions(n_layers: int, n_positions: int) -> list[Component]:
@@ -54,8 +55,9 @@ def residual_positions(n_layers: int, n_positions: int) -> list[Component]:
     return [Component("resid", l, p, label) for l, label in rows for p in range(n_positions)]
 
 
-def patch_metrics(model, batch, components: list[Component], direction: str, per_pass: int,
-                  progress=None) -> torch.Tensor:
+def patch_metrics(
+    model, batch, components: list[Component], direction: str, per_pass: int, progress=None
+) -> torch.Tensor:
     """Task metric [len(components), B] with each component patched alone (batched over components)."""
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; choose from {DIRECTIONS}")
@@ -69,7 +71,7 @@ def patch_metrics(model, batch, components: list[Component], direction: str, per
     order = sorted(range(len(components)), key=lambda i: components[i].layer)  # stable: layer by layer
     out = torch.empty(len(components), B, dtype=torch.float64)
     for start in range(0, len(order), per_pass):
-        idx = order[start:start + per_pass]
+        idx = order[start : start + per_pass]
         chunk = [components[i] for i in idx]
         by_hook: dict[str, list[tuple[int, Component]]] = {}
         for m, c in enumerate(chunk):
@@ -88,11 +90,13 @@ def patch_metrics(model, batch, components: list[Component], direction: str, per
                     else:
                         x[block, c.index] = src[:, c.index]
                 return x
+
             return hook
 
         pos = batch.answer_pos.to(model.device).repeat(len(chunk))
-        answer = restart.answer_logits(min(c.layer for c in chunk), pos,
-                                       [(h, make_hook(h, i)) for h, i in by_hook.items()], copies=len(chunk))
+        answer = restart.answer_logits(
+            min(c.layer for c in chunk), pos, [(h, make_hook(h, i)) for h, i in by_hook.items()], copies=len(chunk)
+        )
         repeated = batch.subset(torch.arange(B).repeat(len(chunk)))
         out[idx] = data_metric(answer, repeated).view(len(chunk), B).cpu()
         if progress is not None:
@@ -100,9 +104,17 @@ def patch_metrics(model, batch, components: list[Component], direction: str, per
     return out
 
 
-def data_patch_metrics(model, data, components: list[Component], direction: str, batch_size: int,
-                       rows_per_pass: int, progress=None) -> np.ndarray:
+def data_patch_metrics(
+    model, data, components: list[Component], direction: str, batch_size: int, rows_per_pass: int, progress=None
+) -> np.ndarray:
     """Task metric [len(components), N] over all of data, batch by batch (progress counts components x batches)."""
     per_pass = max(1, rows_per_pass // min(batch_size, len(data)))
-    return np.concatenate([patch_metrics(model, data.subset(slice(b, b + batch_size)), components, direction, per_pass,
-                                         progress).numpy() for b in range(0, len(data), batch_size)], axis=1)
+    return np.concatenate(
+        [
+            patch_metrics(
+                model, data.subset(slice(b, b + batch_size)), components, direction, per_pass, progress
+            ).numpy()
+            for b in range(0, len(data), batch_size)
+        ],
+        axis=1,
+    )

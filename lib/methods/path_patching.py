@@ -24,8 +24,9 @@ from lib.core.patching import receiver_groups, source_hooks, source_outputs
 from lib.core.recompute import Restart
 
 
-def _mlp_changes(graph: Graph, restart: Restart, pos: torch.Tensor, outs: torch.Tensor, other: torch.Tensor,
-                 senders: list[int]) -> torch.Tensor:
+def _mlp_changes(
+    graph: Graph, restart: Restart, pos: torch.Tensor, outs: torch.Tensor, other: torch.Tensor, senders: list[int]
+) -> torch.Tensor:
     """[M, L, B, P, D]: each MLP's output change when sender m's output is the other prompt's and every other
     head is frozen to its base output (MLPs recompute)."""
     M, B = len(senders), outs.shape[1]
@@ -45,12 +46,14 @@ def _mlp_changes(graph: Graph, restart: Restart, pos: torch.Tensor, outs: torch.
                     else:
                         x[block] = other[s]
             return x
+
         return hook
 
     def record(layer: int):
         def hook(x, hook):
             changes[:, layer] = x.view(M, B, *x.shape[1:]) - outs[graph.mlp_source(layer)]
             return x
+
         return hook
 
     # before the earliest sender every node reads its base output: MLP changes there are zero, and the pass
@@ -87,8 +90,16 @@ class PathPatcher:
     def mlp_changes(self, senders: list[int]) -> torch.Tensor:
         key = tuple(senders)
         if key not in self._mlp:
-            self._mlp = {key: _mlp_changes(self.graph, self.restart, self.batch.answer_pos.to(self.model.device),
-                                           self.outs, self.other, senders)}
+            self._mlp = {
+                key: _mlp_changes(
+                    self.graph,
+                    self.restart,
+                    self.batch.answer_pos.to(self.model.device),
+                    self.outs,
+                    self.other,
+                    senders,
+                )
+            }
         return self._mlp[key]
 
     def metrics(self, senders: list[int], receivers: torch.Tensor, path: str) -> torch.Tensor:
@@ -111,6 +122,7 @@ class PathPatcher:
                     add = add + torch.einsum("mlh,mlbpd->mbphd", via, mlp)
                 add = add.reshape(M * B, *add.shape[2:])  # [M*B, P, h, D]
                 return x + (add if x.dim() == 4 else add[:, :, 0])
+
             return hook
 
         hooks, start = [], graph.n_layers
@@ -118,8 +130,9 @@ class PathPatcher:
             on = rcv[cols]  # [h]
             direct = (graph.edge_exists[sender_rows][:, cols] & on).to(outs)  # [M, h]: the edge sender -> receiver
             # [M, L, h]: MLP l lies between sender m and the receiver (writes after the sender, before the receiver)
-            via = (((mlp_rows[None, :] > sender_rows[:, None]) & (mlp_rows[None, :] < n_before))[:, :, None]
-                   & on).to(outs)
+            via = (((mlp_rows[None, :] > sender_rows[:, None]) & (mlp_rows[None, :] < n_before))[:, :, None] & on).to(
+                outs
+            )
             if not direct.any() and (mlp is None or not via.any()):
                 continue  # no sender reaches these receivers: nothing to add
             hooks.append((name, patch(direct, via)))

@@ -16,7 +16,7 @@ GROUP = re.compile(r"([a-z][a-z_-]*?)(?:<([qkv]+)>)?")
 def canonical_classes(task: str, graph: Graph, model_name: str) -> dict[str, list[str]]:
     """The task's published head classes (IOI: name movers, S-inhibition, ...) as head names, where a canonical
     circuit is published for this model (else none)."""
-    from lib.core.circuits import canonical_circuit
+    from lib.methods.canonical import canonical_circuit
     from tasks import TASKS
 
     canonical = TASKS[task].canonical or {}
@@ -58,9 +58,11 @@ def parse_receivers(spec: str, graph: Graph, task: str, model_name: str) -> list
         else:
             groups = ", ".join(c.replace("_", "-") for c in classes) or f"none for {task} on this model"
             last = graph.n_layers - 1  # examples that exist in this model
-            raise UserError(f"--receivers {token!r} is not a receiver (a{last}.h0<q>, m{last}, logits), a node "
-                            f"(a{last}.h0), a scan (all-heads<q|k|v>) or a canonical group of the task ({groups}) of "
-                            f"this {graph.describe()} model")
+            raise UserError(
+                f"--receivers {token!r} is not a receiver (a{last}.h0<q>, m{last}, logits), a node "
+                f"(a{last}.h0), a scan (all-heads<q|k|v>) or a canonical group of the task ({groups}) of "
+                f"this {graph.describe()} model"
+            )
         out.append((token, "", mask))
     return out
 
@@ -72,7 +74,9 @@ def parse_senders(spec: str, graph: Graph) -> list[int]:
     rows = []
     for token in spec.split():
         if token not in graph.source_index or token == "input":
-            raise UserError(f"--senders {token!r} is not a head (a{graph.n_layers - 1}.h0) or an MLP "
-                            f"(m{graph.n_layers - 1}) of this {graph.describe()} model")
+            raise UserError(
+                f"--senders {token!r} is not a head (a{graph.n_layers - 1}.h0) or an MLP "
+                f"(m{graph.n_layers - 1}) of this {graph.describe()} model"
+            )
         rows.append(graph.source_index[token])
     return sorted(set(rows))

@@ -24,8 +24,11 @@ from lib.methods import intervals
 LEVELS = ("edges", "nodes")
 POSITIONS = ("all", "named")
 METRICS = ("task", "prob_correct", "kl")
-METRIC_MEANING = {"task": "the task metric (DESIGN §5)", "prob_correct": "total probability of the correct answers",
-                  "kl": "minus KL(full model || circuit) at the answer position"}
+METRIC_MEANING = {
+    "task": "the task metric (DESIGN §5)",
+    "prob_correct": "total probability of the correct answers",
+    "kl": "minus KL(full model || circuit) at the answer position",
+}
 SENSITIVITY = ((0.1, "robust"), (0.3, "moderately sensitive"))  # range of faithfulness across the grid
 
 
@@ -53,20 +56,33 @@ def prompt_metrics(logits: torch.Tensor, full_logits: torch.Tensor, data) -> dic
     probs = logits.double().softmax(-1)
     correct = data.correct.to(logits.device)
     p_correct = (probs.gather(-1, correct.clamp_min(0)) * (correct >= 0)).sum(-1)
-    return {"task": data_metric(logits, data).double().cpu().numpy(),
-            "prob_correct": p_correct.cpu().numpy(),
-            "kl": -kl_divergence(full_logits, logits).double().cpu().numpy()}
+    return {
+        "task": data_metric(logits, data).double().cpu().numpy(),
+        "prob_correct": p_correct.cpu().numpy(),
+        "kl": -kl_divergence(full_logits, logits).double().cpu().numpy(),
+    }
 
 
 def grid(task, corruptions: list[str], has_positions: bool) -> list[dict]:
     """Every combination of the choices (metrics excepted: all come from the same forward passes)."""
     positions = POSITIONS if has_positions else ("all",)
-    return [dict(zip(("corruption", "ablation", "level", "positions"), c))
-            for c in itertools.product(corruptions, ABLATIONS, LEVELS, positions)]
+    return [
+        dict(zip(("corruption", "ablation", "level", "positions"), c))
+        for c in itertools.product(corruptions, ABLATIONS, LEVELS, positions)
+    ]
 
 
-def evaluate(model, graph: Graph, task, datasets: dict, keep: torch.Tensor, batch_size: int,
-             n_bootstrap: int, seed: int, progress=None) -> list[dict]:
+def evaluate(
+    model,
+    graph: Graph,
+    task,
+    datasets: dict,
+    keep: torch.Tensor,
+    batch_size: int,
+    n_bootstrap: int,
+    seed: int,
+    progress=None,
+) -> list[dict]:
     """Rows (choices, metric, faithfulness with its 95% interval, means) for every setting of the grid.
     datasets: corruption -> TaskData (the same clean prompts, each corruption's corrupted ones)."""
     rows = []
@@ -80,18 +96,34 @@ def evaluate(model, graph: Graph, task, datasets: dict, keep: torch.Tensor, batc
             pos = named if choice["positions"] == "named" else None
             key = (choice["ablation"], choice["positions"])
             if key not in cache:  # the empty circuit is the same at edge and node level
-                cache[key] = prompt_metrics(evaluate_mask(model, graph, data, empty, choice["ablation"], batch_size,
-                                                          positions=pos), full_logits, data)
+                cache[key] = prompt_metrics(
+                    evaluate_mask(model, graph, data, empty, choice["ablation"], batch_size, positions=pos),
+                    full_logits,
+                    data,
+                )
             circuit_keep = keep if choice["level"] == "edges" else node_level(graph, keep)
-            circuit = prompt_metrics(evaluate_mask(model, graph, data, circuit_keep, choice["ablation"], batch_size,
-                                                   positions=pos), full_logits, data)
+            circuit = prompt_metrics(
+                evaluate_mask(model, graph, data, circuit_keep, choice["ablation"], batch_size, positions=pos),
+                full_logits,
+                data,
+            )
             for metric in METRICS:
                 m, f, e = circuit[metric], full[metric], cache[key][metric]
-                rows.append({**choice, "metric": metric, "n": len(data), "edges_kept": int(circuit_keep.sum()),
-                             **intervals.columns("faithfulness", intervals.ratio_of_means, m, f, e,
-                                                 n_resamples=n_bootstrap, seed=seed),
-                             "circuit_mean": m.mean(), "full_mean": f.mean(), "empty_mean": e.mean(),
-                             "full_minus_empty": f.mean() - e.mean()})
+                rows.append(
+                    {
+                        **choice,
+                        "metric": metric,
+                        "n": len(data),
+                        "edges_kept": int(circuit_keep.sum()),
+                        **intervals.columns(
+                            "faithfulness", intervals.ratio_of_means, m, f, e, n_resamples=n_bootstrap, seed=seed
+                        ),
+                        "circuit_mean": m.mean(),
+                        "full_mean": f.mean(),
+                        "empty_mean": e.mean(),
+                        "full_minus_empty": f.mean() - e.mean(),
+                    }
+                )
             if progress is not None:
                 progress.update(1)
     return rows
@@ -111,10 +143,20 @@ def verdict(task_name: str, rows) -> dict:
     low, high = finite.loc[finite.faithfulness.idxmin()], finite.loc[finite.faithfulness.idxmax()]
     spread = float(high.faithfulness - low.faithfulness)
     word = next((w for limit, w in SENSITIVITY if spread <= limit), "not robust")
-    line = (f"{task_name}: faithfulness {default.faithfulness:.2f} under the default choices "
-            f"({describe(default)}); from {low.faithfulness:.2f} ({describe(low)}) to {high.faithfulness:.2f} "
-            f"({describe(high)}) across {len(finite)} settings: range {spread:.2f}, {word}")
-    return {"task": task_name, "default_faithfulness": float(default.faithfulness),
-            "min_faithfulness": float(low.faithfulness), "min_at": describe(low),
-            "max_faithfulness": float(high.faithfulness), "max_at": describe(high), "range": spread,
-            "n_settings": len(finite), "verdict": word, "line": line}
+    line = (
+        f"{task_name}: faithfulness {default.faithfulness:.2f} under the default choices "
+        f"({describe(default)}); from {low.faithfulness:.2f} ({describe(low)}) to {high.faithfulness:.2f} "
+        f"({describe(high)}) across {len(finite)} settings: range {spread:.2f}, {word}"
+    )
+    return {
+        "task": task_name,
+        "default_faithfulness": float(default.faithfulness),
+        "min_faithfulness": float(low.faithfulness),
+        "min_at": describe(low),
+        "max_faithfulness": float(high.faithfulness),
+        "max_at": describe(high),
+        "range": spread,
+        "n_settings": len(finite),
+        "verdict": word,
+        "line": line,
+    }

@@ -49,8 +49,11 @@ class Hypothesis:
 
     def describe(self, graph: Graph) -> list[dict]:
         """One row per circuit node: its claimed features and position."""
-        return [{"node": n, "features": "+".join(self.feature(n)), "position": self.positions.get(n, "all")}
-                for n in graph.nodes_of(self.keep) if n != "logits"]
+        return [
+            {"node": n, "features": "+".join(self.feature(n)), "position": self.positions.get(n, "all")}
+            for n in graph.nodes_of(self.keep)
+            if n != "logits"
+        ]
 
 
 @dataclass
@@ -62,7 +65,7 @@ class Pool:
     positions: dict  # class -> [N] long position index
 
     @classmethod
-    def of(cls, data, task) -> "Pool":
+    def of(cls, data, task) -> Pool:
         cols = [data.info[c].astype(str).to_numpy() for c in task.aligned_by]
         key = data.lengths.numpy().astype(str).astype(object)
         for c in cols:
@@ -198,6 +201,7 @@ def _source_recorder(graph: Graph, wanted: set[int], store: dict):
             for u in here:
                 store[u] = _head_or_out(x, u - rows.start if x.dim() == 4 else None)
             return x
+
         hooks.append((name, save))
     return hooks
 
@@ -218,6 +222,7 @@ def _pass_hooks(plan: _Plan, column_hook, writes: bool) -> list:
             for c in here:
                 column_hook(x, c, c - first if x.dim() == 4 else None, store)
             return x
+
         hooks.append((name, hook))
     return hooks
 
@@ -243,8 +248,9 @@ def _plain_pass(model, plan: _Plan, prompts: np.ndarray) -> None:
         plan.base[c][torch.as_tensor(slots, device=x.device)] = value
 
     with torch.no_grad():
-        model.bridge.run_with_hooks(plan.tokens(prompts),
-                                    fwd_hooks=_pass_hooks(plan, fill, writes=False) + [stop_before_unembedding()])
+        model.bridge.run_with_hooks(
+            plan.tokens(prompts), fwd_hooks=_pass_hooks(plan, fill, writes=False) + [stop_before_unembedding()]
+        )
 
 
 def _scrub_pass(model, plan: _Plan, eval_rows: np.ndarray, pos: torch.Tensor) -> torch.Tensor:
@@ -270,20 +276,29 @@ def _scrub_pass(model, plan: _Plan, eval_rows: np.ndarray, pos: torch.Tensor) ->
         return unembed_at(model, resid[torch.as_tensor(eval_rows, device=resid.device)], pos)
 
 
-def scrubbed_logits(model, graph: Graph, pool: Pool, hyp: Hypothesis, draws: Draws, eval_idx: np.ndarray,
-                    batch_size: int = 32, progress=None, chunk_size: int = 512) -> tuple[torch.Tensor, dict]:
+def scrubbed_logits(
+    model,
+    graph: Graph,
+    pool: Pool,
+    hyp: Hypothesis,
+    draws: Draws,
+    eval_idx: np.ndarray,
+    batch_size: int = 32,
+    progress=None,
+    chunk_size: int = 512,
+) -> tuple[torch.Tensor, dict]:
     """Logits [n, V] at the answer positions of pool items eval_idx under the scrubbed hypothesis, and counts
     (instances, rows of each pass, feature-agreeing draws) for the record. Plain passes run batch_size
     prompts at a time; the tree of up to chunk_size evaluation prompts is evaluated in one pass (the plain
     prompts of a chunk are at most the pool, so larger chunks need fewer plain passes)."""
     out, stats = [], {"instances": 0, "scrub_rows": 0, "plain_rows": 0, "agreeing_draws": 0, "agreeing_draws_moved": 0}
     for start in range(0, len(eval_idx), chunk_size):
-        chunk = np.asarray(eval_idx[start:start + chunk_size])
+        chunk = np.asarray(eval_idx[start : start + chunk_size])
         active, moved = closure(graph, hyp, draws, chunk)
         plan = _Plan(model, graph, pool, hyp, draws, active)
         plain = plan.plain_prompts()
         for s in range(0, len(plain), batch_size):
-            _plain_pass(model, plan, plain[s:s + batch_size])
+            _plain_pass(model, plan, plain[s : s + batch_size])
         out.append(_scrub_pass(model, plan, plan.row_of[chunk], pool.data.answer_pos[torch.as_tensor(chunk)]).float())
         stats["instances"] += sum(len(v) for v in active.values())
         stats["scrub_rows"] += len(plan.rows)

@@ -1,6 +1,6 @@
-"""Train sparse dictionaries for a model (a tool beside the core, as lib.core.toy trains the toy model):
+"""Train sparse dictionaries for a model (a tool beside the core, as lib.tools.toy trains the toy model):
 
-    uv run python -m lib.features.train --model toy --out models/toy/dictionaries     # the shipped set
+    uv run python -m lib.tools.dictionaries --model toy --out models/toy/dictionaries     # the shipped set
 
 TopK dictionaries (Gao et al. 2024, "Scaling and evaluating sparse autoencoders") with their auxiliary loss
 against dead latents (AuxK: the k_aux = d_in / 2 largest pre-activations of latents dead for `dead_after`
@@ -25,7 +25,7 @@ from typing import Annotated
 import typer
 
 from lib.core.errors import UserError
-from lib.io import cli, progress
+from lib.io import checks, cli, progress
 
 app = cli.script_app(__doc__)
 TRAIN_SEED = 20_000  # task seeds for activations (the toy model trained on 10_000+, evaluation uses < 10_000)
@@ -37,9 +37,12 @@ def sites(n_layers: int) -> dict[str, tuple[str, str]]:
     """Site name -> (input hook, output hook); SAEs read and write one hook."""
     out = {"embed": ("blocks.0.hook_resid_pre",) * 2}
     for l in range(n_layers):
-        out |= {f"attn{l}": (f"blocks.{l}.hook_attn_out",) * 2, f"mlp{l}": (f"blocks.{l}.hook_mlp_out",) * 2,
-                f"resid{l}": (f"blocks.{l}.hook_resid_post",) * 2,
-                f"tc{l}": (f"blocks.{l}.ln2.hook_normalized", f"blocks.{l}.hook_mlp_out")}
+        out |= {
+            f"attn{l}": (f"blocks.{l}.hook_attn_out",) * 2,
+            f"mlp{l}": (f"blocks.{l}.hook_mlp_out",) * 2,
+            f"resid{l}": (f"blocks.{l}.hook_resid_post",) * 2,
+            f"tc{l}": (f"blocks.{l}.ln2.hook_normalized", f"blocks.{l}.hook_mlp_out"),
+        }
     out["clt"] = ("blocks.{layer}.ln2.hook_normalized", "blocks.{layer}.hook_mlp_out")  # every layer
     return out
 
@@ -63,16 +66,17 @@ def activations(model, hooks: list[str], n_per_task: int, seed: int, batch_size:
         data = TASKS[name].build(model.tokenizer, n_per_task, seed + i)
         for tokens in (data.clean, data.corrupt):
             for start in range(0, len(data), batch_size):
-                t = tokens[start:start + batch_size]
-                real = data.real[start:start + batch_size]  # [B, P]
+                t = tokens[start : start + batch_size]
+                real = data.real[start : start + batch_size]  # [B, P]
                 cache = capture(model, t, hooks)
                 for h in hooks:
                     out[h].append(cache[h][real.to(cache[h].device)].float().cpu())
     return {h: torch.cat(v) for h, v in out.items()}
 
 
-def train_one(x, y, width: int, k: int, steps: int, batch: int, lr: float, seed: int, dead_after: int,
-              cfg: dict, bar=None):
+def train_one(
+    x, y, width: int, k: int, steps: int, batch: int, lr: float, seed: int, dead_after: int, cfg: dict, bar=None
+):
     """A TopK dictionary from inputs x [T, d_in] to targets y [T, d_out] (y is x for an SAE)."""
     import torch
 
@@ -81,8 +85,12 @@ def train_one(x, y, width: int, k: int, steps: int, batch: int, lr: float, seed:
     g = torch.Generator().manual_seed(seed)
     d_in, d_out = x.shape[1], y.shape[1]
     w_dec = torch.nn.functional.normalize(torch.randn(width, d_out, generator=g), dim=-1)
-    params = {"W_enc": (w_dec.T.clone() if d_in == d_out else torch.randn(d_in, width, generator=g) / d_in ** 0.5),
-              "W_dec": w_dec, "b_enc": torch.zeros(width), "b_dec": y.mean(0).clone()}
+    params = {
+        "W_enc": (w_dec.T.clone() if d_in == d_out else torch.randn(d_in, width, generator=g) / d_in**0.5),
+        "W_dec": w_dec,
+        "b_enc": torch.zeros(width),
+        "b_dec": y.mean(0).clone(),
+    }
     params = {n: p.requires_grad_(True) for n, p in params.items()}
     opt = torch.optim.Adam(params.values(), lr=lr)
     dictionary = Dictionary(cfg, **params)
@@ -102,7 +110,10 @@ def train_one(x, y, width: int, k: int, steps: int, batch: int, lr: float, seed:
             top = torch.where(dead[None], pre, torch.full_like(pre, -torch.inf)).topk(min(k_aux, n_dead), dim=-1)
             aux = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
             residual = (yb - out).detach()
-            loss = loss + AUX_COEFFICIENT * min(n_dead / k_aux, 1.0) * (dictionary.decode(aux) - residual).pow(2).sum(-1).mean()
+            loss = (
+                loss
+                + AUX_COEFFICIENT * min(n_dead / k_aux, 1.0) * (dictionary.decode(aux) - residual).pow(2).sum(-1).mean()
+            )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -113,8 +124,21 @@ def train_one(x, y, width: int, k: int, steps: int, batch: int, lr: float, seed:
     return Dictionary(cfg, *(params[n].detach().clone() for n in ("W_enc", "W_dec", "b_enc", "b_dec")))
 
 
-def train_clt(xs: list, ys: list, width: int, k: int, steps: int, batch: int, lr: float, seed: int, dead_after: int,
-              cfg: dict, hooks_in: list, hooks_out: list, bar=None):
+def train_clt(
+    xs: list,
+    ys: list,
+    width: int,
+    k: int,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    dead_after: int,
+    cfg: dict,
+    hooks_in: list,
+    hooks_out: list,
+    bar=None,
+):
     """A TopK cross-layer transcoder from per-layer inputs xs (L x [T, d_in]) to MLP outputs ys (L x [T, d_out]),
     the same tokens in every layer."""
     import torch
@@ -124,7 +148,7 @@ def train_clt(xs: list, ys: list, width: int, k: int, steps: int, batch: int, lr
     g = torch.Generator().manual_seed(seed)
     L, d_in, d_out = len(xs), xs[0].shape[1], ys[0].shape[1]
     x, y = torch.stack(xs, 1), torch.stack(ys, 1)  # [T, L, d]
-    w_enc = [(torch.randn(d_in, width, generator=g) / d_in ** 0.5).requires_grad_(True) for _ in range(L)]
+    w_enc = [(torch.randn(d_in, width, generator=g) / d_in**0.5).requires_grad_(True) for _ in range(L)]
     b_enc = [torch.zeros(width, requires_grad=True) for _ in range(L)]
     w_dec = []
     for l in range(L):
@@ -150,7 +174,9 @@ def train_clt(xs: list, ys: list, width: int, k: int, steps: int, batch: int, lr
             for l in range(L):
                 n_dead = int(dead[l].sum())
                 if n_dead:
-                    top = torch.where(dead[l][None], pre[l], torch.full_like(pre[l], -torch.inf)).topk(min(k_aux, n_dead), -1)
+                    top = torch.where(dead[l][None], pre[l], torch.full_like(pre[l], -torch.inf)).topk(
+                        min(k_aux, n_dead), -1
+                    )
                     aux[l] = torch.zeros_like(pre[l]).scatter(-1, top.indices, top.values)
             aux_out = torch.stack([tc.write(j, aux) - b_dec[j] for j in range(L)], 1)
             residual = (yb - out).detach()
@@ -164,9 +190,19 @@ def train_clt(xs: list, ys: list, width: int, k: int, steps: int, batch: int, lr
                 w.div_(w.flatten(1).norm(dim=-1)[:, None, None])
         if bar is not None:
             bar.update(1)
-    return TranscoderSet("clt", "clt", hooks_in, hooks_out, [w.detach().clone() for w in w_enc],
-                         [b.detach().clone() for b in b_enc], [w.detach().clone() for w in w_dec],
-                         b_dec.detach().clone(), "topk", k, cfg=cfg)
+    return TranscoderSet(
+        "clt",
+        "clt",
+        hooks_in,
+        hooks_out,
+        [w.detach().clone() for w in w_enc],
+        [b.detach().clone() for b in b_enc],
+        [w.detach().clone() for w in w_dec],
+        b_dec.detach().clone(),
+        "topk",
+        k,
+        cfg=cfg,
+    )
 
 
 def spliced_columns(model, hooks: list) -> dict:
@@ -187,8 +223,11 @@ def spliced_columns(model, hooks: list) -> dict:
             kls.append(float(kl_divergence(full, spliced).mean()))
             metrics.append(float(data_metric(spliced, data).mean()))
             clean.append(float(data_metric(full, data).mean()))
-    return {"kl_spliced": sum(kls) / len(kls), **{f"metric_{t}": m for t, m in zip(TASK_NAMES, metrics)},
-            **{f"metric_{t}_model": m for t, m in zip(TASK_NAMES, clean)}}
+    return {
+        "kl_spliced": sum(kls) / len(kls),
+        **{f"metric_{t}": m for t, m in zip(TASK_NAMES, metrics)},
+        **{f"metric_{t}_model": m for t, m in zip(TASK_NAMES, clean)},
+    }
 
 
 def clt_report_row(model, name: str, tc, xs: list, ys: list) -> dict:
@@ -205,10 +244,17 @@ def clt_report_row(model, name: str, tc, xs: list, ys: list) -> dict:
         out = torch.stack([tc.write(j, f) for j in range(L)])
         y = torch.stack(ys)
         fvu = float((out - y).pow(2).sum() / (y - y.mean(1, keepdim=True)).pow(2).sum())
-        row = {"dictionary": name, "kind": "clt", "hook_name": hook_template(tc.hooks_in),
-               "hook_name_out": hook_template(tc.hooks_out), "d_sae": tc.d_sae, "k": tc.k,
-               "fvu": fvu, "l0": float(sum((f[l] > 0).sum(-1).float().mean() for l in range(L)) / L),
-               "dead_fraction": float(sum(((f[l] > 0).sum(0) == 0).float().mean() for l in range(L)) / L)}
+        row = {
+            "dictionary": name,
+            "kind": "clt",
+            "hook_name": hook_template(tc.hooks_in),
+            "hook_name_out": hook_template(tc.hooks_out),
+            "d_sae": tc.d_sae,
+            "k": tc.k,
+            "fvu": fvu,
+            "l0": float(sum((f[l] > 0).sum(-1).float().mean() for l in range(L)) / L),
+            "dead_fraction": float(sum(((f[l] > 0).sum(0) == 0).float().mean() for l in range(L)) / L),
+        }
         row |= spliced_columns(model, replacement_hooks(tc, range(L)))
     return row
 
@@ -222,29 +268,41 @@ def report_row(model, name: str, d, x, y) -> dict:
     with torch.no_grad():
         f = d.encode(x)
         fvu = float((d.decode(f) - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
-        row = {"dictionary": name, "kind": d.kind, "hook_name": d.hook_name, "hook_name_out": d.hook_name_out,
-               "d_sae": d.d_sae, "k": d.k, "fvu": fvu, "l0": float((f > 0).sum(-1).float().mean()),
-               "dead_fraction": float(((f > 0).sum(0) == 0).float().mean())}
+        row = {
+            "dictionary": name,
+            "kind": d.kind,
+            "hook_name": d.hook_name,
+            "hook_name_out": d.hook_name_out,
+            "d_sae": d.d_sae,
+            "k": d.k,
+            "fvu": fvu,
+            "l0": float((f > 0).sum(-1).float().mean()),
+            "dead_fraction": float(((f > 0).sum(0) == 0).float().mean()),
+        }
         row |= spliced_columns(model, splice_hooks({name: d}, with_error=False))
     return row
 
 
 @app.command()
-def main(out: Annotated[Path, typer.Option("--out", help="the set's folder (one folder per dictionary)")],
-         model: cli.ModelOpt = "toy",
-         only: Annotated[str, typer.Option("--sites", help="space-separated sites (embed, attn0, mlp0, resid0, "
-                                            "tc0, ..., clt), or all")] = "all",
-         width: Annotated[int, typer.Option(help="latents per dictionary")] = 256,
-         k: Annotated[int, typer.Option(help="active latents per token (TopK)")] = 8,
-         steps: Annotated[int, typer.Option(help="optimizer steps per dictionary")] = 3000,
-         batch: Annotated[int, typer.Option(help="tokens per step")] = 256,
-         lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
-         n_per_task: Annotated[int, typer.Option("--n-per-task", help="prompts per task (clean and corrupted)")] = 400,
-         seed: cli.SeedOpt = 0, quiet: cli.QuietOpt = False):
-    cli.check_between(1, 1 << 20, ("--width", width), ("--steps", steps), ("--batch", batch))
-    cli.check_between(1, width, ("--k", k))
-    cli.check_between(2, cli.MAX_PROMPTS, ("--n-per-task", n_per_task))
-    cli.check_finite("--lr", lr)
+def main(
+    out: Annotated[Path, typer.Option("--out", help="the set's folder (one folder per dictionary)")],
+    model: cli.ModelOpt = "toy",
+    only: Annotated[
+        str, typer.Option("--sites", help="space-separated sites (embed, attn0, mlp0, resid0, tc0, ..., clt), or all")
+    ] = "all",
+    width: Annotated[int, typer.Option(help="latents per dictionary")] = 256,
+    k: Annotated[int, typer.Option(help="active latents per token (TopK)")] = 8,
+    steps: Annotated[int, typer.Option(help="optimizer steps per dictionary")] = 3000,
+    batch: Annotated[int, typer.Option(help="tokens per step")] = 256,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
+    n_per_task: Annotated[int, typer.Option("--n-per-task", help="prompts per task (clean and corrupted)")] = 400,
+    seed: cli.SeedOpt = 0,
+    quiet: cli.QuietOpt = False,
+):
+    checks.check_between(1, 1 << 20, ("--width", width), ("--steps", steps), ("--batch", batch))
+    checks.check_between(1, width, ("--k", k))
+    checks.check_between(2, cli.MAX_PROMPTS, ("--n-per-task", n_per_task))
+    checks.check_finite("--lr", lr)
     if out.exists():
         raise UserError(f"--out {out} exists; a dictionary set is never overwritten")
     progress.set_quiet(quiet)
@@ -258,8 +316,9 @@ def main(out: Annotated[Path, typer.Option("--out", help="the set's folder (one 
         torch.set_num_threads(threads)  # a caller in this process (tests) keeps its own
 
 
-def _train_set(out: Path, model: str, only: str, width: int, k: int, steps: int, batch: int, lr: float,
-               n_per_task: int, seed: int) -> None:
+def _train_set(
+    out: Path, model: str, only: str, width: int, k: int, steps: int, batch: int, lr: float, n_per_task: int, seed: int
+) -> None:
     import pandas as pd
     import torch
 
@@ -282,25 +341,61 @@ def _train_set(out: Path, model: str, only: str, width: int, k: int, steps: int,
         for name in chosen:
             i = list(table).index(name)  # the site's own seed: a subset of sites trains each as the full set does
             hook_in, hook_out = table[name]
-            training = {"trainer": "lib.features.train", "steps": steps, "batch": batch, "lr": lr,
-                        "n_per_task": n_per_task, "seed": seed, "aux_coefficient": AUX_COEFFICIENT}
+            training = {
+                "trainer": "lib.tools.dictionaries",
+                "steps": steps,
+                "batch": batch,
+                "lr": lr,
+                "n_per_task": n_per_task,
+                "seed": seed,
+                "aux_coefficient": AUX_COEFFICIENT,
+            }
             if "{layer}" in hook_in:  # the cross-layer transcoder
                 ins, outs = site_hooks(name, table[name], lm.n_layers)
                 torch.manual_seed(seed + i)
-                tc = train_clt([train_acts[h] for h in ins], [train_acts[h] for h in outs], width, k, steps, batch, lr,
-                               seed * 1000 + i, dead_after=20 * batch, cfg={"model_name": lm.name, "training": training},
-                               hooks_in=ins, hooks_out=outs, bar=bar)
+                tc = train_clt(
+                    [train_acts[h] for h in ins],
+                    [train_acts[h] for h in outs],
+                    width,
+                    k,
+                    steps,
+                    batch,
+                    lr,
+                    seed * 1000 + i,
+                    dead_after=20 * batch,
+                    cfg={"model_name": lm.name, "training": training},
+                    hooks_in=ins,
+                    hooks_out=outs,
+                    bar=bar,
+                )
                 write_clt(staging / name, tc)
                 rows.append(clt_report_row(lm, name, tc, [held_acts[h] for h in ins], [held_acts[h] for h in outs]))
                 continue
-            cfg = {"architecture": "topk", "k": k, "hook_name": hook_in, "model_name": lm.name,
-                   "apply_b_dec_to_input": hook_in == hook_out, "normalize_activations": "none",
-                   "training": training}
+            cfg = {
+                "architecture": "topk",
+                "k": k,
+                "hook_name": hook_in,
+                "model_name": lm.name,
+                "apply_b_dec_to_input": hook_in == hook_out,
+                "normalize_activations": "none",
+                "training": training,
+            }
             if hook_in != hook_out:
                 cfg["hook_name_out"] = hook_out
             torch.manual_seed(seed + i)
-            d = train_one(train_acts[hook_in], train_acts[hook_out], width, k, steps, batch, lr, seed * 1000 + i,
-                          dead_after=20 * batch, cfg=cfg, bar=bar)
+            d = train_one(
+                train_acts[hook_in],
+                train_acts[hook_out],
+                width,
+                k,
+                steps,
+                batch,
+                lr,
+                seed * 1000 + i,
+                dead_after=20 * batch,
+                cfg=cfg,
+                bar=bar,
+            )
             files.write(staging / name, d)
             rows.append(report_row(lm, name, d, held_acts[hook_in], held_acts[hook_out]))
     pd.DataFrame(rows).to_csv(staging / "report.csv", index=False, float_format="%.6g")

@@ -5,7 +5,6 @@ with intervals over graphs, and plots."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from lib.core.errors import UserError
 from lib.io.diagram import plt
@@ -24,13 +23,17 @@ def transcoder_sets(loaded: dict, model, where: str, wanted: str) -> dict:
             raise
     clts = sorted(n for n, d in loaded.items() if d.kind == "clt")
     if len(clts) > 1 and wanted == "clt":
-        raise UserError(f"--dictionaries {where} holds {len(clts)} cross-layer transcoders ({', '.join(clts)}); "
-                        "point --dictionaries at one of them")
+        raise UserError(
+            f"--dictionaries {where} holds {len(clts)} cross-layer transcoders ({', '.join(clts)}); "
+            "point --dictionaries at one of them"
+        )
     if clts:
         sets["clt"] = loaded[clts[0]]
     if wanted not in sets:
-        raise UserError(f"--dictionaries {where}: no cross-layer transcoder for model {model.name} (a folder in "
-                        "circuit-tracer's CLT layout, W_enc_0.safetensors ...)")
+        raise UserError(
+            f"--dictionaries {where}: no cross-layer transcoder for model {model.name} (a folder in "
+            "circuit-tracer's CLT layout, W_enc_0.safetensors ...)"
+        )
     return {k: tc.to(device=model.device) for k, tc in sets.items()}
 
 
@@ -43,8 +46,11 @@ def feature_labels(model, tc, top: int = 2):
     def label(layer: int, feature: int) -> str:
         if (layer, feature) not in cache:
             logits = tc.W_dec[layer][feature].sum(0).to(w_u.dtype) @ w_u
-            cache[layer, feature] = " ".join(repr(model.tokenizer.decode([t]))[:10] for t in logits.topk(top).indices.tolist())
+            cache[layer, feature] = " ".join(
+                repr(model.tokenizer.decode([t]))[:10] for t in logits.topk(top).indices.tolist()
+            )
         return cache[layer, feature]
+
     return label
 
 
@@ -68,16 +74,26 @@ def write_graph(run, model, graph, pruned, slug: str, extra: dict, labels) -> di
     scan = f"{model.name}-{graph.transcoders.replace(':', '-')}"
     front = graph_json.frontend(graph, pruned, decode, slug, scan, extra["node_threshold"])
     run.json(f"graphs/{slug}.json", front)
-    arrays = {"adjacency": graph.adjacency.numpy(), "metric_row": graph.metric_row.numpy(),
-              "targets": graph.targets.numpy(), "tokens": graph.tokens.numpy(), "active": graph.active.numpy(),
-              "activations": graph.activations.numpy(), "selected": graph.selected.numpy(),
-              "logit_tokens": graph.logit_tokens.numpy(), "logit_probs": graph.logit_probs.numpy(),
-              "node_ids": np.array(graph_json.node_ids(graph)), "node_mask": pruned.node_mask.numpy(),
-              "edge_mask": pruned.edge_mask.numpy(), "influence": pruned.influence.numpy()}
+    arrays = {
+        "adjacency": graph.adjacency.numpy(),
+        "metric_row": graph.metric_row.numpy(),
+        "targets": graph.targets.numpy(),
+        "tokens": graph.tokens.numpy(),
+        "active": graph.active.numpy(),
+        "activations": graph.activations.numpy(),
+        "selected": graph.selected.numpy(),
+        "logit_tokens": graph.logit_tokens.numpy(),
+        "logit_probs": graph.logit_probs.numpy(),
+        "node_ids": np.array(graph_json.node_ids(graph)),
+        "node_mask": pruned.node_mask.numpy(),
+        "edge_mask": pruned.edge_mask.numpy(),
+        "influence": pruned.influence.numpy(),
+    }
 
     def save(path):
         with open(path, "wb") as fh:
             np.savez_compressed(fh, **arrays)
+
     atomic_write(run.path / "graphs" / f"{slug}.npz", save)
     run.files.append(f"graphs/{slug}.npz")
     names = {}
@@ -103,23 +119,41 @@ def task_circuit(model, tc, task: str, counts: dict, extra: dict, data, base, op
     rows = []
     for key, values in counts.items():
         kind, layer, feat, offset = key
-        rows.append({"task": task, "node": node_name(kind, tc.kind, layer, feat, offset), "kind": kind, "layer": layer,
-                     "feature": feat, "offset_from_end": offset, "frequency": len(values) / n,
-                     "mean_influence": sum(values) / n, "in_circuit": key in circuit,
-                     "promotes": labels(layer, feat) if kind == "feature" else ""})
+        rows.append(
+            {
+                "task": task,
+                "node": node_name(kind, tc.kind, layer, feat, offset),
+                "kind": kind,
+                "layer": layer,
+                "feature": feat,
+                "offset_from_end": offset,
+                "frequency": len(values) / n,
+                "mean_influence": sum(values) / n,
+                "in_circuit": key in circuit,
+                "promotes": labels(layer, feat) if kind == "feature" else "",
+            }
+        )
     rows.sort(key=lambda r: (-r["frequency"], -r["mean_influence"], r["node"]))
     means = checks.mean_values(model, tc, data, opts.batch_size)
     m_model = base.metric_clean.to_numpy()
     evaluate = lambda keys, complement=False: checks.ablated_metric(  # noqa: E731
-        model, tc, data, checks.circuit_masks(tc, data, keys, complement), means, opts.batch_size)
+        model, tc, data, checks.circuit_masks(tc, data, keys, complement), means, opts.batch_size
+    )
     m_empty, m_circuit, m_rest = evaluate(set()), evaluate(circuit), evaluate(circuit, True)
     ci = dict(n_resamples=opts.n_bootstrap, seed=opts.seed)
-    summary = {"task": task, "transcoders": tc.kind, "nodes": len(circuit),
-               "features": sum(k[0] == "feature" for k in circuit), "errors": sum(k[0] == "error" for k in circuit),
-               **intervals.columns("faithfulness", intervals.ratio_of_means, m_circuit, m_model, m_empty, **ci),
-               **intervals.columns("completeness", intervals.ratio_of_means, m_rest, m_model, m_empty, **ci),
-               "metric_model": float(m_model.mean()), "metric_circuit": float(m_circuit.mean()),
-               "metric_every_node_ablated": float(m_empty.mean()), "prompts": len(data)}
+    summary = {
+        "task": task,
+        "transcoders": tc.kind,
+        "nodes": len(circuit),
+        "features": sum(k[0] == "feature" for k in circuit),
+        "errors": sum(k[0] == "error" for k in circuit),
+        **intervals.columns("faithfulness", intervals.ratio_of_means, m_circuit, m_model, m_empty, **ci),
+        **intervals.columns("completeness", intervals.ratio_of_means, m_rest, m_model, m_empty, **ci),
+        "metric_model": float(m_model.mean()),
+        "metric_circuit": float(m_circuit.mean()),
+        "metric_every_node_ablated": float(m_empty.mean()),
+        "prompts": len(data),
+    }
     return rows, [summary]
 
 
@@ -138,20 +172,30 @@ def summaries(tables: dict, opts) -> dict:
         for col in columns:
             row |= intervals.columns(col, intervals.mean, part[col].to_numpy(), **ci)
         return row
-    scores = [means(part, ("replacement_full", "completeness_full", *pruned), task=task)
-              for task, part in tables["scores"].groupby("task", sort=False)]
-    sweep = [means(part, (*pruned, "jaccard_vs_default"), task=task, node_threshold=t)
-             for (task, t), part in tables["sensitivity"].groupby(["task", "node_threshold"], sort=False)]
+
+    scores = [
+        means(part, ("replacement_full", "completeness_full", *pruned), task=task)
+        for task, part in tables["scores"].groupby("task", sort=False)
+    ]
+    sweep = [
+        means(part, (*pruned, "jaccard_vs_default"), task=task, node_threshold=t)
+        for (task, t), part in tables["sensitivity"].groupby(["task", "node_threshold"], sort=False)
+    ]
     gaps = []
     for task, part in tables["interventions"].groupby("task", sort=False):
         row = {"task": task, "interventions": len(part)}
         for col in ("gap", "gap_attention", "gap_linear"):
             row |= intervals.columns(f"abs_{col}", intervals.mean, part[col].abs().to_numpy(), **ci)
         for col in ("frozen", "real"):
-            row[f"corr_predicted_{col}"] = float(np.corrcoef(part.predicted_graph, part[col])[0, 1]) if len(part) > 2 else np.nan
+            row[f"corr_predicted_{col}"] = (
+                float(np.corrcoef(part.predicted_graph, part[col])[0, 1]) if len(part) > 2 else np.nan
+            )
         gaps.append(row)
-    return {"scores_summary": pd.DataFrame(scores), "sensitivity_summary": pd.DataFrame(sweep),
-            "interventions_summary": pd.DataFrame(gaps)}
+    return {
+        "scores_summary": pd.DataFrame(scores),
+        "sensitivity_summary": pd.DataFrame(sweep),
+        "interventions_summary": pd.DataFrame(gaps),
+    }
 
 
 def plot_task(task: str, tables: dict, extra: dict) -> dict:
@@ -161,8 +205,17 @@ def plot_task(task: str, tables: dict, extra: dict) -> dict:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     for kind, part in comp.groupby("transcoders", sort=False):
         for ax, col in zip(axes, ("kl", "faithfulness")):
-            ax.errorbar(part.layers_replaced, part[col], yerr=[(part[col] - part[f"{col}_ci_low"]).clip(lower=0),
-                        (part[f"{col}_ci_high"] - part[col]).clip(lower=0)], marker="o", capsize=3, label=kind.upper())
+            ax.errorbar(
+                part.layers_replaced,
+                part[col],
+                yerr=[
+                    (part[col] - part[f"{col}_ci_low"]).clip(lower=0),
+                    (part[f"{col}_ci_high"] - part[col]).clip(lower=0),
+                ],
+                marker="o",
+                capsize=3,
+                label=kind.upper(),
+            )
     axes[0].set(xlabel="first k MLPs replaced (no error nodes)", ylabel="KL(model || replacement), nats")
     axes[1].set(xlabel="first k MLPs replaced (no error nodes)", ylabel="faithfulness (1 = model, 0 = corrupted)")
     axes[1].axhline(1.0, color="0.6", lw=0.8, ls="--")
@@ -177,8 +230,10 @@ def plot_task(task: str, tables: dict, extra: dict) -> dict:
     for col, label in (("replacement_pruned", "replacement"), ("completeness_pruned", "completeness")):
         axes[0].plot(sens.index, sens[col], marker="o", label=f"{label} (pruned)")
     full = tables["scores"][tables["scores"].task == task][["replacement_full", "completeness_full"]].mean()
-    for value, colour, label in ((full.replacement_full, "C0", "replacement (full graph)"),
-                                 (full.completeness_full, "C1", "completeness (full graph)")):
+    for value, colour, label in (
+        (full.replacement_full, "C0", "replacement (full graph)"),
+        (full.completeness_full, "C1", "completeness (full graph)"),
+    ):
         axes[0].axhline(value, color=colour, lw=0.8, ls="--", label=label)
     axes[0].set(xlabel="node threshold", ylabel="score (mean over graphs)", ylim=(-0.02, 1.02))
     axes[0].legend(fontsize=7, loc="lower left")
@@ -188,8 +243,10 @@ def plot_task(task: str, tables: dict, extra: dict) -> dict:
     axes[1].legend(fontsize=8)
     axes[2].plot(sens.index, sens.jaccard_vs_default, marker="o")
     axes[2].set(xlabel="node threshold", ylabel=f"Jaccard vs threshold {extra['node_threshold']:g}", ylim=(-0.02, 1.02))
-    fig.suptitle(f"{task}: sensitivity to the pruning threshold ({len(tables['scores'][tables['scores'].task == task])} "
-                 "graphs)", fontsize=10)
+    fig.suptitle(
+        f"{task}: sensitivity to the pruning threshold ({len(tables['scores'][tables['scores'].task == task])} graphs)",
+        fontsize=10,
+    )
     figs[f"sensitivity_{task}.png"] = fig
 
     inter = tables["interventions"]
@@ -197,8 +254,14 @@ def plot_task(task: str, tables: dict, extra: dict) -> dict:
     fig, ax = plt.subplots(figsize=(5, 4.2), layout="constrained")
     if len(inter):
         for col, marker in (("frozen", "o"), ("real", "x")):
-            ax.scatter(inter.predicted_graph, inter[col], marker=marker, s=22, alpha=0.8,
-                       label=f"{col} model" + (" (attention frozen)" if col == "frozen" else " (attention recomputed)"))
+            ax.scatter(
+                inter.predicted_graph,
+                inter[col],
+                marker=marker,
+                s=22,
+                alpha=0.8,
+                label=f"{col} model" + (" (attention frozen)" if col == "frozen" else " (attention recomputed)"),
+            )
         lim = float(np.nanmax(np.abs(inter[["predicted_graph", "frozen", "real"]].to_numpy()))) * 1.08 or 1.0
         ax.plot([-lim, lim], [-lim, lim], color="0.6", lw=0.8, ls="--", label="prediction = outcome")
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim))
@@ -211,7 +274,9 @@ def plot_task(task: str, tables: dict, extra: dict) -> dict:
     feats = feats[feats.task == task].head(20) if len(feats) else feats
     fig, ax = plt.subplots(figsize=(7, 0.22 * max(len(feats), 4) + 1.2), layout="constrained")
     if len(feats):
-        colours = ["0.6" if k == "error" else ("#1f63b4" if c else "#9bb7d9") for k, c in zip(feats.kind, feats.in_circuit)]
+        colours = [
+            "0.6" if k == "error" else ("#1f63b4" if c else "#9bb7d9") for k, c in zip(feats.kind, feats.in_circuit)
+        ]
         ax.barh(range(len(feats))[::-1], feats.frequency, color=colours)
         ax.set_yticks(range(len(feats))[::-1], [f"{n} {p}" for n, p in zip(feats.node, feats.promotes)], fontsize=6)
         ax.axvline(extra["min_frequency"], color="0.4", lw=0.8, ls="--")

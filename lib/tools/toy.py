@@ -1,7 +1,7 @@
 """The offline `toy` model: a small GPT-2 trained by the project on its four tasks.
 
-    uv run python -m lib.core.toy train      # rebuilds models/toy/ (tokenizer + weights), deterministic
-    uv run python -m lib.core.toy evaluate   # held-out accuracy and metrics per task
+uv run python -m lib.tools.toy train      # rebuilds models/toy/ (tokenizer + weights), deterministic
+uv run python -m lib.tools.toy evaluate   # held-out accuracy and metrics per task
 """
 
 from __future__ import annotations
@@ -35,24 +35,41 @@ ARCH = dict(n_layer=4, n_head=4, n_embd=64, n_inner=256, n_positions=64)
 def _pre_tokenizer():
     from tokenizers import Regex, pre_tokenizers
 
-    return pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
 
 
 def _corpus_texts() -> list[str]:
     """Every text the task generators produce (clean, corrupted), with the words they draw on."""
     from tasks import docstring, greater_than, ioi, sva
 
-    words = (ioi.NAMES + ioi.PLACES + ioi.OBJECTS + greater_than.NOUNS + docstring.NAMES
-             + docstring.WORDS + docstring.FUNCTION_NAMES + sva.PREPOSITIONS + sva.PREPNOUNS
-             + [w for pair in sva.NOUNS + sva.RC_VERBS + sva.ANSWER_VERBS for w in pair])
-    texts = [" " + w for w in words] + docstring.WORDS + [f"{i:02d}" for i in range(100)] + [f" {i}" for i in range(10, 20)]
+    words = (
+        ioi.NAMES
+        + ioi.PLACES
+        + ioi.OBJECTS
+        + greater_than.NOUNS
+        + docstring.NAMES
+        + docstring.WORDS
+        + docstring.FUNCTION_NAMES
+        + sva.PREPOSITIONS
+        + sva.PREPNOUNS
+        + [w for pair in sva.NOUNS + sva.RC_VERBS + sva.ANSWER_VERBS for w in pair]
+    )
+    texts = (
+        [" " + w for w in words] + docstring.WORDS + [f"{i:02d}" for i in range(100)] + [f" {i}" for i in range(10, 20)]
+    )
     texts += [t.replace("[S1]", "A").replace("[IO]", "B").replace("[S2]", "C") for t in ioi.BABA_TEMPLATES]
     texts += ["The a lasted from the year 1234 to the year 12"]
-    texts += [docstring.TEMPLATE.format(fname="f", args=", ".join(["self"] + ["a"] * k), dA="a", dB="a",
-                                        **{f"w{i}": "a" for i in range(1, 8)}) for k in range(1, 8)]
+    texts += [
+        docstring.TEMPLATE.format(
+            fname="f", args=", ".join(["self"] + ["a"] * k), dA="a", dB="a", **{f"w{i}": "a" for i in range(1, 8)}
+        )
+        for k in range(1, 8)
+    ]
     texts += [f"The {a} {p} the" for a, _ in sva.NOUNS for p in sva.PREPOSITIONS] + ["The a that the"]
     return texts
 
@@ -70,8 +87,14 @@ def build_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS,
-                                   unk_token=UNK, model_max_length=ARCH["n_positions"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=BOS,
+        pad_token=BOS,
+        unk_token=UNK,
+        model_max_length=ARCH["n_positions"],
+    )
 
 
 def _training_batches(tokenizer, n_per_task: int):
@@ -117,8 +140,14 @@ def _step_loss(model, data, batches: dict[str, int], gen, weights: dict[str, flo
     return loss, parts
 
 
-def train(out_dir: Path = TOY_DIR, steps: int = 6000, batch: int = 32, n_per_task: int = 20_000,
-          seed: int = 0, lr: float = 2e-3) -> dict:
+def train(
+    out_dir: Path = TOY_DIR,
+    steps: int = 6000,
+    batch: int = 32,
+    n_per_task: int = 20_000,
+    seed: int = 0,
+    lr: float = 2e-3,
+) -> dict:
     """Train the toy model deterministically on CPU and save it in Hugging Face format."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -128,21 +157,31 @@ def train(out_dir: Path = TOY_DIR, steps: int = 6000, batch: int = 32, n_per_tas
     torch.use_deterministic_algorithms(True)
     tokenizer = build_tokenizer()
     data = _training_batches(tokenizer, n_per_task)
-    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=0, pad_token_id=0,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ARCH)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **ARCH,
+    )
     model = GPT2LMHeadModel(config)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = 200
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
     gen = torch.Generator().manual_seed(seed)
     t0, log = time.time(), []
     model.train()
     bar = progress.bar(steps, "train toy", "step")
     for step in range(steps):
         share = FOCUS_BATCHES if step >= FOCUS_FROM else {}
-        loss, parts = _step_loss(model, data, {name: int(batch * share.get(name, 1.0)) for name in data}, gen,
-                                 TASK_WEIGHTS)
+        loss, parts = _step_loss(
+            model, data, {name: int(batch * share.get(name, 1.0)) for name in data}, gen, TASK_WEIGHTS
+        )
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -157,11 +196,23 @@ def train(out_dir: Path = TOY_DIR, steps: int = 6000, batch: int = 32, n_per_tas
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    meta = {"steps": steps, "batch_per_task": batch, "n_per_task": n_per_task, "seed": seed, "lr": lr,
-            "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__,
-            "parameters": sum(p.numel() for p in model.parameters()), "final_loss": log[-1],
-            "task_weights": TASK_WEIGHTS, "docstring_n": DOCSTRING_N_FACTOR * n_per_task, "focus_from": FOCUS_FROM, "focus_batches": FOCUS_BATCHES,
-            "architecture": ARCH, "vocab_size": len(tokenizer)}
+    meta = {
+        "steps": steps,
+        "batch_per_task": batch,
+        "n_per_task": n_per_task,
+        "seed": seed,
+        "lr": lr,
+        "train_seconds": round(time.time() - t0, 1),
+        "torch": torch.__version__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "final_loss": log[-1],
+        "task_weights": TASK_WEIGHTS,
+        "docstring_n": DOCSTRING_N_FACTOR * n_per_task,
+        "focus_from": FOCUS_FROM,
+        "focus_batches": FOCUS_BATCHES,
+        "architecture": ARCH,
+        "vocab_size": len(tokenizer),
+    }
     (out_dir / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 

@@ -1,6 +1,6 @@
 """Write a built-in task as a text-pairs file (tasks/files.py), to start a task of your own from a working one:
 
-    uv run python -m tasks.export ioi --model toy --n 200 --out ioi_pairs.csv
+    uv run python -m lib.tools.export_task ioi --model toy --n 200 --out ioi_pairs.csv
 
 The items are exactly those `--tasks <name> --n-prompts <n> --seed <seed>` builds for that model's tokenizer,
 in the same order; each answer is written as its token's text, checked to encode back to the same token."""
@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from lib.core.errors import UserError
-from lib.io import cli
+from lib.io import checks, cli
 
 app = cli.script_app(__doc__)
 
@@ -30,14 +30,24 @@ def rows_of(data, tokenizer) -> list[dict]:
         for i in (int(t) for t in ids if t >= 0):
             text = tokenizer.decode([i])
             if token_ids(tokenizer, text) != [i]:
-                raise UserError(f"answer token {i} ({text!r}) does not encode back to itself with this tokenizer; "
-                                "it cannot be written as text")
+                raise UserError(
+                    f"answer token {i} ({text!r}) does not encode back to itself with this tokenizer; "
+                    "it cannot be written as text"
+                )
             out.append(text)
         return out
 
-    return [{"clean": data.info.clean_text[i], "corrupted": data.info.corrupt_text[i],
-             "correct": texts(data.correct[i]), "wrong": texts(data.wrong[i]), "group": str(data.info.group[i]),
-             "metric": data.metric_kind} for i in range(len(data))]
+    return [
+        {
+            "clean": data.info.clean_text[i],
+            "corrupted": data.info.corrupt_text[i],
+            "correct": texts(data.correct[i]),
+            "wrong": texts(data.wrong[i]),
+            "group": str(data.info.group[i]),
+            "metric": data.metric_kind,
+        }
+        for i in range(len(data))
+    ]
 
 
 def write(rows: list[dict], out: Path) -> None:
@@ -58,17 +68,20 @@ def write(rows: list[dict], out: Path) -> None:
 
 
 @app.command()
-def main(task: Annotated[str, typer.Argument(help="a built-in task: ioi, sva, docstring, greater-than")],
-         out: Annotated[Path, typer.Option("--out", help="the file to write: .csv or .jsonl (never overwritten)")],
-         model: cli.ModelOpt = "gpt2", n: Annotated[int, typer.Option("--n", help="items")] = 100,
-         seed: cli.SeedOpt = 0,
-         corruption: Annotated[str, typer.Option(help="the task's corruption (default: its first)")] = ""):
+def main(
+    task: Annotated[str, typer.Argument(help="a built-in task: ioi, sva, docstring, greater-than")],
+    out: Annotated[Path, typer.Option("--out", help="the file to write: .csv or .jsonl (never overwritten)")],
+    model: cli.ModelOpt = "gpt2",
+    n: Annotated[int, typer.Option("--n", help="items")] = 100,
+    seed: cli.SeedOpt = 0,
+    corruption: Annotated[str, typer.Option(help="the task's corruption (default: its first)")] = "",
+):
     from lib.core.choices import check_model_name
     from tasks import TASK_NAMES
 
     if task not in TASK_NAMES:
         raise UserError(f"unknown task {task!r}; export one of {', '.join(TASK_NAMES)}")
-    cli.check_between(1, cli.MAX_PROMPTS, ("--n", n))
+    checks.check_between(1, cli.MAX_PROMPTS, ("--n", n))
     if not 0 <= seed <= cli.SEED_MAX:
         raise UserError(f"--seed must be between 0 and {cli.SEED_MAX} (got {seed})")
     if out.suffix not in (".csv", ".jsonl"):

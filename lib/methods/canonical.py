@@ -23,8 +23,9 @@ def ioi_circuit(graph: Graph, canonical: dict) -> torch.Tensor:
     logits, and the heads that feed the logits also feed the MLPs after them."""
     classes = {k: [_head(s) for s in v] for k, v in canonical["classes"].items()}
     if not _fits(graph, [h for hs in classes.values() for h in hs]):
-        raise UserError(f"the canonical IOI circuit names heads a {graph.n_layers}-layer, "
-                        f"{graph.n_heads}-head model does not have")
+        raise UserError(
+            f"the canonical IOI circuit names heads a {graph.n_layers}-layer, {graph.n_heads}-head model does not have"
+        )
     keep = torch.zeros(graph.n_sources, graph.n_receivers, dtype=torch.bool)
     mlps = [graph.mlp_source(l) for l in range(graph.n_layers)]
 
@@ -57,8 +58,10 @@ def group_circuit(graph: Graph, canonical: dict) -> torch.Tensor:
     groups = canonical["groups"]
     for node in [n for g in groups for n in g if n not in ("input", "logits")]:
         if node not in graph.source_index:
-            raise UserError(f"the canonical circuit names {node}, which a {graph.n_layers}-layer, "
-                            f"{graph.n_heads}-head model does not have")
+            raise UserError(
+                f"the canonical circuit names {node}, which a {graph.n_layers}-layer, "
+                f"{graph.n_heads}-head model does not have"
+            )
     for senders, receivers in zip(groups, groups[1:]):
         for u in senders:
             s = graph.source_index[u]
@@ -80,7 +83,10 @@ def canonical_circuit(task: str, graph: Graph, model_name: str) -> torch.Tensor 
     from tasks import TASKS
 
     canonical = TASKS[task].canonical
-    if canonical is None or graph.parallel or not (graph.n_layers == 12 and graph.n_heads == 12
-                                                  and model_name.startswith("gpt2")):
+    if (
+        canonical is None
+        or graph.parallel
+        or not (graph.n_layers == 12 and graph.n_heads == 12 and model_name.startswith("gpt2"))
+    ):
         return None
     return ioi_circuit(graph, canonical) if "edge_rules" in canonical else group_circuit(graph, canonical)

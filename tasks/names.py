@@ -1,0 +1,3 @@
+"""The built-in tasks' names, importable without torch or pandas (the CLI checks --tasks before anything loads)."""
+
+TASK_NAMES = ("ioi", "sva", "docstring", "greater-than")
