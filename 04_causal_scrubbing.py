@@ -219,14 +219,16 @@ def main(
         hypothesis=hypothesis,
         n_seeds=n_seeds,
         pool_size=pool_size,
-    ) as (lm, run, graph, _):
+    ) as (lm, run, graph, datasets):
         for name in opts.tasks if hypothesis == "canonical" else []:  # fail before any work
             main_hypothesis(hypothesis, name, graph, graph.edge_exists, "canonical")
         run.record.setdefault("scrubbing", {})
         results = cli.per_task(
             run,
             opts.tasks,
-            lambda name: scrub_task(lm, graph, run, name, opts, circuit, hypothesis, n_seeds, pool_size),
+            lambda name: scrub_task(
+                lm, graph, run, name, opts, circuit, hypothesis, n_seeds, pool_size, datasets[name]
+            ),
         )
         items = pd.concat([r["items"] for r in results.values()], ignore_index=True)
         stats = {k: v for r in results.values() for k, v in r["stats"].items()}
@@ -257,7 +259,9 @@ def main(
         )
 
 
-def scrub_task(lm, graph, run, name: str, opts, circuit: str, hypothesis: str, n_seeds: int, pool_size: int) -> dict:
+def scrub_task(
+    lm, graph, run, name: str, opts, circuit: str, hypothesis: str, n_seeds: int, pool_size: int, evaluation=None
+) -> dict:
     """One task: per-prompt rows of every hypothesis and seed, draw statistics, the claims tested."""
     import pandas as pd
 
@@ -267,9 +271,14 @@ def scrub_task(lm, graph, run, name: str, opts, circuit: str, hypothesis: str, n
     from lib.methods.scrubbing import Pool, draw, scrubbed_logits
     from tasks import TASKS
 
-    n_prompts = opts.n_prompts
-    pool = Pool.of(TASKS[name].build(lm.tokenizer, pool_size, opts.seed), TASKS[name])
+    discovery = None if evaluation is None else evaluation.discovery
+    if discovery is None:
+        pool = Pool.of(TASKS[name].build(lm.tokenizer, pool_size, opts.seed), TASKS[name])
+    else:  # a task file split for --circuit auto (circuit_experiment): draws come from its held-out rows only
+        pool = Pool.of(evaluation, TASKS[name])
+    n_prompts = min(opts.n_prompts, len(pool))
     data = pool.data.subset(slice(0, n_prompts))
+    data.discovery = discovery
     resolved = resolve_with_progress(circuit, lm, graph, name, data, opts, "resample", run)
     hyps = [main_hypothesis(hypothesis, name, graph, resolved.keep, resolved.label)]
     if hyps[0].kind != COMPLEMENT_ONLY:

@@ -191,14 +191,14 @@ def eap_task(
     from lib.methods.faithfulness import (
         Evaluator,
         auc_interval,
-        discovery_and_held_out,
         log_grid,
         roc_curve,
         top_k_mask,
     )
 
     # discovery prompts and disjoint held-out prompts for the faithfulness curve
-    discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
+    split = cli.task_split(run, name, lm.tokenizer, opts)
+    discovery, held_out, frame = split.discovery, split.held_out, split.frame
     reference = canonical_circuit(name, graph, lm.name)
     with progress.bar(len(discovery), f"{name}: {method} scores", "prompt") as bar:  # per prompt for AUC intervals
         scores = edge_scores(

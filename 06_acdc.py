@@ -91,7 +91,7 @@ def main(
     from lib.methods.acdc import ACDCState, edge_order, kept_mask, run_acdc
     from lib.methods.area import mib_circuit_count, mib_curves
     from lib.methods.canonical import canonical_circuit
-    from lib.methods.faithfulness import Evaluator, discovery_and_held_out, roc_from_points, roc_point
+    from lib.methods.faithfulness import Evaluator, roc_from_points, roc_point
 
     extra = dict(
         thresholds=taus,
@@ -111,7 +111,8 @@ def main(
         rows, datasets = [], []
         timings = run.record.setdefault("seconds", {})  # wall time per task x tau (kept out of the CSVs)
         for name in opts.tasks:
-            discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
+            split = cli.task_split(run, name, lm.tokenizer, opts)
+            discovery, held_out, frame = split.discovery, split.held_out, split.frame
             datasets.append(frame)
             ev, reference = None, canonical_circuit(name, graph, lm.name)
             candidates, pruned_label = None, ""

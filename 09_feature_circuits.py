@@ -202,9 +202,10 @@ def circuit_task(lm, run, name: str, opts, chosen: dict, extra: dict) -> dict:
     from lib.features.circuit import Accumulator, keep_masks, random_choice, thresholds_for_sizes
     from lib.features.dictionary import identity_dictionary
     from lib.features.effects import node_effects
-    from lib.methods.faithfulness import discovery_and_held_out, log_grid
+    from lib.methods.faithfulness import log_grid
 
-    discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
+    split = cli.task_split(run, name, lm.tokenizer, opts)
+    discovery, held_out, frame = split.discovery, split.held_out, split.frame
     neurons = {n: identity_dictionary(d) for n, d in chosen.items()}
     effects = {}
     for label, dicts in (("features", chosen), ("neurons", neurons)):

@@ -90,6 +90,7 @@ def main(
         checks.check_finite(name, value)
         if not 0 <= value <= 1:
             raise UserError(f"{name} must be between 0 and 1 (got {value:g})")
+    checks.check_at_least(1, ("--n-prompts", n_prompts))  # before it is compared with --n-graphs
     if n_graphs > n_prompts:
         raise UserError(
             f"--n-graphs {n_graphs} is more than --n-prompts {n_prompts} (graphs are built on the discovery prompts)"
@@ -170,9 +171,9 @@ def graph_task(lm, run, name: str, opts, sets: dict, extra: dict) -> dict:
     from lib.features.attribution import attribute, memory_estimate, metric_direction
     from lib.features.influence import logit_weights, prune
     from lib.io.graph_report import feature_labels, task_circuit, write_graph
-    from lib.methods.faithfulness import discovery_and_held_out
 
-    discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
+    split = cli.task_split(run, name, lm.tokenizer, opts)
+    discovery, held_out, frame = split.discovery, split.held_out, split.frame
     if extra["n_graphs"] > len(discovery):
         raise UserError(
             f"--n-graphs {extra['n_graphs']}: task {name} has {len(discovery)} discovery prompts "

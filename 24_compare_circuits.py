@@ -76,21 +76,22 @@ def main(
         results = cli.per_task(
             run,
             opts.tasks,
-            lambda name: compare_task(lm, graph, name, opts, loaded, top_k, taus, ig_steps, n_resamples),
+            lambda name: compare_task(lm, run, graph, name, opts, loaded, top_k, taus, ig_steps, n_resamples),
         )
         write(run, graph, results)
 
 
 def compare_task(
-    lm, graph, name: str, opts, loaded: dict, top_k: int, taus: list[float], ig_steps: int, n_resamples: int
+    lm, run, graph, name: str, opts, loaded: dict, top_k: int, taus: list[float], ig_steps: int, n_resamples: int
 ) -> dict:
     from lib.methods import comparison, intervals
     from lib.methods.acdc import edge_order, kept_mask, run_acdc
     from lib.methods.canonical import canonical_circuit
     from lib.methods.eap import edge_scores
-    from lib.methods.faithfulness import Evaluator, discovery_and_held_out, log_grid, top_k_mask
+    from lib.methods.faithfulness import Evaluator, log_grid, top_k_mask
 
-    discovery, held_out, frame = discovery_and_held_out(name, lm.tokenizer, opts.n_prompts, opts.seed)
+    split = cli.task_split(run, name, lm.tokenizer, opts)
+    discovery, held_out, frame = split.discovery, split.held_out, split.frame
     circuits, items, sensitivity, stability_rows, stability_summary = dict(loaded), {}, [], [], []
     if not loaded:
         for method in SCORED:

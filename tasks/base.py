@@ -34,6 +34,9 @@ class TaskData:
     n_dropped: int = 0  # generated items dropped because they broke a token constraint
     vocab_dropped: dict = field(default_factory=dict)  # word list -> words dropped for this tokenizer
     drop_reasons: dict = field(default_factory=dict)  # why items were dropped -> how many (tasks from files)
+    # prompts set aside to discover a circuit on, disjoint from these (a task file too small for --n-prompts
+    # is split in halves: lib.methods.faithfulness.discovery_and_held_out); None: generate them
+    discovery: TaskData | None = None
 
     def __len__(self) -> int:
         return self.clean.shape[0]

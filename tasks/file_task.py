@@ -11,7 +11,11 @@ from tasks.base import Task, TaskData, assemble, token_ids
 from tasks.files import SOURCES, FileSource, parse_ids
 
 ANSWER_FEATURE = "answer"  # the info column causal scrubbing's answer-feature hypothesis resamples by
-UNGROUPED = "ungrouped"  # the group of rows without one ("all" is the summary over every item)
+UNGROUPED = "ungrouped"
+# rows that cannot carry a signal are dropped and counted like rows that break a tokenizer rule
+NO_PROMPT = "a null, empty or non-text prompt"
+SAME_ANSWER = "an answer that is also a wrong answer (the metric cannot tell them apart)"
+SAME_PROMPTS = "identical clean and corrupted prompts (nothing to patch)"  # the group of rows without one ("all" is the summary over every item)
 
 
 def _one_token(tokenizer, text: str) -> int | None:
@@ -43,8 +47,11 @@ def _ids_checked(tokenizer, ids: list[int], what: str, where: str) -> list[int]:
 def _item(source: FileSource, row: dict, tokenizer, year_ids: dict | None) -> tuple[dict | None, str]:
     """(candidate item, "") or (None, why the row is dropped)."""
     form = source.format
+    if form in ("text-pairs", "eap-ig-ids", "eap-ig-label"):
+        if not all(isinstance(row.get(k), str) and row[k] for k in ("clean", "corrupted")):
+            return None, NO_PROMPT
+        clean, corrupt = row["clean"], row["corrupted"]
     if form == "text-pairs":
-        clean, corrupt = str(row["clean"]), str(row["corrupted"])
         right, wrong = _answers(row["correct"]), _answers(row["wrong"])
         if not right or not wrong or "" in right or "" in wrong:
             return None, "an empty answer"
@@ -54,7 +61,6 @@ def _item(source: FileSource, row: dict, tokenizer, year_ids: dict | None) -> tu
         correct, wrong_ids = ids[: len(right)], ids[len(right) :]
         group = str(row.get("group", "") or UNGROUPED)
     elif form == "eap-ig-ids":
-        clean, corrupt = str(row["clean"]), str(row["corrupted"])
         correct = _ids_checked(tokenizer, parse_ids(row["correct_idx"], "correct_idx"), "correct_idx", source.path)
         wrong_ids = _ids_checked(
             tokenizer, parse_ids(row["incorrect_idx"], "incorrect_idx"), "incorrect_idx", source.path
@@ -62,7 +68,6 @@ def _item(source: FileSource, row: dict, tokenizer, year_ids: dict | None) -> tu
         right = [tokenizer.decode([i]) for i in correct]
         group = UNGROUPED
     elif form == "eap-ig-label":
-        clean, corrupt = str(row["clean"]), str(row["corrupted"])
         try:
             yy = int(str(row["label"]).strip())
         except ValueError:
@@ -81,8 +86,10 @@ def _item(source: FileSource, row: dict, tokenizer, year_ids: dict | None) -> tu
         right, group = [f"after {yy:02d}"], UNGROUPED
     else:
         clean, corrupt, right_text, wrong_text = _mib(form, row)
-        if clean is None:
+        if corrupt is None:
             return None, "a MIB row without its counterfactual"
+        if not (isinstance(clean, str) and clean and isinstance(corrupt, str) and corrupt):
+            return None, NO_PROMPT
         correct, wrong_ids = [_one_token(tokenizer, right_text)], [_one_token(tokenizer, wrong_text)]
         if None in correct + wrong_ids:
             return None, "an answer that is not one token"
@@ -126,20 +133,24 @@ def build(name: str, tokenizer, n: int, seed: int, corruption: str = "file") -> 
     year_ids = year_tokens(tokenizer) if source.format == "eap-ig-label" else None
     unk = getattr(tokenizer, "unk_token_id", None)
     kept, reasons = [], Counter()
-    for row in source.rows:
+    for row_number, row in enumerate(source.rows, start=1):
         if len(kept) == n:
             break
         item, why = _item(source, row, tokenizer, year_ids)
         if item is not None:
             clean, corrupt = token_ids(tokenizer, item["clean"]), token_ids(tokenizer, item["corrupt"])
-            if len(clean) != len(corrupt):
+            if set(item["correct"]) & set(item["wrong"]):
+                item, why = None, SAME_ANSWER
+            elif clean == corrupt:
+                item, why = None, SAME_PROMPTS
+            elif len(clean) != len(corrupt):
                 item, why = None, "clean and corrupted prompts of unequal token length"
             elif unk is not None and (unk in clean or unk in corrupt):
                 item, why = None, "a word the tokenizer does not know (its unknown token)"
         if item is None:
             reasons[why] += 1
         else:
-            kept.append(item)
+            kept.append({**item, "file_row": row_number})
     if not kept:
         detail = "; ".join(f"{k}: {v}" for k, v in reasons.most_common())
         raise UserError(f"task file {source.path}: no row satisfies this tokenizer's rules ({detail or 'no rows'})")

@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lib.core.errors import UserError
+from lib.core.errors import UserError, user_path
 
 FORMATS = ("text-pairs", "eap-ig-ids", "eap-ig-label", "mib-ioi", "mib-mcqa", "mib-arithmetic")
 METRIC_KINDS = ("logit_diff", "logit_minus_max", "prob_diff")  # tasks/base.py
@@ -85,7 +85,7 @@ def register(spec: str, task_metric: str = "") -> str:
     if spec.startswith("mib:"):
         source = _from_hub(spec)
     else:
-        source = _from_path(Path(spec).expanduser())
+        source = _from_path(user_path(spec, "task file"))
     if source.name in TASK_NAMES:
         raise UserError(f"task file {spec}: its name {source.name!r} is a built-in task's; rename the file")
     if source.name in SOURCES and SOURCES[source.name].path != source.path:

@@ -1,4 +1,4 @@
-"""Every decoder architecture: the identities of DESIGN §4 on tiny random models (perturbed biases and norm
+"""Every decoder architecture: the identities of DEFINITIONS.md, Patching an edge on tiny random models (perturbed biases and norm
 weights), or the one-line refusal. GPT-2 is checked the same way in test_patching/test_eap/test_acdc."""
 
 from __future__ import annotations

@@ -175,6 +175,24 @@ def test_bad_dictionaries_are_one_line(tmp_path, toy):
         files.read(tmp_path / "k")
 
 
+@pytest.mark.parametrize("script", ["09_feature_circuits.py", "10_attribution_graphs.py"])
+def test_a_set_folder_without_cfg_is_named_not_skipped(tmp_path, script):
+    """A copy of the shipped set with mlp1/cfg.json deleted: refused in one line naming mlp1 (it was dropped
+    silently, and 09 ran on the rest)."""
+    import shutil
+
+    from conftest import refused, run_cli
+
+    from lib.core.model import TOY_DIR
+
+    copy = tmp_path / "set"
+    shutil.copytree(TOY_DIR / "dictionaries", copy)
+    (copy / "mlp1" / "cfg.json").unlink()
+    r = run_cli(script, "--tasks", "ioi", "--model", "toy", "--dictionaries", str(copy), "--out", str(tmp_path / "o"))
+    refused(r, f"dictionaries {copy}: folder mlp1 holds no cfg.json")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.csv"))
+
+
 def test_training_is_deterministic_and_refuses_bad_options(tmp_path):
     """The same command, twice: bit-identical weights (seeded, one CPU thread)."""
     import contextlib
@@ -511,7 +529,7 @@ def test_resid_pre_dictionaries_are_the_previous_layers_residual_site(toy):
 
 def test_resample_ablation_of_every_node_is_the_corrupted_model(toy):
     """Every node replaced by its paired corrupted prompt's value: every site carries the corrupted activation,
-    so the metric is the model's on the corrupted prompt (DESIGN §4's identity, at feature level)."""
+    so the metric is the model's on the corrupted prompt (DEFINITIONS.md, Patching an edge's identity, at feature level)."""
     from lib.core.forward import stop_before_unembedding
     from lib.core.model import TOY_DIR
     from lib.features.ablate import ablated_metric, every_node, reference_values

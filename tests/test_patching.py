@@ -1,4 +1,4 @@
-"""Intervention engine invariants (DESIGN §4) and a slow one-receiver-at-a-time reference."""
+"""Intervention engine invariants (DEFINITIONS.md, Patching an edge) and a slow one-receiver-at-a-time reference."""
 
 import pytest
 import torch

@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import refused, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -54,6 +54,19 @@ def _assert_refused(tmp_path, script, option, value):
 def test_any_string_option_value_is_one_line_exit_2(tmp_path, script, data):
     option = data.draw(st.sampled_from(STRING_OPTIONS[script]))
     _assert_refused(tmp_path, script, option, data.draw(ARGV_TEXT))
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--tasks", "~0/"), ("--model", "~nobody-here/model"), ("--dictionaries", "~0/set")],
+)
+def test_a_home_directory_of_no_user_is_one_line(tmp_path, option, value):
+    """Found by the property test above: `~0/` made pathlib raise RuntimeError (no such user's home)."""
+    args = ["--tasks", "ioi", "--model", "toy"] if option == "--dictionaries" else []
+    script = "09_feature_circuits.py" if option == "--dictionaries" else "02_logit_diff.py"
+    r = run_cli(script, *args, option, value, "--out", str(tmp_path / "res"))
+    refused(r, "names no home directory")
+    assert not (tmp_path / "res").exists()
 
 
 @pytest.mark.parametrize("script", sorted(INT_OPTIONS))

@@ -194,17 +194,42 @@ def test_rows_that_break_a_rule_are_dropped_counted_and_explained(tmp_path):
         }
     )  # unequal lengths
     rows.append({**rows[0], "correct": [" Mary John"]})  # an answer of two tokens
+    # rows that can carry no signal: a null prompt, the right answer among the wrong ones, nothing corrupted
+    rows.append({**rows[0], "clean": None})
+    rows.append({**rows[1], "wrong": [rows[1]["correct"][0]]})
+    rows.append({**rows[2], "corrupted": rows[2]["clean"]})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = run_cli("01_dla.py", "--tasks", str(path), "--n-prompts", "10", *QUICK, "--out", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
     run = the_run(tmp_path / "o", "01_dla")
     data = pd.read_csv(run / "dataset.csv")
-    assert len(data) == 4 and (data.prompts_dropped == 2).all()
+    assert len(data) == 4 and (data.prompts_dropped == 5).all()
+    assert list(data.file_row) == [1, 2, 3, 4]
     assert data.drop_reasons[0] == (
-        "an answer that is not one token: 1; clean and corrupted prompts of unequal token length: 1"
+        "a null, empty or non-text prompt: 1; an answer that is also a wrong answer (the metric cannot tell them "
+        "apart): 1; an answer that is not one token: 1; clean and corrupted prompts of unequal token length: 1; "
+        "identical clean and corrupted prompts (nothing to patch): 1"
     )
     record = json.loads((run / "run.json").read_text())["task_files"]["mixed"]
-    assert record["rows_used"] == 4 and record["rows_dropped"] == 2
+    assert record["rows_used"] == 4 and record["rows_dropped"] == 5
+
+
+@pytest.mark.parametrize(
+    "script", ["01_dla.py", "02_logit_diff.py", "05_eap.py", "09_feature_circuits.py", "10_attribution_graphs.py"]
+)
+def test_a_task_with_no_signal_is_refused_in_every_script(tmp_path, script):
+    """wrong = correct on every row (the metric is 0 everywhere) or clean = corrupted: nothing to measure."""
+    same_answer = [(c, k, a, a) for c, k, a, _ in IOI_ROWS]
+    unpatched = [(c, c, a, b) for c, _, a, b in IOI_ROWS]
+    for name, rows, reason in (
+        ("same_answer", same_answer, "an answer that is also a wrong answer"),
+        ("unpatched", unpatched, "identical clean and corrupted prompts"),
+    ):
+        path = tmp_path / f"{name}.csv"
+        pd.DataFrame(rows, columns=["clean", "corrupted", "correct", "wrong"]).to_csv(path, index=False)
+        r = run_cli(script, "--tasks", str(path), *TOY, "--out", str(tmp_path / "o"))
+        refused(r, f"no row satisfies this tokenizer's rules ({reason}")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.csv"))
 
 
 def bad_files(where):
@@ -397,3 +422,72 @@ def test_a_builtin_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ioi").mkdir()
     assert cli.parse_tasks("ioi") == ["ioi"] and not files.SOURCES
+
+
+# every script that discovers a circuit on some prompts and evaluates it on others (05/06/09/10/24 always; 02, 04,
+# 21, 22 and 23 under --circuit auto, their default)
+SPLITTING = {  # script: options that only set how much work is done (the split's defaults, --n-prompts, are kept)
+    "02_logit_diff.py": ["--n-bootstrap", "40"],
+    "04_causal_scrubbing.py": ["--n-bootstrap", "40", "--n-seeds", "1"],
+    "05_eap.py": ["--n-bootstrap", "40", "--n-random", "0", "--top-k", "10"],
+    "06_acdc.py": ["--thresholds", "0.1", "--n-random", "0", "--n-bootstrap", "40"],
+    "09_feature_circuits.py": ["--n-bootstrap", "40", "--n-random", "0", "--edge-threshold", "1e9"],
+    "10_attribution_graphs.py": ["--n-graphs", "1", "--n-bootstrap", "40"],
+    "21_output_variants.py": ["--n-bootstrap", "40"],
+    "22_hypothesis_tests.py": ["--n-random", "10", "--n-permutations", "40"],
+    "23_robustness.py": ["--n-bootstrap", "40"],
+    "24_compare_circuits.py": ["--n-resamples", "2", "--thresholds", "0.1", "--n-bootstrap", "40"],
+}
+
+
+def first_rows(where, n: int):
+    """The shipped example file cut to its first n data rows."""
+    lines = (ROOT / "tasks" / "examples" / "ioi_pairs.csv").read_text().splitlines()
+    path = where / f"ioi{n}.csv"
+    path.write_text("\n".join(lines[: n + 1]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("script", SPLITTING)
+def test_a_30_row_file_runs_with_default_options(tmp_path, script):
+    """Fewer rows than 2 x --n-prompts (its default): split in halves as 05 splits them, the split in run.json."""
+    path = first_rows(tmp_path, 30)
+    r = run_cli(script, "--tasks", str(path), *TOY, *SPLITTING[script], "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "ioi30: 30 usable prompts, fewer than 2 x --n-prompts (" in r.stderr
+    assert "split in halves, 15 to discover the circuit and 15 to evaluate it" in r.stderr
+    record = json.loads((the_run(tmp_path / "out", script.removesuffix(".py")) / "run.json").read_text())
+    split = record["splits"]["ioi30"]
+    assert split["halved"] and split["n_discovery"] == split["n_held_out"] == 15
+    assert split["discovery_rows"] == list(range(1, 16)) and split["held_out_rows"] == list(range(16, 31))
+    if "circuits" in record:  # the evaluating scripts: the circuit was found on the first half only
+        assert record["circuits"]["ioi30"]["n_discovery"] == 15
+
+
+@pytest.mark.parametrize("script", SPLITTING)
+def test_a_3_row_file_is_refused_naming_the_count_that_works(tmp_path, script):
+    r = run_cli(script, "--tasks", str(first_rows(tmp_path, 3)), "--model", "toy", "--out", str(tmp_path / "out"))
+    refused(
+        r,
+        "task ioi3: 3 usable prompt(s); discovering a circuit on some prompts and evaluating it on others "
+        "needs at least 4 (2 and 2)",
+    )
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.csv"))
+
+
+def test_two_files_in_one_quoted_value_are_two_tasks_like_two_names(tmp_path):
+    from lib.io import cli
+
+    a, b = first_rows(tmp_path, 5), tmp_path / "second.csv"
+    b.write_text(a.read_text())
+    assert cli.parse_tasks(f"{a} {b}") == ["ioi5", "second"]  # as `--tasks "a.csv b.csv"` arrives
+    assert cli.parse_tasks(f"{a},ioi") == ["ioi5", "ioi"]
+    assert cli.parse_tasks("ioi sva") == ["ioi", "sva"]
+    spaced = tmp_path / "with space.csv"
+    spaced.write_text(a.read_text())
+    assert cli.parse_tasks(str(spaced)) == ["with space"]  # an existing path stays one file
+
+
+def test_n_prompts_0_is_named_before_n_graphs(tmp_path):
+    r = run_cli("10_attribution_graphs.py", *TOY, "--n-prompts", "0", "--out", str(tmp_path))
+    refused(r, "--n-prompts must be at least 1 (got 0)")

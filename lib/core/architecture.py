@@ -1,5 +1,5 @@
-"""Architecture facts (DESIGN §2, README "Architectures"), read from the bridge's config and structure, never
-from a model's name; the ones the edge identities of DESIGN §4 do not hold for are refused here, before any work.
+"""Architecture facts (README, Models, README "Architectures"), read from the bridge's config and structure, never
+from a model's name; the ones the edge identities of DEFINITIONS.md, Patching an edge do not hold for are refused here, before any work.
 
 Grouped-query attention is ungrouped at load (k and v projections repeated per query head, the peer libraries'
 convention), so every graph has k and v receivers per query head and the computation is unchanged.
@@ -81,7 +81,7 @@ def read(bridge, n_kv_heads: int) -> Architecture:
 
 
 def refusal(bridge, name: str) -> str | None:
-    """Why the edge identities of DESIGN §4 cannot hold on this model, or None when they do."""
+    """Why the edge identities of DEFINITIONS.md, Patching an edge cannot hold on this model, or None when they do."""
     arch = getattr(bridge.cfg, "architecture", "?")
     block = bridge.blocks[0]
     post = [n for n in ("ln1_post", "ln2_post") if hasattr(block, n)]

@@ -4,9 +4,8 @@ any heavy import (--help and option errors answer at once); the modules that imp
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from lib.core.errors import UserError
+from lib.core.errors import UserError, user_path
 
 ABLATIONS = ("resample", "mean", "zero")  # lib.core.patching
 EAP_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted")  # lib.methods.eap
@@ -45,7 +44,7 @@ def check_model_name(name: str) -> None:
     if name in BUILTIN_MODELS:
         return
     try:
-        path = Path(name).expanduser()
+        path = user_path(name, "--model")
         exists, is_dir = path.exists(), path.is_dir()
     except (OSError, ValueError) as e:
         raise UserError(f"--model {name!r} is not a usable name or path ({e})") from None

@@ -1,4 +1,4 @@
-"""The computational graph (DESIGN §3): sources x receivers as dense tensors, edge names."""
+"""The computational graph (DEFINITIONS.md, The graph): sources x receivers as dense tensors, edge names."""
 
 from __future__ import annotations
 

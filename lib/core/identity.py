@@ -1,4 +1,4 @@
-"""The load-time probe of DESIGN §4: every receiver's input must be the sum of its sources' outputs plus a
+"""The load-time probe of DEFINITIONS.md, Patching an edge: every receiver's input must be the sum of its sources' outputs plus a
 constant, or the model is refused in one line (a safety net under the structural rules of lib.core.architecture)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from lib.core.patching import as_sources, receiver_groups, source_hooks
 
 def identity_error(model) -> tuple[str, float] | None:
     """(receiver hook, error) where a receiver's input on a probe batch is not the sum of the outputs of the
-    sources that write before it plus a constant (DESIGN §4), relative to the input's size; None if all hold.
+    sources that write before it plus a constant (DEFINITIONS.md, Patching an edge), relative to the input's size; None if all hold.
     Run at every load, so an architecture no rule above foresaw is refused rather than measured wrongly."""
     g = graph_of(model)
     gen = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""Output metrics (DESIGN §5): divergences over the full vocabulary, task metrics, faithfulness."""
+"""Output metrics (DEFINITIONS.md, Metrics): divergences over the full vocabulary, task metrics, faithfulness."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def normalized(m: np.ndarray, m_clean: np.ndarray, m_corrupt: np.ndarray) -> dic
 
 
 def kl_interpretation(kl: float) -> str:
-    """Project convention of DESIGN §5 (not a literature standard)."""
+    """Project convention of DEFINITIONS.md, Metrics (not a literature standard)."""
     if not np.isfinite(kl):
         return "undefined"
     if kl < 0.01:

@@ -1,4 +1,4 @@
-"""Model loading (DESIGN §2): TransformerBridge in compatibility mode with the hooks the graph needs."""
+"""Model loading (README, Models): TransformerBridge in compatibility mode with the hooks the graph needs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from lib.core import architecture
 from lib.core.architecture import Architecture
 from lib.core.choices import check_device_name, check_dtype_name, check_model_name  # noqa: F401
-from lib.core.errors import UserError
+from lib.core.errors import UserError, user_path
 from lib.core.identity import check_identity
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -81,7 +81,7 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 
 def prepare(bridge, name: str) -> None:
-    """HookedTransformer-equivalent numerics and the hooks of DESIGN §2 (or the architecture's one-line
+    """HookedTransformer-equivalent numerics and the hooks of README, Models (or the architecture's one-line
     refusal); weights frozen."""
     bridge.enable_compatibility_mode(disable_warnings=True)
     architecture.check(bridge, name)  # also turns on per-head results, split q/k/v inputs and mlp_in
@@ -134,7 +134,7 @@ def tokenizer_of(name: str):
     check_model_name(name)
     if name in ("gpt2", "gpt2-random", "pythia-160m-random"):
         return gpt2_tokenizer()
-    where = TOY_DIR if name == "toy" else Path(name).expanduser()
+    where = TOY_DIR if name == "toy" else user_path(name, "--model")
     try:
         return AutoTokenizer.from_pretrained(
             str(where) if where.is_dir() else name, local_files_only=not where.is_dir() and not hub_reachable()
@@ -319,13 +319,13 @@ MODELS: dict[str, Callable] = {
 
 
 def load_model(name: str = "gpt2", device: str = "auto", dtype: str = "float32", seed: int = 0) -> LoadedModel:
-    """Load a model by name (DESIGN §2) and prepare it; raises UserError when it cannot be had."""
+    """Load a model by name (README, Models) and prepare it; raises UserError when it cannot be had."""
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     check_model_name(name)
     if name in MODELS:
         loader = lambda: MODELS[name](dev, dt, seed)  # noqa: E731
-    elif Path(name).expanduser().is_dir():
-        path = Path(name).expanduser()
+    elif user_path(name, "--model").is_dir():
+        path = user_path(name, "--model")
         loader = lambda: load_local(path, dev, dt, path.name)  # noqa: E731
     else:
         loader = lambda: load_hub(name, dev, dt)  # noqa: E731

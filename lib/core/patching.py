@@ -1,4 +1,4 @@
-"""Edge interventions (DESIGN §4): run the model with any set of edges replaced by their ablation.
+"""Edge interventions (DEFINITIONS.md, Patching an edge): run the model with any set of edges replaced by their ablation.
 
 input_r = sum_{u->r kept} out_u(this run) + sum_{u->r ablated} out_u(ablation)
         = (this run's input_r) + sum_u ablate[u, r] * (out_u(ablation) - out_u(this run))

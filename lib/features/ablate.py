@@ -6,7 +6,7 @@ complement of C) use it (09_feature_circuits.py).
 
 Ablation values, from the reference prompts' own features and errors (the corrupted prompts): `mean` (Marks et
 al.'s default: the mean over the reference prompts at each position, over the prompts that reach it),
-`resample` (each prompt's own corrupted counterpart, position by position: the suite's resample, DESIGN §4; Marks
+`resample` (each prompt's own corrupted counterpart, position by position: the suite's resample, DEFINITIONS.md, Patching an edge; Marks
 et al.'s code draws a random other prompt of the batch instead), `zero`.
 Error nodes (`errors`): `default` (kept when in the circuit, ablated otherwise), `keep` (always kept), `remove`
 (always zero: with every feature kept this is the replacement model, the dictionaries spliced without errors;

@@ -6,7 +6,7 @@ complement M \\ C, each a ratio of means over the prompts.
 Nodes: with `sum` aggregation (Marks et al.'s `--aggregation sum`) a node is a site's feature (or its error
 node) with its effect summed over positions; with `none`, a node is also at one position, counted from the
 answer position (`end`, `end-1`, ...) so that prompts of different lengths align. Node names: `{site}/f{index}`
-or `{site}/err`, with `@{position}` under `none` (DESIGN §3b)."""
+or `{site}/err`, with `@{position}` under `none` (DEFINITIONS.md, Features)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A sparse dictionary (DESIGN §3b): an SAE (reads and writes one hook's activation) or a transcoder (reads the
+"""A sparse dictionary (DEFINITIONS.md, Features): an SAE (reads and writes one hook's activation) or a transcoder (reads the
 MLP's input, writes its output), with SAELens's encoder and decoder math (sae_lens/saes/standard_sae.py,
 topk_sae.py, transcoder.py; SAE.process_sae_in):
 

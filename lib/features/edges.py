@@ -6,7 +6,7 @@ held fixed):
 
 with d metric / d a_d the all-folded gradient of node effects (lib.features.effects.folded_gradients), the
 Jacobian taken with the intermediate sites' outputs detached (stopped), and a_u' the patch. One backward pass per
-downstream node reaches every upstream node of every prompt at once. Edge set (residual-routed, DESIGN §3b and
+downstream node reaches every upstream node of every prompt at once. Edge set (residual-routed, DEFINITIONS.md, Features and
 the issue): resid(l-1) (embed for l = 0) -> attn(l), mlp(l), resid(l); attn(l) -> mlp(l), resid(l);
 mlp(l) -> resid(l); no attn(l) -> mlp(l) on parallel blocks. A transcoder tc(l) stands where mlp(l) does.
 Effects are summed over positions and averaged over prompts (`--aggregate sum`)."""

@@ -1,4 +1,4 @@
-"""Dictionary files in SAELens's layout (DESIGN §3b): a folder with cfg.json and sae_weights.safetensors
+"""Dictionary files in SAELens's layout (DEFINITIONS.md, Features): a folder with cfg.json and sae_weights.safetensors
 (W_enc [d_in, d_sae], W_dec [d_sae, d_out], b_enc, b_dec), read with safetensors directly (no sae_lens import);
 a set is a folder of such folders. cfg.json carries the fields flat (as SAELens 5 wrote them) and under
 `metadata` (as SAELens 6 does); reading takes either."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lib.core.errors import UserError
+from lib.core.errors import UserError, user_path
 
 WEIGHTS, CONFIG = "sae_weights.safetensors", "cfg.json"
 TENSORS = ("W_enc", "W_dec", "b_enc", "b_dec")
@@ -100,7 +100,13 @@ def read_set(where: Path) -> dict:
         return {where.name: read(where)}
     if not where.is_dir():
         raise UserError(f"dictionaries {where}: no such folder")
-    folders = sorted(p for p in where.iterdir() if p.is_dir() and ((p / CONFIG).is_file() or transcoders.is_clt(p)))
+    folders = sorted(p for p in where.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for p in folders:  # every folder of a set is a dictionary: one that is not is named, never skipped
+        if not ((p / CONFIG).is_file() or transcoders.is_clt(p)):
+            raise UserError(
+                f"dictionaries {where}: folder {p.name} holds no {CONFIG} (each dictionary folder holds {CONFIG} and "
+                f"{WEIGHTS}, or a cross-layer transcoder in circuit-tracer's layout)"
+            )
     if not folders:
         raise UserError(f"dictionaries {where}: no dictionary folders (each holds {CONFIG} and {WEIGHTS})")
     return {p.name: transcoders.read_clt(p) if transcoders.is_clt(p) else read(p) for p in folders}
@@ -145,7 +151,7 @@ def resolve(spec: str) -> Path:
         from lib.core.model import TOY_DIR
 
         return TOY_DIR / "dictionaries"
-    path = Path(spec).expanduser()
+    path = user_path(spec, "--dictionaries")
     if path.exists():
         if not path.is_dir():
             raise UserError(f"--dictionaries {spec}: is a file; a dictionary set is a folder of dictionary folders")

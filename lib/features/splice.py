@@ -1,4 +1,4 @@
-"""Dictionaries spliced into the model's forward pass (DESIGN §3b): at each site the activation is replaced by
+"""Dictionaries spliced into the model's forward pass (DEFINITIONS.md, Features): at each site the activation is replaced by
 the dictionary's reconstruction plus its error node, so the model is unchanged (to float rounding), or by the
 reconstruction alone: the replacement model, whose faithfulness is measured, never assumed.
 

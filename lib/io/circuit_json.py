@@ -1,4 +1,4 @@
-"""Circuit files: ours (DESIGN §3) and the EAP-IG library's graph JSON (the format of MIB submissions), read
+"""Circuit files: ours (DEFINITIONS.md, The graph) and the EAP-IG library's graph JSON (the format of MIB submissions), read
 without torch (a bad file is refused before any heavy import) and checked against a graph once one exists.
 
 Score conventions. Our EAP scores estimate m(ablated) - m(clean): an edge the task needs scores negative. The
@@ -55,7 +55,7 @@ def _score(path, name, score) -> float:
 
 @dataclass
 class Circuit:
-    """A set of edges with provenance; saved as JSON (DESIGN §3). Scores are in our convention."""
+    """A set of edges with provenance; saved as JSON (DEFINITIONS.md, The graph). Scores are in our convention."""
 
     model: str
     task: str

@@ -104,12 +104,15 @@ def discover_auto(
     from tasks import TASKS
 
     n = len(eval_data)
-    pool = TASKS[task].build(model.tokenizer, 2 * n, seed + AUTO_SEED_OFFSET)
-    held = set(eval_data.info.clean_text)
-    keep_idx = [i for i in range(len(pool)) if pool.info.clean_text[i] not in held][:n]
-    if not keep_idx:
-        raise UserError(f"task {task}: no discovery prompts disjoint from the evaluation prompts; use more prompts")
-    discovery = pool.subset(keep_idx)
+    discovery, discovery_seed = eval_data.discovery, None  # a small task file's first half (circuit_experiment)
+    if discovery is None:  # generated from another seed, overlaps with the evaluation prompts dropped
+        discovery_seed = seed + AUTO_SEED_OFFSET
+        pool = TASKS[task].build(model.tokenizer, 2 * n, discovery_seed)
+        held = set(eval_data.info.clean_text)
+        keep_idx = [i for i in range(len(pool)) if pool.info.clean_text[i] not in held][:n]
+        if not keep_idx:
+            raise UserError(f"task {task}: no discovery prompts disjoint from the evaluation prompts; use more prompts")
+        discovery = pool.subset(keep_idx)
     bar = progress_factory(len(discovery), f"{task}: auto circuit (EAP-IG scores)") if progress_factory else None
     scores = edge_scores(model, graph, discovery, batch_size, "eap-ig", ig_steps=5, progress=bar)
     if bar is not None:
@@ -140,7 +143,7 @@ def discover_auto(
             "target_faithfulness": AUTO_TARGET,
             "discovery_faithfulness": f,
             "n_discovery": len(discovery),
-            "discovery_seed": seed + AUTO_SEED_OFFSET,
+            "discovery_seed": discovery_seed,
             "ablation": ablation,
             "grid": tried,
         },
@@ -150,7 +153,9 @@ def discover_auto(
 @contextmanager
 def circuit_experiment(script: str, opts, circuit: str, ablation: str, **extra_options):
     """cli.experiment for scripts that evaluate a circuit: the circuit option is checked against the
-    model before any work; yields (model, run, graph, datasets), and run.json gets the circuits used."""
+    model before any work; yields (model, run, graph, datasets), and run.json gets the circuits used. Under
+    --circuit auto a task file's rows are split as 05 splits them (cli.task_split): the circuit is discovered on
+    the first part and every number is computed on the rest."""
     from lib.core.graph import graph_of
     from lib.io import cli
 
@@ -158,7 +163,15 @@ def circuit_experiment(script: str, opts, circuit: str, ablation: str, **extra_o
         graph = graph_of(lm)
         check_against_model(circuit, lm, graph, opts.tasks)
         run.record.setdefault("circuits", {})  # a resumed run keeps those of the tasks it finished
-        yield lm, run, graph, cli.task_builds(lm, opts)
+        datasets = cli.task_builds(lm, opts)
+        if circuit == "auto":  # a task file has no second seed: its rows are split into discovery and evaluation
+            from tasks import files
+
+            for name in [n for n in opts.tasks if n in files.SOURCES]:
+                split = cli.task_split(run, name, lm.tokenizer, opts)
+                datasets[name] = split.held_out
+                datasets[name].discovery = split.discovery
+        yield lm, run, graph, datasets
 
 
 def resolve_with_progress(spec: str, model, graph, task: str, data, opts, ablation: str, run) -> ResolvedCircuit:

@@ -104,6 +104,13 @@ class Common:
     task_metric: str = ""  # for tasks from files (tasks/files.py)
 
 
+def _existing_path(text: str) -> bool:
+    try:
+        return bool(text) and Path(text).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def parse_tasks(spec: str, task_metric: str = "") -> list[str]:
     """'ioi,sva', 'all', or task files (tasks/files.py) -> task names in the order given (a file's name is its
     stem); unknown names list the valid ones. Files are read and checked here, before any model loads."""
@@ -113,10 +120,14 @@ def parse_tasks(spec: str, task_metric: str = "") -> list[str]:
     names = []
     for part in spec.split("\n"):  # the variadic values as typed: a path may hold a comma or a space
         part = part.strip()
-        if part and part not in (*TASK_NAMES, "all") and files.is_file_spec(part):  # a built-in name wins
-            names.append(files.register(part, task_metric))
-        else:
-            names += [s for s in part.replace(",", " ").split() if s]
+        # one existing path is one file (its name may hold a space); otherwise a value is a list of names and
+        # files, separated by spaces or commas ("all ioi" and "a.csv b.csv" alike); a built-in name wins
+        tokens = [part] if _existing_path(part) else [s for s in part.replace(",", " ").split() if s]
+        for token in tokens:
+            if token not in (*TASK_NAMES, "all") and files.is_file_spec(token):
+                names.append(files.register(token, task_metric))
+            else:
+                names.append(token)
     if not names:
         raise UserError(f"--tasks needs at least one task; valid: {', '.join(TASK_NAMES)} or all, or a task file")
     if "all" in names:
@@ -334,3 +345,19 @@ def task_builds(model, opts: Common, seed: int | None = None) -> dict:
 
     seed = opts.seed if seed is None else seed
     return {name: TASKS[name].build(model.tokenizer, opts.n_prompts, seed) for name in opts.tasks}
+
+
+def task_split(run, name: str, tokenizer, opts: Common):
+    """A task's discovery and held-out prompts (lib.methods.faithfulness.discovery_and_held_out), the split
+    recorded in run.json under `splits` and, where a task file was too small for --n-prompts, said."""
+    from lib.methods.faithfulness import discovery_and_held_out
+
+    split = discovery_and_held_out(name, tokenizer, opts.n_prompts, opts.seed)
+    run.record.setdefault("splits", {})[name] = split.record
+    if split.halved:
+        progress.note(
+            f"{name}: {split.record['usable_prompts']} usable prompts, fewer than 2 x --n-prompts "
+            f"({2 * opts.n_prompts}): split in halves, {len(split.discovery)} to discover the circuit and "
+            f"{len(split.held_out)} to evaluate it (rows in run.json)"
+        )
+    return split

@@ -55,7 +55,7 @@ def feature_labels(model, tc, top: int = 2):
 
 
 def node_name(kind: str, tc_kind: str, layer: int, feature: int, offset: int) -> str:
-    """The suite's feature node name (DESIGN §3b): tc{l}/f{i}@end-q (clt{l}/... for a cross-layer set)."""
+    """The suite's feature node name (DEFINITIONS.md, Features): tc{l}/f{i}@end-q (clt{l}/... for a cross-layer set)."""
     from lib.features.circuit import position_name
 
     site = f"{'tc' if tc_kind == 'plt' else 'clt'}{layer}"

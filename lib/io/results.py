@@ -1,4 +1,4 @@
-"""Run directories (DESIGN §7): results/<script>/<run-id>/ written whole or not at all."""
+"""Run directories (results/README.md): results/<script>/<run-id>/ written whole or not at all."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Canonical circuits of tasks/ (DESIGN §6) turned into edge sets of a graph."""
+"""Canonical circuits of tasks/ (DEFINITIONS.md, Tasks) turned into edge sets of a graph."""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@ reference circuit."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -13,28 +16,61 @@ from lib.core.metrics import data_metric, median_of_ratios, normalized
 from lib.core.patching import evaluate_mask, masks_metric
 from lib.methods import intervals
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def disjoint_split(data, n_first: int):
-    """(first n_first items, the rest minus any item whose clean prompt also occurs in the first part)."""
-    first = data.subset(slice(0, n_first))
-    seen = set(first.info.clean_text)
-    rest = [i for i in range(n_first, len(data)) if data.info.clean_text[i] not in seen]
-    return first, data.subset(rest)
+    from tasks.base import TaskData
 
 
-def discovery_and_held_out(task: str, tokenizer, n: int, seed: int):
-    """n discovery prompts and up to n held-out prompts disjoint from them, plus the dataset frame of both; a
-    task file with fewer than 2n usable rows gives the first half to discovery and the rest to held-out."""
+def split_indices(data, n_first: int) -> tuple[list[int], list[int]]:
+    """(the first n_first items, the rest minus any item whose clean prompt also occurs in the first part)."""
+    seen = set(data.info.clean_text[:n_first])
+    return list(range(n_first)), [i for i in range(n_first, len(data)) if data.info.clean_text[i] not in seen]
+
+
+MIN_SPLIT_PROMPTS = 4  # two prompts to discover a circuit on and two to evaluate it (an interval needs two)
+
+
+@dataclass
+class Split:
+    """Discovery and held-out prompts of one task, disjoint, and what run.json records of the split."""
+
+    discovery: TaskData
+    held_out: TaskData
+    frame: pd.DataFrame  # both parts' dataset rows, with a `split` column
+    record: dict  # counts, rows (a file's data rows, 1-based; else generated item numbers), halved or not
+
+    @property
+    def halved(self) -> bool:
+        return self.record["halved"]
+
+
+def _rows(data, idx: list[int]) -> list[int]:
+    """Items idx as a reader finds them: a task file's data rows (1-based), else the generated item numbers."""
+    return [int(data.info["file_row"][i]) for i in idx] if "file_row" in data.info else idx
+
+
+def discovery_and_held_out(task: str, tokenizer, n: int, seed: int) -> Split:
+    """n discovery prompts and up to n held-out prompts disjoint from them (a prompt in both is dropped from
+    held-out). A task file with fewer than 2n usable rows is split in halves, first half discovery; one with
+    fewer than MIN_SPLIT_PROMPTS is refused, naming the count."""
     import pandas as pd
 
     from tasks import TASKS
 
     data = TASKS[task].build(tokenizer, 2 * n, seed)
-    # a task file with fewer than 2n usable rows is split in halves (the frame's `split` column says which)
-    discovery, held_out = disjoint_split(data, n if len(data) >= 2 * n else (len(data) + 1) // 2)
-    if not len(held_out):
+    halved = len(data) < 2 * n
+    if halved and len(data) < MIN_SPLIT_PROMPTS:
         raise UserError(
-            f"task {task}: its {len(discovery)} prompts leave none held out; a task needs at least two distinct prompts"
+            f"task {task}: {len(data)} usable prompt(s); discovering a circuit on some prompts and evaluating it "
+            f"on others needs at least {MIN_SPLIT_PROMPTS} (2 and 2)"
+        )
+    first, rest = split_indices(data, (len(data) + 1) // 2 if halved else n)
+    discovery, held_out = data.subset(first), data.subset(rest)
+    if len(held_out) < 2:
+        raise UserError(
+            f"task {task}: its {len(discovery)} discovery prompts leave {len(held_out)} distinct prompt(s) to "
+            f"evaluate on; at least 2 are needed ({MIN_SPLIT_PROMPTS} distinct prompts in all)"
         )
     frame = pd.concat(
         [
@@ -42,7 +78,17 @@ def discovery_and_held_out(task: str, tokenizer, n: int, seed: int):
             held_out.dataset_frame(tokenizer).assign(split="held-out"),
         ]
     )
-    return discovery, held_out, frame
+    record = {
+        "usable_prompts": len(data),
+        "n_prompts_option": n,
+        "halved": halved,
+        "n_discovery": len(discovery),
+        "n_held_out": len(held_out),
+        "rows_are": "file data rows, 1-based" if "file_row" in data.info else "generated items, 0-based",
+        "discovery_rows": _rows(data, first),
+        "held_out_rows": _rows(data, rest),
+    }
+    return Split(discovery, held_out, frame, record)
 
 
 class Evaluator:

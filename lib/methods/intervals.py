@@ -27,7 +27,7 @@ def positive_share(x, axis=-1):
 
 
 def ratio_of_means(m, clean, corrupt, axis=-1):
-    """Normalized faithfulness (mean m - mean corrupt) / (mean clean - mean corrupt) (DESIGN §5)."""
+    """Normalized faithfulness (mean m - mean corrupt) / (mean clean - mean corrupt) (DEFINITIONS.md, Metrics)."""
     k = np.mean(corrupt, axis=axis)
     return (np.mean(m, axis=axis) - k) / (np.mean(clean, axis=axis) - k)
 

@@ -7,7 +7,7 @@ clean run; denoise: clean into the corrupted run); the base run is the other one
 - through-mlps: the receivers also read the change as carried by the MLPs between sender and receiver, with
   every other head frozen to its base output (Wang et al.'s definition: paths through MLPs count as direct).
 
-Receivers read additively (DESIGN §4): the change reaches a receiver's input, and what that receiver then
+Receivers read additively (DEFINITIONS.md, Patching an edge): the change reaches a receiver's input, and what that receiver then
 computes flows on freely. Several senders share a forward pass, each in its own block of rows, and the pass
 recomputes only from the first layer it changes (lib.core.recompute).
 """

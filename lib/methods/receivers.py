@@ -1,4 +1,4 @@
-"""Sender and receiver sets named on the command line (DESIGN §3 names, canonical groups, scans)."""
+"""Sender and receiver sets named on the command line (DEFINITIONS.md, The graph names, canonical groups, scans)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ LEVELS = ("edges", "nodes")
 POSITIONS = ("all", "named")
 METRICS = ("task", "prob_correct", "kl")
 METRIC_MEANING = {
-    "task": "the task metric (DESIGN §5)",
+    "task": "the task metric (DEFINITIONS.md, Metrics)",
     "prob_correct": "total probability of the correct answers",
     "kl": "minus KL(full model || circuit) at the answer position",
 }

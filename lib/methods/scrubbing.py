@@ -1,4 +1,4 @@
-"""Causal scrubbing (Chan et al. 2022; DESIGN §4) with batched forward passes.
+"""Causal scrubbing (Chan et al. 2022; DEFINITIONS.md, Patching an edge) with batched forward passes.
 
 A hypothesis is a circuit (kept edges) plus, per node, the features of the input its output depends on
 (and optionally the one position where that claim is made). On the treeified graph, node n evaluated on
