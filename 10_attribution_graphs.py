@@ -172,13 +172,15 @@ def graph_task(lm, run, name: str, opts, sets: dict, extra: dict) -> dict:
     from lib.features.influence import logit_weights, prune
     from lib.io.graph_report import feature_labels, task_circuit, write_graph
 
-    split = cli.task_split(run, name, lm.tokenizer, opts)
+    def enough_graphs(split):
+        if extra["n_graphs"] > len(split.discovery):
+            raise UserError(
+                f"--n-graphs {extra['n_graphs']}: task {name} has {len(split.discovery)} discovery prompts "
+                f"(raise --n-prompts or lower --n-graphs)"
+            )
+
+    split = cli.task_split(run, name, lm.tokenizer, opts, check=enough_graphs)
     discovery, held_out, frame = split.discovery, split.held_out, split.frame
-    if extra["n_graphs"] > len(discovery):
-        raise UserError(
-            f"--n-graphs {extra['n_graphs']}: task {name} has {len(discovery)} discovery prompts "
-            f"(raise --n-prompts or lower --n-graphs)"
-        )
     n_ctx = int(lm.bridge.cfg.n_ctx)
     longest = int(discovery.lengths[: extra["n_graphs"]].max())
     if max(longest, int(held_out.lengths.max())) > n_ctx:

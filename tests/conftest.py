@@ -35,10 +35,10 @@ def toy_tokenizer(tmp_path_factory):
     """The toy tokenizer, built fresh and loaded from disk like any Hugging Face tokenizer."""
     from transformers import AutoTokenizer
 
-    from lib.tools.toy import build_tokenizer
+    from lib.tools.toy import build_tokenizer, save_tokenizer
 
     where = tmp_path_factory.mktemp("toy-tokenizer")
-    build_tokenizer().save_pretrained(where)
+    save_tokenizer(build_tokenizer(), where)
     return AutoTokenizer.from_pretrained(where)
 
 

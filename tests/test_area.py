@@ -213,7 +213,7 @@ def test_exported_eap_ig_file_gives_our_cpr_under_mibs_ranking(tmp_path):
     assert np.isclose(areas.at["cpr", "mib_log_value"], areas.at["cpr", "log_axis_value"] * np.log(1000))
     toy = load_model("toy", device="cpu")
     g = graph_of(toy)
-    _, held_out, _ = discovery_and_held_out("ioi", toy.tokenizer, 10, 0)
+    held_out = discovery_and_held_out("ioi", toy.tokenizer, 10, 0).held_out
     ev = Evaluator(toy, g, held_out, "resample", 32)
     assert np.isclose(mib_cpr(g, exported, ev), areas.at["cpr", "value"], atol=1e-6)
     # the file of the old sign (our scores as they are) selects other circuits: MIB would report another CPR

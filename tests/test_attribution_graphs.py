@@ -162,6 +162,48 @@ def test_linear_prediction_matches_a_small_steer_in_the_frozen_model(toy, sets, 
     assert np.isclose(direct, 0.05 * float(graph.metric_row[node]))
 
 
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_circuit_tracers_intervention_semantics_by_hand(toy, sets, prompt, graphs, kind):
+    """ct_default: a hand-written run of the real model with the patterns frozen and the feature's decoder change
+    added where it writes (an edit at one layer leaves its own input, hence its activation, as in the clean pass);
+    ct_constrained: the graph's direct prediction."""
+    from lib.core.forward import capture
+    from lib.features import graph_checks
+    from lib.features.attribution import metric_direction
+
+    data, tokens = prompt
+    graph, tc = graphs[kind], sets[kind]
+    direction = metric_direction(toy.bridge.W_U.detach(), data.correct[1], data.wrong[1])
+    metric = graph.metric_row[: graph.n_features].abs()
+    nodes = torch.argsort(metric, descending=True)[:3].tolist()
+    edits = [[]]
+    for node in nodes:
+        layer, pos, feat = graph.active[graph.selected[node]].tolist()
+        edits += [[(layer, pos, feat, 0.0)], [(layer, pos, feat, 2 * float(graph.activations[graph.selected[node]]))]]
+    ct = graph_checks.decoder_intervention(toy, tc, tokens, edits, direction, constrained=False)
+    constrained = graph_checks.decoder_intervention(toy, tc, tokens, edits, direction, constrained=True)
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(toy.n_layers)]
+    patterns = capture(toy, tokens[None], names)
+    for r, row in enumerate(edits[1:], start=1):
+        ((layer, pos, feat, value),) = row
+        node = nodes[(r - 1) // 2]
+        a = float(graph.activations[graph.selected[node]])
+        hooks = [(n, lambda x, hook, n=n: patterns[n]) for n in names]
+        for j in range(tc.n_out(layer)):
+
+            def add(x, hook, j=j, pos=pos, value=value, a=a, layer=layer, feat=feat):
+                x = x.clone()
+                x[:, pos] += (value - a) * tc.W_dec[layer][feat, j].to(x.dtype)
+                return x
+
+            hooks.append((tc.hooks_out[layer + j], add))
+        by_hand = graph_checks._final_at_end(toy, tokens[None], hooks)[0].double() @ direction.double()
+        assert abs(float(ct[r]) - float(by_hand)) < 1e-5 * (1 + abs(float(by_hand))), (r, float(ct[r]), float(by_hand))
+        _, direct = graph_checks.predicted(graph, [node], [value])
+        assert abs(float(constrained[r] - constrained[0]) - direct) < 1e-5 * (1 + abs(direct)), (r, direct)
+    assert abs(float(ct[0]) - graph.metric_value) < 1e-4  # nothing edited: the model itself
+
+
 def test_max_feature_nodes_keeps_the_full_graphs_rows(toy, sets, prompt, graphs):
     from lib.features.attribution import attribute, metric_direction
 
@@ -335,8 +377,14 @@ def test_frontend_json_validates_round_trips_and_names_tokens_and_logits(toy, pr
         graph.n_pos,
         graph.n_logits,
     )
-    model = graph_json.frontend(graph, p, lambda t: toy.tokenizer.decode([t]), "ioi_1", "toy-plt", 0.8)
+    text = toy.tokenizer.decode(tokens.tolist()[1:])
+    model = graph_json.frontend(graph, p, lambda t: toy.tokenizer.decode([t]), "ioi_1", "toy-plt", 0.8, text)
     validate_frontend(model)
+    assert model["metadata"]["prompt"] == text and not text.startswith("<|endoftext|>")
+    # error nodes: {layer}_-1_{pos}, never circuit-tracer's 0_{layer}_{pos}, which a layer-0 feature can also be
+    ids_all = graph_json.node_ids(graph)
+    errors = ids_all[graph.slices()["error"]]
+    assert errors[:2] == ["0_-1_0", "0_-1_1"] and len(set(ids_all)) == len(ids_all)
     assert json.loads(json.dumps(model)) == model
     ids = {n["node_id"]: n for n in model["nodes"]}
     for pos, t in enumerate(tokens.tolist()):  # every prompt token is a node, E_{id}_{pos}

@@ -44,3 +44,22 @@ def test_training_is_deterministic(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_tokenizer_files_name_a_class_transformers_4_and_5_read(tmp_path):
+    """transformers 5 writes `TokenizersBackend`, which 4 lacks (circuit-tracer and SAELens run on 4): the folder
+    the trainer writes, and the shipped one, name PreTrainedTokenizerFast, and 5 still loads it the same."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from lib.tools.toy import PORTABLE_TOKENIZER_CLASS, build_tokenizer, save_tokenizer
+
+    save_tokenizer(build_tokenizer(), tmp_path)
+    for folder in (tmp_path, TOY_DIR):
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        assert config["tokenizer_class"] == PORTABLE_TOKENIZER_CLASS == "PreTrainedTokenizerFast"
+        assert "backend" not in config
+    assert (tmp_path / "tokenizer_config.json").read_bytes() == (TOY_DIR / "tokenizer_config.json").read_bytes()
+    text = "Then, Mary and John went to the store. John gave a drink to"
+    assert AutoTokenizer.from_pretrained(tmp_path)(text)["input_ids"] == build_tokenizer()(text)["input_ids"]

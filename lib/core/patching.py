@@ -262,6 +262,32 @@ def masked_answer_logits(
     return logits_at(model, batch.clean.to(model.device), batch.answer_pos, hooks, grad=grad)
 
 
+CACHE_BYTES = 2 << 30  # ablation values kept across circuits while they fit (resample: [S, N, P, D] in all)
+
+
+class AblationCache:
+    """What ablated edges carry for each batch of one dataset (ablation_values), computed once and reused by
+    every circuit evaluated on it: resample's corrupted forward per batch, mean's reference means. Batches are
+    kept while the whole set fits max_bytes; past that each call computes them again (the same numbers)."""
+
+    def __init__(self, model, graph: Graph, data, kind: str, batch_size: int, reference=None, max_bytes=CACHE_BYTES):
+        self.model, self.graph, self.data, self.kind, self.reference = model, graph, data, kind, reference
+        self.batch_size, self._mean, self._values = batch_size, None, {}
+        size = graph.n_sources * len(data) * data.clean.shape[1] * model.d_model * torch.finfo(model.dtype).bits // 8
+        self.keep = kind == "resample" and size <= max_bytes  # mean and zero values are views: nothing to keep
+
+    def values(self, start: int, batch) -> torch.Tensor:
+        if start in self._values:
+            return self._values[start]
+        if self.kind == "mean" and self._mean is None:
+            ref = self.reference if self.reference is not None else self.data
+            self._mean = mean_outputs(self.model, self.graph, ref, self.batch_size)
+        values = ablation_values(self.model, self.graph, batch, self.kind, self._mean)
+        if self.keep:
+            self._values[start] = values
+        return values
+
+
 def evaluate_mask(
     model,
     graph: Graph,
@@ -272,17 +298,17 @@ def evaluate_mask(
     reference=None,
     progress=None,
     positions: torch.Tensor | None = None,
+    cache: AblationCache | None = None,
 ) -> torch.Tensor:
     """Logits [N, V] at the answer positions of every item with only the edges in `keep` intact (at the
     positions marked in `positions` [N, P] only, if given). Mean ablation averages over the corrupted prompts
-    of `reference` (default: data itself)."""
+    of `reference` (default: data itself). cache: an AblationCache of this data, ablation and batch size."""
     ablate = ablate_mask(graph, keep)
-    ref = reference if reference is not None else data
-    mean = mean_outputs(model, graph, ref, batch_size) if ablation == "mean" else None
+    cache = cache or AblationCache(model, graph, data, ablation, batch_size, reference, max_bytes=0)
     out = []
     for start in range(0, len(data), batch_size):
         batch = data.subset(slice(start, start + batch_size))
-        values = ablation_values(model, graph, batch, ablation, mean)
+        values = cache.values(start, batch)
         where = None if positions is None else positions[start : start + batch_size, : batch.clean.shape[1]]
         out.append(masked_answer_logits(model, graph, batch, values, ablate, positions=where).float())
         if progress is not None:
@@ -299,6 +325,7 @@ def masks_metric(
     batch_size: int = 32,
     rows_per_pass: int | None = None,
     reference=None,
+    cache: AblationCache | None = None,
 ) -> torch.Tensor:
     """The task metric [C, N] of many circuits (kept-edge masks) at once: each forward pass carries several
     circuits, every prompt of the batch once per circuit, each row patched with its own circuit's mask."""
@@ -306,13 +333,12 @@ def masks_metric(
     from lib.core.metrics import data_metric
 
     ablates = torch.stack([ablate_mask(graph, k) for k in keeps]).to(model.device)  # [C, S, R]
-    ref = reference if reference is not None else data
-    mean = mean_outputs(model, graph, ref, batch_size) if ablation == "mean" else None
+    cache = cache or AblationCache(model, graph, data, ablation, batch_size, reference, max_bytes=0)
     out = torch.empty(len(keeps), len(data), dtype=torch.float64)
     for start in range(0, len(data), batch_size):
         batch = data.subset(slice(start, start + batch_size))
         B = len(batch)
-        values = ablation_values(model, graph, batch, ablation, mean)  # [S, B, P, D]
+        values = cache.values(start, batch)  # [S, B, P, D]
         per_pass = max(1, (rows_per_pass or model.rows_per_pass) // B)
         for c0 in range(0, len(keeps), per_pass):
             k = min(per_pass, len(keeps) - c0)

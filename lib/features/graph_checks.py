@@ -3,13 +3,18 @@ the frozen and the real replacement model, error compounding as layers are repla
 pruning threshold, and a task's recurring graph features as a circuit under mean ablation.
 
 Interventions set features of the prompt to new values in the replacement model with the clean prompt's error
-nodes held constant (circuit-tracer's feature_intervention): `frozen` with attention patterns and norm scales
-held at the clean prompt's values, `real` with them recomputed (the model itself when nothing is edited). The
+nodes held constant: `frozen` with attention patterns and norm scales held at the clean prompt's values, `real`
+with them recomputed (the model itself when nothing is edited); downstream MLPs are their transcoders plus the
+constant errors. circuit-tracer's own feature_intervention differs (decoder_intervention): it runs the real
+model and adds the edited feature's decoder change, so downstream MLPs respond as MLPs (`ct_default`); only its
+constrained_layers mode (`ct_constrained`) is the direct effect. The
 graph predicts the change of the task-metric node linearly: every other active feature responds to its
 pre-activation change with slope 1 (Δa = (I - J)^-1 δ, J[u, t] = A[u, t] / a_t over feature nodes, the edited
 features clamped), `direct` only along the metric row's own edges."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import torch
@@ -68,6 +73,55 @@ def intervene(
     return final.double() @ direction.to(final.device).double()
 
 
+def decoder_intervention(
+    model, tc, tokens: torch.Tensor, edits: list, direction: torch.Tensor, constrained: bool
+) -> torch.Tensor:
+    """The metric direction's value [R] under circuit-tracer's feature_intervention (replacement_model_
+    transformerlens.py: setup_intervention_with_freeze, _get_feature_intervention_hooks), row r with edits[r]
+    [(layer, position, feature, value), ...]. It runs the real model, not the replacement: attention patterns
+    frozen at the clean prompt's; at each edited feature's layer the feature's activation on this pass's input
+    a is read and (value - a) x its decoder rows is added to the MLP outputs it writes. Default mode
+    (constrained False): norm scales and every MLP live, so downstream MLPs respond. constrained_layers = every
+    layer (True): norm scales and MLP outputs frozen at the clean prompt's, a from the clean pass: direct effects
+    only, the graph's `predicted_direct`."""
+    from lib.core.forward import capture
+    from lib.features.replacement import freeze_hooks, frozen_values, norms_through_hooks
+
+    tokens = tokens.to(model.device)
+    by_layer: dict = {}
+    for r, row in enumerate(edits):
+        for layer, pos, feat, value in row:
+            by_layer.setdefault(layer, []).append((r, pos, feat, value))
+    with norms_through_hooks(model):
+        frozen = frozen_values(model, tokens[None])
+        clean = capture(model, tokens[None], sorted(set(tc.hooks_in + tc.hooks_out)))
+    deltas: dict = {}  # output layer -> [R, P, d_out], filled as the pass reaches each edited layer
+
+    def read(x, hook, layer):
+        a = tc.encode(layer, clean[tc.hooks_in[layer]].expand_as(x) if constrained else x)
+        r, p, i, v = (torch.tensor(c, device=a.device) for c in zip(*by_layer[layer]))
+        change = torch.zeros_like(a)
+        change[r, p, i] = v.to(a.dtype) - a[r, p, i]
+        for j in range(tc.n_out(layer)):
+            deltas[layer + j] = deltas.get(layer + j, 0) + change @ tc.W_dec[layer][:, j]
+        return x
+
+    def write(x, hook, layer):
+        base = clean[tc.hooks_out[layer]].expand_as(x) if constrained else x
+        return base + (deltas[layer].to(x.dtype) if layer in deltas else 0)
+
+    hooks = [(n, f) for n, f in freeze_hooks(model, frozen) if constrained or n.endswith("hook_pattern")]
+    hooks += [(tc.hooks_in[l], partial(read, layer=l)) for l in sorted(by_layer)]
+    hooks += [(tc.hooks_out[l], partial(write, layer=l)) for l in range(tc.n_layers)]
+    batch = tokens[None].expand(len(edits), -1)
+    if constrained:  # frozen norm scales take effect only with the norms' own hooks in the path
+        with norms_through_hooks(model):
+            final = _final_at_end(model, batch, hooks)
+    else:
+        final = _final_at_end(model, batch, hooks)
+    return final.double() @ direction.to(final.device).double()
+
+
 def predicted(graph, nodes: list[int], values: list[float]) -> tuple[float, float]:
     """The graph's linear prediction of the metric change when feature nodes take values: (through the graph,
     direct edges only)."""
@@ -113,10 +167,13 @@ def intervention_rows(
     errors = clean_errors(model, tc, graph.tokens)
     frozen = intervene(model, tc, graph.tokens, edits, direction, frozen=True, errors=errors)
     real = intervene(model, tc, graph.tokens, edits, direction, frozen=False, errors=errors)
+    ct_default = decoder_intervention(model, tc, graph.tokens, edits, direction, constrained=False)
+    ct_constrained = decoder_intervention(model, tc, graph.tokens, edits, direction, constrained=True)
     rows = []
     for r, (kind, nodes, values) in enumerate(cases, start=1):
         through, direct = predicted(graph, nodes, values)
         d_frozen, d_real = float(frozen[r] - frozen[0]), float(real[r] - real[0])
+        d_ct, d_ct_constrained = float(ct_default[r] - ct_default[0]), float(ct_constrained[r] - ct_constrained[0])
         names = " ".join("{0}_{2}_{1}".format(*graph.active[graph.selected[i]].tolist()) for i in nodes)
         rows.append(
             {
@@ -131,6 +188,8 @@ def intervention_rows(
                 "gap_linear": d_frozen - through,
                 "gap_attention": d_real - d_frozen,
                 "gap": d_real - through,
+                "ct_default": d_ct,
+                "ct_constrained": d_ct_constrained,
                 "baseline_frozen_minus_model": float(frozen[0]) - graph.metric_value,
             }
         )

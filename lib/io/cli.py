@@ -347,12 +347,14 @@ def task_builds(model, opts: Common, seed: int | None = None) -> dict:
     return {name: TASKS[name].build(model.tokenizer, opts.n_prompts, seed) for name in opts.tasks}
 
 
-def task_split(run, name: str, tokenizer, opts: Common):
+def task_split(run, name: str, tokenizer, opts: Common, check=None):
     """A task's discovery and held-out prompts (lib.methods.faithfulness.discovery_and_held_out), the split
     recorded in run.json under `splits` and, where a task file was too small for --n-prompts, said."""
     from lib.methods.faithfulness import discovery_and_held_out
 
     split = discovery_and_held_out(name, tokenizer, opts.n_prompts, opts.seed)
+    if check is not None:  # the caller's refusals come before the note: a refusal is one line
+        check(split)
     run.record.setdefault("splits", {})[name] = split.record
     if split.halved:
         progress.note(

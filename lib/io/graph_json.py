@@ -1,9 +1,15 @@
 """Attribution graphs in circuit-tracer's frontend JSON (circuit_tracer/frontend/graph_models.py and
 utils/create_graph_files.py), the files its local server and the Neuronpedia graph viewer read: {metadata,
 qParams, nodes, links}, nodes of the pruned graph with circuit-tracer's ids (features `{layer}_{feature}_{pos}`,
-errors `{layer}_-1_{pos}`, tokens `E_{token id}_{pos}`, logits `{L+1}_{token id}_{pos}`), each node's
+tokens `E_{token id}_{pos}`, logits `{L+1}_{token id}_{pos}`), each node's
 `influence` its cumulative influence share, links {source, target, weight} for the pruned edges, and
-graph-metadata.json listing the graphs of a folder. Plain JSON, no torch."""
+graph-metadata.json listing the graphs of a folder. Plain JSON, no torch.
+
+One departure, on purpose: an error node's id is `{layer}_-1_{pos}` (jsNodeId `{layer}_-1-{pos}`), where
+circuit-tracer writes `0_{layer}_{pos}` (jsNodeId `{layer}_{pos}-0`). Theirs collides with a layer-0 feature
+whose index equals the layer (node_id), and with a feature of the same layer whose index equals the position
+(jsNodeId); feature -1 names no feature, so ours cannot. Everything else, text fields included (raw newlines in
+`prompt_tokens` and `prompt`; `process_token`'s arrows only in a logit's clerp), is written as theirs is."""
 
 from __future__ import annotations
 
@@ -50,9 +56,10 @@ def node_ids(graph) -> list[str]:
     return ids
 
 
-def frontend(graph, pruned, decode, slug: str, scan: str, node_threshold: float) -> dict:
+def frontend(graph, pruned, decode, slug: str, scan: str, node_threshold: float, prompt: str) -> dict:
     """The frontend model of a graph (lib.features.attribution) and its pruning (lib.features.influence.prune);
-    decode(token id) -> text."""
+    decode(token id) -> text; prompt: the prompt's text as typed (without BOS), like circuit-tracer's
+    graph.input_string."""
     s = graph.slices()
     ids = node_ids(graph)
     cumulative = pruned.cumulative.tolist()
@@ -101,13 +108,12 @@ def frontend(graph, pruned, decode, slug: str, scan: str, node_threshold: float)
     ]
     used = {l["source"] for l in links} | {l["target"] for l in links}
     kept = [n for n in nodes.values() if n["node_id"] in used or n["feature_type"] in ("embedding", "logit")]
-    tokens = [process_token(decode(int(t))) for t in graph.tokens.tolist()]
     metadata = {
         "slug": slug,
         "scan": scan,
         "transcoder_list": [],
-        "prompt_tokens": tokens,
-        "prompt": "".join(tokens),
+        "prompt_tokens": [decode(int(t)) for t in graph.tokens.tolist()],  # raw, as create_graph_files writes them
+        "prompt": prompt,
         "node_threshold": float(node_threshold),
         "schema_version": 1,
     }

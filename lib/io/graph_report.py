@@ -72,7 +72,8 @@ def write_graph(run, model, graph, pruned, slug: str, extra: dict, labels) -> di
     (run.path / "graphs").mkdir(exist_ok=True)
     decode = lambda t: model.tokenizer.decode([t])  # noqa: E731
     scan = f"{model.name}-{graph.transcoders.replace(':', '-')}"
-    front = graph_json.frontend(graph, pruned, decode, slug, scan, extra["node_threshold"])
+    prompt = model.tokenizer.decode(graph.tokens.tolist()[1:])  # the prompt as typed: BOS is the model's own
+    front = graph_json.frontend(graph, pruned, decode, slug, scan, extra["node_threshold"], prompt)
     run.json(f"graphs/{slug}.json", front)
     arrays = {
         "adjacency": graph.adjacency.numpy(),

@@ -13,7 +13,7 @@ from lib.core.errors import UserError
 from lib.core.evaluate import behaviour
 from lib.core.graph import Graph
 from lib.core.metrics import data_metric, median_of_ratios, normalized
-from lib.core.patching import evaluate_mask, masks_metric
+from lib.core.patching import AblationCache, evaluate_mask, masks_metric
 from lib.methods import intervals
 
 if TYPE_CHECKING:
@@ -108,15 +108,18 @@ class Evaluator:
         self.n_bootstrap, self.seed = n_bootstrap, seed  # > 0: 95% bootstrap intervals over prompts too
         base = behaviour(model, data, batch_size)
         self.clean, self.corrupt = base.metric_clean.to_numpy(), base.metric_corrupted.to_numpy()
+        self.cache = AblationCache(model, graph, data, ablation, batch_size)  # every circuit's ablation values
 
     def metric(self, keep: torch.Tensor) -> np.ndarray:
-        logits = evaluate_mask(self.model, self.graph, self.data, keep, self.ablation, self.batch_size)
+        logits = evaluate_mask(
+            self.model, self.graph, self.data, keep, self.ablation, self.batch_size, cache=self.cache
+        )
         return data_metric(logits, self.data).cpu().numpy()
 
     def metrics(self, keeps: list[torch.Tensor], rows_per_pass: int | None = None) -> np.ndarray:
         """Per-prompt metrics [C, N] of many circuits, several per forward pass."""
         return masks_metric(
-            self.model, self.graph, self.data, keeps, self.ablation, self.batch_size, rows_per_pass
+            self.model, self.graph, self.data, keeps, self.ablation, self.batch_size, rows_per_pass, cache=self.cache
         ).numpy()
 
     def faithfulness(self, keep: torch.Tensor) -> dict:

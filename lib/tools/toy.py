@@ -97,6 +97,21 @@ def build_tokenizer():
     )
 
 
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # transformers 4 has it; 5 reads it as TokenizersBackend
+
+
+def save_tokenizer(tokenizer, out_dir: Path) -> None:
+    """save_pretrained, with a tokenizer_config.json that transformers 4 reads too (so tools on the
+    TransformerLens-3 stack, circuit-tracer and SAELens, load the folder): transformers 5 writes its own class
+    name, TokenizersBackend, which 4 does not have, and a `backend` key it does not know."""
+    tokenizer.save_pretrained(out_dir)
+    path = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config.pop("backend", None)
+    config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def _training_batches(tokenizer, n_per_task: int):
     """Per task: (tokens [N, P], answer positions [N], target ids [N, K] (-1 padded)). Every target is
     uniform over its ids: IOI and docstring one token, SVA the verbs of the right number, greater-than
@@ -195,7 +210,7 @@ def train(
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    save_tokenizer(tokenizer, out_dir)
     meta = {
         "steps": steps,
         "batch_per_task": batch,
