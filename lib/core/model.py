@@ -324,8 +324,7 @@ def load_model(name: str = "gpt2", device: str = "auto", dtype: str = "float32",
     check_model_name(name)
     if name in MODELS:
         loader = lambda: MODELS[name](dev, dt, seed)  # noqa: E731
-    elif user_path(name, "--model").is_dir():
-        path = user_path(name, "--model")
+    elif (path := user_path(name, "--model")).is_dir():
         loader = lambda: load_local(path, dev, dt, path.name)  # noqa: E731
     else:
         loader = lambda: load_hub(name, dev, dt)  # noqa: E731
