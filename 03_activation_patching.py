@@ -139,7 +139,7 @@ def main(
     quiet: cli.QuietOpt = False,
     resume: cli.ResumeOpt = None,
 ):
-    directions = list(choices.NODE_PATCH_DIRECTIONS) if direction == "both" else [direction]
+    directions: list[str] = list(choices.NODE_PATCH_DIRECTIONS) if direction == "both" else [direction]
     if any(d not in choices.NODE_PATCH_DIRECTIONS for d in directions):
         raise UserError(f"unknown direction {direction!r}; choose from denoise, noise, both")
     checks.check_rows_per_pass(rows_per_pass)

@@ -21,7 +21,9 @@ HEADLINE = [
         "faithfulness_curve.csv",
         fn=lambda d: d.edges_kept[d.faithfulness >= 0.8].min() if (d.faithfulness >= 0.8).any() else float("nan"),
     ),
-    Metric("auc", "roc.csv", fn=lambda d: (d.auc.iloc[0], d.auc_ci_low.iloc[0], d.auc_ci_high.iloc[0])),
+    Metric(
+        "auc", "roc.csv", fn=lambda d: (float(d.auc.iloc[0]), float(d.auc_ci_low.iloc[0]), float(d.auc_ci_high.iloc[0]))
+    ),
     Metric("cpr", "area.csv", "value", {"metric": "cpr"}),
     Metric("cmd", "area.csv", "value", {"metric": "cmd"}),
     Metric("cpr_relative_to_random", "area.csv", "relative_to_random", {"metric": "cpr"}),
@@ -59,7 +61,7 @@ def main(
     ] = "right",
     metric: Annotated[str, typer.Option(help="task (the task metric); kl is rejected for EAP")] = "task",
     top_k: Annotated[str, typer.Option("--top-k", help="circuit sizes to save, space-separated")] = "100",
-    threshold: Annotated[float, typer.Option(help="also save the circuit of edges with |score| >= this")] = None,
+    threshold: Annotated[float | None, typer.Option(help="also save the circuit of edges with |score| >= this")] = None,
     ablation: Annotated[str, typer.Option(help="resample | mean | zero (for the faithfulness curve)")] = "resample",
     n_random: Annotated[int, typer.Option("--n-random", help="random circuits per size for the area baseline")] = 10,
     export: cli.ExportOpt = "",
@@ -187,7 +189,7 @@ def eap_task(
     from lib.io import diagram
     from lib.methods.area import mib_circuit_count, mib_curves
     from lib.methods.canonical import canonical_circuit
-    from lib.methods.eap import edge_scores
+    from lib.methods.eap import edge_scores, edge_scores_per_prompt
     from lib.methods.faithfulness import (
         Evaluator,
         auc_interval,
@@ -201,18 +203,8 @@ def eap_task(
     discovery, held_out, frame = split.discovery, split.held_out, split.frame
     reference = canonical_circuit(name, graph, lm.name)
     with progress.bar(len(discovery), f"{name}: {method} scores", "prompt") as bar:  # per prompt for AUC intervals
-        scores = edge_scores(
-            lm,
-            graph,
-            discovery,
-            opts.batch_size,
-            method,
-            ig_steps,
-            progress=bar,
-            per_prompt=reference is not None,
-            ig_points=ig_points,
-        )
-    scores, item_scores = scores if reference is not None else (scores, None)
+        args = (lm, graph, discovery, opts.batch_size, method, ig_steps, bar, ig_points)
+        scores, item_scores = edge_scores_per_prompt(*args) if reference is not None else (edge_scores(*args), None)
     exists = graph.edge_exists
     flat = scores[exists].numpy()
     rank = np.empty(len(flat), dtype=int)
@@ -259,6 +251,7 @@ def eap_task(
     mib_rows, area_rows = ([{"task": name, **r} for r in rows] for rows in curves)
     roc, roc_rows = None, []
     if reference is not None:
+        assert item_scores is not None  # computed per prompt wherever there is a reference
         fpr, tpr, auc = roc_curve(graph, scores, reference)
         low, high = auc_interval(graph, item_scores, reference, opts.n_bootstrap, opts.seed)
         roc_rows = [

@@ -57,8 +57,8 @@ def main(
     quiet: cli.QuietOpt = False,
     resume: cli.ResumeOpt = None,
 ):
-    paths = list(choices.PATHS) if path == "both" else [path]
-    directions = list(choices.PATH_DIRECTIONS) if direction == "both" else [direction]
+    paths: list[str] = list(choices.PATHS) if path == "both" else [path]
+    directions: list[str] = list(choices.PATH_DIRECTIONS) if direction == "both" else [direction]
     if any(p not in choices.PATHS for p in paths):
         raise UserError(f"unknown --path {path!r}; choose from direct, through-mlps, both")
     if any(d not in choices.PATH_DIRECTIONS for d in directions):
@@ -209,7 +209,7 @@ def write_figures(run, lm, frame: pd.DataFrame) -> None:
             panels[f"{task} {path} {direction}"] = grid
         if panels:
             run.figure(
-                f"path_patching_{i}_{_slug(label)}.png",
+                f"path_patching_{i}_{_slug(str(label))}.png",
                 plots.heatmaps(
                     panels,
                     f"Path patching of each head to {label}\n{meaning}",
@@ -223,7 +223,7 @@ def write_figures(run, lm, frame: pd.DataFrame) -> None:
             table = g.pivot(index="sender", columns="receivers", values="change")
             table = table.loc[list(dict.fromkeys(g.sender)), list(dict.fromkeys(g.receivers))]
             run.figure(
-                f"path_scan_{_slug(scan)}_{task}_{path}_{direction}.png",
+                f"path_scan_{_slug(str(scan))}_{task}_{path}_{direction}.png",
                 plots.heatmaps(
                     {f"{task} {path} {direction}": table.to_numpy()},
                     f"Path patching scan {scan}: sender x receiver\n{meaning}",

@@ -36,7 +36,9 @@ def _nodes_for(d):
 
 def _completeness_at(d):
     row = _reaching(d)
-    return (float("nan"),) * 3 if row is None else (row.completeness, row.completeness_ci_low, row.completeness_ci_high)
+    if row is None:
+        return float("nan"), float("nan"), float("nan")
+    return float(row.completeness), float(row.completeness_ci_low), float(row.completeness_ci_high)
 
 
 @app.command()
@@ -226,20 +228,20 @@ def circuit_task(lm, run, name: str, opts, chosen: dict, extra: dict) -> dict:
     with progress.bar(len(sizes), f"{name}: circuits along the node-threshold sweep", "size") as bar:
         evaluate = _evaluator(lm, held_out, opts, extra["ablation"])
         for size in sizes:
-            for label, node_set, dicts, kwargs in (
-                ("features", nodes, chosen, {}),
-                ("features without errors", nodes, chosen, {"drop_errors": True}),
-                ("neurons", effects["neurons"], neurons, {}),
+            for label, node_set, dicts, drop_errors in (
+                ("features", nodes, chosen, False),
+                ("features without errors", nodes, chosen, True),
+                ("neurons", effects["neurons"], neurons, False),
             ):
                 threshold = thresholds_for_sizes(node_set, [size])[0]
-                keep = keep_masks(node_set, threshold, held_out, **kwargs)
+                keep = keep_masks(node_set, threshold, held_out, drop_errors=drop_errors)
                 curve.append(
                     {
                         "task": name,
                         "variant": label,
                         "nodes_requested": size,
                         "threshold": threshold,
-                        "nodes_kept": _count(node_set, threshold, kwargs),
+                        "nodes_kept": _count(node_set, threshold, drop_errors),
                         **evaluate(dicts, keep, label == "features"),
                     }
                 )
@@ -275,9 +277,9 @@ def circuit_task(lm, run, name: str, opts, chosen: dict, extra: dict) -> dict:
     }
 
 
-def _count(node_set, threshold: float, kwargs: dict) -> int:
+def _count(node_set, threshold: float, drop_errors: bool) -> int:
     kept = sum(int((node_set.features[s].abs() >= threshold).sum()) for s in node_set.features)
-    if not kwargs.get("drop_errors"):
+    if not drop_errors:
         kept += sum(int((node_set.errors[s].abs() >= threshold).sum()) for s in node_set.errors)
     return kept
 

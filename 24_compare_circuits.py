@@ -87,7 +87,7 @@ def compare_task(
     from lib.methods import comparison, intervals
     from lib.methods.acdc import edge_order, kept_mask, run_acdc
     from lib.methods.canonical import canonical_circuit
-    from lib.methods.eap import edge_scores
+    from lib.methods.eap import edge_scores_per_prompt
     from lib.methods.faithfulness import Evaluator, log_grid, top_k_mask
 
     split = cli.task_split(run, name, lm.tokenizer, opts)
@@ -96,9 +96,7 @@ def compare_task(
     if not loaded:
         for method in SCORED:
             with progress.bar(len(discovery), f"{name}: {method} scores", "prompt") as bar:
-                _, items[method] = edge_scores(
-                    lm, graph, discovery, opts.batch_size, method, ig_steps, bar, per_prompt=True
-                )
+                _, items[method] = edge_scores_per_prompt(lm, graph, discovery, opts.batch_size, method, ig_steps, bar)
             circuits[f"{method}-top{top_k}"] = top_k_mask(graph, items[method].double().mean(0), top_k)
         for tau in taus:
             with progress.bar(len(edge_order(graph)), f"{name}: ACDC tau={tau:g}", "edge") as bar:

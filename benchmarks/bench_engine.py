@@ -212,6 +212,7 @@ def main(
         if canonical_circuit("ioi", graph, lm.name) is not None
         else answer_feature("ioi", graph, keep)
     )
+    assert hyp is not None  # the canonical circuit exists whenever canonical_features is asked
     draws = draw(graph, pool, hyp, seed)
     eval_idx = torch.arange(n_prompts).numpy()
     stats = {}

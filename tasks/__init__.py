@@ -3,8 +3,14 @@ import of the task modules (torch, pandas), so the CLI checks --tasks at once; T
 and always reflects the files registered so far (tasks.files.SOURCES), so nothing has to add to it."""
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from tasks.names import TASK_NAMES
+
+if TYPE_CHECKING:  # loaded on first use by __getattr__ below
+    from tasks.base import Task, TaskData
+
+    TASKS: Mapping[str, Task]
 
 
 class _Registry(Mapping):

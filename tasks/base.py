@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pandas as pd
 import torch
@@ -112,7 +113,7 @@ def token_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def single_tokens(tokenizer, words: list[str], prefix: str = " ") -> tuple[list[str], list[str]]:
+def single_tokens(tokenizer, words: Sequence[str], prefix: str = " ") -> tuple[list[str], list[str]]:
     """Split words into those that are one token (with prefix) for this tokenizer and those that are not."""
     ids = tokenizer([prefix + w for w in words], add_special_tokens=False)["input_ids"]
     unk = getattr(tokenizer, "unk_token_id", None)
@@ -121,7 +122,10 @@ def single_tokens(tokenizer, words: list[str], prefix: str = " ") -> tuple[list[
     return kept, dropped
 
 
-def require(words: list[str], minimum: int, what: str, task: str) -> list[str]:
+Word = TypeVar("Word")
+
+
+def require(words: list[Word], minimum: int, what: str, task: str) -> list[Word]:
     if len(words) < minimum:
         raise UserError(f"task {task}: only {len(words)} {what} are single tokens for this tokenizer (need {minimum})")
     return words

@@ -74,6 +74,7 @@ def _item(source: FileSource, row: dict, tokenizer, year_ids: dict | None) -> tu
             return None, "a label that is not a two-digit year"
         if not 0 <= yy <= 99:
             return None, "a label that is not a two-digit year"
+        assert year_ids is not None  # read for this format
         if len(year_ids) < 100:
             raise UserError(
                 f"task file {source.path}: the label format needs every two-digit year 00..99 as one "
@@ -86,7 +87,7 @@ def _item(source: FileSource, row: dict, tokenizer, year_ids: dict | None) -> tu
         right, group = [f"after {yy:02d}"], UNGROUPED
     else:
         clean, corrupt, right_text, wrong_text = _mib(form, row)
-        if corrupt is None:
+        if corrupt is None or right_text is None or wrong_text is None:
             return None, "a MIB row without its counterfactual"
         if not (isinstance(clean, str) and clean and isinstance(corrupt, str) and corrupt):
             return None, NO_PROMPT

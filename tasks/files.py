@@ -257,7 +257,7 @@ def _from_hub(spec: str) -> FileSource:
         from datasets import load_dataset
 
         config = "4_answer_choices" if "mcqa" in dataset else None  # as MIB's HFEAPDataset loads MCQA
-        rows = list(load_dataset(f"{MIB_HUB}/{dataset}", config, split=split or "train"))
+        rows = [dict(row) for row in load_dataset(f"{MIB_HUB}/{dataset}", config, split=split or "train")]
     except Exception as e:  # noqa: BLE001 - any failure of the hub is one line
         raise UserError(
             f"cannot load {spec} from the hub ({type(e).__name__}: {' '.join(str(e).split())[:200]})"

@@ -147,8 +147,8 @@ def test_script_hybrid_and_bad_pruning_options(tmp_path):
     run = next((tmp_path / "06_acdc").iterdir())
     sweep = pd.read_csv(run / "acdc_sweep.csv").set_index("method")
     assert list(sweep.index) == ["eap-top20", "acdc+eap-top20"]
-    hybrid = sweep.loc["acdc+eap-top20"]
-    assert hybrid.edges_tried == 20 and hybrid.edges_kept <= 20 and hybrid.trial_passes_saved > 0
+    hybrid = sweep.loc["acdc+eap-top20"].to_dict()
+    assert hybrid["edges_tried"] == 20 and hybrid["edges_kept"] <= 20 and hybrid["trial_passes_saved"] > 0
     assert (run / "circuit_ioi_tau0.05_pruned.json").exists()
     for bad, message in [
         (["--prune-top", "5"], "need --prune-with"),

@@ -4,6 +4,7 @@ weights), or the one-line refusal. GPT-2 is checked the same way in test_patchin
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ from lib.methods.dla import direct_logit_attribution
 from lib.methods.eap import edge_scores
 from tasks import TASKS
 
-SHAPE = dict(
+SHAPE: dict[str, Any] = dict(
     hidden_size=32,
     num_hidden_layers=2,
     num_attention_heads=4,
@@ -43,7 +44,14 @@ def tiny_configs(vocab: int) -> dict:
     """One tiny config per architecture; the GQA ones with fewer key/value heads than query heads."""
     s = dict(SHAPE, vocab_size=vocab)
     return {
-        "gpt-neox": (T.GPTNeoXForCausalLM, T.GPTNeoXConfig(**s, rotary_pct=0.5, use_parallel_residual=True)),
+        "gpt-neox": (
+            T.GPTNeoXForCausalLM,
+            T.GPTNeoXConfig(
+                **s,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+                use_parallel_residual=True,
+            ),
+        ),
         "llama": (T.LlamaForCausalLM, T.LlamaConfig(**s, num_key_value_heads=2, attention_bias=True)),
         "mistral": (T.MistralForCausalLM, T.MistralConfig(**s, num_key_value_heads=2)),
         "qwen2": (T.Qwen2ForCausalLM, T.Qwen2Config(**s, num_key_value_heads=1)),
@@ -245,7 +253,9 @@ def test_soft_capped_logits_are_the_models_own(toy_tokenizer):
     assert theirs.abs().max() <= 0.5 and (theirs.max(-1).values - theirs.min(-1).values).min() > 0.1
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     # the load-time probe catches the post-norms too, had no rule named them
-    hook, error = identity_error(model)
+    found = identity_error(model)
+    assert found is not None
+    hook, error = found
     assert hook == "blocks.0.hook_mlp_in" and error > 0.01
     with pytest.raises(UserError, match="soft-capped"):
         direct_logit_attribution(model, TASKS["ioi"].build(toy_tokenizer, 2, 0))

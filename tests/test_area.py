@@ -122,11 +122,11 @@ def test_eap_ig_json_round_trip_and_hand_written(tmp_path):
 
 def test_per_prompt_edge_scores_average_to_the_scores(tiny):
     from lib.core.graph import graph_of
-    from lib.methods.eap import edge_scores
+    from lib.methods.eap import edge_scores, edge_scores_per_prompt
     from tasks import TASKS
 
     g, data = graph_of(tiny), TASKS["ioi"].build(tiny.tokenizer, 6, 0)
-    mean, items = edge_scores(tiny, g, data, 4, "eap-ig", ig_steps=2, per_prompt=True)
+    mean, items = edge_scores_per_prompt(tiny, g, data, 4, "eap-ig", ig_steps=2)
     assert items.shape == (6, g.n_sources, g.n_receivers)
     assert torch.allclose(items.double().mean(0), mean, atol=1e-5, rtol=1e-4)
     assert torch.equal(mean, edge_scores(tiny, g, data, 4, "eap-ig", ig_steps=2))  # the mean path is unchanged
@@ -209,13 +209,14 @@ def test_exported_eap_ig_file_gives_our_cpr_under_mibs_ranking(tmp_path):
     (run,) = (tmp_path / "05_eap").iterdir()
     exported = json.loads((run / "circuit_ioi_top20.eap-ig.json").read_text())
     areas = pd.read_csv(run / "area.csv").set_index("metric")
+    cpr = areas.loc["cpr"].to_dict()
     assert areas.at["cpr", "edges_tied_at_cuts"] == "0 0 0 0 0 0 0 0 0 0"  # no tie decides a circuit
-    assert np.isclose(areas.at["cpr", "mib_log_value"], areas.at["cpr", "log_axis_value"] * np.log(1000))
+    assert np.isclose(cpr["mib_log_value"], cpr["log_axis_value"] * np.log(1000))
     toy = load_model("toy", device="cpu")
     g = graph_of(toy)
     held_out = discovery_and_held_out("ioi", toy.tokenizer, 10, 0).held_out
     ev = Evaluator(toy, g, held_out, "resample", 32)
-    assert np.isclose(mib_cpr(g, exported, ev), areas.at["cpr", "value"], atol=1e-6)
+    assert np.isclose(mib_cpr(g, exported, ev), cpr["value"], atol=1e-6)
     # the file of the old sign (our scores as they are) selects other circuits: MIB would report another CPR
     flipped = {"edges": {k: {**v, "score": -v["score"]} for k, v in exported["edges"].items()}}
-    assert not np.isclose(mib_cpr(g, flipped, ev), areas.at["cpr", "value"], atol=1e-3)
+    assert not np.isclose(mib_cpr(g, flipped, ev), cpr["value"], atol=1e-3)

@@ -5,6 +5,7 @@ implementation and circuit-tracer's published toy case; the frontend JSON agains
 circuit-tracer's layout; a complete run and bad input."""
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -188,7 +189,7 @@ def test_circuit_tracers_intervention_semantics_by_hand(toy, sets, prompt, graph
         ((layer, pos, feat, value),) = row
         node = nodes[(r - 1) // 2]
         a = float(graph.activations[graph.selected[node]])
-        hooks = [(n, lambda x, hook, n=n: patterns[n]) for n in names]
+        hooks: list[tuple[str, Callable]] = [(n, lambda x, hook, n=n: patterns[n]) for n in names]
         for j in range(tc.n_out(layer)):
 
             def add(x, hook, j=j, pos=pos, value=value, a=a, layer=layer, feat=feat):

@@ -92,6 +92,7 @@ def test_node_attribution_is_the_sum_of_its_edges(setup):
         model, data.clean, data.answer_pos, [("blocks.0.attn.hook_result", lambda x, hook: x + probe)], grad=True
     )
     data_metric(logits, data).sum().backward()
+    assert probe.grad is not None
     for h in range(g.n_heads):
         direct = float((delta[g.head_source(0, h)] * probe.grad[:, :, h]).sum()) / len(data)
         assert float(scores[g.head_source(0, h)].sum()) == pytest.approx(direct, rel=1e-4, abs=1e-6)

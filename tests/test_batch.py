@@ -36,6 +36,7 @@ def batch(*args):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("batch_cli", ROOT / "batch.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out, err, code = io.StringIO(), io.StringIO(), 0

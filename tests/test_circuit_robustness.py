@@ -70,6 +70,7 @@ def test_patching_only_named_positions(tiny, ioi):
         rtol=1e-5,
     )
     named = robustness.named_positions(TASKS["ioi"], ioi)
+    assert named is not None
     assert named.sum(1).tolist() == [3] * len(ioi) and named[torch.arange(len(ioi)), ioi.answer_pos].all()
     assert robustness.named_positions(TASKS["sva"], ioi) is None
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lib.core.graph import Graph, graph_of
 from lib.methods import comparison
-from lib.methods.eap import edge_scores
+from lib.methods.eap import edge_scores, edge_scores_per_prompt
 from lib.methods.faithfulness import roc_point, top_k_mask
 from tasks import TASKS
 
@@ -46,7 +46,7 @@ def test_disjoint_node_sets_have_node_jaccard_zero():
 def test_bootstrap_scores_equal_rerunning_the_method_on_the_resampled_prompts(tiny):
     g = graph_of(tiny)
     data = TASKS["ioi"].build(tiny.tokenizer, 6, 0)
-    mean, items = edge_scores(tiny, g, data, 6, "eap", per_prompt=True)
+    mean, items = edge_scores_per_prompt(tiny, g, data, 6, "eap")
     idx = comparison.bootstrap_indices(len(data), 2, seed=1)
     shortcut = comparison.resampled_scores(items, idx)
     for r in range(2):
@@ -58,7 +58,7 @@ def test_bootstrap_scores_equal_rerunning_the_method_on_the_resampled_prompts(ti
 def test_stability_of_a_deterministic_method_on_identical_prompt_sets_is_one(tiny):
     g = graph_of(tiny)
     data = TASKS["ioi"].build(tiny.tokenizer, 6, 0)
-    _, items = edge_scores(tiny, g, data, 6, "eap", per_prompt=True)
+    _, items = edge_scores_per_prompt(tiny, g, data, 6, "eap")
     identical = np.tile(np.arange(len(data)), (5, 1))  # every "resample" is the prompt set itself
     share = comparison.stability(g, items, 10, identical)
     kept = top_k_mask(g, items.double().mean(0), 10)

@@ -19,7 +19,7 @@ D_SAE = 96
 D_SAE_TOY = 256  # the shipped toy set
 
 
-def random_dictionary(hook: str, d_in: int, d_out: int, seed: int, architecture: str = "topk", out: str = None):
+def random_dictionary(hook: str, d_in: int, d_out: int, seed: int, architecture: str = "topk", out: str | None = None):
     g = torch.Generator().manual_seed(seed)
     cfg = {"architecture": architecture, "hook_name": hook, "model_name": "toy", "apply_b_dec_to_input": True}
     if architecture == "topk":
@@ -208,7 +208,7 @@ def test_training_is_deterministic_and_refuses_bad_options(tmp_path):
             try:
                 cli.main(train.app, list(args))
             except SystemExit as e:
-                code = e.code
+                code = e.code if isinstance(e.code, int) else 1
         return subprocess.CompletedProcess(args, code, "", err.getvalue())
 
     for run in ("a", "b"):

@@ -39,7 +39,7 @@ def test_heatmaps_share_one_symmetric_scale_with_integer_ticks():
         assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
         assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1"]
         assert ax.get_xlabel() == "head" and ax.get_ylabel() == "layer"
-    assert "±2" in fig._suptitle.get_text()
+    assert "±2" in fig.get_suptitle()
     colorbars = [ax for ax in fig.axes if ax.get_ylabel() == "DLA (logit difference)"]
     assert len(colorbars) == 1  # one colour bar for the figure
 
@@ -60,7 +60,9 @@ def test_diagram_nodes_on_the_layer_head_grid():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "MLP"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1"]
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    legend_box = ax.get_legend()
+    assert legend_box is not None
+    legend = [t.get_text() for t in legend_box.get_texts()]
     assert "EAP score > 0" in legend and "EAP score < 0" in legend and "no score" in legend
     assert any(t.startswith("|EAP score| = 2") for t in legend) and "into k" in legend
     widths = sorted(p.get_linewidth() for p in ax.patches)

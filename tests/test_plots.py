@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.patches import Rectangle
 
 from lib.io import diagram, plots
 
@@ -35,14 +36,15 @@ def test_null_distribution_of_distances_is_visible_and_positive():
     renderer = drawn(fig)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_xlim()[0] > 0  # a distance has no negative axis
-    bars = [p for p in ax.patches if p.get_height() > 0]
+    bars = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0]
     assert sum(p.get_height() for p in bars) == len(null)  # every value drawn, zeros at the left edge
     assert all(p.get_window_extent(renderer).width >= 1 for p in bars)  # visible
     labels = [t for t in ax.get_xticklabels() + ax.get_xticklabels(minor=True) if t.get_text() and t.get_visible()]
     boxes = [t.get_window_extent(renderer) for t in labels]
     assert not any(overlaps(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     assert "p > 0.999" in ax.get_title() and "p = 1" not in ax.get_title()
-    assert "3 of 43 are 0" in ax.get_legend().get_texts()[0].get_text()
+    legend = ax.get_legend()
+    assert legend is not None and "3 of 43 are 0" in legend.get_texts()[0].get_text()
 
 
 def test_null_distribution_on_a_short_span_labels_do_not_collide():
@@ -87,7 +89,9 @@ def test_grouped_bars_keep_legends_off_the_bars_and_accept_intervals_without_the
     fig = plots.grouped_bars({"KL": (table, "nats", (low, high))}, "t")
     renderer = drawn(fig)
     ax = fig.axes[0]
-    legend = ax.get_legend().get_window_extent(renderer)
+    legend_box = ax.get_legend()
+    assert legend_box is not None
+    legend = legend_box.get_window_extent(renderer)
     assert not overlaps(legend, ax.get_window_extent(renderer))  # below the axes: covers no error bar
 
 
@@ -157,6 +161,6 @@ def test_diagram_names_every_node_and_keeps_edges_off_the_input_label():
     box = names["input"].get_window_extent(renderer)
     for patch in ax.patches:
         path = patch.get_path().transformed(patch.get_transform())
-        points = path.interpolated(50).vertices
+        points = np.asarray(path.interpolated(50).vertices)
         inside = (points[:, 0] > box.x0) & (points[:, 0] < box.x1) & (points[:, 1] > box.y0) & (points[:, 1] < box.y1)
         assert not inside.any(), "an edge crosses the input label"

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_cli
@@ -30,7 +31,7 @@ def start_script(script, *args, log):
     from lib.batch.forked import ForkedScript
 
     # this process's thread count, so that its reductions (and CSVs) match the in-process runs compared with it
-    return ForkedScript(script, list(args), os.devnull, log.name, cwd=ROOT, threads=torch.get_num_threads())
+    return ForkedScript(script, list(args), Path(os.devnull), Path(log.name), cwd=ROOT, threads=torch.get_num_threads())
 
 
 def wait_for_line(path, needle, proc, timeout=120):

@@ -76,7 +76,9 @@ def test_draws_agree_on_features_and_structure(toy_tokenizer):
 
 def test_ioi_positions(toy_tokenizer):
     data = TASKS["ioi"].build(toy_tokenizer, 30, 0)
-    pos = TASKS["ioi"].positions(data)
+    positions = TASKS["ioi"].positions
+    assert positions is not None
+    pos = positions(data)
     rows = torch.arange(len(data))
     s = data.wrong[:, 0]
     assert (data.clean[rows, pos["s2"]] == s).all()

@@ -18,17 +18,17 @@ CONFIDENCE = 0.95
 def summary(out: Path, manifest: pd.DataFrame) -> pd.DataFrame:
     """One row per finished cell x headline metric, with the cell's options as columns (no timings)."""
     frames, option_names = [], []
-    for row in manifest[manifest.state == "done"].itertuples():
-        options = json.loads(row.options)
+    for row in manifest[manifest.state == "done"].to_dict("records"):
+        options = json.loads(row["options"])
         option_names += [k for k in options if k not in option_names and k != "tasks"]
-        path = Path(out) / row.run_dir / "headline.csv"
+        path = Path(out) / row["run_dir"] / "headline.csv"
         if not path.is_file():
             continue
         h = pd.read_csv(path)
         for k, v in options.items():
             if k != "tasks":
                 h[k] = str(v)
-        h["cell_id"], h["script"] = row.cell_id, row.script
+        h["cell_id"], h["script"] = row["cell_id"], row["script"]
         frames.append(h)
     columns = ["cell_id", "script", "task", *option_names, "metric", "value", "ci_low", "ci_high"]
     if not frames:
@@ -41,7 +41,7 @@ def t_interval(values: np.ndarray) -> tuple[float, float, float, float]:
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if len(v) == 0:
-        return (np.nan,) * 4
+        return np.nan, np.nan, np.nan, np.nan
     mean = float(v.mean())
     if len(v) < 2:
         return mean, np.nan, np.nan, np.nan
@@ -142,7 +142,7 @@ def plots(out: Path, folded: pd.DataFrame) -> list[Path]:
             ax.axhline(0, color="k", lw=0.5)
         axes[0][0].set_ylabel("mean over seeds")
         fig.suptitle(f"{script}: headline metrics, mean over seeds (error bars: 95% Student-t interval across seeds)")
-        path = Path(out) / "plots" / f"{script.removesuffix('.py')}.png"
+        path = Path(out) / "plots" / f"{str(script).removesuffix('.py')}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

@@ -25,7 +25,15 @@ MANIFEST_COLUMNS = ["cell_id", "script", "task", "options", "state", "run_dir", 
 
 _running: dict = {}  # cell id -> its process (Popen or ForkedScript), for forwarding signals
 _lock = threading.Lock()
-_stopping = threading.Event()  # set by stop_running; .signum is the signal it forwards
+
+
+class _Stopping(threading.Event):
+    """Set by stop_running; signum is the signal it forwards to running cells."""
+
+    signum: int = 0
+
+
+_stopping = _Stopping()
 
 
 def cell_dir(out: Path, cell_id: str) -> Path:
@@ -64,8 +72,7 @@ def run_cell(
     threads caps the cell's CPU threads (so parallel cells do not oversubscribe the cores). forked: start it
     from the forkserver that holds the heavy imports (lib.batch.forked; the local executor), else as a new
     interpreter (a SLURM job runs one cell). Module-level and picklable: submitit runs it inside a SLURM job."""
-    out = Path(out)
-    where = cell_dir(out, cell.id)
+    where = cell_dir(Path(out), cell.id)
     where.mkdir(parents=True, exist_ok=True)
     leftover = _leftover(where)
     args = ["--resume", str(leftover)] if leftover else [*cell.argv(), "--out", str(where)]

@@ -98,8 +98,9 @@ class ForkedScript:
         )
         with _exit_codes:  # start() polls every other child of this process (multiprocessing's _cleanup)
             self.process.start()
-        self.pid = self.process.pid
-        self.returncode = None
+        assert self.process.pid is not None  # set by start()
+        self.pid: int = self.process.pid
+        self.returncode: int | None = None
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -112,13 +113,13 @@ class ForkedScript:
         import time
         from multiprocessing.connection import wait
 
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+        start = time.monotonic()
+        while (code := self.poll()) is None:
+            left = None if timeout is None else timeout - (time.monotonic() - start)
+            if timeout is not None and left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(f"forked script {self.pid}", timeout)
             wait([self.process.sentinel], left)  # readable once the exit code is there; read under the lock
-        return self.returncode
+        return code
 
     def send_signal(self, signum: int) -> None:
         if self.poll() is None:

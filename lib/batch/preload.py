@@ -12,9 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.backends.backend_agg  # noqa: E402,F401 - what savefig loads on first use
 import matplotlib.pyplot  # noqa: E402,F401
 import pandas  # noqa: E402,F401
-import pandas.io.formats.csvs  # noqa: E402,F401 - what to_csv loads on first use
 import scipy.stats  # noqa: E402,F401
 import torch  # noqa: E402
+
+importlib.import_module("pandas.io.formats.csvs")  # what to_csv loads on first use (private: not in pandas' stubs)
 import transformer_lens  # noqa: E402,F401
 
 # TransformerLens loads the bridge and its architecture adapters lazily: import what lib.core.model calls

@@ -3,6 +3,8 @@ position per row, and a hook that stops the pass before the unembedding."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from lib.core.architecture import apply_softcap
@@ -41,7 +43,7 @@ def unembed_at(model, resid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return apply_softcap(logits, model.arch.softcap)
 
 
-def logits_at(model, tokens: torch.Tensor, pos: torch.Tensor, hooks: list = (), grad: bool = False) -> torch.Tensor:
+def logits_at(model, tokens: torch.Tensor, pos: torch.Tensor, hooks: Sequence = (), grad: bool = False) -> torch.Tensor:
     """Logits [B, V] at one position per row of a forward pass with hooks; the unembedding (a third of
     GPT-2 small's forward FLOPs) runs at those positions only."""
     with torch.set_grad_enabled(grad):

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +18,10 @@ from lib.core.architecture import Architecture
 from lib.core.choices import check_device_name, check_dtype_name, check_model_name  # noqa: F401
 from lib.core.errors import UserError, user_path
 from lib.core.identity import check_identity
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedTokenizerBase
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 OFFLINE_HINT = "run offline with --model toy (shipped, trained) or --model gpt2-random (random weights)"
@@ -27,8 +32,8 @@ class LoadedModel:
     """A bridge ready for circuit work, with the facts scripts record about it."""
 
     name: str
-    bridge: object  # transformer_lens.model_bridge.TransformerBridge
-    tokenizer: object
+    bridge: TransformerBridge
+    tokenizer: PreTrainedTokenizerBase
     device: torch.device
     dtype: torch.dtype
     source: str  # where the weights came from, for run.json
@@ -298,7 +303,7 @@ def load_pythia_random(device: torch.device, dtype: torch.dtype, seed: int):
         num_hidden_layers=12,
         num_attention_heads=12,
         intermediate_size=3072,
-        rotary_pct=0.25,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
         use_parallel_residual=True,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,

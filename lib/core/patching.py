@@ -28,7 +28,7 @@ def source_hooks(graph: Graph) -> list[tuple[str, slice]]:
     return out
 
 
-def receiver_hooks(graph: Graph) -> list[tuple[str, list[int] | slice]]:
+def receiver_hooks(graph: Graph) -> list[tuple[str, int | slice]]:
     """(hook name, receiver columns) in forward order."""
     out = []
     for l in range(graph.n_layers):
@@ -69,7 +69,8 @@ def source_outputs(model, graph: Graph, tokens: torch.Tensor) -> torch.Tensor:
 def mean_outputs(model, graph: Graph, reference, batch_size: int = 32) -> torch.Tensor:
     """Every source's output averaged over the corrupted prompts of `reference`, per position, [S, P, D]
     (positions past a prompt's end do not count)."""
-    total, count = None, None
+    total: torch.Tensor | None = None
+    count = torch.zeros(0)
     for start in range(0, len(reference), batch_size):
         batch = reference.subset(slice(start, start + batch_size))
         outs = source_outputs(model, graph, batch.corrupt.to(model.device))  # [S, B, P', D]
@@ -80,6 +81,8 @@ def mean_outputs(model, graph: Graph, reference, batch_size: int = 32) -> torch.
         s = torch.nn.functional.pad(s, (0, 0, 0, P - s.shape[1]))
         c = torch.nn.functional.pad(c, (0, P - c.shape[0]))
         total, count = (s, c) if total is None else (total + s, count + c)
+    if total is None:
+        raise ValueError("mean_outputs needs at least one prompt")
     return total / count.clamp_min(1)[None, :, None]
 
 

@@ -5,6 +5,8 @@ called on a cached stream; there every pass is a full one (same hooks, same numb
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from lib.core.forward import logits_at, stop_before_unembedding, unembed_at
@@ -44,12 +46,11 @@ class Restart:
             return hook
 
         if resid_names or source_names:
+            hooks: list[tuple[str | Callable, Callable]] = [
+                (n, save(n)) for n in dict.fromkeys(resid_names + source_names)
+            ]
             with torch.no_grad():
-                self.model.bridge.run_with_hooks(
-                    self.tokens,
-                    fwd_hooks=[(n, save(n)) for n in dict.fromkeys(resid_names + source_names)]
-                    + [stop_before_unembedding()],
-                )
+                self.model.bridge.run_with_hooks(self.tokens, fwd_hooks=hooks + [stop_before_unembedding()])
         self.resid = [saved[n] for n in resid_names]  # [L + 1] x [B, P, D]: entering each block, the final stream
         self.outs = torch.cat([as_sources(saved[n]) for n in source_names]) if source_names else None
 

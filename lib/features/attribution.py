@@ -240,9 +240,13 @@ def attribute(
         out = torch.zeros(n_rows, width, dtype=errors.dtype, device=dev)
         g_embed, g_mlp = g_embed.to(out.dtype), [g.to(out.dtype) for g in g_mlp]  # a half-precision model's grads
         for s, (cols, valid, vecs) in decoders.items():  # per source layer: its features grouped by position
-            total = 0
-            for o, vec in enumerate(vecs):  # [P, m, d] for output layer s + o
-                total = total + torch.bmm(g_mlp[s + o][:n_rows].transpose(0, 1), vec.transpose(1, 2))  # [P, r, m]
+            # [P, r, m]: summed over the output layers s + o that the features write to (vec [P, m, d] each)
+            terms = (
+                torch.bmm(g_mlp[s + o][:n_rows].transpose(0, 1), vec.transpose(1, 2)) for o, vec in enumerate(vecs)
+            )
+            total = next(terms)
+            for term in terms:
+                total = total + term
             out[:, cols[valid]] += total.permute(1, 0, 2)[:, valid]
         for l in range(L):
             out[:, n_active + l * P : n_active + (l + 1) * P] = torch.einsum("rpd,pd->rp", g_mlp[l][:n_rows], errors[l])

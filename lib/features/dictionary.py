@@ -108,6 +108,7 @@ class Dictionary:
         if self.architecture == "identity":  # the neuron baseline (identity_dictionary): features = coordinates
             return pre
         if self.architecture == "topk":
+            assert self.k is not None  # checked at load
             top = torch.topk(pre, self.k, dim=-1)
             return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
         return torch.relu(pre)

@@ -62,7 +62,8 @@ def freeze_hooks(model, values: dict | None = None) -> list[tuple]:
     def hook_for(name):
         if values is None:
             return lambda x, hook: x.detach()
-        return lambda x, hook: values[name].to(x.dtype).expand_as(x)
+        clean = values
+        return lambda x, hook: clean[name].to(x.dtype).expand_as(x)
 
     return [(n, hook_for(n)) for n in frozen_hook_names(model)]
 
@@ -89,7 +90,8 @@ def replacement_hooks(tc, layers, errors=None, edit=None, store: dict | None = N
 
         def read(x, hook, l=l):
             if l == layers[0]:
-                features.clear(), unedited.clear()  # a new pass
+                features.clear()  # a new pass
+                unedited.clear()
             unedited[l] = tc.encode(l, x)
             features[l] = edit(l, unedited[l]) if edit is not None else unedited[l]
             if store is not None:

@@ -59,9 +59,11 @@ class TranscoderSet:
 
     def activate(self, layer: int, pre: torch.Tensor) -> torch.Tensor:
         if self.architecture == "topk":
+            assert self.k is not None  # checked at load
             top = torch.topk(pre, self.k, dim=-1)
             return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
         if self.architecture == "jumprelu":
+            assert self.threshold is not None  # checked at load
             return pre * (pre > self.threshold[layer])
         return torch.relu(pre)
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lib.core.choices import ABLATIONS
 from lib.core.errors import UserError
 from lib.io.circuit_json import Circuit
+
+if TYPE_CHECKING:
+    import torch
 
 CircuitOpt = Annotated[
     str,
@@ -31,7 +34,7 @@ AUTO_SEED_OFFSET = 7919  # discovery prompts come from another seed, and overlap
 @dataclass
 class ResolvedCircuit:
     label: str  # written in every CSV row: canonical | auto:canonical | auto:eap-ig-top{k} | file:{name}
-    keep: object  # torch.Tensor [S, R] bool
+    keep: torch.Tensor  # [S, R] bool
     info: dict = field(default_factory=dict)  # recorded in run.json
 
     @property

@@ -234,6 +234,8 @@ def load_script(name: str):
     if not (path.is_file() and name[:2].isdigit() and name.endswith(".py")):
         raise UserError(f"unknown script {name!r}")
     spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"cannot load script {name!r}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -324,7 +326,9 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> None:
     """Run a numbered script's typer app under the error policy (see guarded); `--resume DIR` replays the
     interrupted run's own arguments."""
     command = typer.main.get_command(app)
-    script = Path(app.registered_commands[0].callback.__code__.co_filename).stem
+    callback = app.registered_commands[0].callback
+    assert callback is not None, "a script's app has one command"
+    script = Path(callback.__code__.co_filename).stem
 
     def invoke():
         global ARGV
@@ -335,7 +339,7 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> None:
     guarded(f"{script}.py", invoke)
 
 
-def script_app(help_text: str) -> typer.Typer:
+def script_app(help_text: str | None) -> typer.Typer:
     return typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=help_text)
 
 

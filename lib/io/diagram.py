@@ -3,6 +3,8 @@ score and width by |score|; as a PNG (matplotlib) and as Graphviz DOT text (no s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -159,7 +161,7 @@ def site_row(site: str) -> float:
     return 1 + 3 * layer + {"attn": 0, "mlp": 1, "tc": 1, "resid": 2}.get(kind, 2)
 
 
-def feature_figure(nodes: list[dict], title: str, max_per_row: int = 12, edges: list[dict] = ()):
+def feature_figure(nodes: list[dict], title: str, max_per_row: int = 12, edges: Sequence[dict] = ()):
     """A feature circuit's nodes by site (rows, forward order upwards), size by |effect|, colour by sign, error
     nodes as grey squares, each labelled with its name and (features) the token it promotes most."""
     fig_rows = sorted({site_row(n["site"]) for n in nodes})
@@ -217,7 +219,7 @@ def feature_figure(nodes: list[dict], title: str, max_per_row: int = 12, edges: 
     return fig
 
 
-def feature_dot(nodes: list[dict], title: str, edges: list[dict] = ()) -> str:
+def feature_dot(nodes: list[dict], title: str, edges: Sequence[dict] = ()) -> str:
     """The same nodes as Graphviz DOT: one rank per site, features as ellipses, error nodes as grey boxes."""
     top = max((abs(n["effect"]) for n in nodes), default=1.0) or 1.0
     lines = ["digraph feature_circuit {", f'  label="{title}"; labelloc=t; rankdir=BT; newrank=true;']

@@ -5,6 +5,7 @@ with intervals over graphs, and plots."""
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from lib.core.errors import UserError
 from lib.io.diagram import plt
@@ -222,7 +223,7 @@ def plot_task(task: str, tables: dict, extra: dict) -> dict:
     axes[1].axhline(1.0, color="0.6", lw=0.8, ls="--")
     for ax in axes:
         ax.legend(fontsize=8)
-        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"{task}: error compounding, per-layer (PLT) vs cross-layer (CLT) transcoders", fontsize=10)
     figs[f"compounding_{task}.png"] = fig
 

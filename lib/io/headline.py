@@ -26,7 +26,7 @@ class Metric:
     value: str | None = None
     where: dict = field(default_factory=dict)
     by: tuple[str, ...] = ()
-    fn: Callable[[pd.DataFrame], float] | None = None
+    fn: Callable[[pd.DataFrame], float | tuple[float, float, float]] | None = None  # value or (value, low, high)
     ci: tuple[str, str] | None = None  # default: <value>_ci_low, <value>_ci_high
 
 

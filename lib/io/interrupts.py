@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 from contextlib import contextmanager
 
-HANDLED = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+HANDLED: dict[int, str] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 
 
 class Interrupted(KeyboardInterrupt):

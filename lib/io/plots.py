@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping
 
 import matplotlib
 import matplotlib.ticker
@@ -39,7 +40,7 @@ def _integer_ticks(ax, n: int, axis: str, labels=None, max_ticks: int = 40) -> N
 
 
 def heatmaps(
-    panels: dict[str, np.ndarray],
+    panels: Mapping[str, np.ndarray],
     title: str,
     xlabel: str,
     ylabel: str,
@@ -59,7 +60,8 @@ def heatmaps(
         lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
         kw, scale = dict(cmap="viridis", vmin=lo, vmax=hi), f"{lo:.3g} to {hi:.3g}"
     wide = xticklabels is not None and len(xticklabels) > 12
-    fig, axes = _grid(len(arrays), width=max(4.2, 0.3 * len(xticklabels) + 2.5) if wide else 4.2)
+    width = max(4.2, 0.3 * len(xticklabels) + 2.5) if xticklabels is not None and wide else 4.2
+    fig, axes = _grid(len(arrays), width=width)
     for ax, (name, values) in zip(axes, arrays.items()):
         im = ax.imshow(values, aspect="auto", origin="lower", interpolation="nearest", **kw)
         ax.set_title(name)
@@ -73,7 +75,7 @@ def heatmaps(
     return fig
 
 
-def top_bars(panels: dict[str, tuple[list[str], np.ndarray, np.ndarray]], title: str, xlabel: str, k: int = 15):
+def top_bars(panels: Mapping[str, tuple[list[str], np.ndarray, np.ndarray]], title: str, xlabel: str, k: int = 15):
     """Horizontal bars of the k components with the largest |value| per panel, with error bars (named in
     the title by the caller)."""
     fig, axes = _grid(len(panels), width=4.6, height=0.28 * k + 1.2)
@@ -89,7 +91,7 @@ def top_bars(panels: dict[str, tuple[list[str], np.ndarray, np.ndarray]], title:
 
 
 def histograms(
-    panels: dict[str, dict[str, np.ndarray]], title: str, xlabels: dict[str, str] | str, ylabel: str = "prompts"
+    panels: Mapping[str, Mapping[str, np.ndarray]], title: str, xlabels: dict[str, str] | str, ylabel: str = "prompts"
 ):
     """Overlaid histograms per panel (e.g. clean vs corrupted metric per task); x label per panel."""
     fig, axes = _grid(len(panels))
@@ -118,7 +120,7 @@ def _label_axes(fig, ax, title: str, xlabel: str, ylabel: str, legend: bool = Tr
 
 
 def curves(
-    panels: dict[str, tuple[np.ndarray, np.ndarray]],
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
     title: str,
     xlabel: str,
     ylabel: str,
@@ -161,7 +163,7 @@ def curves(
     return _label_axes(fig, ax, textwrap.fill(title, 70), xlabel, ylabel)
 
 
-def grouped_bars(panels: dict[str, tuple], title: str):
+def grouped_bars(panels: Mapping[str, tuple], title: str):
     """Side-by-side panels {panel title: (table, y label[, (low table, high table)])}; in each, bars grouped by
     row (e.g. task), one colour per column (e.g. metric), with interval error bars where given. Quantities
     with different units go in different panels."""
@@ -196,7 +198,7 @@ def grouped_bars(panels: dict[str, tuple], title: str):
 
 
 def scatter(
-    panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str, loglog: bool = False
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str, loglog: bool = False
 ):
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for name, (x, y) in panels.items():
@@ -282,7 +284,7 @@ def p_text(p: float) -> str:
     return f"p = {p:.2e}" if p < 1e-3 else f"p = {p:.3g}"
 
 
-def null_distributions(panels: dict[str, dict], title: str):
+def null_distributions(panels: Mapping[str, dict], title: str):
     """One panel per test: its null distribution (bars of a pmf, or a histogram of simulated statistics)
     with the observed statistic as a vertical line, the p-value in the panel title. Panels of distances
     (`positive`: non-negative quantities spanning orders of magnitude) use a log axis over their positive
@@ -361,7 +363,7 @@ def matrix(
 
 
 def fit_scatter(
-    panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[float, float]]],
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[float, float]]],
     title: str,
     xlabel: str,
     ylabel: str,

@@ -47,8 +47,8 @@ class LineProgress:
         if self.n - self.last_n >= step or now - self.last_t >= LINE_EVERY_SECONDS:
             self._line(now)
 
-    def set_postfix(self, **values) -> None:
-        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+    def set_postfix(self, ordered_dict: dict | None = None, **values) -> None:  # tqdm's signature
+        self.postfix = ", ".join(f"{k}={v}" for k, v in {**(ordered_dict or {}), **values}.items())
 
     def _line(self, now: float) -> None:
         elapsed = now - self.t0
@@ -81,7 +81,7 @@ class _Silent:
     def update(self, n: int = 1) -> None:
         self.n += n
 
-    def set_postfix(self, **values) -> None:
+    def set_postfix(self, ordered_dict: dict | None = None, **values) -> None:
         pass
 
     def close(self) -> None:

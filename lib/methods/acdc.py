@@ -11,7 +11,8 @@ position embeddings from the model (rotary) cannot start mid-model; there every 
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -162,7 +163,7 @@ def run_acdc(
     checkpoint=None,
     progress=None,
     candidates: torch.Tensor | None = None,
-    critical=nullcontext,
+    critical: Callable[[], AbstractContextManager] = nullcontext,
 ) -> ACDCState:
     """Run (or resume from `state`) ACDC at threshold tau on data; returns the final state. With candidates
     ([S, R] bool, e.g. EAP's top edges) only those are tried; every other edge is removed from the start.

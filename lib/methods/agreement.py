@@ -39,6 +39,7 @@ def single_edge_metrics(
         batch = data.subset(slice(start, start + batch_size))
         B = len(batch)
         restart = Restart(model, batch.clean, graph)  # also the clean run's source outputs
+        assert restart.outs is not None  # a Restart with a graph keeps the source outputs
         delta = ablation_values(model, graph, batch, ablation) - restart.outs
         per_pass = max(1, (rows_per_pass or model.rows_per_pass) // B)
         for e0 in range(0, len(order), per_pass):

@@ -23,6 +23,8 @@ and `Graph.apply_topn`/`Graph.prune` of the EAP-IG library it uses), with a rand
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -180,7 +182,7 @@ def mib_curves(
             )
         a = areas(fractions, [faithfulness(m) for m in per_size])
         key, log_key = ("area", "log_area") if metric == "cpr" else ("area_from_1", "log_area_from_1")
-        row = {"metric": metric, "ranking": ranking}
+        row: dict[str, Any] = {"metric": metric, "ranking": ranking}
         for name, k in (("value", key), ("log_axis_value", log_key)):
             low, high = intervals.interval(
                 _area_statistic(fractions, k), full_m, empty_m, *per_size, n_resamples=n_bootstrap, seed=seed

@@ -45,11 +45,29 @@ def edge_scores(
     method: str = "eap",
     ig_steps: int = IG_STEPS,
     progress=None,
-    per_prompt: bool = False,
     ig_points: str = "right",
-):
-    """Attribution score of every edge, [S, R] float64 (0 where no edge), mean over the items of data; with
-    per_prompt also each item's own scores, [N, S, R] float32 (their mean is the first result)."""
+) -> torch.Tensor:
+    """Attribution score of every edge, [S, R] float64 (0 where no edge), mean over the items of data."""
+    return _edge_scores(model, graph, data, batch_size, method, ig_steps, progress, False, ig_points)[0]
+
+
+def edge_scores_per_prompt(
+    model,
+    graph: Graph,
+    data,
+    batch_size: int = 32,
+    method: str = "eap",
+    ig_steps: int = IG_STEPS,
+    progress=None,
+    ig_points: str = "right",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """edge_scores' mean [S, R] float64 and each item's own scores [N, S, R] float32 (their mean is the first)."""
+    mean, items = _edge_scores(model, graph, data, batch_size, method, ig_steps, progress, True, ig_points)
+    assert items is not None
+    return mean, items
+
+
+def _edge_scores(model, graph, data, batch_size, method, ig_steps, progress, per_prompt, ig_points):
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     points = gradient_points(graph, method, ig_steps, ig_points)
@@ -58,20 +76,21 @@ def edge_scores(
     for start in range(0, len(data), batch_size):
         batch = data.subset(slice(start, start + batch_size)).to(model.device)
         corrupt = source_outputs(model, graph, batch.corrupt)  # [S, B, P, D]
-        rows = items[start : start + len(batch)] if per_prompt else None
-        common = dict(scores=scores, weight=1.0 / (len(points) * len(data)), items=rows, item_weight=1.0 / len(points))
+        rows = items[start : start + len(batch)] if items is not None else None
+        weight, item_weight = 1.0 / (len(points) * len(data)), 1.0 / len(points)
         if (0, 1.0) in points:  # the clean point first: its pass records the clean outputs (delta)
             delta = torch.empty_like(corrupt)
-            for point in [(0, 1.0)] + [p for p in points if p != (0, 1.0)]:
-                _accumulate(model, graph, batch, corrupt, delta, point, record_clean=point == (0, 1.0), **common)
+            order = [(0, 1.0)] + [p for p in points if p != (0, 1.0)]
         else:
             delta = corrupt - source_outputs(model, graph, batch.clean)
-            for point in points:
-                _accumulate(model, graph, batch, corrupt, delta, point, record_clean=False, **common)
+            order = points
+        for point in order:
+            record = point == (0, 1.0)
+            _accumulate(model, graph, batch, corrupt, delta, point, record, scores, weight, rows, item_weight)
         if progress is not None:
             progress.update(len(batch))
     mean = (scores * graph.edge_exists.to(scores.device)).cpu()
-    return (mean, (items * graph.edge_exists.to(items.device)).cpu()) if per_prompt else mean
+    return mean, (items * graph.edge_exists.to(items.device)).cpu() if items is not None else None
 
 
 def _accumulate(model, graph, batch, corrupt, delta, point, record_clean, scores, weight, items=None, item_weight=1.0):

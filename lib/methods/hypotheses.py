@@ -48,6 +48,8 @@ def answer_feature(task: str, graph: Graph, keep: torch.Tensor) -> Hypothesis:
     from tasks import TASKS
 
     feature = TASKS[task].answer_feature
+    if feature is None:
+        raise UserError(f"task {task} names no feature that determines its answer")
     nodes = [n for n in graph.nodes_of(keep) if n not in ("input", "logits")]
     return Hypothesis(f"answer feature ({feature})", keep, {n: (feature,) for n in nodes})
 

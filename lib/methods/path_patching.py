@@ -83,7 +83,8 @@ class PathPatcher:
         base, other = (batch.clean, batch.corrupt) if direction == "noise" else (batch.corrupt, batch.clean)
         self.base = base.to(model.device)
         self.restart = Restart(model, self.base, graph)
-        self.outs = self.restart.outs  # [S, B, P, D]
+        assert self.restart.outs is not None  # a Restart with a graph keeps the source outputs
+        self.outs: torch.Tensor = self.restart.outs  # [S, B, P, D]
         self.other = source_outputs(model, graph, other.to(model.device))
         self._mlp: dict[tuple, torch.Tensor] = {}
 

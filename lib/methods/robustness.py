@@ -140,7 +140,8 @@ def verdict(task_name: str, rows) -> dict:
     frame = pd.DataFrame(rows)
     finite = frame[np.isfinite(frame.faithfulness)]
     default = finite.iloc[0]  # the grid starts with the default choices and the task metric
-    low, high = finite.loc[finite.faithfulness.idxmin()], finite.loc[finite.faithfulness.idxmax()]
+    values = finite.faithfulness.to_numpy()
+    low, high = finite.iloc[int(np.argmin(values))], finite.iloc[int(np.argmax(values))]
     spread = float(high.faithfulness - low.faithfulness)
     word = next((w for limit, w in SENSITIVITY if spread <= limit), "not robust")
     line = (

@@ -30,6 +30,7 @@ import torch
 from lib.core.forward import stop_before_unembedding, unembed_at
 from lib.core.graph import Graph
 from lib.core.patching import receiver_columns, source_hooks
+from tasks.base import TaskData
 
 WHOLE_PROMPT = ("prompt",)
 
@@ -60,7 +61,7 @@ class Hypothesis:
 class Pool:
     """The prompts draws come from; evaluation prompts are its first items."""
 
-    data: object  # TaskData
+    data: TaskData
     structure: np.ndarray  # [N] object: aligned_by columns + token length
     positions: dict  # class -> [N] long position index
 

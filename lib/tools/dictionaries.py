@@ -35,12 +35,12 @@ AUX_COEFFICIENT = 1 / 32  # Gao et al. 2024, section A.2
 
 def sites(n_layers: int) -> dict[str, tuple[str, str]]:
     """Site name -> (input hook, output hook); SAEs read and write one hook."""
-    out = {"embed": ("blocks.0.hook_resid_pre",) * 2}
+    out = {"embed": ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_pre")}
     for l in range(n_layers):
         out |= {
-            f"attn{l}": (f"blocks.{l}.hook_attn_out",) * 2,
-            f"mlp{l}": (f"blocks.{l}.hook_mlp_out",) * 2,
-            f"resid{l}": (f"blocks.{l}.hook_resid_post",) * 2,
+            f"attn{l}": (f"blocks.{l}.hook_attn_out", f"blocks.{l}.hook_attn_out"),
+            f"mlp{l}": (f"blocks.{l}.hook_mlp_out", f"blocks.{l}.hook_mlp_out"),
+            f"resid{l}": (f"blocks.{l}.hook_resid_post", f"blocks.{l}.hook_resid_post"),
             f"tc{l}": (f"blocks.{l}.ln2.hook_normalized", f"blocks.{l}.hook_mlp_out"),
         }
     out["clt"] = ("blocks.{layer}.ln2.hook_normalized", "blocks.{layer}.hook_mlp_out")  # every layer

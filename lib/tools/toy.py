@@ -10,6 +10,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import typer
@@ -29,7 +30,7 @@ FOCUS_FROM = 2000
 DOCSTRING_N_FACTOR = 10  # docstring training prompts per n_per_task
 FOCUS_BATCHES = {"docstring": 2.0, "ioi": 0.5, "sva": 0.5, "greater-than": 0.5}  # x batch
 TRAIN_SEED = 10_000  # task-generation seeds for training; evaluation uses seeds < TRAIN_SEED
-ARCH = dict(n_layer=4, n_head=4, n_embd=64, n_inner=256, n_positions=64)
+ARCH: dict[str, Any] = dict(n_layer=4, n_head=4, n_embd=64, n_inner=256, n_positions=64)
 
 
 def _pre_tokenizer():
@@ -138,7 +139,7 @@ def _training_batches(tokenizer, n_per_task: int):
 
 
 def _step_loss(model, data, batches: dict[str, int], gen, weights: dict[str, float]):
-    loss, parts = 0.0, {}
+    loss, parts = torch.zeros(()), {}
     for name, (tokens, pos, target) in data.items():
         n = batches.get(name, 0)
         if not n:
@@ -203,7 +204,7 @@ def train(
         opt.step()
         sched.step()
         if step % 100 == 0 or step == steps - 1:
-            bar.set_postfix(**{k: f"{v:.3f}" for k, v in parts.items()})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
             log.append({"step": step, **parts})
         bar.update(1)
     bar.close()
