@@ -6,6 +6,7 @@ import pytest
 from matplotlib.patches import Rectangle
 
 from lib.io import diagram, plots
+from lib.io.diagram import plt
 
 
 def drawn(fig):
@@ -164,3 +165,133 @@ def test_diagram_names_every_node_and_keeps_edges_off_the_input_label():
         points = np.asarray(path.interpolated(50).vertices)
         inside = (points[:, 0] > box.x0) & (points[:, 0] < box.x1) & (points[:, 1] > box.y0) & (points[:, 1] < box.y1)
         assert not inside.any(), "an edge crosses the input label"
+
+
+def _feature_circuit(n_nodes: int, n_edges: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    sites = ["embed"] + [f"{k}{l}" for l in range(4) for k in ("attn", "mlp", "resid")]
+    nodes = []
+    for i in range(n_nodes):
+        site, error = sites[i % len(sites)], i % 37 == 0
+        name = f"{site}/err@end-{i}" if error else f"{site}/f{i}@end"
+        nodes.append({"site": site, "node": name, "feature": -1 if error else i, "effect": float(rng.normal())})
+    pairs = rng.integers(0, n_nodes, (n_edges, 2))
+    edges = [
+        {"upstream": nodes[a]["node"], "downstream": nodes[b]["node"], "effect": float(rng.normal())} for a, b in pairs
+    ]
+    return nodes, edges
+
+
+def test_feature_circuit_picture_draws_the_strongest_and_counts_the_rest():
+    """09's toy IOI circuit had 310 nodes and 2,141 edges: the picture draws the 30 strongest nodes and the 40
+    strongest edges among them, says so, explains colour in the task's terms and fits a page."""
+    nodes, edges = _feature_circuit(310, 2141)
+    fig = diagram.feature_figure(nodes, "ioi: feature circuit", edges=edges)
+    ax = fig.axes[0]
+    strongest = sorted(nodes, key=lambda n: -abs(n["effect"]))[:30]
+    drawn = {t.get_text().split("\n")[0] for t in ax.texts if t.get_text()}
+    assert drawn == {n["node"].split("/", 1)[1] for n in strongest}
+    names = {n["node"] for n in strongest}
+    between = sorted(
+        (e for e in edges if e["upstream"] in names and e["downstream"] in names), key=lambda e: -abs(e["effect"])
+    )
+    arrows = [t for t in ax.texts if t.arrow_patch is not None]
+    assert len(arrows) == min(40, len(between)) > 0
+    width, height = fig.get_size_inches()
+    assert width <= 11 and height <= 8.5
+    assert min(t.get_fontsize() for t in ax.texts) >= 7
+    caption = fig.get_supxlabel()
+    assert f"30 strongest of 310 nodes and the {len(arrows)} strongest of 2,141 edges" in caption
+    legend = ax.get_legend()
+    assert legend is not None
+    assert any("supports the task" in t.get_text() for t in legend.get_texts())
+    # rows only for the sites that have a drawn node, bottom to top in forward order
+    sites = [t.get_text() for t in ax.get_yticklabels()]
+    assert sites == sorted({n["site"] for n in strongest}, key=diagram.site_row)
+    plt.close(fig)
+
+
+def test_feature_circuit_picture_of_a_small_circuit_draws_everything():
+    nodes, edges = _feature_circuit(5, 3)
+    fig = diagram.feature_figure(nodes, "tiny", edges=edges)
+    assert "The 5 strongest of 5 nodes" in fig.get_supxlabel()
+    assert len(fig.axes[0].collections) == 5
+    plt.close(fig)
+
+
+def _graph_model(prompt_tokens: list[str], feature_layers: list[int], n_layers: int) -> dict:
+    last = len(prompt_tokens) - 1
+    nodes = [
+        {
+            "node_id": f"E_{i}_{i}",
+            "layer": "E",
+            "ctx_idx": i,
+            "feature_type": "embedding",
+            "clerp": "",
+            "activation": None,
+        }
+        for i in range(len(prompt_tokens))
+    ]
+    nodes += [
+        {
+            "node_id": f"{l}_{k}_{last}",
+            "layer": str(l),
+            "ctx_idx": last,
+            "feature_type": "cross layer transcoder",
+            "clerp": "",
+            "activation": 1.0,
+        }
+        for k, l in enumerate(feature_layers)
+    ]
+    nodes.append(
+        {
+            "node_id": f"{n_layers + 1}_7_{last}",
+            "layer": str(n_layers + 1),
+            "ctx_idx": last,
+            "feature_type": "logit",
+            "clerp": 'Output " Mary" (p=0.9)',
+            "token_prob": 0.9,
+        }
+    )
+    links = [{"source": f"E_{last}_{last}", "target": nodes[-1]["node_id"], "weight": 0.5}]
+    links += [
+        {"source": n["node_id"], "target": nodes[-1]["node_id"], "weight": -0.2}
+        for n in nodes
+        if n["feature_type"] == "cross layer transcoder"
+    ]
+    prompt = "".join(prompt_tokens)
+    return {"nodes": nodes, "links": links, "metadata": {"prompt_tokens": prompt_tokens, "prompt": prompt}}
+
+
+def test_graph_picture_leaves_out_empty_layers_and_keeps_the_whole_prompt():
+    """10's PNG of a 2-feature graph (toy ioi_6) filled its page with empty layer rows, rotated small token
+    labels and cut the prompt in the title."""
+    from lib.io import graph_plot
+
+    tokens = [
+        "<|endoftext|>",
+        "When",
+        " Mary",
+        " and",
+        " John",
+        " went",
+        " to",
+        " the",
+        " store",
+        ",",
+        " John",
+        " gave",
+    ]
+    model = _graph_model(tokens, [2, 2], n_layers=6)
+    fig = graph_plot.figure(model, 6, {}, "ioi_6: attribution graph")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["tokens", "layer 2", "logits"]
+    assert "5 layers without nodes not drawn" in fig.get_supxlabel()
+    title = " ".join(ax.get_title().split())
+    assert " ".join(repr("".join(tokens)).split()) in title  # the whole prompt, wrapped but not cut
+    labels = ax.get_xticklabels()
+    assert [t.get_text() for t in labels] == [repr(t)[1:-1] for t in tokens]
+    assert all(t.get_rotation() == 0 and t.get_fontsize() >= 8 for t in labels)
+    width, height = fig.get_size_inches()
+    assert width <= 16 and height <= 6
+    plt.close(fig)

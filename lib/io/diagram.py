@@ -161,61 +161,99 @@ def site_row(site: str) -> float:
     return 1 + 3 * layer + {"attn": 0, "mlp": 1, "tc": 1, "resid": 2}.get(kind, 2)
 
 
-def feature_figure(nodes: list[dict], title: str, max_per_row: int = 12, edges: Sequence[dict] = ()):
-    """A feature circuit's nodes by site (rows, forward order upwards), size by |effect|, colour by sign, error
-    nodes as grey squares, each labelled with its name and (features) the token it promotes most."""
-    fig_rows = sorted({site_row(n["site"]) for n in nodes})
-    fig, ax = plt.subplots(figsize=(min(2 + 1.3 * max_per_row, 18), 0.55 * len(fig_rows) + 1.6), layout="constrained")
-    top = max((abs(n["effect"]) for n in nodes), default=1.0) or 1.0
+FEATURE_NODES_DRAWN, FEATURE_EDGES_DRAWN = 30, 40  # what a reader takes in; the rest is counted in the caption
+
+
+def feature_figure(
+    nodes: list[dict],
+    title: str,
+    edges: Sequence[dict] = (),
+    max_nodes: int = FEATURE_NODES_DRAWN,
+    max_edges: int = FEATURE_EDGES_DRAWN,
+):
+    """A feature circuit's strongest nodes (max_nodes by |effect|) by site, forward order upwards, and the
+    strongest edges among them (max_edges by |effect|); size and width by |effect|, colour by what the node does
+    to the task, error nodes as grey squares, features labelled with the token they promote most. The caption
+    counts what is not drawn (the DOT file and circuit JSON hold every node and edge)."""
+    shown = sorted(nodes, key=lambda n: -abs(n["effect"]))[:max_nodes]
+    names = {n["node"] for n in shown}
+    between = [e for e in edges if e["upstream"] in names and e["downstream"] in names]
+    drawn_edges = sorted(between, key=lambda e: -abs(e["effect"]))[:max_edges]
     by_row: dict[float, list[dict]] = {}
-    for n in sorted(nodes, key=lambda n: -abs(n["effect"])):
+    for n in shown:
         by_row.setdefault(site_row(n["site"]), []).append(n)
-    where = {n["node"]: (x, y) for y, row in by_row.items() for x, n in enumerate(row[:max_per_row])}
-    top_edge = max((abs(e["effect"]) for e in edges), default=1.0) or 1.0
-    for e in edges:  # under the nodes, width by |effect|
-        if e["upstream"] in where and e["downstream"] in where:
-            ax.annotate(
-                "",
-                where[e["downstream"]],
-                where[e["upstream"]],
-                zorder=1,
-                arrowprops=dict(
-                    arrowstyle="-|>",
-                    lw=_width(e["effect"], top_edge),
-                    color=_colour(e["effect"]),
-                    alpha=0.5,
-                    shrinkA=6,
-                    shrinkB=6,
-                ),
-            )
-    for y, row in by_row.items():
-        shown = row[:max_per_row]
-        for x, n in enumerate(shown):
-            error = n["feature"] < 0
-            ax.scatter(
-                [x],
-                [y],
-                s=40 + 360 * abs(n["effect"]) / top,
-                marker="s" if error else "o",
-                color="0.6" if error else (POSITIVE if n["effect"] >= 0 else NEGATIVE),
-                alpha=0.85,
-                zorder=2,
-            )
-            label = n["node"] + (f"\n{n['promotes']}" if n.get("promotes") else "")
-            ax.annotate(label, (x, y), xytext=(0, -9), textcoords="offset points", ha="center", va="top", fontsize=5.5)
-        if len(row) > len(shown):
-            ax.annotate(f"+{len(row) - len(shown)} more", (len(shown) - 0.4, y), fontsize=6, va="center")
-    ax.set_yticks(list(by_row), [next(n["site"] for n in by_row[y]) for y in by_row])
+    rows = sorted(by_row)
+    y_of = {row: i for i, row in enumerate(rows)}  # only the sites that have a drawn node get a row
+    width = max((len(r) for r in by_row.values()), default=1)
+    where = {n["node"]: (x - (len(r) - 1) / 2, y_of[row]) for row, r in by_row.items() for x, n in enumerate(r)}
+    fig, ax = plt.subplots(figsize=(min(4.5 + 1.0 * width, 11), min(0.6 * len(rows) + 2.2, 8.5)), layout="constrained")
+    top = max((abs(n["effect"]) for n in shown), default=1.0) or 1.0
+    top_edge = max((abs(e["effect"]) for e in drawn_edges), default=1.0) or 1.0
+    for e in drawn_edges:  # under the nodes
+        ax.annotate(
+            "",
+            where[e["downstream"]],
+            where[e["upstream"]],
+            zorder=1,
+            arrowprops=dict(
+                arrowstyle="-|>",
+                lw=_width(e["effect"], top_edge),
+                color=_colour(e["effect"]),
+                alpha=0.55,
+                shrinkA=7,
+                shrinkB=7,
+            ),
+        )
+    for n in shown:
+        x, y = where[n["node"]]
+        error = n["feature"] < 0
+        ax.scatter(
+            [x],
+            [y],
+            s=50 + 450 * abs(n["effect"]) / top,
+            marker="s" if error else "o",
+            color="0.6" if error else _colour(n["effect"]),
+            alpha=0.85,
+            zorder=2,
+        )
+        label = n["node"].split("/", 1)[-1] + (f"\n{n['promotes']}" if n.get("promotes") else "")
+        ax.annotate(label, (x, y), xytext=(0, -11), textcoords="offset points", ha="center", va="top", fontsize=7)
+    ax.set_yticks(range(len(rows)), [by_row[row][0]["site"] for row in rows], fontsize=8)
     ax.set_xticks([])
-    ax.set_xlim(-0.7, max_per_row + 0.5)
-    ax.set_ylim(min(fig_rows, default=0) - 0.9, max(fig_rows, default=0) + 0.6)
+    ax.set_xlim(-width / 2 - 0.3, width / 2 - 0.2)
+    ax.set_ylim(-0.8, len(rows) - 0.4)
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
     handles = [
-        Line2D([], [], marker="o", ls="", color=POSITIVE, label="feature, effect > 0"),
-        Line2D([], [], marker="o", ls="", color=NEGATIVE, label="feature, effect < 0"),
-        Line2D([], [], marker="s", ls="", color="0.6", label="error node"),
+        Line2D(
+            [],
+            [],
+            marker="o",
+            ls="",
+            color=NEGATIVE,
+            label="effect < 0: the node supports the task\n(patching it lowers the metric)",
+        ),
+        Line2D(
+            [],
+            [],
+            marker="o",
+            ls="",
+            color=POSITIVE,
+            label="effect > 0: the node works against it\n(patching it raises the metric)",
+        ),
+        Line2D([], [], marker="s", ls="", color="0.6", label="error node (what the dictionary misses)"),
+        Line2D(
+            [], [], color="0.3", label="edge: effect of the upstream node\nthrough the downstream one (same colours)"
+        ),
     ]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
-    ax.set_title(title + f" (size: |effect|; {len(edges)} edges, width: |effect|)", fontsize=10)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False, labelspacing=1.0)
+    ax.set_title(title, fontsize=10)
+    fig.supxlabel(
+        f"The {len(shown)} strongest of {len(nodes):,} nodes and the {len(drawn_edges)} strongest of {len(edges):,} "
+        "edges (size and width: |effect|); every node and edge is in the circuit's JSON and DOT files.",
+        fontsize=7,
+        color="0.35",
+    )
     return fig
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from lib.io.diagram import NEGATIVE, POSITIVE, _colour, _width, plt
 
+FEATURE, LOGIT = "#e6a23c", "#2a9d4b"
+
 
 def _layer_row(node: dict, n_layers: int) -> float:
     if node["layer"] == "E":
@@ -14,15 +16,17 @@ def _layer_row(node: dict, n_layers: int) -> float:
     return float(node["layer"]) if node["feature_type"] != "logit" else float(n_layers)
 
 
-def _positions(nodes: list[dict], n_layers: int) -> dict:
-    """node_id -> (x, y): nodes of one (layer, position) cell spread across the cell's width."""
+def _positions(nodes: list[dict], n_layers: int, rows: dict[float, int]) -> dict:
+    """node_id -> (x, y): nodes of one (layer, position) cell spread across the cell's width; y is the row index
+    of the node's layer among the layers drawn (rows)."""
     cells: dict = {}
+    top = rows[float(n_layers)]  # the logits' row
     for n in nodes:
-        cells.setdefault((n["ctx_idx"], _layer_row(n, n_layers)), []).append(n)
+        cells.setdefault((n["ctx_idx"], rows[_layer_row(n, n_layers)]), []).append(n)
     where = {}
     for (pos, row), members in cells.items():
         members.sort(key=lambda n: -(n.get("activation") or n.get("token_prob") or 0))
-        logits = row == float(n_layers)
+        logits = row == top
         span = min(0.6 * len(members), pos + 0.4) if logits else 0.8  # the logits spread leftwards along the top
         for k, n in enumerate(members):
             if len(members) == 1:
@@ -34,13 +38,19 @@ def _positions(nodes: list[dict], n_layers: int) -> dict:
 
 
 def figure(model: dict, n_layers: int, labels: dict, title: str):
-    """labels: node_id -> text under a feature node (its promoted tokens)."""
+    """labels: node_id -> text under a feature node (its promoted tokens). Rows: the token embeddings, each layer
+    that has a node, the logits (empty layers are left out and said); the whole prompt wrapped under the title."""
+    import textwrap
+
+    from matplotlib.lines import Line2D
+
     nodes, links = model["nodes"], model["links"]
     tokens = model["metadata"]["prompt_tokens"]
-    where = _positions(nodes, n_layers)
-    fig, ax = plt.subplots(
-        figsize=(min(max(6.0, 0.62 * len(tokens) + 2), 20), 0.9 * (n_layers + 2) + 1.8), layout="constrained"
-    )
+    layers = sorted({_layer_row(n, n_layers) for n in nodes} | {-1.0, float(n_layers)})
+    rows = {layer: i for i, layer in enumerate(layers)}
+    where = _positions(nodes, n_layers, rows)
+    width = min(max(6.5, 0.75 * len(tokens) + 3.5), 16.0)
+    fig, ax = plt.subplots(figsize=(width, 0.75 * len(layers) + 2.6), layout="constrained")
     top = max((abs(l["weight"]) for l in links), default=1.0) or 1.0
     for l in sorted(links, key=lambda l: abs(l["weight"])):
         (x0, y0), (x1, y1) = where[l["source"]], where[l["target"]]
@@ -64,49 +74,61 @@ def figure(model: dict, n_layers: int, labels: dict, title: str):
         x, y = where[n["node_id"]]
         kind = n["feature_type"]
         if kind == "mlp reconstruction error":
-            ax.scatter([x], [y], s=60, marker="s", color="0.6", zorder=2)
+            ax.scatter([x], [y], s=70, marker="s", color="0.6", zorder=2)
         elif kind == "embedding":
-            ax.scatter([x], [y], s=50, marker="D", color="0.25", zorder=2)
+            ax.scatter([x], [y], s=60, marker="D", color="0.25", zorder=2)
         elif kind == "logit":
-            ax.scatter([x], [y], s=70, marker="^", color="#2a9d4b", zorder=2)
+            ax.scatter([x], [y], s=80, marker="^", color=LOGIT, zorder=2)
             ax.annotate(
                 n["clerp"].removeprefix("Output "),
                 (x, y),
-                xytext=(0, 7),
+                xytext=(0, 8),
                 textcoords="offset points",
-                ha="left",
-                fontsize=6,
-                rotation=35,
-                rotation_mode="anchor",
+                ha="center",
+                fontsize=7,
             )
         else:
-            ax.scatter([x], [y], s=55, marker="o", color="#e6a23c", edgecolor="0.3", lw=0.4, zorder=2)
+            ax.scatter([x], [y], s=65, marker="o", color=FEATURE, edgecolor="0.3", lw=0.4, zorder=2)
             text = f"f{n['node_id'].split('_')[1]}" + (f"\n{labels[n['node_id']]}" if labels.get(n["node_id"]) else "")
-            below = 7 + 14 * (staggered.setdefault((n["ctx_idx"], y), 0) % 2)  # neighbours' labels alternate
+            below = 8 + 16 * (staggered.setdefault((n["ctx_idx"], y), 0) % 2)  # neighbours' labels alternate
             staggered[n["ctx_idx"], y] += 1
             ax.annotate(
-                text, (x, y), xytext=(0, -below), textcoords="offset points", ha="center", va="top", fontsize=4.8
+                text, (x, y), xytext=(0, -below), textcoords="offset points", ha="center", va="top", fontsize=6.5
             )
+    many = len(tokens) > 12
     ax.set_xticks(
         range(len(tokens)),
-        [f"{i} {t[:10]!r}" for i, t in enumerate(tokens)],
-        fontsize=6,
-        rotation=60,
-        ha="right",
+        [f"{t[:12]!r}"[1:-1] if many else f"{t!r}"[1:-1] for t in tokens],
+        fontsize=8,
+        rotation=45 if many else 0,
+        ha="right" if many else "center",
         rotation_mode="anchor",
     )
-    ax.set_yticks(
-        [-1, *range(n_layers), n_layers], ["tokens", *(f"layer {l}" for l in range(n_layers)), "logits"], fontsize=7
-    )
+    names = {-1.0: "tokens", float(n_layers): "logits"}
+    ax.set_yticks(range(len(layers)), [names.get(l, f"layer {int(l)}") for l in layers], fontsize=8)
     xs = [x for x, _ in where.values()]
     ax.set_xlim(min(-0.8, min(xs) - 0.4), max(len(tokens) - 0.2, max(xs) + 0.6))
-    ax.set_ylim(-1.7, n_layers + 1.2)
+    ax.set_ylim(-0.7, len(layers) - 0.2)
     ax.grid(axis="y", color="0.92", zorder=0)
     n_feat = sum(n["feature_type"] == "cross layer transcoder" for n in nodes)
     n_err = sum(n["feature_type"] == "mlp reconstruction error" for n in nodes)
-    ax.set_title(
-        f"{title}\n{n_feat} features, {n_err} error nodes, {len(links)} edges (blue > 0, red < 0; width |weight|)",
-        fontsize=9,
+    empty = n_layers - (len(layers) - 2)
+    prompt = textwrap.fill(repr(model["metadata"]["prompt"]), width=int(width * 11))
+    ax.set_title(f"{title}\n{prompt}", fontsize=9)
+    handles = [
+        Line2D([], [], marker="o", ls="", color=FEATURE, markeredgecolor="0.3", label="transcoder feature"),
+        Line2D([], [], marker="s", ls="", color="0.6", label="error node"),
+        Line2D([], [], marker="D", ls="", color="0.25", label="token embedding"),
+        Line2D([], [], marker="^", ls="", color=LOGIT, label="logit"),
+        Line2D([], [], color=POSITIVE, label="edge weight > 0 (raises the target)"),
+        Line2D([], [], color=NEGATIVE, label="edge weight < 0 (lowers it)"),
+    ]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    fig.supxlabel(
+        f"{n_feat} features, {n_err} error nodes, {len(links)} edges (width: |weight|)"
+        + (f"; {empty} layer{'s' if empty != 1 else ''} without nodes not drawn" if empty else ""),
+        fontsize=7,
+        color="0.35",
     )
     return fig
 

@@ -103,9 +103,10 @@ def write_graph(run, model, graph, pruned, slug: str, extra: dict, labels) -> di
         if n["feature_type"] == "cross layer transcoder":
             layer, feat, _ = map(int, n["node_id"].split("_"))
             names[n["node_id"]] = labels(layer, feat)
-    title = f"{slug} ({graph.transcoders}): {front['metadata']['prompt'][-60:]!r}"
+    title = f"{slug}: attribution graph ({graph.transcoders})"
     run.figure(f"graphs/{slug}.png", graph_plot.figure(front, graph.n_layers, names, title))
-    run.text(f"graphs/{slug}.dot", graph_plot.dot(front, graph.n_layers, names, title))
+    prompt = front["metadata"]["prompt"]
+    run.text(f"graphs/{slug}.dot", graph_plot.dot(front, graph.n_layers, names, f"{title}: {prompt!r}"))
     return front["metadata"]
 
 
