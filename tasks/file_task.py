@@ -86,7 +86,10 @@ def _item(source: FileSource, row: dict, tokenizer, year_ids: dict | None) -> tu
             return None, "label 99: no later year"
         right, group = [f"after {yy:02d}"], UNGROUPED
     else:
-        clean, corrupt, right_text, wrong_text = _mib(form, row)
+        try:
+            clean, corrupt, right_text, wrong_text = _mib(form, row)
+        except (KeyError, IndexError, TypeError, AttributeError):  # a field missing or of another shape
+            return None, "a MIB row without the fields MIB's loader reads"
         if corrupt is None or right_text is None or wrong_text is None:
             return None, "a MIB row without its counterfactual"
         if not (isinstance(clean, str) and clean and isinstance(corrupt, str) and corrupt):

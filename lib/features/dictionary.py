@@ -68,11 +68,20 @@ class Dictionary:
 
     def check(self, where: str) -> None:
         """The tensors and the config agree (shapes, architecture, k); one UserError line otherwise."""
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            tensor = getattr(self, name)
+            if not tensor.is_floating_point():
+                raise UserError(f"dictionary {where}: {name} holds {tensor.dtype}, not floating-point numbers")
+        if self.W_enc.dim() != 2 or self.W_dec.dim() != 2 or 0 in (*self.W_enc.shape, *self.W_dec.shape):
+            raise UserError(
+                f"dictionary {where}: W_enc {tuple(self.W_enc.shape)} and W_dec {tuple(self.W_dec.shape)} must be "
+                "non-empty matrices"
+            )
         if self.architecture not in ARCHITECTURES:
             raise UserError(
                 f"dictionary {where}: architecture {self.architecture!r} is not supported ({', '.join(ARCHITECTURES)})"
             )
-        if self.architecture == "topk" and not (isinstance(self.k, int) and 0 < self.k <= self.d_sae):
+        if self.architecture == "topk" and not (type(self.k) is int and 0 < self.k <= self.d_sae):
             raise UserError(f"dictionary {where}: a topk dictionary needs an integer k in 1..d_sae (got {self.k!r})")
         norm = self.cfg.get("normalize_activations", "none") or "none"
         if norm != "none":

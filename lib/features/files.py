@@ -35,7 +35,10 @@ def read_config(folder: Path) -> dict:
         raise UserError(f"dictionary {folder}: {CONFIG} is not readable JSON ({' '.join(str(e).split())})") from None
     if not isinstance(cfg, dict):
         raise UserError(f"dictionary {folder}: {CONFIG} is not a JSON object")
-    cfg = {**(cfg.get("metadata") or {}), **{k: v for k, v in cfg.items() if k != "metadata"}}
+    metadata = cfg.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise UserError(f"dictionary {folder}: {CONFIG}'s metadata is not a JSON object")
+    cfg = {**metadata, **{k: v for k, v in cfg.items() if k != "metadata"}}
     if not isinstance(cfg.get("hook_name"), str):
         raise UserError(f"dictionary {folder}: {CONFIG} names no hook_name")
     if str(cfg.get("dtype", "float32")) not in DTYPES:

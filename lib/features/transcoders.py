@@ -161,9 +161,13 @@ def read_clt(folder: Path) -> TranscoderSet:
             raise UserError(
                 f"transcoder {folder}: {CLT_CONFIG} is not readable JSON ({' '.join(str(e).split())})"
             ) from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"transcoder {folder}: {CLT_CONFIG} is not a JSON object")
     n_layers = 0
     while (folder / f"W_enc_{n_layers}.safetensors").is_file():
         n_layers += 1
+    if n_layers == 0:
+        raise UserError(f"transcoder {folder}: no W_enc_0.safetensors (circuit-tracer's CLT layout)")
     missing = [f"W_dec_{l}.safetensors" for l in range(n_layers) if not (folder / f"W_dec_{l}.safetensors").is_file()]
     if missing:
         raise UserError(
@@ -176,25 +180,47 @@ def read_clt(folder: Path) -> TranscoderSet:
             dec.append(load_file(str(folder / f"W_dec_{l}.safetensors")))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"transcoder {folder}: unreadable safetensors ({' '.join(str(e).split())[:200]})") from None
-    try:
-        W_enc = [e[f"W_enc_{l}"].T.contiguous() for l, e in enumerate(enc)]
-        b_enc = [e[f"b_enc_{l}"] for l, e in enumerate(enc)]
-        b_dec = torch.stack([e[f"b_dec_{l}"] for l, e in enumerate(enc)])
-        W_dec = [d[f"W_dec_{l}"] for l, d in enumerate(dec)]
-    except KeyError as e:
-        raise UserError(f"transcoder {folder}: no tensor {e.args[0]} (circuit-tracer's CLT layout)") from None
+
+    def tensor(group: dict, name: str, dims: int) -> torch.Tensor:
+        if name not in group:
+            raise UserError(f"transcoder {folder}: no tensor {name} (circuit-tracer's CLT layout)")
+        t = group[name]
+        if t.dim() != dims or not t.is_floating_point():
+            raise UserError(
+                f"transcoder {folder}: {name} is {t.dtype} of shape {tuple(t.shape)}; circuit-tracer's CLT layout "
+                f"has {dims}-dimensional floating-point tensors there"
+            )
+        return t
+
+    W_enc = [tensor(e, f"W_enc_{l}", 2).T.contiguous() for l, e in enumerate(enc)]
+    b_enc = [tensor(e, f"b_enc_{l}", 1) for l, e in enumerate(enc)]
+    b_decs = [tensor(e, f"b_dec_{l}", 1) for l, e in enumerate(enc)]
+    if len({b.shape for b in b_decs}) != 1:
+        raise UserError(
+            f"transcoder {folder}: the b_dec_l tensors differ in shape ({[tuple(b.shape) for b in b_decs]})"
+        )
+    b_dec = torch.stack(b_decs)
+    W_dec = [tensor(d, f"W_dec_{l}", 3) for l, d in enumerate(dec)]
     threshold = (
-        [e[f"threshold_{l}"] for l, e in enumerate(enc)]
+        [tensor(e, f"threshold_{l}", 1) for l, e in enumerate(enc)]
         if all(f"threshold_{l}" in e for l, e in enumerate(enc))
         else None
     )
     arch = cfg.get("architecture", "jumprelu" if threshold is not None else "standard")
     hook_in, hook_out = cfg.get("hook_name", CIRCUIT_TRACER_HOOKS[0]), cfg.get("hook_name_out", CIRCUIT_TRACER_HOOKS[1])
+    try:
+        hooks_in = [hook_in.format(layer=l) for l in range(n_layers)]
+        hooks_out = [hook_out.format(layer=l) for l in range(n_layers)]
+    except (AttributeError, KeyError, ValueError, IndexError):
+        raise UserError(
+            f"transcoder {folder}: {CLT_CONFIG}'s hook_name and hook_name_out must be hook names with {{layer}} "
+            f"(got {hook_in!r}, {hook_out!r})"
+        ) from None
     tc = TranscoderSet(
         "clt",
         folder.name,
-        [hook_in.format(layer=l) for l in range(n_layers)],
-        [hook_out.format(layer=l) for l in range(n_layers)],
+        hooks_in,
+        hooks_out,
         W_enc,
         b_enc,
         W_dec,
@@ -217,7 +243,7 @@ def check(tc: TranscoderSet, where: str) -> None:
         raise UserError(
             f"transcoder {where}: architecture {tc.architecture!r} is not supported (topk, standard, jumprelu)"
         )
-    if tc.architecture == "topk" and not (isinstance(tc.k, int) and 0 < tc.k <= tc.d_sae):
+    if tc.architecture == "topk" and not (type(tc.k) is int and 0 < tc.k <= tc.d_sae):
         raise UserError(f"transcoder {where}: a topk transcoder needs an integer k in 1..d_sae (got {tc.k!r})")
     if tc.architecture == "jumprelu" and tc.threshold is None:
         raise UserError(f"transcoder {where}: jumprelu needs threshold_l tensors")
