@@ -18,7 +18,7 @@ def run_dirs(out, script):
 
 
 def test_dla_end_to_end(tmp_path):
-    r = run_script(
+    r = run_cli(  # in-process: test_default_gpt2_offline_is_one_sentence and the batch tests start real processes
         "01_dla.py", "--tasks", "ioi", "greater-than", "--model", "toy", "--n-prompts", "8", "--out", str(tmp_path)
     )
     assert r.returncode == 0, r.stderr
