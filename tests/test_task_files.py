@@ -144,7 +144,7 @@ def hand_files(where):
     [
         ("02_logit_diff.py", []),
         ("05_eap.py", ["--n-random", "1"]),
-        ("06_acdc.py", ["--thresholds", "0.1", "--n-random", "1"]),
+        ("06_acdc.py", ["--thresholds", "0.1", "--n-random", "1", "--prune-with", "eap", "--prune-top", "40"]),
     ],
 )
 def test_hand_written_peer_files_run(tmp_path, script, extra):
