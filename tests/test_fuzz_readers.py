@@ -162,6 +162,13 @@ def test_any_mutation_of_a_shipped_example_loads_or_is_refused_in_one_line(tmp_p
     refused_in_one_line(lambda: _load_task(path, toy_tokenizer))
 
 
+def _toy_set_copy(tmp_path: Path, name: str) -> Path:
+    """A fresh copy of one shipped dictionary folder (its own directory: hypothesis reuses tmp_path)."""
+    folder = Path(tempfile.mkdtemp(dir=tmp_path)) / name
+    shutil.copytree(TOY_SETS / name, folder)
+    return folder
+
+
 # ---- dictionary folders ----------------------------------------------------------------------------------------
 
 CFG_FIELDS = ["architecture", "d_in", "d_out", "d_sae", "dtype", "hook_name", "k", "apply_b_dec_to_input", "metadata"]
@@ -171,11 +178,9 @@ TENSOR_NAMES = ["W_enc", "W_dec", "b_enc", "b_dec", "threshold", "W_skip", "extr
 @FUZZ
 @given(data=st.data())
 def test_any_dictionary_folder_loads_or_is_refused_in_one_line(tmp_path, data):
-    tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))  # one folder per example
     from lib.features import files
 
-    folder = tmp_path / "mlp1"
-    shutil.copytree(TOY_SETS / "mlp1", folder)
+    folder = _toy_set_copy(tmp_path, "mlp1")
     cfg = json.loads((folder / "cfg.json").read_text())
     for key in data.draw(st.lists(st.sampled_from(CFG_FIELDS), max_size=3, unique=True)):
         if data.draw(st.booleans()):
@@ -201,11 +206,9 @@ def test_any_dictionary_folder_loads_or_is_refused_in_one_line(tmp_path, data):
 @FUZZ
 @given(data=st.data())
 def test_any_mutated_safetensors_or_config_bytes_are_refused_in_one_line(tmp_path, data):
-    tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))  # one folder per example
     from lib.features import files
 
-    folder = tmp_path / "attn0"
-    shutil.copytree(TOY_SETS / "attn0", folder)
+    folder = _toy_set_copy(tmp_path, "attn0")
     name = data.draw(st.sampled_from(["cfg.json", "sae_weights.safetensors"]))
     raw = (folder / name).read_bytes()
     (folder / name).write_bytes(
@@ -221,11 +224,9 @@ def test_any_mutated_safetensors_or_config_bytes_are_refused_in_one_line(tmp_pat
 )
 @given(data=st.data())
 def test_any_clt_folder_loads_or_is_refused_in_one_line(tmp_path, data):
-    tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))  # one folder per example
     from lib.features.transcoders import read_clt
 
-    folder = tmp_path / "clt"
-    shutil.copytree(TOY_SETS / "clt", folder)
+    folder = _toy_set_copy(tmp_path, "clt")
     target = data.draw(st.sampled_from(sorted(p.name for p in folder.iterdir())))
     if target == "cfg.json" and data.draw(st.booleans()):
         cfg = json.loads((folder / target).read_text())
@@ -330,12 +331,6 @@ def test_any_mutation_of_the_smoke_grid_loads_or_is_refused_in_one_line(tmp_path
 
 
 # ---- what the fuzzing found, as plain tests ---------------------------------------------------------------------
-
-
-def _toy_set_copy(tmp_path: Path, name: str) -> Path:
-    folder = tmp_path / name
-    shutil.copytree(TOY_SETS / name, folder)
-    return folder
 
 
 def _refusal(fn) -> str:

@@ -98,7 +98,7 @@ def figure(model: dict, n_layers: int, labels: dict, title: str):
     many = len(tokens) > 12
     ax.set_xticks(
         range(len(tokens)),
-        [f"{t[:12]!r}"[1:-1] if many else f"{t!r}"[1:-1] for t in tokens],
+        [repr(t[:12] if many else t)[1:-1] for t in tokens],
         fontsize=8,
         rotation=45 if many else 0,
         ha="right" if many else "center",
