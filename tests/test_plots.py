@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.patches import Rectangle
+from matplotlib.text import Annotation
 
 from lib.io import diagram, plots
 from lib.io.diagram import plt
@@ -195,11 +196,11 @@ def test_feature_circuit_picture_draws_the_strongest_and_counts_the_rest():
     between = sorted(
         (e for e in edges if e["upstream"] in names and e["downstream"] in names), key=lambda e: -abs(e["effect"])
     )
-    arrows = [t for t in ax.texts if t.arrow_patch is not None]
+    arrows = [t for t in ax.texts if isinstance(t, Annotation) and t.arrow_patch is not None]
     assert len(arrows) == min(40, len(between)) > 0
     width, height = fig.get_size_inches()
     assert width <= 11 and height <= 8.5
-    assert min(t.get_fontsize() for t in ax.texts) >= 7
+    assert min(float(t.get_fontsize()) for t in ax.texts) >= 7
     caption = fig.get_supxlabel()
     assert f"30 strongest of 310 nodes and the {len(arrows)} strongest of 2,141 edges" in caption
     legend = ax.get_legend()
@@ -291,7 +292,7 @@ def test_graph_picture_leaves_out_empty_layers_and_keeps_the_whole_prompt():
     assert " ".join(repr("".join(tokens)).split()) in title  # the whole prompt, wrapped but not cut
     labels = ax.get_xticklabels()
     assert [t.get_text() for t in labels] == [repr(t)[1:-1] for t in tokens]
-    assert all(t.get_rotation() == 0 and t.get_fontsize() >= 8 for t in labels)
+    assert all(t.get_rotation() == 0 and float(t.get_fontsize()) >= 8 for t in labels)
     width, height = fig.get_size_inches()
     assert width <= 16 and height <= 6
     plt.close(fig)
