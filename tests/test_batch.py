@@ -232,13 +232,14 @@ circuit = "{tmp_path / "c.json"}"
 
 
 def test_slurm_path_through_submitit_local_executor(smoke_run, tmp_path):
-    """The SLURM code path (submitit job array), run by submitit's local executor on two of the smoke grid's
-    cells (each a fresh interpreter): the same cells and the same numbers as the local run."""
+    """The SLURM code path (submitit job array), run by submitit's local executor on one of the smoke grid's
+    cells (a fresh interpreter, as on a cluster node): the same cell and the same numbers as the local run."""
     where, _, _ = smoke_run
-    (tmp_path / "two.toml").write_text(SMOKE.replace('tasks = ["ioi", "sva"]', 'tasks = ["ioi"]'))
+    one = SMOKE.replace('tasks = ["ioi", "sva"]', 'tasks = ["ioi"]').replace("seed = [0, 1]", "seed = [1]")
+    (tmp_path / "one.toml").write_text(one)
     code, out, err = batch(
         "run",
-        str(tmp_path / "two.toml"),
+        str(tmp_path / "one.toml"),
         "--out",
         str(tmp_path / "c"),
         "--executor",
@@ -250,7 +251,7 @@ def test_slurm_path_through_submitit_local_executor(smoke_run, tmp_path):
     )
     assert code == 0, err + out
     a, c = pd.read_csv(where / "a" / "manifest.csv"), pd.read_csv(tmp_path / "c" / "manifest.csv")
-    assert len(c) == 2 and (c.state == "done").all() and set(c.cell_id) <= set(a.cell_id)
+    assert len(c) == 1 and (c.state == "done").all() and set(c.cell_id) <= set(a.cell_id)
     for cell, run_dir in zip(c.cell_id, c.run_dir):
         local = a.run_dir[a.cell_id == cell].iloc[0]
         for name in ("headline.csv", "dla.csv"):
