@@ -13,6 +13,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(2)
 
+FORKING_TESTS = ("test_batch.py", "test_robustness.py")  # tests that fork scripts from lib.batch.forked's server
+
+
+def pytest_collection_finish(session):
+    """Start the forkserver (17 s of imports in its own process) now, so that it is ready, at no wall-clock cost,
+    by the time the forking tests run, rather than when the first of them needs it."""
+    if any(Path(str(item.fspath)).name in FORKING_TESTS for item in session.items):
+        from lib.batch import forked
+
+        forked.start()
+
 
 @pytest.fixture(autouse=True)
 def forget_task_files():

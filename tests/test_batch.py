@@ -4,10 +4,7 @@ resume after SIGTERM, a failing cell, the SLURM path through submitit's local ex
 import contextlib
 import io
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -116,17 +113,45 @@ def test_across_seed_interval_by_hand():
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """The smoke grid run once, uninterrupted, with 2 local jobs."""
+    """The smoke grid run once, uninterrupted, with 2 local jobs; beside it (their start-up overlaps) a second run
+    as its own process, stopped by SIGTERM once one cell is done (test_sigterm_then_rerun_finishes_only_the_rest)."""
+    import threading
+
+    from lib.batch.forked import ForkedScript
+
     where = tmp_path_factory.mktemp("batch")
     (where / "smoke.toml").write_text(SMOKE)
+    b, log = where / "b", where / "b.log"
+    args = ["run", str(where / "smoke.toml"), "--out", str(b), "--jobs", "2"]
+    stopped = ForkedScript(str(ROOT / "batch.py"), args, log, cwd=ROOT, env={"HF_HUB_OFFLINE": "1"})
+    # and one cell through the SLURM code path (test_slurm_path_through_submitit_local_executor)
+    one = SMOKE.replace('tasks = ["ioi", "sva"]', 'tasks = ["ioi"]').replace("seed = [0, 1]", "seed = [1]")
+    (where / "one.toml").write_text(one)
+    args = ["run", str(where / "one.toml"), "--out", str(where / "c"), "--executor", "submitit-local"]
+    args += ["--cpus-per-task", "1", "--timeout-min", "20"]
+    slurm = ForkedScript(str(ROOT / "batch.py"), args, where / "c.log", cwd=ROOT, env={"HF_HUB_OFFLINE": "1"})
+
+    def stop_after_one_cell():
+        t0 = time.time()
+        while time.time() - t0 < 300 and stopped.poll() is None:
+            if (b / "manifest.csv").is_file() and (pd.read_csv(b / "manifest.csv").state == "done").sum() >= 1:
+                stopped.send_signal(signal.SIGTERM)
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=stop_after_one_cell)
+    watcher.start()
     t0 = time.time()
     code, out, err = batch("run", str(where / "smoke.toml"), "--out", str(where / "a"), "--jobs", "2")
+    seconds = time.time() - t0
+    watcher.join()
+    stopped.wait(120)
     assert code == 0, err + out
-    return where, time.time() - t0, out
+    return where, seconds, out, stopped, slurm
 
 
 def test_smoke_grid_end_to_end(smoke_run):
-    where, seconds, out = smoke_run
+    where, seconds, out, _, _ = smoke_run
     a = where / "a"
     m = pd.read_csv(a / "manifest.csv")
     assert len(m) == 4 and (m.state == "done").all() and m.run_dir.str.contains("01_dla/").all()
@@ -155,25 +180,9 @@ def test_smoke_grid_end_to_end(smoke_run):
 
 
 def test_sigterm_then_rerun_finishes_only_the_rest(smoke_run):
-    where, _, _ = smoke_run
-    b = where / "b"
-    log = where / "b.log"
-    with log.open("w") as f:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "batch.py"), "run", str(where / "smoke.toml"), "--out", str(b), "--jobs", "2"],
-            cwd=ROOT,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
-        t0 = time.time()
-        while time.time() - t0 < 300:  # wait until one cell is done, then stop the runner
-            if (b / "manifest.csv").is_file() and (pd.read_csv(b / "manifest.csv").state == "done").sum() >= 1:
-                break
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 143, log.read_text()
+    where, _, _, stopped, _ = smoke_run
+    b, log = where / "b", where / "b.log"
+    assert stopped.returncode == 143, log.read_text()
     assert "rerun the same command to continue" in log.read_text()
     m = pd.read_csv(b / "manifest.csv")
     finished = int((m.state == "done").sum())
@@ -231,36 +240,22 @@ circuit = "{tmp_path / "c.json"}"
     assert "1 of 2 cells would run" in out
 
 
-def test_slurm_path_through_submitit_local_executor(smoke_run, tmp_path):
+def test_slurm_path_through_submitit_local_executor(smoke_run):
     """The SLURM code path (submitit job array), run by submitit's local executor on one of the smoke grid's
     cells (a fresh interpreter, as on a cluster node): the same cell and the same numbers as the local run."""
-    where, _, _ = smoke_run
-    one = SMOKE.replace('tasks = ["ioi", "sva"]', 'tasks = ["ioi"]').replace("seed = [0, 1]", "seed = [1]")
-    (tmp_path / "one.toml").write_text(one)
-    code, out, err = batch(
-        "run",
-        str(tmp_path / "one.toml"),
-        "--out",
-        str(tmp_path / "c"),
-        "--executor",
-        "submitit-local",
-        "--cpus-per-task",
-        "1",
-        "--timeout-min",
-        "20",
-    )
-    assert code == 0, err + out
-    a, c = pd.read_csv(where / "a" / "manifest.csv"), pd.read_csv(tmp_path / "c" / "manifest.csv")
+    where, _, _, _, slurm = smoke_run
+    assert slurm.wait(600) == 0, (where / "c.log").read_text()
+    a, c = pd.read_csv(where / "a" / "manifest.csv"), pd.read_csv(where / "c" / "manifest.csv")
     assert len(c) == 1 and (c.state == "done").all() and set(c.cell_id) <= set(a.cell_id)
     for cell, run_dir in zip(c.cell_id, c.run_dir):
         local = a.run_dir[a.cell_id == cell].iloc[0]
         for name in ("headline.csv", "dla.csv"):
-            assert (tmp_path / "c" / run_dir / name).read_bytes() == (where / "a" / local / name).read_bytes()
-    ours = pd.read_csv(tmp_path / "c" / "summary.csv")
+            assert (where / "c" / run_dir / name).read_bytes() == (where / "a" / local / name).read_bytes()
+    ours = pd.read_csv(where / "c" / "summary.csv")
     theirs = pd.read_csv(where / "a" / "summary.csv")
     theirs = theirs[theirs.cell_id.isin(ours.cell_id)]
     order = ["cell_id", "metric"]
     pd.testing.assert_frame_equal(
         ours.sort_values(order).reset_index(drop=True), theirs[ours.columns].sort_values(order).reset_index(drop=True)
     )
-    assert any((tmp_path / "c" / "submitit").iterdir())
+    assert any((where / "c" / "submitit").iterdir())

@@ -434,12 +434,20 @@ SPLITTING = {  # script: options that only set how much work is done (the split'
     "04_causal_scrubbing.py": ["--n-bootstrap", "40", "--n-seeds", "1"],
     "05_eap.py": ["--n-bootstrap", "40", "--n-random", "0", "--top-k", "10"],
     "06_acdc.py": ["--thresholds", "0.1", "--n-random", "0", "--n-bootstrap", "40"],
-    "09_feature_circuits.py": ["--n-bootstrap", "40", "--n-random", "0", "--edge-threshold", "1e9"],
+    "09_feature_circuits.py": [
+        "--n-bootstrap",
+        "40",
+        "--n-random",
+        "0",
+        "--edge-threshold",
+        "1e9",
+        *["--method", "attrib"],
+    ],
     "10_attribution_graphs.py": ["--n-graphs", "1", "--n-bootstrap", "40"],
     "21_output_variants.py": ["--n-bootstrap", "40"],
     "22_hypothesis_tests.py": ["--n-random", "10", "--n-permutations", "40"],
     "23_robustness.py": ["--n-bootstrap", "40"],
-    "24_compare_circuits.py": ["--n-resamples", "2", "--thresholds", "0.1", "--n-bootstrap", "40"],
+    "24_compare_circuits.py": ["--n-resamples", "2", "--thresholds", "0.1", "--n-bootstrap", "40", "--ig-steps", "2"],
 }
 
 
