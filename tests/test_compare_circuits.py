@@ -3,6 +3,8 @@ method, stability of a deterministic method on identical prompt sets, where the 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -100,6 +102,15 @@ def test_script_discovers_and_compares(tmp_path):
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / "24_compare_circuits").iterdir())
     circuits = pd.read_csv(run / "circuits.csv")
+    # its page (tests/test_view.py drives the same page type in a browser): one step per circuit, its edges
+    page = (run / "view.html").read_text()
+    data = json.loads(page.split('id="view-data">')[1].split("</script>")[0])
+    (view,) = data["views"]
+    masks = json.loads((run / "circuits_ioi.json").read_text())
+    edges = [f"{a}->{b}" for a, b in zip(view["edges"]["src"], view["edges"]["rcv"])]
+    assert {s["label"].split(" (")[0]: sorted(edges[i] for i in s["members"]) for s in view["steps"]} == {
+        k: sorted(v) for k, v in masks.items()
+    }
     assert list(circuits.circuit) == ["eap-top10", "eap-ig-top10", "acdc@0.01"]
     assert len(pd.read_csv(run / "pairwise.csv")) == 3
     assert {

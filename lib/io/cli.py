@@ -282,6 +282,10 @@ def experiment(script: str, opts: Common, resume: Path | None = None, headline: 
         run.record["task_files"] = {n: files.SOURCES[n].provenance() for n in opts.tasks if n in files.SOURCES}
     if headline:
         run.csv("headline.csv", extract(headline, run.path))
+    from lib.io import view_page
+
+    if script in view_page.SCRIPTS:  # the run's page, from the files just written
+        view_page.write(run)
     final = run.finish()
     print(f"wrote {final}")
 
