@@ -128,7 +128,13 @@ def main(
         run.csv("dataset.csv", pd.concat([res["frame"] for res in results.values()]))
         run.csv("node_effects.csv", pd.DataFrame([r for res in results.values() for r in res["nodes"]]))
         run.csv("node_effects_summary.csv", pd.DataFrame([res["summary"] for res in results.values()]))
-        run.csv("features.csv", pd.DataFrame([r for res in results.values() for r in res["features"]]))
+        run.csv(
+            "features.csv",
+            pd.DataFrame(
+                [r for res in results.values() for r in res["features"]],
+                columns=["task", "node", "site", "feature", "effect", "promotes", "suppresses", "top_activations"],
+            ),
+        )
         run.csv(
             "edges.csv",
             pd.DataFrame(

@@ -36,6 +36,34 @@ def _vm_hwm() -> int:
     return int(line.split()[1]) * 1024
 
 
+def random_transcoders(lm, kind: str, width: int, k: int, seed: int):
+    """Random TopK transcoders (per-layer, or cross-layer writing every later layer) of width latents per layer,
+    reading ln2's output and writing the MLP's, on the model's device."""
+    import torch
+
+    from lib.features.transcoders import TranscoderSet
+
+    L, d = lm.n_layers, lm.d_model
+    g = torch.Generator().manual_seed(seed)
+    w_dec = [
+        torch.nn.functional.normalize(torch.randn(width, (L - l) if kind == "clt" else 1, d, generator=g), dim=-1)
+        for l in range(L)
+    ]
+    tc = TranscoderSet(
+        kind,
+        f"random-{kind}",
+        [f"blocks.{l}.ln2.hook_normalized" for l in range(L)],
+        [f"blocks.{l}.hook_mlp_out" for l in range(L)],
+        [torch.randn(d, width, generator=g) / d**0.5 for _ in range(L)],
+        [torch.zeros(width) for _ in range(L)],
+        w_dec,
+        torch.zeros(L, d),
+        "topk",
+        k,
+    )
+    return tc.to(device=lm.device)
+
+
 @app.command()
 def main(
     model: cli.ModelOpt = "gpt2-random",
@@ -63,7 +91,6 @@ def main(
     from lib.core.model import load_model
     from lib.features import files
     from lib.features.attribution import _Pass, attribute, clean_state, memory_estimate, metric_direction
-    from lib.features.transcoders import TranscoderSet
     from lib.io.graph_report import transcoder_sets
     from lib.io.results import RunDir
     from tasks import TASKS
@@ -72,28 +99,11 @@ def main(
     lm = load_model(model, device=device, seed=seed)
     data = TASKS["ioi"].build(lm.tokenizer, 1, seed)
     tokens = data.clean[0, : int(data.lengths[0])]
-    L, d = lm.n_layers, lm.d_model
+    d = lm.d_model
     if dictionaries:
         tc = transcoder_sets(files.load_set(dictionaries, lm), lm, dictionaries, kind)[kind]
     else:
-        g = torch.Generator().manual_seed(seed)
-        w_dec = [
-            torch.nn.functional.normalize(torch.randn(width, (L - l) if kind == "clt" else 1, d, generator=g), dim=-1)
-            for l in range(L)
-        ]
-        tc = TranscoderSet(
-            kind,
-            f"random-{kind}",
-            [f"blocks.{l}.ln2.hook_normalized" for l in range(L)],
-            [f"blocks.{l}.hook_mlp_out" for l in range(L)],
-            [torch.randn(d, width, generator=g) / d**0.5 for _ in range(L)],
-            [torch.zeros(width) for _ in range(L)],
-            w_dec,
-            torch.zeros(L, d),
-            "topk",
-            k,
-        )
-        tc = tc.to(device=lm.device)
+        tc = random_transcoders(lm, kind, width, k, seed)
     direction = metric_direction(lm.bridge.W_U.detach(), data.correct[0].to(lm.device), data.wrong[0].to(lm.device))
     estimate = memory_estimate(lm, tc, tokens, target_batch, None, 10)
     print(f"estimate: {estimate}", file=sys.stderr)

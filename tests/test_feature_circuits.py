@@ -141,6 +141,12 @@ def test_positions_from_the_answer(tmp_path):
     full = curve[(curve.variant == "features") & (curve.nodes_requested == curve.nodes_requested.max())]
     assert np.allclose(full.faithfulness, 1.0, atol=1e-4) and np.allclose(full.completeness, 0.0, atol=1e-4)
     assert json.loads((run / "run.json").read_text())["edges"].startswith("not computed under --aggregate none")
+    # its page: one column per position, the answer's last; no feature above the threshold leaves features.csv
+    # with its header only (it was an empty file, which no CSV reader reads)
+    assert list(pd.read_csv(run / "features.csv").columns)[:3] == ["task", "node", "site"]
+    page = (run / "view.html").read_text()
+    (view,) = json.loads(page.split('id="view-data">')[1].split("</script>")[0])["views"]
+    assert view["positions"][-1] == "end" and view["nodes"]["id"] == list(nodes.node)
 
 
 @pytest.mark.parametrize(

@@ -309,6 +309,20 @@ def test_graph_page_prunes_as_prune_graph(runs, browser, shots):
     i = ids.index(info["node"])
     assert np.isclose(float(info["activation"]), z["activations"][int(z["selected"][i])], rtol=1e-5)
     assert np.isclose(float(info["influence"]), z["influence"][i], rtol=1e-5)
+    # an intervened feature: its rows of interventions.csv (predicted, frozen, real, circuit-tracer's modes)
+    inter = pd.read_csv(run / "interventions.csv")
+    inter = inter[(inter.graph == slugs[0]) & (inter.n_features == 1)]
+    ceiling = browser.execute_script("return viewer.state.view.slider.node[1]")
+    slide(browser, "node-threshold", ceiling)
+    slide(browser, "edge-threshold", 0.99)
+    shown = [f for f in inter.features if f in drawn(browser)["nodes"]]
+    assert shown, "no intervened feature is drawn at the page's loosest thresholds"
+    index = browser.execute_script("return viewer.state.view.nodes.id.indexOf(arguments[0])", shown[0])
+    hover(browser, f"#canvas svg .node[data-i='{index}']")
+    info = info_numbers(browser)
+    for row in inter[inter.features == shown[0]].itertuples():
+        for col in ("predicted_graph", "frozen", "real", "ct_default"):
+            assert np.isclose(float(info[f"{row.intervention}: {col}"]), getattr(row, col), rtol=1e-5, atol=1e-9)
     browser.find_element("css selector", "#canvas svg circle.node").click()
     assert "Strongest inputs" in browser.find_element("id", "info").text
     browser.save_screenshot(str(shots / "view_graph.png"))
@@ -337,3 +351,61 @@ def test_page_of_a_task_from_a_file(runs, browser):
     circuit = json.loads((run / "circuit_ioi_pairs_top3.json").read_text())
     assert sorted(drawn(browser)["edges"]) == sorted(e["edge"] for e in circuit["edges"])
     assert "ioi_pairs" in browser.find_element("id", "index").text
+
+
+def test_canonical_edges_are_marked_true_and_false_positives(browser, tmp_path):
+    """On GPT-2 small's graph the IOI circuit's edges are solid (true positives) and the others dashed: a page
+    of EAP-like scores built by view_data over every edge, its top 200 drawn."""
+    from lib.core.graph import Graph
+    from lib.io.view_data import EAP_LEGEND, _canonical, _edge_view
+    from lib.io.view_page import page
+    from lib.methods.canonical import canonical_circuit
+
+    record = {"model": {"name": "gpt2", "n_layers": 12, "n_heads": 12}}
+    graph = Graph(12, 12)
+    edges = graph.edge_names
+    reference = canonical_circuit("ioi", graph, "gpt2")
+    assert reference is not None
+    marks = _canonical(record, "ioi", edges)
+    assert marks is not None and sum(marks) == int(reference.sum())
+    scores = list(np.random.default_rng(0).normal(size=len(edges)))
+    steps = [{"label": "top 200", "size": 200, "numbers": {}}]
+    view = _edge_view(
+        record,
+        "ioi",
+        "ioi",
+        "ioi",
+        edges,
+        scores,
+        steps,
+        0,
+        score_label="score",
+        helps_sign=-1,
+        slider_label="size",
+        legend=dict(EAP_LEGEND),
+    )
+    (tmp_path / "view.html").write_text(page("canonical", "", [view]))
+    open_page(browser, tmp_path)
+    tp = browser.execute_script("return document.querySelectorAll('#canvas svg .edge.tp').length")
+    fp = browser.execute_script("return document.querySelectorAll('#canvas svg .edge.fp').length")
+    assert tp == sum(marks[:200]) and fp == 200 - tp and tp > 0
+    text = browser.find_element("id", "numbers").text
+    assert f"canonical edges missed {sum(marks) - tp}" in text.replace("\n", " ")
+
+
+def test_dense_graphs_are_painted_on_a_canvas(runs, browser):
+    """Above LIMITS.svgEdges kept edges the page paints them on a canvas (above paintMax, the strongest paintMax);
+    lowered limits put a toy graph there: the counts stay those of every kept edge."""
+    run = runs["10_attribution_graphs.py"]
+    slug = pd.read_csv(run / "scores.csv").graph.iloc[0]
+    open_page(browser, run, slug)
+    kept = len(drawn(browser)["edges"])
+    browser.execute_script("viewer.LIMITS.svgEdges = 5; viewer.LIMITS.paintMax = 10; viewer.draw()")
+    assert browser.execute_script("return document.querySelectorAll('#canvas canvas').length") == 1
+    d = drawn(browser)
+    assert d["svgEdges"] == 0 and len(d["edges"]) == kept > 10
+    text = browser.find_element("id", "numbers").text
+    assert f"{kept} edges kept: the strongest 10 painted" in text and f"edges drawn {kept}" in text.replace("\n", " ")
+    browser.find_element("css selector", "#canvas svg circle.node").click()  # pinning repaints, dimming the rest
+    assert "Strongest inputs" in browser.find_element("id", "info").text
+    assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []

@@ -63,7 +63,7 @@ def node_name(kind: str, tc_kind: str, layer: int, feature: int, offset: int) ->
     return f"{site}/{'err' if kind == 'error' else f'f{feature}'}@{position_name(-offset)}"
 
 
-def write_graph(run, model, graph, pruned, slug: str, extra: dict, labels) -> dict:
+def write_graph(run, model, graph, pruned, slug: str, extra: dict, labels, picture: bool = True) -> dict:
     """graphs/<slug>.json (circuit-tracer's frontend schema), graphs/<slug>.npz (the full adjacency and node
     tables), graphs/<slug>.png and .dot (the pruned graph); returns the graph's frontend metadata (the script
     indexes every graph's in graphs/graph-metadata.json)."""
@@ -103,6 +103,8 @@ def write_graph(run, model, graph, pruned, slug: str, extra: dict, labels) -> di
         if n["feature_type"] == "cross layer transcoder":
             layer, feat, _ = map(int, n["node_id"].split("_"))
             names[n["node_id"]] = labels(layer, feat)
+    if not picture:  # (benchmarks/bench_view.py: a dense graph's PNG takes minutes and is not what it measures)
+        return front["metadata"]
     title = f"{slug}: attribution graph ({graph.transcoders})"
     run.figure(f"graphs/{slug}.png", graph_plot.figure(front, graph.n_layers, names, title))
     prompt = front["metadata"]["prompt"]

@@ -258,12 +258,12 @@ def views_09(run_dir: Path, record: dict) -> list[dict]:
     for task in opts["tasks"]:
         e = effects[effects.task == task].reset_index(drop=True)
         positions = ["all positions (summed)" if pd.isna(p) else str(p) for p in e.position]
-        order = sorted(set(positions), key=lambda p: (p.startswith("all"), p))
+        order = sorted(set(positions), key=_position_key)  # left to right: earliest to the answer's
         sites = sorted(set(e.site), key=_site_key)
         f = features[features.task == task].set_index("node")
-        base = [n.split("@")[0] for n in e.node]
-        ids = [n if p.startswith("all") else f"{n}@{p}" for n, p in zip(e.node, positions)]
-        lookup = {n: i for i, n in enumerate(ids)} | {n: i for i, n in enumerate(e.node)}
+        base = [n.split("@")[0] for n in e.node]  # features.csv names a feature without its position
+        ids = list(e.node)
+        lookup = {n: i for i, n in enumerate(ids)}
         ed = edges[edges.task == task]
         keep = [(lookup.get(u), lookup.get(d), x) for u, d, x in zip(ed.upstream, ed.downstream, ed.effect)]
         keep = [k for k in keep if k[0] is not None and k[1] is not None]
@@ -318,6 +318,15 @@ def views_09(run_dir: Path, record: dict) -> list[dict]:
             }
         )
     return views
+
+
+def _position_key(name: str):
+    """end-5, ..., end-1, end (positions counted back from the answer), then anything else by name."""
+    if name == "end":
+        return (0, 0, name)
+    if name.startswith("end-") and name[4:].isdigit():
+        return (0, -int(name[4:]), name)
+    return (1, 0, name)
 
 
 def _site_key(site: str):

@@ -5,6 +5,9 @@ const DATA = JSON.parse(document.getElementById("view-data").textContent);
 const SVGNS = "http://www.w3.org/2000/svg";
 const W = 1000; // SVG user units across
 const HELP = "#2166ac", HURT = "#b2182b", NEUTRAL = "#777";
+// more drawn edges than svgEdges are painted on a canvas (SVG elements cost ~10 us each); of more kept edges than
+// paintMax, the strongest paintMax are painted (the counts stay the kept ones)
+const LIMITS = { svgEdges: 4000, paintMax: 20000 };
 const state = { view: null, step: 0, pinned: null, drawn: null, nodeThreshold: null, edgeThreshold: null, lastRenderMs: 0 };
 
 function fmt(x) {
@@ -362,13 +365,14 @@ function prune(view, nodeThreshold, edgeThreshold) {
     current = next;
   }
   const score = new Float64Array(m);
-  const positive = [];
-  let sum = 0;
+  let count = 0, sum = 0;
   for (let k = 0; k < m; k++) {
     score[k] = norm[k] * (total[E.t[k]] + weight[E.t[k]]);
-    if (score[k] > 0) { positive.push(score[k]); sum += score[k]; }
+    if (score[k] > 0) { count++; sum += score[k]; }
   }
-  positive.sort((a, b) => b - a);
+  const positive = new Float64Array(count);
+  for (let k = 0, j = 0; k < m; k++) if (score[k] > 0) positive[j++] = score[k];
+  positive.sort().reverse();  // typed arrays sort numerically
   const edgeCut = findThreshold(positive, sum, edgeThreshold, view.n_total * view.n_total);
   const edge = new Uint8Array(m);
   for (let k = 0; k < m; k++) edge[k] = score[k] >= edgeCut && score[k] > 0 ? 1 : 0;
@@ -423,9 +427,10 @@ function drawGraph(view) {
   const pinned = state.pinned;
   let edges = "", nodes = "", axis = "", labels = "";
   const drawnEdges = [];
-  for (let k = 0; k < E.t.length; k++) {
-    if (!p.edge[k]) continue;
-    drawnEdges.push(k);
+  for (let k = 0; k < E.t.length; k++) if (p.edge[k]) drawnEdges.push(k);
+  // up to LIMITS.svgEdges edges are SVG elements (hover each); beyond, they are painted on a canvas under the SVG
+  const onCanvas = drawnEdges.length > LIMITS.svgEdges;
+  for (const k of onCanvas ? [] : drawnEdges) {
     const [x1, y1] = xy.get(E.s[k]), [x2, y2] = xy.get(E.t[k]);
     const dim = pinned !== null && E.s[k] !== pinned && E.t[k] !== pinned ? " dim" : "";
     edges += `<line class="edge${dim}" data-kind="edge" data-i="${k}" x1="${x1.toFixed(1)}" y1="${y1}" x2="${x2.toFixed(1)}" y2="${y2}" ` +
@@ -452,8 +457,10 @@ function drawGraph(view) {
     axis += `<text class="axis" text-anchor="middle" x="${x.toFixed(1)}" y="${lay.height - lay.bottom + 28}">${esc(tok)}</text>` +
       `<text class="axis" text-anchor="middle" x="${x.toFixed(1)}" y="${lay.height - lay.bottom + 42}" font-size="9">${pos}</text>`;
   });
-  $("canvas").innerHTML = svgOpen(lay.height) + axis + edges + nodes + labels + "</svg>";
+  $("canvas").innerHTML = (onCanvas ? "<canvas></canvas>" : "") + svgOpen(lay.height) + axis + edges + nodes + labels + "</svg>";
   const svg = $("canvas").querySelector("svg");
+  if (onCanvas) paintEdges($("canvas").querySelector("canvas"), svg, lay.height, drawnEdges, E, xy, maxW, pinned);
+  svg.dataset.edgesPainted = String(onCanvas ? drawnEdges.length : 0);
   bindHover(svg, (kind, i) => describeGraphItem(view, kind, i, p), (el) => {
     if (!el || el.dataset.kind !== "node") { state.pinned = null; draw(); return; }
     const i = +el.dataset.i;
@@ -461,15 +468,54 @@ function drawGraph(view) {
     draw();
     $("info").innerHTML = state.pinned === null ? "" : describeGraphItem(view, "node", i, p) + neighbours(view, i, p);
   });
-  state.drawn = { nodes: keep.map((i) => N.id[i]), edges: drawnEdges.map((k) => `${N.id[E.s[k]]}->${N.id[E.t[k]]}`) };
+  state.drawn = {  // names, built when asked (a dense graph draws 10^5 edges)
+    get nodes() { return keep.map((i) => N.id[i]); },
+    get edges() { return drawnEdges.map((k) => `${N.id[E.s[k]]}->${N.id[E.t[k]]}`); },
+  };
   $("node-threshold-value").textContent = fmt(state.nodeThreshold);
   $("edge-threshold-value").textContent = fmt(state.edgeThreshold);
   const features = keep.filter((i) => N.type[i] === "feature").length, errors = keep.filter((i) => N.type[i] === "error").length;
   const counts = [["features drawn", fmt(features)], ["error nodes drawn", fmt(errors)], ["edges drawn", fmt(drawnEdges.length)]];
   const scores = Object.entries(view.scores || {}).map(([k, v]) => [k, fmt(v)]);
   $("numbers").innerHTML = "<h2>At these thresholds</h2>" + rows(counts) +
+    (onCanvas ? `<p class="note">${fmt(drawnEdges.length)} edges kept: ${drawnEdges.length > LIMITS.paintMax ? `the strongest ${LIMITS.paintMax} ` : ""}` +
+      `painted, not hoverable (above ${LIMITS.svgEdges}); click a node to list its strongest edges.</p>` : "") +
     (features === 0 ? '<p class="note">No feature survives pruning at these thresholds: the tokens reach the logits through error nodes and direct paths only.</p>' : "") +
     "<h2>The graph (run's thresholds)</h2>" + rows(scores);
+}
+
+function paintEdges(canvas, svg, height, edges, E, xy, maxW, pinned) {
+  // the SVG's user units (W across) mapped onto the canvas's pixels; weakest edges first, strongest on top
+  const box = svg.getBoundingClientRect(), ratio = window.devicePixelRatio || 1, scale = box.width / W;
+  canvas.width = Math.round(box.width * ratio); canvas.height = Math.round(height * scale * ratio);
+  canvas.style.width = box.width + "px"; canvas.style.height = height * scale + "px";
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(scale * ratio, 0, 0, scale * ratio, 0, 0);
+  // one path per (sign, width bucket, dimmed): a few strokes instead of one per edge; thin buckets first
+  if (edges.length > LIMITS.paintMax) {  // the strongest paintMax: more lines than pixels show nothing more
+    const w = Float64Array.from(edges, (k) => Math.abs(E.w[k])).sort();
+    const cut = w[w.length - LIMITS.paintMax];
+    edges = edges.filter((k) => Math.abs(E.w[k]) >= cut);
+  }
+  const BUCKETS = 8, paths = new Map();
+  for (const k of edges) {
+    const bucket = Math.min(BUCKETS - 1, Math.floor(BUCKETS * Math.abs(E.w[k]) / maxW));
+    const dim = pinned !== null && E.s[k] !== pinned && E.t[k] !== pinned ? 1 : 0;
+    const key = (dim * BUCKETS + bucket) * 2 + (E.w[k] > 0 ? 1 : 0);
+    if (!paths.has(key)) paths.set(key, new Path2D());
+    const [x1, y1] = xy.get(E.s[k]), [x2, y2] = xy.get(E.t[k]);
+    const path = paths.get(key);
+    path.moveTo(x1, y1); path.lineTo(x2, y2);
+  }
+  const parts = (key) => [key % 2, Math.floor(key / 2) % BUCKETS, Math.floor(key / 2 / BUCKETS)];
+  const keys = [...paths.keys()].sort((a, b) => parts(b)[2] - parts(a)[2] || parts(a)[1] - parts(b)[1]);
+  for (const key of keys) {  // dimmed first, then thin to wide
+    const [positive, bucket, dim] = parts(key);
+    ctx.globalAlpha = dim ? 0.05 : 0.45;
+    ctx.strokeStyle = positive ? HELP : HURT;
+    ctx.lineWidth = 0.3 + 3.2 * (bucket + 0.5) / BUCKETS;
+    ctx.stroke(paths.get(key));
+  }
 }
 
 function describeGraphItem(view, kind, i, p) {
@@ -498,5 +544,5 @@ function neighbours(view, i, p) {
   return "<h2>Strongest inputs</h2>" + rows(top(ins, (k) => E.s[k])) + "<h2>Strongest outputs</h2>" + rows(top(outs, (k) => E.t[k]));
 }
 
-window.viewer = { DATA, state, prune, show, draw };
+window.viewer = { DATA, state, prune, show, draw, LIMITS };
 window.addEventListener("DOMContentLoaded", () => { buildFrame(); route(); document.body.dataset.ready = "1"; });
