@@ -19,7 +19,10 @@ from conftest import ROOT, completed_run
 TOY = ["--model", "toy", "--quiet", "--n-bootstrap", "40"]
 RUNS = {
     "05_eap.py": ["--tasks", "ioi", "--n-prompts", "8", "--n-random", "1", "--top-k", "1", "5"],
-    "06_acdc.py": ["--tasks", "ioi", "--n-prompts", "8", "--thresholds", "0.03", "0.3", "--n-random", "0"],
+    "06_acdc.py": [
+        *["--tasks", "ioi", "--n-prompts", "8", "--thresholds", "0.03", "0.3", "--n-random", "0"],
+        *["--prune-with", "eap", "--prune-top", "40", "--no-plain"],  # the hybrid: ACDC over EAP's top 40
+    ],
     "09_feature_circuits.py": ["--tasks", "ioi", "--n-prompts", "8", "--method", "attrib", "--n-random", "0"],
     "10_attribution_graphs.py": ["--tasks", "ioi", "--n-prompts", "8", "--n-graphs", "2", "--n-intervene", "2"],
     "file": [
@@ -213,11 +216,13 @@ def test_edge_circuit_page_draws_each_size_and_hovers_scores(runs, browser, shot
 def test_acdc_page_steps_through_thresholds(runs, browser, shots):
     run = runs["06_acdc.py"]
     open_page(browser, run)
-    sweep = pd.read_csv(run / "acdc_sweep.csv").sort_values("tau")
+    sweep = pd.read_csv(run / "acdc_sweep.csv")
+    sweep = sweep[sweep.method == "acdc+eap-top40"].sort_values("tau")  # (the eap-top40 row is the candidates)
+    assert len(sweep) == 2 and browser.execute_script("return viewer.DATA.views.length") == 1
     for step, row in enumerate(sweep.itertuples()):
         slide(browser, "step", step)
         d = drawn(browser)
-        circuit = json.loads((run / f"circuit_ioi_tau{row.tau:g}.json").read_text())
+        circuit = json.loads((run / f"circuit_ioi_tau{row.tau:g}_pruned.json").read_text())
         assert sorted(d["edges"]) == sorted(e["edge"] for e in circuit["edges"]) and d["svgEdges"] == row.edges_kept
         assert sorted(d["nodes"]) == sorted(circuit["nodes"])
     browser.save_screenshot(str(shots / "view_acdc.png"))

@@ -148,6 +148,7 @@ def views_05(run_dir: Path, record: dict) -> list[dict]:
 
 def views_06(run_dir: Path, record: dict) -> list[dict]:
     sweep = pd.read_csv(run_dir / "acdc_sweep.csv")
+    sweep = sweep[sweep.tau.notna()]  # ACDC's rows; --prune-with's candidate set alone saves no circuit file
     area = pd.read_csv(run_dir / "area.csv") if (run_dir / "area.csv").is_file() else pd.DataFrame()
     circuits: dict[tuple, dict] = {}
     for path in sorted(run_dir.glob("circuit_*.json")):
