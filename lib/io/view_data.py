@@ -198,7 +198,10 @@ def views_06(run_dir: Path, record: dict) -> list[dict]:
                 score_label="ACDC score (how much removing the edge worsens the metric, at this tau)",
                 helps_sign=1,
                 slider_label="ACDC threshold tau",
-                headline=headline_of(run_dir, task),
+                headline="; ".join(  # this method's own numbers (headline.csv holds plain ACDC's)
+                    f"tau={r['tau']:g}: {int(r['edges_kept'])} edges, faithfulness {r['faithfulness']:.3f}"
+                    for r in part.to_dict("records")
+                ),
                 legend={
                     "help": "blue: removing the edge worsens the metric (ACDC keeps it)",
                     "hurt": "red: removing the edge improves the metric",
