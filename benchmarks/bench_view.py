@@ -12,7 +12,6 @@ the next painted frame (prune + draw + layout + paint; median over moves of the 
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import sys
 import time
@@ -26,29 +25,6 @@ from lib.io import checks, cli  # noqa: E402
 
 app = cli.script_app(__doc__)
 BUDGET_SECONDS = 1.0
-
-
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        from lib.core.errors import UserError
-
-        raise UserError("needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver")
-    options = Options()
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(arg)
-    options.binary_location = chromium
-    return webdriver.Chrome(service=Service(driver), options=options)
 
 
 MOVE = """const [id, value, done] = arguments;
@@ -76,6 +52,7 @@ def main(
     from lib.features.influence import logit_weights, prune
     from lib.io.graph_report import write_graph
     from lib.io.results import RunDir
+    from lib.io.view_browser import headless_chromium
     from lib.io.view_page import build
     from tasks import TASKS
 
@@ -99,7 +76,7 @@ def main(
     page = build(run.path, {"script": "10_attribution_graphs", "run_id": run.run_id, **run.record})
     build_seconds = time.perf_counter() - t0
     run.text("view.html", page)
-    driver = browser()
+    driver = headless_chromium()
     try:
         t0 = time.perf_counter()
         driver.get((run.path / "view.html").as_uri())
