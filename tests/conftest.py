@@ -98,24 +98,31 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 
     )
 
 
-def run_cli(script: str, *args: str):
-    """Run a numbered script's CLI in this process (same entry point as the command line, minus the
-    interpreter start-up); returns returncode, stdout, stderr like subprocess.run."""
+def run_app(app, *args: str):
+    """Run a typer app under the project's error policy (lib.io.cli.main) in this process; returns returncode,
+    stdout, stderr like subprocess.run."""
     import contextlib
     import io
     import subprocess
 
     from lib.io import cli
 
-    module = cli.load_script(script)
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            cli.main(module.app, list(args))
+            cli.main(app, list(args))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
-    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def run_cli(script: str, *args: str):
+    """Run a numbered script's CLI in this process (same entry point as the command line, minus the
+    interpreter start-up); returns returncode, stdout, stderr like subprocess.run."""
+    from lib.io import cli
+
+    return run_app(cli.load_script(script).app, *args)
 
 
 def completed_run(out, script: str, *args: str):

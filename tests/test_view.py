@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, completed_run
+from conftest import ROOT, completed_run, run_app
 
 TOY = ["--model", "toy", "--quiet", "--n-bootstrap", "40"]
 RUNS = {
@@ -125,23 +125,7 @@ def test_pages_are_written_small_and_rebuilt_identically(runs, tmp_path):
 def run_cli_view(*args):
     from lib.io import view
 
-    return run_cli_module(view.app, *args)
-
-
-def run_cli_module(app, *args):
-    import contextlib
-    import io
-    import subprocess
-
-    from lib.io import cli
-
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli.main(app, list(args))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    return run_app(view.app, *args)
 
 
 def test_view_command_refuses_in_one_line(tmp_path, runs):

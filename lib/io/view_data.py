@@ -32,13 +32,25 @@ def interval(row, name: str) -> list:
     return [number(row.get(name)), number(row.get(f"{name}_ci_low")), number(row.get(f"{name}_ci_high"))]
 
 
-def headline_of(run_dir: Path, task: str) -> str:
+def headlines(run_dir: Path) -> dict[str, str]:
+    """Each task's headline numbers from headline.csv, as one line ({} without the file)."""
     path = run_dir / "headline.csv"
     if not path.is_file():
-        return ""
-    h = pd.read_csv(path)
-    h = h[h.task == task]
-    return "; ".join(f"{r.metric} = {number(r.value):.4g}" for r in h.itertuples() if number(r.value) is not None)
+        return {}
+    lines: dict[str, list[str]] = {}
+    for r in pd.read_csv(path).itertuples():
+        if number(r.value) is not None:
+            lines.setdefault(str(r.task), []).append(f"{r.metric} = {number(r.value):.4g}")
+    return {task: "; ".join(parts) for task, parts in lines.items()}
+
+
+def union_of(circuits: list[list[str]]) -> tuple[list[str], list[list[int]]]:
+    """The edges of several circuits (first seen first) and each circuit's edges as indices into them."""
+    index: dict[str, int] = {}
+    for circuit in circuits:
+        for e in circuit:
+            index.setdefault(e, len(index))
+    return list(index), [[index[e] for e in circuit] for circuit in circuits]
 
 
 def _graph(record: dict):
@@ -63,6 +75,7 @@ def _canonical(record: dict, task: str, edges: list[str]) -> list[bool] | None:
 
 
 def _edge_view(record, task, view_id, title, edges, scores, steps, default_step, **extra) -> dict:
+    """scores: one per edge, ranked by |score| in that order; None where each step carries its own, or none."""
     m = record["model"]
     canonical = _canonical(record, task, edges)
     legend = extra.pop("legend")
@@ -79,7 +92,7 @@ def _edge_view(record, task, view_id, title, edges, scores, steps, default_step,
         "edges": {
             "src": [e.split("->")[0] for e in edges],
             "rcv": [e.split("->")[1] for e in edges],
-            "score": [number(s) for s in scores],
+            "score": [None] * len(edges) if scores is None else [number(s) for s in scores],
         },
         "canonical": canonical,
         "steps": steps,
@@ -97,6 +110,7 @@ EAP_LEGEND = {
 
 
 def views_05(run_dir: Path, record: dict) -> list[dict]:
+    heads = headlines(run_dir)
     scores, curve = pd.read_csv(run_dir / "edge_scores.csv"), pd.read_csv(run_dir / "faithfulness_curve.csv")
     area = pd.read_csv(run_dir / "area.csv") if (run_dir / "area.csv").is_file() else pd.DataFrame()
     opts = record["options"]
@@ -139,7 +153,7 @@ def views_05(run_dir: Path, record: dict) -> list[dict]:
                 helps_sign=-1,
                 areas=areas,
                 slider_label="circuit size (top-k edges by |score|)",
-                headline=headline_of(run_dir, task),
+                headline=heads.get(task, ""),
                 legend=dict(EAP_LEGEND),
             )
         )
@@ -159,16 +173,13 @@ def views_06(run_dir: Path, record: dict) -> list[dict]:
     views = []
     for (task, method), part in sweep.groupby(["task", "method"], sort=False):
         task, method, part = str(task), str(method), part.sort_values("tau")
-        edges: list[str] = []
-        for tau in part.tau:
-            for e in circuits.get((task, method, float(tau)), {}):
-                if e not in edges:
-                    edges.append(e)
-        index = {e: i for i, e in enumerate(edges)}
+        records = part.to_dict("records")
+        kept_at = [circuits.get((task, method, float(r["tau"])), {}) for r in records]
+        # each tau's edges by |score| (ACDC's worsening, measured at that tau)
+        orders = [sorted(kept, key=lambda e: -abs(kept[e]) if kept[e] is not None else 0) for kept in kept_at]
+        edges, members = union_of(orders)
         steps = []
-        for r in part.to_dict("records"):
-            kept = circuits.get((task, method, float(r["tau"])), {})
-            order = sorted(kept, key=lambda e: -abs(kept[e]) if kept[e] is not None else 0)
+        for r, kept, order, member in zip(records, kept_at, orders, members):
             numbers = {"faithfulness": interval(r, "faithfulness"), "edges kept": number(r["edges_kept"])}
             for a in (
                 area[(area.task == task) & (area.method == method) & (area.tau == r["tau"])].to_dict("records")
@@ -180,7 +191,7 @@ def views_06(run_dir: Path, record: dict) -> list[dict]:
                 {
                     "label": f"tau = {r['tau']:g} ({int(r['edges_kept'])} edges)",
                     "size": int(r["edges_kept"]),
-                    "members": [index[e] for e in order],
+                    "members": member,
                     "scores": [number(kept[e]) for e in order],
                     "numbers": numbers,
                 }
@@ -192,7 +203,7 @@ def views_06(run_dir: Path, record: dict) -> list[dict]:
                 f"{task}·{method}",
                 f"{task}: {method} circuits by threshold",
                 edges,
-                [float("nan")] * len(edges),
+                None,
                 steps,
                 0,
                 score_label="ACDC score (how much removing the edge worsens the metric, at this tau)",
@@ -213,15 +224,15 @@ def views_06(run_dir: Path, record: dict) -> list[dict]:
 
 
 def views_24(run_dir: Path, record: dict) -> list[dict]:
+    heads = headlines(run_dir)
     table = pd.read_csv(run_dir / "circuits.csv")
     views = []
     for task in record["options"]["tasks"]:
         masks = json.loads((run_dir / f"circuits_{task}.json").read_text())
         labels = sorted(masks, key=lambda k: (len(masks[k]), k))
-        edges = sorted({e for k in labels for e in masks[k]})
-        index = {e: i for i, e in enumerate(edges)}
+        edges, members = union_of([masks[k] for k in labels])
         steps = []
-        for label in labels:
+        for label, member in zip(labels, members):
             rows = table[(table.task == task) & (table.circuit == label)].to_dict("records")
             numbers = (
                 {"faithfulness": interval(rows[0], "faithfulness"), "nodes": number(rows[0]["nodes"])} if rows else {}
@@ -230,7 +241,7 @@ def views_24(run_dir: Path, record: dict) -> list[dict]:
                 {
                     "label": f"{label} ({len(masks[label])} edges)",
                     "size": len(masks[label]),
-                    "members": [index[e] for e in masks[label]],
+                    "members": member,
                     "numbers": numbers,
                 }
             )
@@ -241,13 +252,13 @@ def views_24(run_dir: Path, record: dict) -> list[dict]:
                 task,
                 f"{task}: the methods' circuits",
                 edges,
-                [float("nan")] * len(edges),
+                None,
                 steps,
                 0,
                 score_label="score",
                 helps_sign=1,
                 slider_label="circuit (ordered by size)",
-                headline=headline_of(run_dir, task),
+                headline=heads.get(task, ""),
                 legend={"size": "each method's circuit as a set of edges (24 keeps no per-edge scores)"},
             )
         )
@@ -255,6 +266,7 @@ def views_24(run_dir: Path, record: dict) -> list[dict]:
 
 
 def views_09(run_dir: Path, record: dict) -> list[dict]:
+    heads = headlines(run_dir)
     effects, features = pd.read_csv(run_dir / "node_effects.csv"), pd.read_csv(run_dir / "features.csv")
     edges, curve = pd.read_csv(run_dir / "edges.csv"), pd.read_csv(run_dir / "faithfulness_curve.csv")
     opts = record["options"]
@@ -313,7 +325,7 @@ def views_09(run_dir: Path, record: dict) -> list[dict]:
                 "slider_label": "node threshold (|effect| on the metric)",
                 "note": f"Edges were computed among the saved circuit's nodes (|effect| >= {saved:g}) only; "
                 "below that threshold the extra nodes are drawn without edges.",
-                "headline": headline_of(run_dir, task),
+                "headline": heads.get(task, ""),
                 "legend": {
                     "help": "blue: patching the node lowers the metric (it helps the task)",
                     "hurt": "red: patching it raises the metric",

@@ -8,12 +8,13 @@ all of them)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lib.io.view_data import MAX_GRAPH_EDGES, NODE_CEILING, f32, headline_of, number
+from lib.io.view_data import MAX_GRAPH_EDGES, NODE_CEILING, f32, headlines, number
 
 INTERVENTION_COLUMNS = ("predicted_direct", "predicted_graph", "frozen", "real", "ct_default", "ct_constrained")
 
@@ -45,12 +46,13 @@ def graph_views(run_dir: Path, record: dict) -> list[dict]:
     n_layers = int(record["model"]["n_layers"])
     scores = pd.read_csv(run_dir / "scores.csv")
     inter = pd.read_csv(run_dir / "interventions.csv") if (run_dir / "interventions.csv").is_file() else None
+    heads = headlines(run_dir)
     views = []
     for row in scores.to_dict("records"):
         slug = row["graph"]
-        front = pd.read_json(run_dir / "graphs" / f"{slug}.json", typ="series")
+        front = json.loads((run_dir / "graphs" / f"{slug}.json").read_text())
         z = np.load(run_dir / "graphs" / f"{slug}.npz")
-        views.append(graph_view(row, front, z, n_layers, opts, inter, headline_of(run_dir, row["task"])))
+        views.append(graph_view(row, front, z, n_layers, opts, inter, heads.get(row["task"], "")))
     return views
 
 
