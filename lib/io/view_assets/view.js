@@ -91,9 +91,6 @@ function draw() {
   else if (view.kind === "features") drawFeatures(view);
   else drawGraph(view);
   state.lastRenderMs = performance.now() - t0;
-  const svg = $("canvas").querySelector("svg");
-  svg.dataset.nodes = String(svg.querySelectorAll(".node").length);
-  svg.dataset.edges = String(svg.querySelectorAll(".edge").length);
 }
 
 function drawLegend(view) {
@@ -139,7 +136,7 @@ function bindHover(svg, describe, onClick) {
   svg.addEventListener("mouseover", (e) => {
     const el = e.target.closest("[data-kind]");
     if (!el || state.pinned !== null) return;
-    $("info").innerHTML = describe(el.dataset.kind, +el.dataset.i);
+    $("info").innerHTML = describe(el.dataset.kind, +el.dataset.i, el);
   });
   if (onClick) svg.addEventListener("click", (e) => onClick(e.target.closest("[data-kind]")));
 }
@@ -204,14 +201,9 @@ function drawEdges(view) {
   for (let l = 0; l < view.n_layers; l++) axis += `<text class="axis" x="4" y="${pos[`a${l}.h0`][1] + 4}">layer ${l}</text>`;
   $("canvas").innerHTML = svgOpen(height) + axis + ghosts + edges + drawn + labels + "</svg>";
   const svg = $("canvas").querySelector("svg");
-  bindHover(svg, (kind, i) => describeEdgeItem(view, kind, i));
-  svg.addEventListener("mouseover", (e) => {
-    const el = e.target.closest(".node");
-    if (el) $("info").innerHTML = describeEdgeNode(view, el.dataset.name, members);
-  });
+  bindHover(svg, (kind, i, el) => kind === "edge" ? describeEdgeItem(view, i) : describeEdgeNode(view, el.dataset.name, members));
   state.drawn = { nodes: [...nodes.keys()], edges: members.map((i) => `${E.src[i]}->${E.rcv[i]}`) };
-  const step = view.steps[state.step];
-  $("step-value").textContent = step.label;
+  $("step-value").textContent = st.label;
   let counts = [["edges drawn", members.length], ["nodes drawn", nodes.size]];
   if (view.canonical) {
     const tp = members.filter((i) => view.canonical[i]).length;
@@ -219,15 +211,14 @@ function drawEdges(view) {
     counts = counts.concat([["canonical edges kept (true positives)", tp], ["other edges (false positives)", members.length - tp],
       ["canonical edges missed", total - tp]]);
   }
-  const numbers = Object.entries(step.numbers || {}).map(([k, v]) => [k, withInterval(v)]);
+  const numbers = Object.entries(st.numbers || {}).map(([k, v]) => [k, withInterval(v)]);
   const areas = Object.entries(view.areas || {}).map(([k, v]) => [k, withInterval(v)]);
   const points = view.steps.map((s) => [s.size, s.numbers && s.numbers.faithfulness ? s.numbers.faithfulness[0] : NaN]);
   $("numbers").innerHTML = "<h2>At this size</h2>" + rows(counts.map(([k, v]) => [k, fmt(v)]).concat(numbers)) +
     (areas.length ? "<h2>Over the whole curve</h2>" + rows(areas) : "") + curvePlot(points, state.step, "faithfulness");
 }
 
-function describeEdgeItem(view, kind, i) {
-  if (kind !== "edge") return $("info").innerHTML;
+function describeEdgeItem(view, i) {
   const E = view.edges;
   const pairs = [["edge", esc(`${E.src[i]}->${E.rcv[i]}`)], [view.score_label, fmt(state.scoreOf.get(i))],
     ["rank by |score|", fmt(state.rankOf.get(i))]];
@@ -460,7 +451,6 @@ function drawGraph(view) {
   $("canvas").innerHTML = (onCanvas ? "<canvas></canvas>" : "") + svgOpen(lay.height) + axis + edges + nodes + labels + "</svg>";
   const svg = $("canvas").querySelector("svg");
   if (onCanvas) paintEdges($("canvas").querySelector("canvas"), svg, lay.height, drawnEdges, E, xy, maxW, pinned);
-  svg.dataset.edgesPainted = String(onCanvas ? drawnEdges.length : 0);
   bindHover(svg, (kind, i) => describeGraphItem(view, kind, i, p), (el) => {
     if (!el || el.dataset.kind !== "node") { state.pinned = null; draw(); return; }
     const i = +el.dataset.i;
