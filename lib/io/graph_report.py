@@ -98,13 +98,13 @@ def write_graph(run, model, graph, pruned, slug: str, extra: dict, labels, pictu
 
     atomic_write(run.path / "graphs" / f"{slug}.npz", save)
     run.files.append(f"graphs/{slug}.npz")
+    if not picture:  # (benchmarks/bench_view.py: a dense graph's PNG takes minutes and is not what it measures)
+        return front["metadata"]
     names = {}
     for n in front["nodes"]:
         if n["feature_type"] == "cross layer transcoder":
             layer, feat, _ = map(int, n["node_id"].split("_"))
             names[n["node_id"]] = labels(layer, feat)
-    if not picture:  # (benchmarks/bench_view.py: a dense graph's PNG takes minutes and is not what it measures)
-        return front["metadata"]
     title = f"{slug}: attribution graph ({graph.transcoders})"
     run.figure(f"graphs/{slug}.png", graph_plot.figure(front, graph.n_layers, names, title))
     prompt = front["metadata"]["prompt"]
