@@ -53,10 +53,31 @@ def tiny_configs(vocab: int) -> dict:
             ),
         ),
         "llama": (T.LlamaForCausalLM, T.LlamaConfig(**s, num_key_value_heads=2, attention_bias=True)),
+        "llama3.2": (  # Llama 3.2's own parts: llama3 rope scaling, tied embeddings, head_dim given
+            T.LlamaForCausalLM,
+            T.LlamaConfig(
+                **s,
+                num_key_value_heads=2,
+                head_dim=8,
+                tie_word_embeddings=True,
+                rope_parameters={
+                    "rope_type": "llama3",
+                    "rope_theta": 500000.0,
+                    "factor": 32.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 16,
+                },
+            ),
+        ),
+        "qwen3": (T.Qwen3ForCausalLM, T.Qwen3Config(**s, num_key_value_heads=2, head_dim=8)),
         "mistral": (T.MistralForCausalLM, T.MistralConfig(**s, num_key_value_heads=2)),
         "qwen2": (T.Qwen2ForCausalLM, T.Qwen2Config(**s, num_key_value_heads=1)),
         "gemma": (T.GemmaForCausalLM, T.GemmaConfig(**s, num_key_value_heads=2, head_dim=8)),
-        "gemma2": (T.Gemma2ForCausalLM, T.Gemma2Config(**s, num_key_value_heads=2, head_dim=8)),
+        "gemma2": (  # soft-caps as gemma-2-2b does (final 30, attention 50) and alternates sliding windows
+            T.Gemma2ForCausalLM,
+            T.Gemma2Config(**s, num_key_value_heads=2, head_dim=8, sliding_window=4),
+        ),
         "opt": (
             T.OPTForCausalLM,
             T.OPTConfig(
@@ -75,10 +96,9 @@ def tiny_configs(vocab: int) -> dict:
     }
 
 
-SUPPORTED = ["gpt-neox", "llama", "mistral", "qwen2", "gemma"]
+SUPPORTED = ["gpt-neox", "llama", "llama3.2", "mistral", "qwen2", "qwen3", "gemma", "gemma2"]
+KV_HEADS = {"gpt-neox": 4, "llama": 2, "llama3.2": 2, "mistral": 2, "qwen2": 1, "qwen3": 2, "gemma": 2, "gemma2": 2}
 REFUSED = {
-    "gemma2": "is not supported: its blocks normalize the attention and MLP outputs before adding them to the "
-    "residual stream (ln1_post, ln2_post)",
     "opt": "is not supported: TransformerBridge has no per-head attention results for this architecture "
     "(set_use_attn_result is not implemented)",
     "gpt-j": "is not supported: TransformerBridge has no per-head attention results for this architecture "
@@ -110,7 +130,8 @@ def test_architecture_facts_come_from_the_config(arch):
     a = model.arch
     assert a.parallel == (name == "gpt-neox") and g.parallel == a.parallel
     assert a.norm == ("LN" if name == "gpt-neox" else "RMS") and a.positional == "rotary"
-    assert a.n_kv_heads == {"gpt-neox": 4, "llama": 2, "mistral": 2, "qwen2": 1, "gemma": 2}[name]
+    assert a.n_kv_heads == KV_HEADS[name]
+    assert a.post_norms == (("ln1_post", "ln2_post") if name == "gemma2" else ())
     # k/v receivers per query head (GQA ungrouped); a parallel MLP has no edges from its own layer's heads
     assert g.n_edges == graph_of_gpt2_shape(model).n_edges - (model.n_layers * model.n_heads if a.parallel else 0)
 
@@ -207,6 +228,10 @@ def test_acdc_partial_recompute_equals_the_full_forward_at_every_start_layer(arc
 
 def test_dla_sums_with_a_constant_bias_term(arch):
     _, _, model, _, data = arch
+    if model.arch.softcap is not None:  # Gemma 2: tanh is not additive, DLA refuses
+        with pytest.raises(UserError, match="soft-capped"):
+            direct_logit_attribution(model, data, batch_size=4)
+        return
     r = direct_logit_attribution(model, data, batch_size=4)
     error = (r.model_diff - r.attributions.sum(1) - r.bias).abs().max().item()
     assert error < 1e-4 * max(1.0, r.model_diff.abs().max().item())
@@ -227,23 +252,14 @@ def test_refused_architectures_say_why_in_one_line(name, toy_tokenizer):
 
 
 def test_soft_capped_logits_are_the_models_own(toy_tokenizer):
-    """unembed_at applies the final soft-cap (Gemma 2), DLA refuses it, and the load-time identity probe
-    rejects Gemma 2's post-norms independently of the structural rule."""
-    from lib.core import architecture
+    """unembed_at applies the final soft-cap (Gemma 2) where it bends the logits, DLA refuses it, and the heads'
+    shares of the post-attention norm pass the load-time identity probe."""
     from lib.core.identity import identity_error
 
     cls, cfg = tiny_configs(len(toy_tokenizer))["gemma2"]
     cfg.final_logit_softcapping = 0.5  # small, so that it really bends these logits
     reference, hf = twins(cls, cfg)
-    from lib.core.model import LoadedModel, bridge_from_hf
-
-    bridge, n_kv = bridge_from_hf(hf, toy_tokenizer, "gemma2", torch.device("cpu"), torch.float32)
-    bridge.enable_compatibility_mode(disable_warnings=True)  # prepare() without its refusal
-    for method in ("set_use_attn_result", "set_use_split_qkv_input", "set_use_hook_mlp_in"):
-        getattr(bridge, method)(True)
-    model = LoadedModel(
-        "gemma2", bridge, toy_tokenizer, torch.device("cpu"), torch.float32, "test", architecture.read(bridge, n_kv)
-    )
+    model = from_hf(hf, toy_tokenizer, "gemma2")
     assert model.arch.softcap == 0.5
     tokens = torch.tensor([[1, 5, 9, 12], [1, 7, 3, 4]])
     pos = torch.tensor([3, 2])
@@ -252,13 +268,34 @@ def test_soft_capped_logits_are_the_models_own(toy_tokenizer):
     ours = logits_at(model, tokens, pos)
     assert theirs.abs().max() <= 0.5 and (theirs.max(-1).values - theirs.min(-1).values).min() > 0.1
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-    # the load-time probe catches the post-norms too, had no rule named them
-    found = identity_error(model)
-    assert found is not None
-    hook, error = found
-    assert hook == "blocks.0.hook_mlp_in" and error > 0.01
+    assert identity_error(model) is None
     with pytest.raises(UserError, match="soft-capped"):
         direct_logit_attribution(model, TASKS["ioi"].build(toy_tokenizer, 2, 0))
+
+
+def test_head_shares_add_up_to_the_post_normed_attention_output(toy_tokenizer):
+    """Gemma 2: each head's output is its result times the norm's gain over the layer's live scale; the shares
+    sum to what the block adds to the residual stream (resid_mid - resid_pre), in the clean and in a patched run."""
+    _, hf = twins(*tiny_configs(len(toy_tokenizer))["gemma2"])
+    model = from_hf(hf, toy_tokenizer, "gemma2")
+    tokens = torch.tensor([[1, 5, 9, 12, 40], [1, 7, 3, 4, 8]])
+    names = [f"blocks.{l}.{h}" for l in range(2) for h in ("attn.hook_result", "hook_resid_pre", "hook_resid_mid")]
+    names += [f"blocks.{l}.attn.hook_post_scale" for l in range(2)]
+    for patched in (False, True):  # a patched run: the scale is recomputed, the sum still holds
+        c = {}
+
+        def keep(name, c=c):
+            return lambda x, hook: c.__setitem__(name, x.detach())
+
+        hooks: list = [(n, keep(n)) for n in names] + (
+            [("blocks.0.hook_q_input", lambda x, hook: x + 0.3)] if patched else []
+        )
+        with torch.no_grad():
+            model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+        for l in range(2):
+            added = c[f"blocks.{l}.hook_resid_mid"] - c[f"blocks.{l}.hook_resid_pre"]
+            torch.testing.assert_close(c[f"blocks.{l}.attn.hook_result"].sum(2), added, atol=1e-5, rtol=1e-5)
+            assert c[f"blocks.{l}.attn.hook_post_scale"].shape == (2, 5, 1)
 
 
 class Rewriting:
@@ -306,7 +343,7 @@ def test_scripts_refuse_in_one_line_and_write_nothing(name, saved, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("name,script", [("llama", "01_dla.py"), ("llama", "06_acdc.py"), ("gpt-neox", "05_eap.py")])
+@pytest.mark.parametrize("name,script", [("llama", "01_dla.py"), ("gemma2", "06_acdc.py"), ("gpt-neox", "05_eap.py")])
 def test_scripts_run_on_other_architectures(name, script, saved, tmp_path):
     """A GQA/RMSNorm/rotary model and a parallel-block one through the CLI: complete runs with the identities
     their checks report (DLA sums with a constant bias; ACDC on rotary blocks through full passes)."""
@@ -333,7 +370,7 @@ def test_scripts_run_on_other_architectures(name, script, saved, tmp_path):
     assert r.returncode == 0, r.stderr
     run = next((tmp_path / script.removesuffix(".py")).iterdir())
     arch = json.loads((run / "run.json").read_text())["model"]["architecture"]
-    assert arch["parallel"] == (name == "gpt-neox") and arch["n_kv_heads"] == (2 if name == "llama" else 4)
+    assert arch["parallel"] == (name == "gpt-neox") and arch["n_kv_heads"] == KV_HEADS[name]
     if script == "01_dla.py":
         check = pd.read_csv(run / "dla_check.csv")
         assert (check.max_abs_error < 1e-4).all() and (check.bias_spread < 1e-5).all()
@@ -377,3 +414,48 @@ def test_models_that_cannot_be_used_give_one_line(tmp_path, toy_tokenizer):
         r = run_cli("02_logit_diff.py", "--model", str(where), "--tasks", "ioi", "--out", str(tmp_path / "out"))
         assert r.returncode == 2 and message in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_gemma_2_2b_has_mibs_edge_count(toy_tokenizer):
+    """gemma-2-2b's layer and head counts (its hub config: 26 layers, 8 query heads sharing 4 key/value heads), at
+    tiny widths, through the same load and graph code: 74,218 edges, MIB's leaderboard count for gemma-2-2b."""
+    config = T.Gemma2Config(
+        vocab_size=len(toy_tokenizer),
+        num_hidden_layers=26,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        hidden_size=16,
+        head_dim=2,
+        intermediate_size=8,
+        max_position_embeddings=32,
+    )
+    model = from_hf(random_model(T.Gemma2ForCausalLM, config), toy_tokenizer, "gemma-2-2b-shaped")
+    g = graph_of(model)
+    assert (model.arch.n_kv_heads, len(g.sources), len(g.receivers), g.n_edges) == (4, 235, 651, 74_218)
+
+
+def test_recomputed_norm_definition_agrees_at_the_ends_and_measures_the_gap(toy_tokenizer):
+    """EAP-IG's evaluate_graph definition on Gemma 2 (each receiver's post-attention norm recomputed on its mixture
+    of heads): the clean run with every edge kept, the corrupted run with none; on a model without post-norms it
+    is the additive definition for any circuit; on Gemma 2 a partial circuit differs (the gap 02 reports)."""
+    from lib.core.patching import evaluate_mask
+    from lib.methods.post_norm_gap import circuit_gap
+
+    data = TASKS["ioi"].build(toy_tokenizer, 4, 0)
+    gen = torch.Generator().manual_seed(0)
+    for name in ("gemma2", "llama"):
+        _, hf = twins(*tiny_configs(len(toy_tokenizer))[name])
+        model = from_hf(hf, toy_tokenizer, name)
+        g = graph_of(model)
+        half = g.edge_exists & (torch.rand(g.edge_exists.shape, generator=gen) < 0.5)
+        for keep in (g.edge_exists, torch.zeros_like(g.edge_exists), half):
+            ours = evaluate_mask(model, g, data, keep, "resample", 4)
+            theirs = circuit_gap(model, g, data, keep, 4)
+            if name == "llama" or keep is not half:
+                torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+            else:
+                assert (theirs - ours).abs().max() > 1e-3
+        ends = answer_logits(model, data.corrupt, data.answer_pos, 4)
+        torch.testing.assert_close(
+            circuit_gap(model, g, data, torch.zeros_like(g.edge_exists), 4), ends, atol=1e-4, rtol=1e-4
+        )

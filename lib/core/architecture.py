@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lib.core.errors import UserError
+from lib.core.post_norm import post_norm_names
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Architecture:
     positional: str  # "standard" (learned, added to the embedding) or "rotary", ...
     n_kv_heads: int  # key/value heads before ungrouping (= n_heads without GQA)
     softcap: float | None  # final logit soft-cap: logits = cap * tanh(logits / cap)
+    post_norms: tuple = ()  # norms applied to a block's attention / MLP output before the residual stream
 
     @property
     def starts_mid_model(self) -> bool:
@@ -77,20 +79,13 @@ def read(bridge, n_kv_heads: int) -> Architecture:
         positional=str(cfg.positional_embedding_type),
         n_kv_heads=n_kv_heads,
         softcap=float(cap) if cap and cap > 0 else None,
+        post_norms=tuple(post_norm_names(bridge)),
     )
 
 
 def refusal(bridge, name: str) -> str | None:
     """Why the edge identities of DEFINITIONS.md, Patching an edge cannot hold on this model, or None when they do."""
     arch = getattr(bridge.cfg, "architecture", "?")
-    block = bridge.blocks[0]
-    post = [n for n in ("ln1_post", "ln2_post") if hasattr(block, n)]
-    if post:
-        return (
-            f"model {name} ({arch}) is not supported: its blocks normalize the attention and MLP outputs "
-            f"before adding them to the residual stream ({', '.join(post)}), so a receiver's input is not "
-            "the sum of its sources' outputs and no edge can be patched exactly"
-        )
     for method in ("set_use_attn_result", "set_use_split_qkv_input", "set_use_hook_mlp_in"):
         try:
             getattr(bridge, method)(True)

@@ -7,7 +7,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,12 +18,18 @@ from lib.core.architecture import Architecture
 from lib.core.choices import check_device_name, check_dtype_name, check_model_name  # noqa: F401
 from lib.core.errors import UserError, user_path
 from lib.core.identity import check_identity
+from lib.core.post_norm import split_attention_post_norms
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import PreTrainedTokenizerBase
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+# TransformerLens's load-time weight processing (HookedTransformer.from_pretrained's defaults: PROCESSED); a
+# dictionary reads the activations of the processing it was trained on (lib.features.files.processing_of)
+PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+PROCESSED = dict.fromkeys(PROCESSING, True)
+UNPROCESSED = dict.fromkeys(PROCESSING, False)
 OFFLINE_HINT = "run offline with --model toy (shipped, trained) or --model gpt2-random (random weights)"
 
 
@@ -38,6 +44,7 @@ class LoadedModel:
     dtype: torch.dtype
     source: str  # where the weights came from, for run.json
     arch: Architecture
+    processing: dict = field(default_factory=lambda: dict(PROCESSED))  # the weight processing applied at load
 
     @property
     def n_layers(self) -> int:
@@ -68,6 +75,7 @@ class LoadedModel:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "architecture": self.arch.describe(),
+            "processing": dict(self.processing),
         }
 
 
@@ -85,11 +93,13 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def prepare(bridge, name: str) -> None:
+def prepare(bridge, name: str, processing: dict | None = None) -> None:
     """HookedTransformer-equivalent numerics and the hooks of README, Models (or the architecture's one-line
-    refusal); weights frozen."""
-    bridge.enable_compatibility_mode(disable_warnings=True)
+    refusal); weights processed as `processing` says (default: PROCESSED) and frozen."""
+    processing = PROCESSED if processing is None else processing
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not any(processing.values()), **processing)
     architecture.check(bridge, name)  # also turns on per-head results, split q/k/v inputs and mlp_in
+    split_attention_post_norms(bridge, name)  # Gemma 2: each head's share of the normalized attention output
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
@@ -209,12 +219,18 @@ def _random_gpt2_hf(tokenizer, seed: int, random_biases: bool = False, **config)
 
 
 def from_hf(
-    hf_model, tokenizer, name: str = "random", device="cpu", dtype=torch.float32, source: str = "in memory"
+    hf_model,
+    tokenizer,
+    name: str = "random",
+    device="cpu",
+    dtype=torch.float32,
+    source: str = "in memory",
+    processing: dict | None = None,
 ) -> LoadedModel:
     """A LoadedModel of a Hugging Face module in memory (tests, benchmarks), prepared (or refused) like any other."""
     device = torch.device(device)
     bridge, n_kv = _quiet(lambda: bridge_from_hf(hf_model, tokenizer, name, device, dtype))
-    return _finish(bridge, name, device, dtype, source, tokenizer, n_kv)
+    return _finish(bridge, name, device, dtype, source, tokenizer, n_kv, processing)
 
 
 def random_gpt2(
@@ -323,7 +339,9 @@ MODELS: dict[str, Callable] = {
 }
 
 
-def load_model(name: str = "gpt2", device: str = "auto", dtype: str = "float32", seed: int = 0) -> LoadedModel:
+def load_model(
+    name: str = "gpt2", device: str = "auto", dtype: str = "float32", seed: int = 0, processing: dict | None = None
+) -> LoadedModel:
     """Load a model by name (README, Models) and prepare it; raises UserError when it cannot be had."""
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     check_model_name(name)
@@ -334,7 +352,7 @@ def load_model(name: str = "gpt2", device: str = "auto", dtype: str = "float32",
     else:
         loader = lambda: load_hub(name, dev, dt)  # noqa: E731
     bridge, source, n_kv = _quiet(loader)
-    return _finish(bridge, name, dev, dt, source, None, n_kv)
+    return _finish(bridge, name, dev, dt, source, None, n_kv, processing)
 
 
 def _finish(
@@ -345,12 +363,14 @@ def _finish(
     source: str,
     tokenizer=None,
     n_kv_heads: int | None = None,
+    processing: dict | None = None,
 ) -> LoadedModel:
-    _quiet(lambda: prepare(bridge, name))
+    processing = dict(PROCESSED if processing is None else processing)
+    _quiet(lambda: prepare(bridge, name, processing))
     tokenizer = tokenizer or bridge.tokenizer
     if tokenizer is None:
         raise UserError(f"model {name!r} has no tokenizer")
     arch = architecture.read(bridge, n_kv_heads or bridge.cfg.n_heads)
-    model = LoadedModel(name, bridge, tokenizer, device, dtype, source, arch)
+    model = LoadedModel(name, bridge, tokenizer, device, dtype, source, arch, processing)
     check_identity(model)
     return model

@@ -152,9 +152,9 @@ def curves(
         ax.set_ylim(0, 1.02)
     if xticks is not None:  # named x positions 0..n-1
         ax.set_xticks(range(len(xticks)), xticks, rotation=60, ha="right", fontsize=7)
-    if logx:
+    xs = np.unique(np.concatenate([np.atleast_1d(np.asarray(x, dtype=float)) for x, _ in panels.values()]))
+    if logx and (xs > 0).any():  # no positive x (e.g. circuits of 0 edges only): a linear axis, not a crash
         ax.set_xscale("log")
-        xs = np.unique(np.concatenate([np.atleast_1d(np.asarray(x, dtype=float)) for x, _ in panels.values()]))
         if len(xs) <= 10:  # less than a decade or two: label the points themselves, not log minor ticks
             ax.set_xticks(xs, [f"{v:g}" for v in xs])
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
