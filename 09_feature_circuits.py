@@ -4,6 +4,7 @@ held-out prompts against neurons, random circuits and the same circuits without 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -105,8 +106,10 @@ def main(
         ablation=ablation,
         n_random=n_random,
     )
+    raw = files.read_set(files.resolve(dictionaries))  # before the model: its format says how to load the model
+    opts = dataclasses.replace(opts, processing=files.processing_of(raw, dictionaries))
     with cli.experiment("09_feature_circuits", opts, resume=resume, headline=HEADLINE, **extra) as (lm, run):
-        loaded = files.load_set(dictionaries, lm)  # checked against the model before any work
+        loaded = files.fit(raw, lm)  # checked against the model before any work
         chosen = {n: d for n, d in loaded.items() if d.kind == "sae"}  # transcoders are part 2's (10)
         if not chosen:
             raise UserError(

@@ -6,6 +6,7 @@ pruning threshold, and the task's recurring graph features as a circuit under me
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -101,6 +102,7 @@ def main(
     import pandas as pd
 
     from lib.features import files
+    from lib.features.replacement import frozen_parts
     from lib.io import graph_json
     from lib.io.graph_report import plot_task, summaries, transcoder_sets
 
@@ -118,8 +120,10 @@ def main(
         n_intervene=n_intervene,
         min_frequency=min_frequency,
     )
+    raw = files.read_set(files.resolve(dictionaries))  # before the model: its format says how to load the model
+    opts = dataclasses.replace(opts, processing=files.processing_of(raw, dictionaries))
     with cli.experiment("10_attribution_graphs", opts, resume=resume, headline=HEADLINE, **extra) as (lm, run):
-        sets = transcoder_sets(files.load_set(dictionaries, lm), lm, dictionaries, transcoders)
+        sets = transcoder_sets(files.fit(raw, lm), lm, dictionaries, transcoders)
         run.record["transcoder_sets"] = {
             k: {
                 "name": tc.name,
@@ -128,9 +132,15 @@ def main(
                 "d_sae": tc.d_sae,
                 "hooks_in": tc.hooks_in,
                 "hooks_out": tc.hooks_out,
+                "format": tc.cfg.get(
+                    "format", "this project's (SAELens layout per layer, circuit-tracer's CLT layout)"
+                ),
+                "model_processing": lm.processing,  # the activations the set reads (lib.features.files.processing_of)
+                "skip_connection": tc.W_skip is not None,
             }
             for k, tc in sets.items()
         }
+        run.record["frozen_for_attribution"] = frozen_parts(lm)
         run.record["not_available"] = {
             k: "not in the dictionary set" for k in choices.GRAPH_TRANSCODERS if k not in sets
         }

@@ -3,7 +3,9 @@ AttributionContext and _run_attribution; graph.py for the layout):
 
 - the local replacement model of one prompt: attention patterns and norm scales frozen, each MLP output a
   constant (its transcoder's reconstruction plus its error node), so that every target below is an affine
-  function of the sources and the gradient gives each source's exact linear direct effect;
+  function of the sources and the gradient gives each source's exact linear direct effect (Gemma 2: the
+  post-attention and post-MLP norm scales are frozen too, and the logit targets are the logits before the final
+  soft-cap, which circuit-tracer removes for attribution);
 - nodes: active features (layer, position, feature) with their activations, error nodes (layer, position),
   token embeddings (position), and the top logits (softmax mass until 0.95, at most 10; demeaned unembedding
   columns: logit minus the mean logit); features and errors at position 0 are zeroed when it is the BOS token
@@ -25,8 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from lib.core.errors import UserError
 
 
 @dataclass
@@ -114,9 +114,22 @@ class _Pass:
             self.inputs["final"] = x
             raise StopAtLayerException(x)
 
+        def mlp_leaf(l):
+            """The MLP output is its leaf; a skip connection stays a live linear path from the transcoder's
+            input (value unchanged: skip(x) - skip(x).detach() is 0), as circuit-tracer's add_skip_connection."""
+            if tc.W_skip is None:
+                return leaf(self.mlp[l])
+
+            def hook(x, hook):
+                skip = tc.skip(l, self.inputs[tc.hooks_in[l]]).to(x.dtype)
+                return self.mlp[l] + skip - skip.detach()
+
+            return hook
+
         hooks = freeze_hooks(model) + [("hook_embed", leaf(self.embed))]
-        hooks += [(tc.hooks_out[l], leaf(m)) for l, m in enumerate(self.mlp)]
-        hooks += [(h, keep(h)) for h in sorted(set(tc.hooks_in))] + [("unembed.hook_in", stop)]
+        hooks += [(h, keep(h)) for h in sorted(set(tc.hooks_in))]
+        hooks += [(tc.hooks_out[l], mlp_leaf(l)) for l in range(len(self.mlp))]
+        hooks += [("unembed.hook_in", stop)]
         with norms_through_hooks(model), torch.enable_grad():
             model.bridge.run_with_hooks(tokens[None].expand(batch, -1).to(model.device), fwd_hooks=hooks)
 
@@ -175,7 +188,7 @@ def clean_state(model, tc, tokens: torch.Tensor) -> dict:
         x_in = [clean[h][0] for h in tc.hooks_in]
         feats = {l: tc.encode(l, x_in[l]) for l in range(tc.n_layers)}
         mlp_out = [clean[h][0] for h in tc.hooks_out]
-        errors = torch.stack([mlp_out[l] - tc.write(l, feats) for l in range(tc.n_layers)])
+        errors = torch.stack([mlp_out[l] - tc.write(l, feats, x_in[l]) for l in range(tc.n_layers)])
     return {
         "inputs": x_in,
         "features": feats,
@@ -198,11 +211,6 @@ def attribute(
     update_interval: int = 4,
 ) -> AttributionGraph:
     """The attribution graph of one prompt tokens [P] (BOS first) under the transcoder set tc."""
-    if model.arch.softcap:
-        raise UserError(
-            f"model {model.name} soft-caps its logits: demeaned logits are not linear in the residual "
-            "stream there, so no exact attribution graph is built"
-        )
     L, P = tc.n_layers, len(tokens)
     dev = model.device
     tokens = tokens.to(dev)

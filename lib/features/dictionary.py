@@ -6,7 +6,11 @@ topk_sae.py, transcoder.py; SAE.process_sae_in):
     pre     = sae_in @ W_enc + b_enc                                  [..., d_sae]
     f       = ReLU(pre)                                    (architecture "standard", activation relu)
             | ReLU of the k largest entries of pre, 0 elsewhere        (architecture "topk", TopK(k))
-    x_hat   = f @ W_dec + b_dec                                       [..., d_out]
+            | ReLU(pre) * (pre > threshold)                 ("jumprelu", jumprelu_sae.py; its `threshold` tensor)
+    x_hat   = f @ W_dec + b_dec (+ x @ W_skip.T)                      [..., d_out]
+
+SAELens's transcoder architectures (transcoder.py) are read as the same math: transcoder (ReLU), skip_transcoder
+(ReLU and the skip connection W_skip [d_out, d_in]), jumprelu_transcoder, jumprelu_skip_transcoder.
     error   = x_target - x_hat, so x_target = x_hat + error exactly (the error node of every site).
 
 Only `normalize_activations = "none"` is supported (others rescale by statistics not in the file)."""
@@ -19,7 +23,13 @@ import torch
 
 from lib.core.errors import UserError
 
-ARCHITECTURES = ("standard", "topk")  # SAELens's names: standard = ReLU
+ARCHITECTURES = ("standard", "topk", "jumprelu")  # SAELens's names: standard = ReLU
+TRANSCODER_ARCHITECTURES = {  # SAELens's transcoder names -> (activation, skip connection)
+    "transcoder": ("standard", False),
+    "skip_transcoder": ("standard", True),
+    "jumprelu_transcoder": ("jumprelu", False),
+    "jumprelu_skip_transcoder": ("jumprelu", True),
+}
 KINDS = ("sae", "transcoder")
 
 
@@ -32,6 +42,8 @@ class Dictionary:
     W_dec: torch.Tensor  # [d_sae, d_out]
     b_enc: torch.Tensor  # [d_sae]
     b_dec: torch.Tensor  # [d_out]
+    threshold: torch.Tensor | None = None  # [d_sae] (jumprelu)
+    W_skip: torch.Tensor | None = None  # [d_out, d_in] (skip transcoders: output += x @ W_skip.T)
 
     @property
     def kind(self) -> str:
@@ -39,7 +51,15 @@ class Dictionary:
 
     @property
     def architecture(self) -> str:
-        return self.cfg.get("architecture", "standard")
+        """The activation: standard (ReLU), topk, jumprelu (SAELens's transcoder names mapped onto these)."""
+        arch = self.cfg.get("architecture", "standard")
+        return TRANSCODER_ARCHITECTURES[arch][0] if isinstance(arch, str) and arch in TRANSCODER_ARCHITECTURES else arch
+
+    @property
+    def has_skip(self) -> bool:
+        """Whether the config's architecture is one of SAELens's skip transcoders."""
+        arch = self.cfg.get("architecture")
+        return isinstance(arch, str) and TRANSCODER_ARCHITECTURES.get(arch, ("", False))[1]
 
     @property
     def k(self) -> int | None:
@@ -68,9 +88,9 @@ class Dictionary:
 
     def check(self, where: str) -> None:
         """The tensors and the config agree (shapes, architecture, k); one UserError line otherwise."""
-        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold", "W_skip"):
             tensor = getattr(self, name)
-            if not tensor.is_floating_point():
+            if tensor is not None and not tensor.is_floating_point():
                 raise UserError(f"dictionary {where}: {name} holds {tensor.dtype}, not floating-point numbers")
         if self.W_enc.dim() != 2 or self.W_dec.dim() != 2 or 0 in (*self.W_enc.shape, *self.W_dec.shape):
             raise UserError(
@@ -79,7 +99,15 @@ class Dictionary:
             )
         if self.architecture not in ARCHITECTURES:
             raise UserError(
-                f"dictionary {where}: architecture {self.architecture!r} is not supported ({', '.join(ARCHITECTURES)})"
+                f"dictionary {where}: architecture {self.architecture!r} is not supported "
+                f"({', '.join((*ARCHITECTURES, *TRANSCODER_ARCHITECTURES))})"
+            )
+        if self.architecture == "jumprelu" and self.threshold is None:
+            raise UserError(f"dictionary {where}: a jumprelu dictionary needs its threshold tensor")
+        if (self.W_skip is not None) != self.has_skip:
+            raise UserError(
+                f"dictionary {where}: architecture {self.cfg.get('architecture')!r} "
+                + ("has no W_skip tensor" if self.W_skip is None else "has a W_skip tensor it does not use")
             )
         if self.architecture == "topk" and not (type(self.k) is int and 0 < self.k <= self.d_sae):
             raise UserError(f"dictionary {where}: a topk dictionary needs an integer k in 1..d_sae (got {self.k!r})")
@@ -92,6 +120,10 @@ class Dictionary:
             "b_enc": (self.d_sae,),
             "b_dec": (self.d_out,),
         }
+        if self.threshold is not None:
+            shapes["threshold"] = (self.d_sae,)
+        if self.W_skip is not None:
+            shapes["W_skip"] = (self.d_out, self.d_in)
         for name, shape in shapes.items():
             if tuple(getattr(self, name).shape) != shape:
                 raise UserError(
@@ -120,6 +152,9 @@ class Dictionary:
             assert self.k is not None  # checked at load
             top = torch.topk(pre, self.k, dim=-1)
             return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+        if self.architecture == "jumprelu":
+            assert self.threshold is not None  # checked at load
+            return torch.relu(pre) * (pre > self.threshold)
         return torch.relu(pre)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,12 +162,27 @@ class Dictionary:
         return self.activate(self.pre(x))
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        """Reconstruction [..., d_out] of feature activations f [..., d_sae]."""
+        """Reconstruction [..., d_out] of feature activations f [..., d_sae] (a skip transcoder's skip part is
+        not in it: lib.features.transcoders keeps it as the linear path it is)."""
         return f @ self.W_dec + self.b_dec
 
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        """A skip transcoder's linear part of the output [..., d_out] (0 without one)."""
+        return torch.zeros_like(self.b_dec) if self.W_skip is None else x.to(self.W_skip.dtype) @ self.W_skip.T
+
     def to(self, device=None, dtype=None) -> Dictionary:
-        moved = {n: getattr(self, n).to(device=device, dtype=dtype) for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
-        return Dictionary(dict(self.cfg), **moved)
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype)
+
+        return Dictionary(
+            dict(self.cfg),
+            move(self.W_enc),
+            move(self.W_dec),
+            move(self.b_enc),
+            move(self.b_dec),
+            None if self.threshold is None else move(self.threshold),
+            None if self.W_skip is None else move(self.W_skip),
+        )
 
 
 def identity_dictionary(like: Dictionary) -> Dictionary:

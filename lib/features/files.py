@@ -66,7 +66,15 @@ def read(folder: Path):
     missing = [n for n in TENSORS if n not in tensors]
     if missing:
         raise UserError(f"dictionary {folder}: {WEIGHTS} has no {', '.join(missing)}")
-    dictionary = Dictionary(cfg, *(tensors[n] for n in TENSORS))
+    dictionary = Dictionary(
+        cfg,
+        tensors["W_enc"],
+        tensors["W_dec"],
+        tensors["b_enc"],
+        tensors["b_dec"],
+        threshold=tensors.get("threshold"),
+        W_skip=tensors.get("W_skip"),
+    )
     dictionary.check(str(folder))
     return dictionary
 
@@ -87,16 +95,19 @@ def write(folder: Path, dictionary) -> None:
         "apply_b_dec_to_input": dictionary.kind == "sae" and dictionary.cfg.get("apply_b_dec_to_input", True),
     }
     cfg["metadata"] = {k: cfg[k] for k in METADATA if cfg.get(k) is not None}
-    save_file({n: getattr(dictionary, n).contiguous() for n in TENSORS}, str(folder / WEIGHTS))
+    optional = [n for n in ("threshold", "W_skip") if getattr(dictionary, n) is not None]
+    save_file({n: getattr(dictionary, n).contiguous() for n in (*TENSORS, *optional)}, str(folder / WEIGHTS))
     (folder / CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
 
 
 def read_set(where: Path) -> dict:
     """A folder of dictionary folders (or one dictionary folder) -> {name: Dictionary, or TranscoderSet for a
     cross-layer transcoder in circuit-tracer's layout (lib.features.transcoders)}, in name order."""
-    from lib.features import transcoders
+    from lib.features import published, transcoders
 
     where = Path(where)
+    if published.is_published(where):  # circuit-tracer's config.yaml: a per-layer or cross-layer set
+        return {where.name: published.read(where)}
     if transcoders.is_clt(where):
         return {where.name: transcoders.read_clt(where)}
     if (where / CONFIG).is_file():
@@ -105,14 +116,21 @@ def read_set(where: Path) -> dict:
         raise UserError(f"dictionaries {where}: no such folder")
     folders = sorted(p for p in where.iterdir() if p.is_dir() and not p.name.startswith("."))
     for p in folders:  # every folder of a set is a dictionary: one that is not is named, never skipped
-        if not ((p / CONFIG).is_file() or transcoders.is_clt(p)):
+        if not ((p / CONFIG).is_file() or transcoders.is_clt(p) or published.is_published(p)):
             raise UserError(
                 f"dictionaries {where}: folder {p.name} holds no {CONFIG} (each dictionary folder holds {CONFIG} and "
                 f"{WEIGHTS}, or a cross-layer transcoder in circuit-tracer's layout)"
             )
     if not folders:
         raise UserError(f"dictionaries {where}: no dictionary folders (each holds {CONFIG} and {WEIGHTS})")
-    return {p.name: transcoders.read_clt(p) if transcoders.is_clt(p) else read(p) for p in folders}
+    return {
+        p.name: published.read(p)
+        if published.is_published(p)
+        else transcoders.read_clt(p)
+        if transcoders.is_clt(p)
+        else read(p)
+        for p in folders
+    }
 
 
 def check_against(dictionaries: dict, model) -> None:
@@ -124,9 +142,9 @@ def check_against(dictionaries: dict, model) -> None:
     from lib.features import transcoders
 
     for name, d in dictionaries.items():
-        if d.kind == "clt":
+        if isinstance(d, transcoders.TranscoderSet):
             transcoders.check_against(d, model, name)
-    dictionaries = {n: d for n, d in dictionaries.items() if d.kind != "clt"}
+    dictionaries = {n: d for n, d in dictionaries.items() if not isinstance(d, transcoders.TranscoderSet)}
     hooks = set(model.bridge.hook_dict)
     names = {h for d in dictionaries.values() for h in (d.hook_name, d.hook_name_out)}
     for name, d in dictionaries.items():
@@ -146,14 +164,17 @@ def check_against(dictionaries: dict, model) -> None:
 
 
 def resolve(spec: str) -> Path:
-    """--dictionaries: `toy` (the set shipped with the toy model), a local folder, or a Hugging Face repo id
+    """--dictionaries: `toy` (the set shipped with the toy model), circuit-tracer's names `gemma` and `llama`
+    (its ReplacementModel.from_pretrained transcoder names), a local folder, or a Hugging Face repo id
     (downloaded through huggingface_hub; offline it is one line, as --model gpt2 is)."""
     from lib.core.choices import _HUB_ID
+    from lib.features.published import CONFIG_YAML, NAMED
 
     if spec == "toy":
         from lib.core.model import TOY_DIR
 
         return TOY_DIR / "dictionaries"
+    spec = NAMED.get(spec, spec)  # circuit-tracer's names: gemma, llama
     path = user_path(spec, "--dictionaries")
     if path.exists():
         if not path.is_dir():
@@ -169,18 +190,52 @@ def resolve(spec: str) -> Path:
             "run offline with --dictionaries toy or a local folder in SAELens's layout"
         )
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import file_exists, snapshot_download
 
-        return Path(snapshot_download(spec, allow_patterns=[f"*{CONFIG}", f"*{WEIGHTS}"]))
+        if file_exists(spec, CONFIG_YAML):  # circuit-tracer's set: config.yaml names its files (hf:// ones on read)
+            patterns = [CONFIG_YAML, "layer_*.safetensors", "W_enc_*.safetensors", "W_dec_*.safetensors"]
+        else:
+            patterns = [f"*{CONFIG}", f"*{WEIGHTS}"]
+        return Path(snapshot_download(spec, allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001 - any failure of the hub is one line
         raise UserError(
             f"cannot download dictionaries {spec!r} ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
         ) from None
 
 
+def processing_of(dictionaries: dict, where: str) -> dict:
+    """The weight processing the set was trained on, which the model is loaded with: circuit-tracer's formats read
+    the unprocessed model (its loaders turn fold_ln, center_writing_weights, center_unembed off); a SAELens
+    dictionary the processing of its model_from_pretrained_kwargs (TransformerLens's defaults: all on); a set
+    whose dictionaries disagree is one line."""
+    from lib.core.model import PROCESSED, PROCESSING, UNPROCESSED
+    from lib.features.transcoders import TranscoderSet
+
+    seen: dict = {}
+    for name, d in dictionaries.items():
+        if isinstance(d, TranscoderSet):
+            p = UNPROCESSED if d.cfg.get("activations") == "unprocessed" else PROCESSED
+        else:
+            kwargs = d.cfg.get("model_from_pretrained_kwargs") or {}
+            kwargs = kwargs if isinstance(kwargs, dict) else {}
+            p = {k: bool(kwargs.get(k, True)) for k in PROCESSING}
+        seen.setdefault(tuple(sorted(p.items())), name)
+    if len(seen) > 1:
+        (a, first), (b, second) = list(seen.items())[:2]
+        raise UserError(
+            f"--dictionaries {where}: {first} and {second} were trained on differently processed activations "
+            f"({dict(a)} vs {dict(b)}); a run loads the model one way"
+        )
+    return dict(next(iter(seen))) if seen else dict(PROCESSED)
+
+
+def fit(dictionaries: dict, model) -> dict:
+    """check_against, then on the model's device (CUDA)."""
+    check_against(dictionaries, model)
+    return {name: d.to(device=model.device) for name, d in dictionaries.items()}
+
+
 def load_set(spec: str, model) -> dict:
     """resolve + read_set + check_against: the dictionaries a script uses, on the model's device, refused in one
     line if they do not fit."""
-    dictionaries = read_set(resolve(spec))
-    check_against(dictionaries, model)
-    return {name: d.to(device=model.device) for name, d in dictionaries.items()}  # on the model's device (CUDA)
+    return fit(read_set(resolve(spec)), model)

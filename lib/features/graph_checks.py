@@ -106,12 +106,21 @@ def decoder_intervention(
             deltas[layer + j] = deltas.get(layer + j, 0) + change @ tc.W_dec[layer][:, j]
         return x
 
+    live_inputs: dict = {}
+
+    def keep_input(x, hook, layer):
+        live_inputs[layer] = x
+        return read(x, hook, layer) if layer in by_layer else x
+
     def write(x, hook, layer):
         base = clean[tc.hooks_out[layer]].expand_as(x) if constrained else x
+        if constrained and tc.W_skip is not None:  # the skip connection stays a live linear path, as in the graph
+            base = base + (tc.skip(layer, live_inputs[layer]) - tc.skip(layer, clean[tc.hooks_in[layer]])).to(x.dtype)
         return base + (deltas[layer].to(x.dtype) if layer in deltas else 0)
 
     hooks = [(n, f) for n, f in freeze_hooks(model, frozen) if constrained or n.endswith("hook_pattern")]
-    hooks += [(tc.hooks_in[l], partial(read, layer=l)) for l in sorted(by_layer)]
+    read_layers = range(tc.n_layers) if tc.W_skip is not None else sorted(by_layer)
+    hooks += [(tc.hooks_in[l], partial(keep_input, layer=l)) for l in read_layers]
     hooks += [(tc.hooks_out[l], partial(write, layer=l)) for l in range(tc.n_layers)]
     batch = tokens[None].expand(len(edits), -1)
     if constrained:  # frozen norm scales take effect only with the norms' own hooks in the path

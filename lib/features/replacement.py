@@ -18,12 +18,15 @@ from lib.core.errors import UserError
 
 
 def frozen_hook_names(model) -> list[str]:
-    """The hooks whose values freeze attention and normalization: patterns, ln1/ln2 scales, the final norm's."""
-    names = [
-        f"blocks.{l}.{h}"
-        for l in range(model.n_layers)
-        for h in ("attn.hook_pattern", "ln1.hook_scale", "ln2.hook_scale")
-    ]
+    """The hooks whose values freeze attention and normalization: patterns, ln1/ln2 scales, the final norm's, and
+    the post-norms' scales where blocks have them (Gemma 2: the attention's, split across heads by
+    lib.core.post_norm, and ln2_post's)."""
+    per_layer = ["attn.hook_pattern", "ln1.hook_scale", "ln2.hook_scale"]
+    if "ln1_post" in model.arch.post_norms:
+        per_layer.append("attn.hook_post_scale")
+    if "ln2_post" in model.arch.post_norms:
+        per_layer.append("ln2_post.hook_scale")
+    names = [f"blocks.{l}.{h}" for l in range(model.n_layers) for h in per_layer]
     names.append("ln_final.hook_scale")
     missing = [n for n in names if n not in model.bridge.hook_dict]
     if missing:
@@ -32,6 +35,16 @@ def frozen_hook_names(model) -> list[str]:
             "an attribution graph"
         )
     return names
+
+
+def frozen_parts(model) -> dict:
+    """What the local replacement model holds fixed at the prompt's values (run.json's frozen_for_attribution)."""
+    kinds = sorted({n.split(".", 2)[-1] if n.startswith("blocks.") else n for n in frozen_hook_names(model)})
+    return {
+        "hooks": kinds,  # per block (and ln_final.hook_scale)
+        "post_norm_scales": list(model.arch.post_norms),
+        "final_logit_softcap_removed": model.arch.softcap,  # logit targets are the logits before it
+    }
 
 
 @contextlib.contextmanager
@@ -84,7 +97,7 @@ def replacement_hooks(tc, layers, errors=None, edit=None, store: dict | None = N
     edit(layer, f) returns the features to use, edit_error(layer, e) the error to add (live errors only);
     store[layer] receives the features."""
     layers = sorted(layers)
-    features, unedited = {}, {}
+    features, unedited, inputs = {}, {}, {}
     hooks = []
     for l in layers:
 
@@ -92,6 +105,7 @@ def replacement_hooks(tc, layers, errors=None, edit=None, store: dict | None = N
             if l == layers[0]:
                 features.clear()  # a new pass
                 unedited.clear()
+            inputs[l] = x
             unedited[l] = tc.encode(l, x)
             features[l] = edit(l, unedited[l]) if edit is not None else unedited[l]
             if store is not None:
@@ -99,9 +113,9 @@ def replacement_hooks(tc, layers, errors=None, edit=None, store: dict | None = N
             return x
 
         def write(x, hook, l=l):
-            out = tc.write(l, features).to(x.dtype)
+            out = tc.write(l, features, inputs[l]).to(x.dtype)
             if isinstance(errors, str):
-                own = out if edit is None else tc.write(l, unedited).to(x.dtype)
+                own = out if edit is None else tc.write(l, unedited, inputs[l]).to(x.dtype)
                 error = x - own
                 out = out + (edit_error(l, error) if edit_error is not None else error)
             elif errors is not None:

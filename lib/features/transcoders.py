@@ -41,6 +41,7 @@ class TranscoderSet:
     k: int | None = None
     threshold: list | None = None  # [L] x [d_sae] (jumprelu)
     cfg: dict = field(default_factory=dict)
+    W_skip: list | None = None  # [L] x [d_in, d_out]: a linear skip connection, x @ W_skip (circuit-tracer's W_skip.T)
 
     @property
     def n_layers(self) -> int:
@@ -70,14 +71,22 @@ class TranscoderSet:
     def encode(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         return self.activate(layer, self.pre(layer, x))
 
-    def write(self, layer: int, features: dict) -> torch.Tensor:
+    def write(self, layer: int, features: dict, x: torch.Tensor | None = None) -> torch.Tensor:
         """The reconstruction [..., d_out] of layer's MLP output from features {source layer: [..., d_sae]}
-        (source layers <= layer; a PLT uses only its own)."""
+        (source layers <= layer; a PLT uses only its own), plus the skip connection of layer's input x."""
         out = self.b_dec[layer]
         for source, f in features.items():
             if source <= layer < source + self.n_out(source):
                 out = out + f.to(self.W_dec[source].dtype) @ self.W_dec[source][:, layer - source]
+        if self.W_skip is not None:
+            assert x is not None, "a transcoder with a skip connection writes from its input too"
+            out = out + self.skip(layer, x)
         return out
+
+    def skip(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """The skip connection's part of layer's output [..., d_out] (a linear path, kept in attribution)."""
+        assert self.W_skip is not None
+        return x.to(self.W_skip[layer].dtype) @ self.W_skip[layer]
 
     def to(self, device=None, dtype=None) -> TranscoderSet:
         move = lambda ts: [t.to(device=device, dtype=dtype) for t in ts]  # noqa: E731
@@ -94,6 +103,7 @@ class TranscoderSet:
             self.k,
             None if self.threshold is None else move(self.threshold),
             dict(self.cfg),
+            None if self.W_skip is None else move(self.W_skip),
         )
 
 
@@ -105,7 +115,7 @@ def from_dictionaries(dictionaries: dict, n_layers: int, where: str) -> Transcod
     by_layer = {}
     for name, d in dictionaries.items():
         m = (
-            re.fullmatch(r"blocks\.(\d+)\.hook_mlp_out", d.hook_name_out)
+            re.fullmatch(r"blocks\.(\d+)\.(hook_mlp_out|mlp\.hook_out)", d.hook_name_out)
             if getattr(d, "kind", "") == "transcoder"
             else None
         )
@@ -126,8 +136,10 @@ def from_dictionaries(dictionaries: dict, n_layers: int, where: str) -> Transcod
         )
     ds = [dictionaries[by_layer[l][0]] for l in range(n_layers)]
     archs = {d.architecture for d in ds}
-    if len(archs) > 1 or len({d.k for d in ds}) > 1:
-        raise UserError(f"--dictionaries {where}: the per-layer transcoders mix architectures {sorted(archs)}")
+    if len(archs) > 1 or len({d.k for d in ds}) > 1 or len({d.W_skip is None for d in ds}) > 1:
+        raise UserError(
+            f"--dictionaries {where}: the per-layer transcoders mix architectures {sorted(archs)} (or skip connections)"
+        )
     return TranscoderSet(
         "plt",
         "+".join(by_layer[l][0] for l in range(n_layers)),
@@ -139,6 +151,9 @@ def from_dictionaries(dictionaries: dict, n_layers: int, where: str) -> Transcod
         torch.stack([d.b_dec for d in ds]),
         ds[0].architecture,
         ds[0].k,
+        [d.threshold for d in ds] if ds[0].architecture == "jumprelu" else None,
+        {},
+        None if ds[0].W_skip is None else [d.W_skip.T.contiguous() for d in ds],
     )
 
 
@@ -147,8 +162,9 @@ def is_clt(folder: Path) -> bool:
     return (Path(folder) / "W_enc_0.safetensors").is_file()
 
 
-def read_clt(folder: Path) -> TranscoderSet:
-    """A CLT folder in circuit-tracer's layout (with or without our cfg.json); one line for what does not fit."""
+def read_clt(folder: Path, hooks: tuple | None = None) -> TranscoderSet:
+    """A CLT folder in circuit-tracer's layout (with or without our cfg.json; hooks: (in, out) templates from
+    circuit-tracer's config.yaml); one line for what does not fit."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -207,7 +223,10 @@ def read_clt(folder: Path) -> TranscoderSet:
         else None
     )
     arch = cfg.get("architecture", "jumprelu" if threshold is not None else "standard")
-    hook_in, hook_out = cfg.get("hook_name", CIRCUIT_TRACER_HOOKS[0]), cfg.get("hook_name_out", CIRCUIT_TRACER_HOOKS[1])
+    hook_in, hook_out = hooks or (
+        cfg.get("hook_name", CIRCUIT_TRACER_HOOKS[0]),
+        cfg.get("hook_name_out", CIRCUIT_TRACER_HOOKS[1]),
+    )
     try:
         hooks_in = [hook_in.format(layer=l) for l in range(n_layers)]
         hooks_out = [hook_out.format(layer=l) for l in range(n_layers)]
@@ -254,6 +273,10 @@ def check(tc: TranscoderSet, where: str) -> None:
             "b_enc": (tc.b_enc[l], (d_sae,)),
             "W_dec": (tc.W_dec[l], (d_sae, (L - l) if tc.kind == "clt" else 1, d_out)),
         }
+        if tc.W_skip is not None:
+            want["W_skip"] = (tc.W_skip[l], (d_in, d_out))
+        if tc.threshold is not None:
+            want["threshold"] = (tc.threshold[l], (d_sae,))
         for name, (t, shape) in want.items():
             if tuple(t.shape) != shape:
                 raise UserError(f"transcoder {where}: layer {l}'s {name} has shape {tuple(t.shape)}, expected {shape}")

@@ -69,8 +69,8 @@ DictionariesOpt = Annotated[
     str,
     typer.Option(
         "--dictionaries",
-        help="toy (the set shipped with the toy model) | a "
-        "local folder of dictionary folders (SAELens layout) | a hub repo id",
+        help="toy (the set shipped with the toy model) | gemma, llama (circuit-tracer's transcoder names) | a "
+        "local folder (SAELens folders, circuit-tracer's config.yaml set or CLT layout) | a hub repo id",
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet/--no-quiet", help="no progress output (batch jobs)")]
@@ -102,6 +102,7 @@ class Common:
     out: Path
     n_bootstrap: int = 1000
     task_metric: str = ""  # for tasks from files (tasks/files.py)
+    processing: dict | None = None  # the model's weight processing when dictionaries ask for another (09, 10)
 
 
 def _existing_path(text: str) -> bool:
@@ -244,7 +245,8 @@ def load_script(name: str):
 @contextmanager
 def experiment(script: str, opts: Common, resume: Path | None = None, headline: list | None = None, **extra_options):
     """Load the model, open a run directory; on success the run's headline metrics (the script's HEADLINE,
-    lib.io.headline) are written to headline.csv and the run is moved into place whole. An interrupted
+    lib.io.headline) are written to headline.csv and the run is moved into place whole. opts.processing: the
+    weight processing the run's dictionaries were trained on (lib.features.files.processing_of; default processed). An interrupted
     run (Ctrl-C, SIGTERM, SIGHUP) keeps its finished units of work for --resume."""
     from lib.core.model import load_model
     from lib.io.headline import extract
@@ -256,7 +258,7 @@ def experiment(script: str, opts: Common, resume: Path | None = None, headline: 
     record = {"options": {**asdict(opts), "out": str(opts.out), **extra_options}, "seed": opts.seed}
     run = RunDir(opts.out, script, record, ARGV, resume=resume)  # checks --out is writable before the model load
     try:
-        model = load_model(opts.model, opts.device, opts.dtype, seed=opts.seed)
+        model = load_model(opts.model, opts.device, opts.dtype, seed=opts.seed, processing=opts.processing)
         run.record["model"] = model.describe()
         if "rows_per_pass" in extra_options and extra_options["rows_per_pass"] is None:  # the device's default
             run.record["options"]["rows_per_pass"] = model.rows_per_pass

@@ -14,15 +14,24 @@ from lib.io.diagram import plt
 def transcoder_sets(loaded: dict, model, where: str, wanted: str) -> dict:
     """{"plt": per-layer set, "clt": cross-layer set} as far as the dictionary set has them (wanted must be
     there: one line otherwise), on the model's device."""
-    from lib.features.transcoders import from_dictionaries
+    from lib.features.transcoders import TranscoderSet, from_dictionaries
 
     sets = {}
-    try:
-        sets["plt"] = from_dictionaries(loaded, model.n_layers, where)
-    except UserError:
-        if wanted == "plt":
-            raise
-    clts = sorted(n for n, d in loaded.items() if d.kind == "clt")
+    plts = sorted(n for n, d in loaded.items() if isinstance(d, TranscoderSet) and d.kind == "plt")
+    if len(plts) > 1 and wanted == "plt":
+        raise UserError(
+            f"--dictionaries {where} holds {len(plts)} per-layer transcoder sets ({', '.join(plts)}); "
+            "point --dictionaries at one of them"
+        )
+    if plts:
+        sets["plt"] = loaded[plts[0]]
+    else:
+        try:
+            sets["plt"] = from_dictionaries(loaded, model.n_layers, where)
+        except UserError:
+            if wanted == "plt":
+                raise
+    clts = sorted(n for n, d in loaded.items() if isinstance(d, TranscoderSet) and d.kind == "clt")
     if len(clts) > 1 and wanted == "clt":
         raise UserError(
             f"--dictionaries {where} holds {len(clts)} cross-layer transcoders ({', '.join(clts)}); "

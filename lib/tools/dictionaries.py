@@ -77,7 +77,9 @@ def activations(model, hooks: list[str], n_per_task: int, seed: int, batch_size:
 def train_one(
     x, y, width: int, k: int, steps: int, batch: int, lr: float, seed: int, dead_after: int, cfg: dict, bar=None
 ):
-    """A TopK dictionary from inputs x [T, d_in] to targets y [T, d_out] (y is x for an SAE)."""
+    """A dictionary from inputs x [T, d_in] to targets y [T, d_out] (y is x for an SAE): TopK with AuxK, or ReLU
+    (cfg architecture standard / transcoder) with an L1 penalty cfg["training"]["l1"] on the activations (decoder
+    rows at unit norm, so it is SAELens's standard L1 times the decoder norms)."""
     import torch
 
     from lib.features.dictionary import Dictionary
@@ -103,9 +105,13 @@ def train_one(
         f = dictionary.activate(pre)
         out = dictionary.decode(f)
         loss = (out - yb).pow(2).sum(-1).mean()
+        if dictionary.architecture == "standard":
+            loss = loss + cfg["training"]["l1"] * f.sum(-1).mean()
         since_fired = torch.where((f > 0).any(0), torch.zeros_like(since_fired), since_fired + batch)
         dead = since_fired >= dead_after
-        if dead.any():  # AuxK: the top dead latents reconstruct the residual (SAELens's calculate_topk_aux_loss)
+        if (
+            dead.any() and dictionary.architecture == "topk"
+        ):  # AuxK: the top dead latents reconstruct the residual (SAELens's calculate_topk_aux_loss)
             n_dead = int(dead.sum())
             top = torch.where(dead[None], pre, torch.full_like(pre, -torch.inf)).topk(min(k_aux, n_dead), dim=-1)
             aux = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
@@ -267,7 +273,7 @@ def report_row(model, name: str, d, x, y) -> dict:
 
     with torch.no_grad():
         f = d.encode(x)
-        fvu = float((d.decode(f) - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+        fvu = float((d.decode(f) + d.skip(x) - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
         row = {
             "dictionary": name,
             "kind": d.kind,
@@ -292,6 +298,18 @@ def main(
     ] = "all",
     width: Annotated[int, typer.Option(help="latents per dictionary")] = 256,
     k: Annotated[int, typer.Option(help="active latents per token (TopK)")] = 8,
+    activation: Annotated[
+        str, typer.Option("--activation", help="topk (with AuxK) | relu (with an L1 penalty, --l1)")
+    ] = "topk",
+    l1: Annotated[float, typer.Option("--l1", help="L1 coefficient of --activation relu")] = 3e-3,
+    layout: Annotated[
+        str,
+        typer.Option(
+            "--layout",
+            help="saelens (one folder per dictionary) | circuit-tracer (the tc sites as one per-layer set read "
+            "by circuit-tracer: trained on the unprocessed model, --activation relu)",
+        ),
+    ] = "saelens",
     steps: Annotated[int, typer.Option(help="optimizer steps per dictionary")] = 3000,
     batch: Annotated[int, typer.Option(help="tokens per step")] = 256,
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
@@ -303,6 +321,16 @@ def main(
     checks.check_between(1, width, ("--k", k))
     checks.check_between(2, cli.MAX_PROMPTS, ("--n-per-task", n_per_task))
     checks.check_finite("--lr", lr)
+    checks.check_finite("--l1", l1)
+    if activation not in ("topk", "relu"):
+        raise UserError(f"unknown --activation {activation!r}; choose from topk, relu")
+    if layout not in ("saelens", "circuit-tracer"):
+        raise UserError(f"unknown --layout {layout!r}; choose from saelens, circuit-tracer")
+    if layout == "circuit-tracer" and activation != "relu":
+        raise UserError(
+            "--layout circuit-tracer needs --activation relu: TopK has no circuit-tracer encoding (its TopK keeps "
+            "negative top-k values, where this project applies ReLU); a TopK set keeps its k in SAELens's cfg.json"
+        )
     if out.exists():
         raise UserError(f"--out {out} exists; a dictionary set is never overwritten")
     progress.set_quiet(quiet)
@@ -311,32 +339,53 @@ def main(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # bit-identical weights on any CPU count
     try:
-        _train_set(out, model, only, width, k, steps, batch, lr, n_per_task, seed)
+        _train_set(out, model, only, width, k, steps, batch, lr, n_per_task, seed, activation, l1, layout)
     finally:
         torch.set_num_threads(threads)  # a caller in this process (tests) keeps its own
 
 
 def _train_set(
-    out: Path, model: str, only: str, width: int, k: int, steps: int, batch: int, lr: float, n_per_task: int, seed: int
+    out: Path,
+    model: str,
+    only: str,
+    width: int,
+    k: int,
+    steps: int,
+    batch: int,
+    lr: float,
+    n_per_task: int,
+    seed: int,
+    activation: str = "topk",
+    l1: float = 0.0,
+    layout: str = "saelens",
 ) -> None:
     import pandas as pd
     import torch
 
-    from lib.core.model import load_model
+    from lib.core.model import PROCESSED, UNPROCESSED, load_model
     from lib.features import files
     from lib.features.transcoders import write_clt
 
-    lm = load_model(model, device="cpu", seed=seed)
+    unprocessed = layout == "circuit-tracer"  # circuit-tracer reads the model as loaded without processing
+    lm = load_model(model, device="cpu", seed=seed, processing=UNPROCESSED if unprocessed else PROCESSED)
     table = sites(lm.n_layers)
+    if unprocessed:
+        table = {s: h for s, h in table.items() if s.startswith("tc")}
     chosen = list(table) if only.split() == ["all"] else only.split()
     unknown = [s for s in chosen if s not in table]
     if unknown:
-        raise UserError(f"unknown site {', '.join(unknown)}; sites of {model}: {', '.join(table)} or all")
+        raise UserError(f"unknown site {', '.join(unknown)}; sites of {model} ({layout}): {', '.join(table)} or all")
+    if unprocessed and sorted(chosen) != sorted(table):
+        raise UserError(
+            "--layout circuit-tracer trains every layer's transcoder (--sites all): a set covers every layer"
+        )
+    if activation == "relu" and "clt" in chosen:
+        raise UserError("the cross-layer transcoder trains TopK only; leave clt out of --sites with --activation relu")
     hooks = sorted({h for s in chosen for part in site_hooks(s, table[s], lm.n_layers) for h in part})
     train_acts = activations(lm, hooks, n_per_task, TRAIN_SEED + 100 * seed)
     held_acts = activations(lm, hooks, max(8, n_per_task // 10), TRAIN_SEED + 100 * seed + 50)
     staging = out.with_name(f".{out.name}.staging")
-    rows = []
+    rows, trained = [], {}
     with progress.bar(steps * len(chosen), "dictionary training", "step") as bar:
         for name in chosen:
             i = list(table).index(name)  # the site's own seed: a subset of sites trains each as the full set does
@@ -349,6 +398,7 @@ def _train_set(
                 "n_per_task": n_per_task,
                 "seed": seed,
                 "aux_coefficient": AUX_COEFFICIENT,
+                **({"l1": l1} if activation == "relu" else {}),
             }
             if "{layer}" in hook_in:  # the cross-layer transcoder
                 ins, outs = site_hooks(name, table[name], lm.n_layers)
@@ -372,8 +422,8 @@ def _train_set(
                 rows.append(clt_report_row(lm, name, tc, [held_acts[h] for h in ins], [held_acts[h] for h in outs]))
                 continue
             cfg = {
-                "architecture": "topk",
-                "k": k,
+                "architecture": "topk" if activation == "topk" else "standard" if hook_in == hook_out else "transcoder",
+                "k": k if activation == "topk" else None,
                 "hook_name": hook_in,
                 "model_name": lm.name,
                 "apply_b_dec_to_input": hook_in == hook_out,
@@ -382,6 +432,8 @@ def _train_set(
             }
             if hook_in != hook_out:
                 cfg["hook_name_out"] = hook_out
+            if unprocessed:  # SAELens loads the model as these were trained (HookedTransformer kwargs)
+                cfg["model_from_pretrained_kwargs"] = {key: False for key in UNPROCESSED}
             torch.manual_seed(seed + i)
             d = train_one(
                 train_acts[hook_in],
@@ -396,10 +448,20 @@ def _train_set(
                 cfg=cfg,
                 bar=bar,
             )
-            files.write(staging / name, d)
+            if unprocessed:
+                trained[name] = d
+            else:
+                files.write(staging / name, d)
             rows.append(report_row(lm, name, d, held_acts[hook_in], held_acts[hook_out]))
+    if unprocessed:  # one per-layer set in circuit-tracer's layout (config.yaml + layer_{l}.safetensors)
+        from lib.features import published
+        from lib.features.transcoders import from_dictionaries
+
+        published.write(staging, from_dictionaries(trained, lm.n_layers, str(out)), model_name=lm.name)
     pd.DataFrame(rows).to_csv(staging / "report.csv", index=False, float_format="%.6g")
-    (staging / "set.json").write_text(json.dumps({"model": lm.name, "sites": chosen, "width": width, "k": k}) + "\n")
+    summary = {"model": lm.name, "sites": chosen, "width": width, "k": k if activation == "topk" else None}
+    summary |= {"activation": activation, "layout": layout, "processing": lm.processing}
+    (staging / "set.json").write_text(json.dumps(summary) + "\n")
     staging.rename(out)
     print(pd.DataFrame(rows)[["dictionary", "fvu", "l0", "dead_fraction", "kl_spliced"]].to_string(index=False))
     print(f"wrote {out}")
