@@ -4,8 +4,8 @@ AttributionContext and _run_attribution; graph.py for the layout):
 - the local replacement model of one prompt: attention patterns and norm scales frozen, each MLP output a
   constant (its transcoder's reconstruction plus its error node), so that every target below is an affine
   function of the sources and the gradient gives each source's exact linear direct effect (Gemma 2: the
-  post-attention and post-MLP norm scales are frozen too, and the logit targets are the logits before the final
-  soft-cap, which circuit-tracer removes for attribution);
+  post-attention and post-MLP norm scales are frozen too, and each logit target is the demeaned logit before the
+  final soft-cap, the salient logits chosen by the capped probabilities, as circuit-tracer 0.5 does);
 - nodes: active features (layer, position, feature) with their activations, error nodes (layer, position),
   token embeddings (position), and the top logits (softmax mass until 0.95, at most 10; demeaned unembedding
   columns: logit minus the mean logit); features and errors at position 0 are zeroed when it is the BOS token
@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from lib.core.architecture import apply_softcap
 
 
 @dataclass
@@ -232,7 +234,10 @@ def attribute(
         w_u = model.bridge.W_U.detach().to(errors.dtype)
         final = state["final"][-1]
         logits = final @ w_u + model.bridge.b_U.detach().to(errors.dtype)
-        logit_idx, logit_p, logit_vecs = salient_logits(logits, w_u, max_n_logits, desired_logit_prob)
+        # which logits and their probabilities: the model's own (soft-capped on Gemma 2, as circuit-tracer takes
+        # them from its forward pass); each logit row explains the demeaned logit before the cap, linear in the stream
+        capped = apply_softcap(logits, model.arch.softcap)
+        logit_idx, logit_p, logit_vecs = salient_logits(capped, w_u, max_n_logits, desired_logit_prob)
         pre_all = torch.stack([tc.pre(l, x_in[l]) for l in range(L)])  # [L, P, d_sae]
     n_active, K = len(active), len(logit_idx)
     n_feat = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)

@@ -187,7 +187,7 @@ def resolve(spec: str) -> Path:
     if not hub_reachable():
         raise UserError(
             f"cannot download dictionaries {spec!r} from the Hugging Face hub (offline or unreachable); "
-            "run offline with --dictionaries toy or a local folder in SAELens's layout"
+            "run offline with --dictionaries toy or a local folder (SAELens's or circuit-tracer's layout)"
         )
     try:
         from huggingface_hub import file_exists, snapshot_download
