@@ -325,3 +325,17 @@ def test_converter_round_trips_jumprelu_skip_sets_and_refuses_what_has_no_encodi
     assert code == 2 and "trained on processed activations" in err and not (tmp_path / "toy").exists()
     code, err = in_process(convert.app, str(tmp_path / "ct"), str(tmp_path / "sl"))
     assert code == 2 and "exists" in err
+
+
+def test_a_set_reading_what_the_head_split_changes_is_one_line(toy_tokenizer, tmp_path):
+    """Gemma 2: ln1_post's own scale and normalized value change meaning once the norm is split across heads."""
+    from lib.features import files
+
+    _, hf = twins(*tiny_configs(len(toy_tokenizer))["gemma2"])
+    model = from_hf(hf, toy_tokenizer, "gemma2", processing=UNPROCESSED)
+    write_set(tmp_path / "s", "gemmascope", 2, 32, torch.Generator().manual_seed(0))
+    text = (tmp_path / "s" / "config.yaml").read_text().replace("ln2.hook_normalized", "ln1_post.hook_normalized")
+    (tmp_path / "s" / "config.yaml").write_text(text)
+    with pytest.raises(UserError, match="reads blocks.0.ln1_post.hook_normalized, which this suite's split") as e:
+        files.fit(files.read_set(tmp_path / "s"), model)
+    assert "\n" not in str(e.value)

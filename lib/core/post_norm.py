@@ -82,3 +82,16 @@ def split_attention_post_norms(bridge, name: str) -> bool:
         bridge.add_hook(f"blocks.{layer}.ln1_post.hook_in", keep_input, is_permanent=True)
         bridge.add_hook(f"blocks.{layer}.ln1_post.hook_out", pass_through, is_permanent=True)
     return True
+
+
+def check_readable(model, hooks, where: str) -> None:
+    """One line for a dictionary reading ln1_post's own scale or normalized value: after the split the norm sees
+    its already-normalized input, so those hooks no longer hold what a set trained on the model read there."""
+    if "ln1_post" not in model.arch.post_norms:
+        return
+    moved = [h for h in hooks if ".ln1_post.hook_scale" in h or ".ln1_post.hook_normalized" in h]
+    if moved:
+        raise UserError(
+            f"{where} reads {moved[0]}, which this suite's split of the post-attention norm across heads changes "
+            "(the norm's scale is blocks.l.attn.hook_post_scale, its output hook_attn_out)"
+        )

@@ -139,6 +139,7 @@ def check_against(dictionaries: dict, model) -> None:
     import torch
 
     from lib.core.forward import capture
+    from lib.core.post_norm import check_readable
     from lib.features import transcoders
 
     for name, d in dictionaries.items():
@@ -153,6 +154,7 @@ def check_against(dictionaries: dict, model) -> None:
                 raise UserError(f"dictionary {name}: the model has no hook {hook} (a dictionary of another model?)")
         if d.cfg.get("model_name") not in (None, "", model.name):
             raise UserError(f"dictionary {name} was trained on {d.cfg['model_name']!r}, not {model.name!r}")
+        check_readable(model, [d.hook_name, d.hook_name_out], f"dictionary {name}")
     probe = torch.tensor([[model.tokenizer.bos_token_id or 0]])
     widths = {h: x.shape[-1] for h, x in capture(model, probe, sorted(names)).items()}
     for name, d in dictionaries.items():

@@ -329,10 +329,13 @@ def check_against(tc: TranscoderSet, model, where: str) -> None:
         raise UserError(f"transcoder {where} has {tc.n_layers} layers, model {model.name} has {model.n_layers}")
     if tc.cfg.get("model_name") not in (None, "", model.name):
         raise UserError(f"transcoder {where} was trained on {tc.cfg['model_name']!r}, not {model.name!r}")
+    from lib.core.post_norm import check_readable
+
     hooks = set(model.bridge.hook_dict)
     for h in tc.hooks_in + tc.hooks_out:
         if h not in hooks:
             raise UserError(f"transcoder {where}: the model has no hook {h} (a transcoder of another model?)")
+    check_readable(model, tc.hooks_in + tc.hooks_out, f"transcoder {where}")
     probe = torch.tensor([[model.tokenizer.bos_token_id or 0]])
     widths = {h: x.shape[-1] for h, x in capture(model, probe, sorted(set(tc.hooks_in + tc.hooks_out))).items()}
     d_in, d_out = tc.W_enc[0].shape[0], tc.b_dec.shape[1]
