@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lib.io import checks, cli  # noqa: E402
 
 app = cli.script_app(__doc__)
-GEMMA_2_2B = dict(  # google/gemma-2-2b's config.json (the parts that set sizes)
+GEMMA_2_2B: dict[str, int] = dict(  # google/gemma-2-2b's config.json (the parts that set sizes)
     vocab_size=256000,
     hidden_size=2304,
     intermediate_size=9216,
@@ -54,9 +54,12 @@ def random_gemma(layers: int, seed: int, device: str):
 
     from lib.core.model import UNPROCESSED, from_hf, gpt2_tokenizer, random_model, resolve_device
 
-    cfg = T.Gemma2Config(**{**GEMMA_2_2B, "num_hidden_layers": layers}, max_position_embeddings=64)
+    shape: dict = {**GEMMA_2_2B, "num_hidden_layers": layers, "max_position_embeddings": 64}
+    cfg = T.Gemma2Config(**shape)
     hf = random_model(T.Gemma2ForCausalLM, cfg, seed=seed)
-    return from_hf(hf, gpt2_tokenizer(), "gemma-2-2b-shaped", device=resolve_device(device), processing=UNPROCESSED)
+    return from_hf(
+        hf, gpt2_tokenizer(), "gemma-2-2b-shaped", device=str(resolve_device(device)), processing=UNPROCESSED
+    )
 
 
 def random_jumprelu(lm, l0: int, seed: int):
@@ -115,7 +118,8 @@ def main(
     print(f"built {layers} layers at gemma-2-2b's widths on {lm.device} in {time.perf_counter() - t0:.1f} s")
     tc = random_jumprelu(lm, l0, seed)
     tokens = torch.randint(0, 50000, (12,), generator=torch.Generator().manual_seed(seed))
-    tokens[0] = lm.tokenizer.bos_token_id or 0
+    bos = lm.tokenizer.bos_token_id
+    tokens[0] = bos if isinstance(bos, int) else 0
     sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     graph = attribute(lm, tc, tokens, batch_size=target_batch, max_feature_nodes=max_feature_nodes)
