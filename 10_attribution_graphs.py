@@ -43,7 +43,9 @@ def main(
     transcoders: Annotated[
         str,
         typer.Option(
-            help="plt (per-layer transcoders) | clt (a cross-layer transcoder): the replacement model of the graphs"
+            help="plt (per-layer transcoders) | clt (a cross-layer transcoder): the replacement model of the graphs; "
+            "or, as circuit-tracer's transcoder_name, a set (gemma, llama, a hub repo id, a local folder) in place "
+            "of --dictionaries, its kind read from it"
         ),
     ] = "plt",
     n_graphs: Annotated[int, typer.Option("--n-graphs", help="graphs per task (its first discovery prompts)")] = 8,
@@ -74,8 +76,18 @@ def main(
     quiet: cli.QuietOpt = False,
     resume: cli.ResumeOpt = None,
 ):
-    if transcoders not in choices.GRAPH_TRANSCODERS:
-        raise UserError(f"unknown --transcoders {transcoders!r}; choose from {', '.join(choices.GRAPH_TRANSCODERS)}")
+    kind = transcoders
+    if transcoders not in choices.GRAPH_TRANSCODERS:  # circuit-tracer's transcoder_name: the set itself
+        if not choices.is_set_name(transcoders):
+            raise UserError(
+                f"unknown --transcoders {transcoders!r}; choose from {', '.join(choices.GRAPH_TRANSCODERS)}, or name "
+                "a set as circuit-tracer does (gemma, llama, a hub repo id, a local folder)"
+            )
+        if dictionaries != "toy":
+            raise UserError(
+                f"--transcoders {transcoders} names a set and --dictionaries {dictionaries} another; give the set once"
+            )
+        dictionaries, kind = transcoders, ""  # the kind is the set's
     checks.check_between(1, 1000, ("--n-graphs", n_graphs))
     checks.check_between(1, 100, ("--max-n-logits", max_n_logits), ("--n-intervene", n_intervene))
     checks.check_between(1, 4096, ("--target-batch", target_batch))
@@ -106,9 +118,15 @@ def main(
     from lib.io import graph_json
     from lib.io.graph_report import plot_task, summaries, transcoder_sets
 
+    raw = files.read_set(files.resolve(dictionaries))  # before the model: its format says how to load the model
+    if not kind:
+        from lib.features.transcoders import TranscoderSet
+
+        kinds = {d.kind for d in raw.values() if isinstance(d, TranscoderSet)}
+        kind = kinds.pop() if len(kinds) == 1 else "plt"
     extra = dict(
         dictionaries=dictionaries,
-        transcoders=transcoders,
+        transcoders=kind,
         n_graphs=n_graphs,
         node_threshold=node_threshold,
         edge_threshold=edge_threshold,
@@ -120,10 +138,9 @@ def main(
         n_intervene=n_intervene,
         min_frequency=min_frequency,
     )
-    raw = files.read_set(files.resolve(dictionaries))  # before the model: its format says how to load the model
     opts = dataclasses.replace(opts, processing=files.processing_of(raw, dictionaries))
     with cli.experiment("10_attribution_graphs", opts, resume=resume, headline=HEADLINE, **extra) as (lm, run):
-        sets = transcoder_sets(files.fit(raw, lm), lm, dictionaries, transcoders)
+        sets = transcoder_sets(files.fit(raw, lm), lm, dictionaries, kind)
         run.record["transcoder_sets"] = {
             k: {
                 "name": tc.name,

@@ -1,6 +1,7 @@
 """Every file reader fed generated and mutated inputs (hypothesis): a valid load or one UserError (the one
 `error:` line the scripts print), never another exception (a traceback). Readers: task files in each format,
-dictionary folders (cfg.json fields, tensor names, shapes, dtypes), circuit-tracer CLT folders, circuit JSON
+dictionary folders (cfg.json fields, tensor names, shapes, dtypes), circuit-tracer CLT folders and config.yaml
+sets (per-layer safetensors, GemmaScope npz), circuit JSON
 (22, 24), grid TOML. Cases the fuzzing found are kept as plain tests at the end."""
 
 from __future__ import annotations
@@ -238,6 +239,35 @@ def test_any_clt_folder_loads_or_is_refused_in_one_line(tmp_path, data):
     else:
         (folder / target).write_bytes(mutate((folder / target).read_bytes()[:600], data.draw))
     refused_in_one_line(lambda: read_clt(folder))
+
+
+@settings(
+    max_examples=max(EXAMPLES_PER_READER // 2, 10),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_any_circuit_tracer_set_loads_or_is_refused_in_one_line(tmp_path, data):
+    """circuit-tracer's config.yaml sets (per-layer safetensors with W_skip and thresholds, GemmaScope npz):
+    config fields replaced by any YAML value, files removed, or bytes mutated."""
+    import yaml
+    from test_published_transcoders import write_set
+
+    from lib.features.files import read_set
+
+    folder = Path(tempfile.mkdtemp(dir=tmp_path)) / "set"
+    write_set(folder, data.draw(st.sampled_from(["skip", "gemmascope"])), 2, 8, torch.Generator().manual_seed(0))
+    target = data.draw(st.sampled_from(sorted(p.name for p in folder.iterdir())))
+    if target == "config.yaml" and data.draw(st.booleans()):
+        cfg = yaml.safe_load((folder / target).read_text())
+        key = data.draw(st.sampled_from(sorted(cfg) + ["extra"]))
+        cfg[key] = data.draw(JSON)
+        (folder / target).write_text(yaml.safe_dump(cfg))
+    elif data.draw(st.booleans()):
+        (folder / target).unlink()
+    else:
+        (folder / target).write_bytes(mutate((folder / target).read_bytes()[:600], data.draw))
+    refused_in_one_line(lambda: read_set(folder))
 
 
 # ---- circuit JSON (22, 24) ---------------------------------------------------------------------------------------

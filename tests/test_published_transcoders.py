@@ -8,6 +8,7 @@ Face model; the processed model's differ."""
 import numpy as np
 import pytest
 import torch
+from conftest import run_app, run_cli
 from safetensors.torch import save_file
 from test_architectures import tiny_configs, twins
 
@@ -268,29 +269,13 @@ def test_a_set_of_another_width_or_hook_is_one_line(toy, tmp_path):
     assert "\n" not in str(e.value)
 
 
-def in_process(app, *args):
-    """A tool's CLI in this process: (exit code, stderr)."""
-    import contextlib
-    import io
-
-    from lib.io import cli
-
-    err, code = io.StringIO(), 0
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            cli.main(app, list(args))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, err.getvalue()
-
-
 def test_trainer_writes_circuit_tracers_layout_from_the_unprocessed_model(tmp_path):
     from lib.features import files
     from lib.tools import dictionaries as train
 
     args = ["--out", str(tmp_path / "ct"), "--steps", "20", "--n-per-task", "4", "--width", "32", "--quiet"]
-    code, err = in_process(train.app, *args, "--layout", "circuit-tracer", "--activation", "relu")
-    assert code == 0, err
+    r = run_app(train.app, *args, "--layout", "circuit-tracer", "--activation", "relu")
+    assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "ct").iterdir()) == sorted(
         ["config.yaml", "report.csv", "set.json", *(f"layer_{l}.safetensors" for l in range(4))]
     )
@@ -298,8 +283,9 @@ def test_trainer_writes_circuit_tracers_layout_from_the_unprocessed_model(tmp_pa
     tc = raw["ct"]
     assert tc.kind == "plt" and tc.architecture == "standard" and tc.hooks_in[2] == "blocks.2.ln2.hook_normalized"
     assert files.processing_of(raw, "ct") == UNPROCESSED
-    code, err = in_process(train.app, "--out", str(tmp_path / "x"), "--layout", "circuit-tracer", "--quiet")
-    assert code == 2 and "TopK has no circuit-tracer encoding" in err and len(err.strip().splitlines()) == 1
+    r = run_app(train.app, "--out", str(tmp_path / "x"), "--layout", "circuit-tracer", "--quiet")
+    assert r.returncode == 2 and "TopK has no circuit-tracer encoding" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_converter_round_trips_jumprelu_skip_sets_and_refuses_what_has_no_encoding(tmp_path):
@@ -308,7 +294,7 @@ def test_converter_round_trips_jumprelu_skip_sets_and_refuses_what_has_no_encodi
     from lib.tools import transcoder_format as convert
 
     write_set(tmp_path / "ct", "skip", 4, 64, torch.Generator().manual_seed(2))
-    assert in_process(convert.app, str(tmp_path / "ct"), str(tmp_path / "sl")) == (0, "")
+    assert run_app(convert.app, str(tmp_path / "ct"), str(tmp_path / "sl")).returncode == 0
     saelens = files.read_set(tmp_path / "sl")
     assert sorted(saelens) == [f"tc{l}" for l in range(4)]
     assert saelens["tc1"].cfg["architecture"] == "jumprelu_skip_transcoder"
@@ -317,14 +303,14 @@ def test_converter_round_trips_jumprelu_skip_sets_and_refuses_what_has_no_encodi
     original = published.read(tmp_path / "ct")
     torch.testing.assert_close(saelens["tc1"].encode(x), original.encode(1, x))
     torch.testing.assert_close(saelens["tc1"].skip(x), original.skip(1, x))
-    assert in_process(convert.app, str(tmp_path / "sl"), str(tmp_path / "back")) == (0, "")
+    assert run_app(convert.app, str(tmp_path / "sl"), str(tmp_path / "back")).returncode == 0
     for l in range(4):
         name = f"layer_{l}.safetensors"
         assert (tmp_path / "back" / name).read_bytes() == (tmp_path / "ct" / name).read_bytes()
-    code, err = in_process(convert.app, str(TOY_DIR / "dictionaries"), str(tmp_path / "toy"))
-    assert code == 2 and "trained on processed activations" in err and not (tmp_path / "toy").exists()
-    code, err = in_process(convert.app, str(tmp_path / "ct"), str(tmp_path / "sl"))
-    assert code == 2 and "exists" in err
+    r = run_app(convert.app, str(TOY_DIR / "dictionaries"), str(tmp_path / "toy"))
+    assert r.returncode == 2 and "trained on processed activations" in r.stderr and not (tmp_path / "toy").exists()
+    r = run_app(convert.app, str(tmp_path / "ct"), str(tmp_path / "sl"))
+    assert r.returncode == 2 and "exists" in r.stderr
 
 
 def test_a_set_reading_what_the_head_split_changes_is_one_line(toy_tokenizer, tmp_path):
@@ -339,3 +325,30 @@ def test_a_set_reading_what_the_head_split_changes_is_one_line(toy_tokenizer, tm
     with pytest.raises(UserError, match="reads blocks.0.ln1_post.hook_normalized, which this suite's split") as e:
         files.fit(files.read_set(tmp_path / "s"), model)
     assert "\n" not in str(e.value)
+
+
+def test_10_on_gemma_2_with_a_set_named_as_circuit_tracer_names_it(toy_tokenizer, tmp_path):
+    """10 on a saved tiny Gemma 2 with `--transcoders <GemmaScope-format folder>` (circuit-tracer's
+    transcoder_name, in place of --dictionaries): the kind is read from the set, the model loaded unprocessed, and
+    run.json says what was frozen and that the soft-cap was left out of the logit targets. A value that is neither
+    a kind nor a set is one line."""
+    import json
+
+    cls, cfg = tiny_configs(len(toy_tokenizer))["gemma2"]
+    random_model_dir = tmp_path / "gemma2"
+    twins(cls, cfg)[1].save_pretrained(random_model_dir)
+    toy_tokenizer.save_pretrained(random_model_dir)
+    write_set(tmp_path / "gemmascope", "gemmascope", 2, 32, torch.Generator().manual_seed(0))
+    args = ["--model", str(random_model_dir), "--tasks", "ioi", "--n-prompts", "4", "--n-graphs", "1"]
+    args += ["--n-bootstrap", "0", "--quiet", "--out", str(tmp_path / "out")]
+    r = run_cli("10_attribution_graphs.py", *args, "--transcoders", str(tmp_path / "gemmascope"))
+    assert r.returncode == 0, r.stderr
+    record = json.loads(next((tmp_path / "out" / "10_attribution_graphs").iterdir()).joinpath("run.json").read_text())
+    assert record["options"]["transcoders"] == "plt" and record["options"]["dictionaries"].endswith("gemmascope")
+    assert record["model"]["processing"] == UNPROCESSED
+    assert record["transcoder_sets"]["plt"]["format"] == "circuit-tracer transcoder_set"
+    frozen = record["frozen_for_attribution"]
+    assert "attn.hook_post_scale" in frozen["hooks"] and "ln2_post.hook_scale" in frozen["hooks"]
+    assert frozen["final_logit_softcap_removed"] == 30.0
+    r = run_cli("10_attribution_graphs.py", *args, "--transcoders", "pltt")
+    assert r.returncode == 2 and "unknown --transcoders 'pltt'" in r.stderr and len(r.stderr.splitlines()) == 1

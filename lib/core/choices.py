@@ -21,6 +21,23 @@ FEATURE_PATCHES = ("corrupted", "zero")
 FEATURE_AGGREGATIONS = ("sum", "none")  # lib.features.circuit
 FEATURE_ABLATIONS = ("mean", "resample", "zero")  # lib.features.ablate
 GRAPH_TRANSCODERS = ("plt", "clt")  # lib.features.transcoders: per-layer or cross-layer
+# circuit-tracer's transcoder names (its utils/hf_utils.py load_transcoder_from_hub) -> hub repositories
+CIRCUIT_TRACER_SETS = {"gemma": "mwhanna/gemma-scope-transcoders", "llama": "mntss/transcoder-Llama-3.2-1B"}
+
+
+def is_set_name(value: str) -> bool:
+    """Whether a value names a dictionary set rather than an option word: circuit-tracer's names, a hub repo id
+    (owner/name), or a path that exists."""
+    from pathlib import Path
+
+    if value in CIRCUIT_TRACER_SETS or ("/" in value and _HUB_ID.fullmatch(value)):
+        return True
+    try:
+        return Path(value).expanduser().exists()
+    except (OSError, RuntimeError):  # a ~user that names no user
+        return False
+
+
 DTYPES = ("float32", "float16", "bfloat16", "float64")  # lib.core.model
 BUILTIN_MODELS = ("toy", "gpt2-random", "pythia-160m-random")  # lib.core.model.MODELS; gpt2 comes from the hub
 

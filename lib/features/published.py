@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
+from lib.core.choices import CIRCUIT_TRACER_SETS
 from lib.core.errors import UserError
 
 CONFIG_YAML = "config.yaml"
-NAMED = {"gemma": "mwhanna/gemma-scope-transcoders", "llama": "mntss/transcoder-Llama-3.2-1B"}  # hf_utils.py
+NAMED = CIRCUIT_TRACER_SETS  # circuit-tracer's names (hf_utils.py)
 KINDS = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
 THRESHOLD = "activation_function.threshold"
 
@@ -48,7 +49,7 @@ def read_yaml(folder: Path) -> dict:
     if not isinstance(cfg, dict):
         raise UserError(f"transcoders {folder}: {CONFIG_YAML} is not a mapping")
     kind = cfg.get("model_kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise UserError(
             f"transcoders {folder}: {CONFIG_YAML} model_kind {kind!r} is not a format this reads "
             f"({', '.join(KINDS)}, as circuit-tracer's load_transcoders)"
