@@ -224,6 +224,11 @@ def eap_task(
     for k in ks:
         keep = top_k_mask(graph, scores, min(k, graph.n_edges))
         _save(run, graph, lm, name, method, {**params, "top_k": k}, keep, scores, f"circuit_{name}_top{k}.json", export)
+        if lm.arch.post_norms and ablation == "resample":  # Gemma 2: the gap to EAP-IG's recomputed norms
+            from lib.methods.post_norm_gap import faithfulness_gap
+
+            gap = faithfulness_gap(lm, graph, held_out, keep, opts.batch_size)
+            run.record.setdefault("post_norm_gap", {}).setdefault(name, {})[f"top{k}"] = gap
     if threshold is not None:
         keep = (scores.abs() >= threshold) & exists
         if keep.any():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import transformers as T
@@ -343,7 +344,10 @@ def test_scripts_refuse_in_one_line_and_write_nothing(name, saved, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("name,script", [("llama", "01_dla.py"), ("gemma2", "06_acdc.py"), ("gpt-neox", "05_eap.py")])
+@pytest.mark.parametrize(
+    "name,script",
+    [("llama", "01_dla.py"), ("gemma2", "06_acdc.py"), ("gemma2", "02_logit_diff.py"), ("gpt-neox", "05_eap.py")],
+)
 def test_scripts_run_on_other_architectures(name, script, saved, tmp_path):
     """A GQA/RMSNorm/rotary model and a parallel-block one through the CLI: complete runs with the identities
     their checks report (DLA sums with a constant bias; ACDC on rotary blocks through full passes)."""
@@ -371,6 +375,10 @@ def test_scripts_run_on_other_architectures(name, script, saved, tmp_path):
     run = next((tmp_path / script.removesuffix(".py")).iterdir())
     arch = json.loads((run / "run.json").read_text())["model"]["architecture"]
     assert arch["parallel"] == (name == "gpt-neox") and arch["n_kv_heads"] == KV_HEADS[name]
+    if script == "02_logit_diff.py":  # Gemma 2: the circuit's faithfulness by both definitions, and the gap
+        gap = json.loads((run / "run.json").read_text())["post_norm_gap"]["ioi"]
+        assert gap["gap"] == pytest.approx(gap["faithfulness_recomputed_norms"] - gap["faithfulness"])
+        assert np.isfinite(gap["faithfulness"]) and np.isfinite(gap["faithfulness_recomputed_norms"])
     if script == "01_dla.py":
         check = pd.read_csv(run / "dla_check.csv")
         assert (check.max_abs_error < 1e-4).all() and (check.bias_spread < 1e-5).all()

@@ -118,3 +118,21 @@ def circuit_gap(model, graph: Graph, data, keep: torch.Tensor, batch_size: int) 
         batch = data.subset(slice(start, start + batch_size))
         out.append(recomputed_norm_logits(model, graph, batch, keep).float())
     return torch.cat(out)
+
+
+def faithfulness_gap(model, graph: Graph, data, keep: torch.Tensor, batch_size: int) -> dict:
+    """Normalized faithfulness (ratio of means over data) of the circuit `keep` by this project's edge definition and
+    by EAP-IG's recomputed post-attention norms, and their difference (resample ablation): run.json's
+    post_norm_gap in 02 and 05."""
+    from lib.core.forward import answer_logits
+    from lib.core.metrics import data_metric
+    from lib.core.patching import evaluate_mask
+
+    def mean_metric(logits: torch.Tensor) -> float:
+        return float(data_metric(logits, data).double().mean())
+
+    clean = mean_metric(answer_logits(model, data.clean, data.answer_pos, batch_size))
+    corrupt = mean_metric(answer_logits(model, data.corrupt, data.answer_pos, batch_size))
+    ours = (mean_metric(evaluate_mask(model, graph, data, keep, "resample", batch_size)) - corrupt) / (clean - corrupt)
+    theirs = (mean_metric(circuit_gap(model, graph, data, keep, batch_size)) - corrupt) / (clean - corrupt)
+    return {"faithfulness": ours, "faithfulness_recomputed_norms": theirs, "gap": theirs - ours}
