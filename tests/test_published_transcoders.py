@@ -289,6 +289,8 @@ def test_trainer_writes_circuit_tracers_layout_from_the_unprocessed_model(tmp_pa
 
 
 def test_converter_round_trips_jumprelu_skip_sets_and_refuses_what_has_no_encoding(tmp_path):
+    from safetensors.torch import load_file
+
     from lib.core.model import TOY_DIR
     from lib.features import files, published
     from lib.tools import transcoder_format as convert
@@ -311,6 +313,11 @@ def test_converter_round_trips_jumprelu_skip_sets_and_refuses_what_has_no_encodi
     assert r.returncode == 2 and "trained on processed activations" in r.stderr and not (tmp_path / "toy").exists()
     r = run_app(convert.app, str(tmp_path / "ct"), str(tmp_path / "sl"))
     assert r.returncode == 2 and "exists" in r.stderr
+    negative = load_file(str(tmp_path / "ct" / "layer_2.safetensors"))  # circuit-tracer keeps pre > -0.1 < 0
+    negative["activation_function.threshold"] -= 1.0
+    save_file(negative, str(tmp_path / "ct" / "layer_2.safetensors"))
+    r = run_app(convert.app, str(tmp_path / "ct"), str(tmp_path / "neg"))
+    assert r.returncode == 2 and "no exact SAELens encoding" in r.stderr and not (tmp_path / "neg").exists()
 
 
 def test_a_set_reading_what_the_head_split_changes_is_one_line(toy_tokenizer, tmp_path):

@@ -31,6 +31,11 @@ def to_saelens(tc, out: Path) -> None:
     from lib.features import files
     from lib.features.dictionary import Dictionary
 
+    if tc.threshold is not None and any(bool((t < 0).any()) for t in tc.threshold):
+        raise UserError(
+            "a JumpReLU threshold below 0 keeps negative pre-activations in circuit-tracer's JumpReLU but not in "
+            "SAELens's (ReLU first): the set has no exact SAELens encoding"
+        )
     for l in range(tc.n_layers):
         cfg = {
             "architecture": SAELENS_NAMES[tc.architecture, tc.W_skip is not None],
