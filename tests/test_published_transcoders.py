@@ -359,3 +359,31 @@ def test_10_on_gemma_2_with_a_set_named_as_circuit_tracer_names_it(toy_tokenizer
     assert frozen["final_logit_softcap_removed"] == 30.0
     r = run_cli("10_attribution_graphs.py", *args, "--transcoders", "pltt")
     assert r.returncode == 2 and "unknown --transcoders 'pltt'" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_saelens_and_circuit_tracer_jumprelu_agree_as_read(tmp_path):
+    """SAELens's JumpReLU applies ReLU first, circuit-tracer's does not: a SAELens transcoder with thresholds below 0
+    read as a per-layer set (10) gives SAELens's features, as the dictionary itself does."""
+    from lib.features import files
+    from lib.features.dictionary import Dictionary
+    from lib.features.transcoders import from_dictionaries
+
+    g = torch.Generator().manual_seed(4)
+    cfg = {"architecture": "jumprelu_transcoder", "hook_name": "blocks.0.ln2.hook_normalized"}
+    cfg["hook_name_out"] = "blocks.0.hook_mlp_out"
+    threshold = torch.linspace(-0.5, 0.5, D_SAE)
+    d = Dictionary(
+        cfg,
+        torch.randn(8, D_SAE, generator=g),
+        torch.randn(D_SAE, 8, generator=g),
+        torch.zeros(D_SAE),
+        torch.zeros(8),
+        threshold,
+    )
+    files.write(tmp_path / "tc0", d)
+    read = files.read(tmp_path / "tc0")
+    tc = from_dictionaries({"tc0": read}, 1, "t")
+    x = torch.randn(50, 8, generator=g)
+    features = read.encode(x)
+    assert (features >= 0).all() and (x @ read.W_enc < 0).any()
+    torch.testing.assert_close(tc.encode(0, x), features)

@@ -151,7 +151,8 @@ def from_dictionaries(dictionaries: dict, n_layers: int, where: str) -> Transcod
         torch.stack([d.b_dec for d in ds]),
         ds[0].architecture,
         ds[0].k,
-        [d.threshold for d in ds] if ds[0].architecture == "jumprelu" else None,
+        # SAELens's JumpReLU is ReLU(pre)·(pre > t), ours (circuit-tracer's) pre·(pre > t): equal with t at least 0
+        [d.threshold.clamp_min(0) for d in ds] if ds[0].architecture == "jumprelu" else None,
         {},
         None if ds[0].W_skip is None else [d.W_skip.T.contiguous() for d in ds],
     )
