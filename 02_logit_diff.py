@@ -104,7 +104,8 @@ def main(
             if lm.arch.post_norms and ablation == "resample":  # Gemma 2: the gap to EAP-IG's recomputed norms
                 from lib.methods.post_norm_gap import faithfulness_gap
 
-                gap = faithfulness_gap(lm, graph, data, resolved.keep, opts.batch_size)
+                metrics = (items[c].to_numpy() for c in ("metric_clean", "metric_corrupted", "metric_circuit"))
+                gap = faithfulness_gap(lm, graph, data, resolved.keep, opts.batch_size, *metrics)
                 run.record.setdefault("post_norm_gap", {})[name] = gap
             items.insert(1, "circuit", resolved.label)
             items.insert(2, "circuit_edges", resolved.n_edges)

@@ -221,13 +221,14 @@ def eap_task(
         "n_prompts": len(discovery),
         "seed": opts.seed,
     }
+    ev = Evaluator(lm, graph, held_out, ablation, opts.batch_size, opts.n_bootstrap, opts.seed)
     for k in ks:
         keep = top_k_mask(graph, scores, min(k, graph.n_edges))
         _save(run, graph, lm, name, method, {**params, "top_k": k}, keep, scores, f"circuit_{name}_top{k}.json", export)
         if lm.arch.post_norms and ablation == "resample":  # Gemma 2: the gap to EAP-IG's recomputed norms
             from lib.methods.post_norm_gap import faithfulness_gap
 
-            gap = faithfulness_gap(lm, graph, held_out, keep, opts.batch_size)
+            gap = faithfulness_gap(lm, graph, held_out, keep, opts.batch_size, ev.clean, ev.corrupt, ev.metric(keep))
             run.record.setdefault("post_norm_gap", {}).setdefault(name, {})[f"top{k}"] = gap
     if threshold is not None:
         keep = (scores.abs() >= threshold) & exists
@@ -244,7 +245,6 @@ def eap_task(
                 f"circuit_{name}_threshold.json",
                 export,
             )
-    ev = Evaluator(lm, graph, held_out, ablation, opts.batch_size, opts.n_bootstrap, opts.seed)
     grid, curve_rows = log_grid(graph.n_edges), []
     with progress.bar(len(grid), f"{name}: faithfulness curve", "circuit") as bar:
         for k in grid:

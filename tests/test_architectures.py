@@ -447,7 +447,7 @@ def test_recomputed_norm_definition_agrees_at_the_ends_and_measures_the_gap(toy_
     of heads): the clean run with every edge kept, the corrupted run with none; on a model without post-norms it
     is the additive definition for any circuit; on Gemma 2 a partial circuit differs (the gap 02 reports)."""
     from lib.core.patching import evaluate_mask
-    from lib.methods.post_norm_gap import circuit_gap
+    from lib.methods.post_norm_gap import recomputed_norm_circuit_logits
 
     data = TASKS["ioi"].build(toy_tokenizer, 4, 0)
     gen = torch.Generator().manual_seed(0)
@@ -458,12 +458,15 @@ def test_recomputed_norm_definition_agrees_at_the_ends_and_measures_the_gap(toy_
         half = g.edge_exists & (torch.rand(g.edge_exists.shape, generator=gen) < 0.5)
         for keep in (g.edge_exists, torch.zeros_like(g.edge_exists), half):
             ours = evaluate_mask(model, g, data, keep, "resample", 4)
-            theirs = circuit_gap(model, g, data, keep, 4)
+            theirs = recomputed_norm_circuit_logits(model, g, data, keep, 4)
             if name == "llama" or keep is not half:
                 torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
             else:
                 assert (theirs - ours).abs().max() > 1e-3
         ends = answer_logits(model, data.corrupt, data.answer_pos, 4)
         torch.testing.assert_close(
-            circuit_gap(model, g, data, torch.zeros_like(g.edge_exists), 4), ends, atol=1e-4, rtol=1e-4
+            recomputed_norm_circuit_logits(model, g, data, torch.zeros_like(g.edge_exists), 4),
+            ends,
+            atol=1e-4,
+            rtol=1e-4,
         )

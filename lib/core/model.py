@@ -93,10 +93,9 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def prepare(bridge, name: str, processing: dict | None = None) -> None:
+def prepare(bridge, name: str, processing: dict) -> None:
     """HookedTransformer-equivalent numerics and the hooks of README, Models (or the architecture's one-line
-    refusal); weights processed as `processing` says (default: PROCESSED) and frozen."""
-    processing = PROCESSED if processing is None else processing
+    refusal); weights processed as `processing` says (PROCESSED, UNPROCESSED or between) and frozen."""
     bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not any(processing.values()), **processing)
     architecture.check(bridge, name)  # also turns on per-head results, split q/k/v inputs and mlp_in
     split_attention_post_norms(bridge, name)  # Gemma 2: each head's share of the normalized attention output

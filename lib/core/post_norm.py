@@ -25,13 +25,14 @@ def post_norm_names(bridge) -> list[str]:
     return [n for n in ("ln1_post", "ln2_post") if hasattr(bridge.blocks[0], n)]
 
 
-def _weight(norm) -> torch.Tensor:
+def norm_gain(norm) -> torch.Tensor:
     """The norm's effective gain g (Gemma stores it as an offset from 1), float32."""
     w = norm.weight.detach().float()
     return 1.0 + w if getattr(norm, "uses_weight_offset", False) else w
 
 
-def _eps(norm) -> float:
+def norm_eps(norm) -> float:
+    """The norm's epsilon, as its Hugging Face module holds it."""
     orig = norm.original_component
     eps = getattr(orig, "eps", None)
     if eps is None:
@@ -59,7 +60,7 @@ def split_attention_post_norms(bridge, name: str) -> bool:
                 "norm, whose normalized share belongs to no head"
             )
         norm = block.ln1_post
-        gain, eps = _weight(norm), _eps(norm)
+        gain, eps = norm_gain(norm), norm_eps(norm)
         scale_hook = HookPoint()
         block.attn.add_module("hook_post_scale", scale_hook)
         scale_hook.name = SCALE_HOOK.format(layer=layer)

@@ -167,8 +167,14 @@ class Dictionary:
         return f @ self.W_dec + self.b_dec
 
     def skip(self, x: torch.Tensor) -> torch.Tensor:
-        """A skip transcoder's linear part of the output [..., d_out] (0 without one)."""
-        return torch.zeros_like(self.b_dec) if self.W_skip is None else x.to(self.W_skip.dtype) @ self.W_skip.T
+        """A skip transcoder's linear part of the output [..., d_out], from its input x."""
+        assert self.W_skip is not None, "only a skip transcoder has a skip connection"
+        return x.to(self.W_skip.dtype) @ self.W_skip.T
+
+    def reconstruct(self, f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The whole output [..., d_out] from features f and the input x they were read from: decode(f), plus the
+        skip connection of a skip transcoder."""
+        return self.decode(f) if self.W_skip is None else self.decode(f) + self.skip(x)
 
     def to(self, device=None, dtype=None) -> Dictionary:
         def move(t: torch.Tensor) -> torch.Tensor:

@@ -101,36 +101,37 @@ def write(folder: Path, dictionary) -> None:
 
 
 def read_set(where: Path) -> dict:
-    """A folder of dictionary folders (or one dictionary folder) -> {name: Dictionary, or TranscoderSet for a
-    cross-layer transcoder in circuit-tracer's layout (lib.features.transcoders)}, in name order."""
-    from lib.features import published, transcoders
-
+    """A folder of dictionary folders (or one dictionary folder) -> {name: Dictionary, or TranscoderSet for a set
+    in circuit-tracer's layouts (lib.features.published, lib.features.transcoders)}, in name order."""
     where = Path(where)
-    if published.is_published(where):  # circuit-tracer's config.yaml: a per-layer or cross-layer set
-        return {where.name: published.read(where)}
-    if transcoders.is_clt(where):
-        return {where.name: transcoders.read_clt(where)}
-    if (where / CONFIG).is_file():
-        return {where.name: read(where)}
+    one = _reader(where)
+    if one is not None:
+        return {where.name: one(where)}
     if not where.is_dir():
         raise UserError(f"dictionaries {where}: no such folder")
     folders = sorted(p for p in where.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for p in folders:  # every folder of a set is a dictionary: one that is not is named, never skipped
-        if not ((p / CONFIG).is_file() or transcoders.is_clt(p) or published.is_published(p)):
+    readers = {p: _reader(p) for p in folders}
+    for p, reader in readers.items():  # every folder of a set is a dictionary: one that is not is named, never skipped
+        if reader is None:
             raise UserError(
                 f"dictionaries {where}: folder {p.name} holds no {CONFIG} (each dictionary folder holds {CONFIG} and "
-                f"{WEIGHTS}, or a cross-layer transcoder in circuit-tracer's layout)"
+                f"{WEIGHTS}, or a transcoder set in circuit-tracer's layout: config.yaml, or its CLT files)"
             )
     if not folders:
         raise UserError(f"dictionaries {where}: no dictionary folders (each holds {CONFIG} and {WEIGHTS})")
-    return {
-        p.name: published.read(p)
-        if published.is_published(p)
-        else transcoders.read_clt(p)
-        if transcoders.is_clt(p)
-        else read(p)
-        for p in folders
-    }
+    return {p.name: reader(p) for p, reader in readers.items() if reader is not None}
+
+
+def _reader(folder: Path):
+    """The reader of one dictionary folder by what it holds (circuit-tracer's config.yaml, its CLT layout, or
+    SAELens's cfg.json), or None when it holds none of them."""
+    from lib.features import published, transcoders
+
+    if published.is_published(folder):
+        return published.read
+    if transcoders.is_clt(folder):
+        return transcoders.read_clt
+    return read if (folder / CONFIG).is_file() else None
 
 
 def check_against(dictionaries: dict, model) -> None:
@@ -169,14 +170,14 @@ def resolve(spec: str) -> Path:
     """--dictionaries: `toy` (the set shipped with the toy model), circuit-tracer's names `gemma` and `llama`
     (its ReplacementModel.from_pretrained transcoder names), a local folder, or a Hugging Face repo id
     (downloaded through huggingface_hub; offline it is one line, as --model gpt2 is)."""
-    from lib.core.choices import _HUB_ID
-    from lib.features.published import CONFIG_YAML, NAMED
+    from lib.core.choices import _HUB_ID, CIRCUIT_TRACER_SETS
+    from lib.features.published import CONFIG_YAML
 
     if spec == "toy":
         from lib.core.model import TOY_DIR
 
         return TOY_DIR / "dictionaries"
-    spec = NAMED.get(spec, spec)  # circuit-tracer's names: gemma, llama
+    spec = CIRCUIT_TRACER_SETS.get(spec, spec)  # circuit-tracer's names: gemma, llama
     path = user_path(spec, "--dictionaries")
     if path.exists():
         if not path.is_dir():

@@ -23,11 +23,9 @@ from pathlib import Path
 
 import torch
 
-from lib.core.choices import CIRCUIT_TRACER_SETS
 from lib.core.errors import UserError
 
 CONFIG_YAML = "config.yaml"
-NAMED = CIRCUIT_TRACER_SETS  # circuit-tracer's names (hf_utils.py)
 KINDS = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
 THRESHOLD = "activation_function.threshold"
 

@@ -61,7 +61,7 @@ def splice_hooks(dictionaries: dict, with_error: bool = True, store: dict | None
 
         def replace(source, x, _d=d):
             features = _d.encode(source)
-            reconstruction = (_d.decode(features) + _d.skip(source)).to(x.dtype)
+            reconstruction = _d.reconstruct(features, source).to(x.dtype)
             error = x - reconstruction  # [B, P, d_out]: the error node
             if store is not None:
                 store[site(_d)] = {"features": features, "error": error}

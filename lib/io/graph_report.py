@@ -16,29 +16,29 @@ def transcoder_sets(loaded: dict, model, where: str, wanted: str) -> dict:
     there: one line otherwise), on the model's device."""
     from lib.features.transcoders import TranscoderSet, from_dictionaries
 
+    def the_one(kind: str, what: str):
+        """The set's one transcoder set of a kind (several are one line when that kind is the one wanted)."""
+        names = sorted(n for n, d in loaded.items() if isinstance(d, TranscoderSet) and d.kind == kind)
+        if len(names) > 1 and wanted == kind:
+            raise UserError(
+                f"--dictionaries {where} holds {len(names)} {what} ({', '.join(names)}); point --dictionaries at "
+                "one of them"
+            )
+        return loaded[names[0]] if names else None
+
     sets = {}
-    plts = sorted(n for n, d in loaded.items() if isinstance(d, TranscoderSet) and d.kind == "plt")
-    if len(plts) > 1 and wanted == "plt":
-        raise UserError(
-            f"--dictionaries {where} holds {len(plts)} per-layer transcoder sets ({', '.join(plts)}); "
-            "point --dictionaries at one of them"
-        )
-    if plts:
-        sets["plt"] = loaded[plts[0]]
+    plt = the_one("plt", "per-layer transcoder sets")
+    if plt is not None:
+        sets["plt"] = plt
     else:
         try:
             sets["plt"] = from_dictionaries(loaded, model.n_layers, where)
         except UserError:
             if wanted == "plt":
                 raise
-    clts = sorted(n for n, d in loaded.items() if isinstance(d, TranscoderSet) and d.kind == "clt")
-    if len(clts) > 1 and wanted == "clt":
-        raise UserError(
-            f"--dictionaries {where} holds {len(clts)} cross-layer transcoders ({', '.join(clts)}); "
-            "point --dictionaries at one of them"
-        )
-    if clts:
-        sets["clt"] = loaded[clts[0]]
+    clt = the_one("clt", "cross-layer transcoders")
+    if clt is not None:
+        sets["clt"] = clt
     if wanted not in sets:
         raise UserError(
             f"--dictionaries {where}: no cross-layer transcoder for model {model.name} (a folder in "

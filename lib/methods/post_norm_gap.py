@@ -16,8 +16,9 @@ import torch
 
 from lib.core.forward import logits_at
 from lib.core.graph import Graph
+from lib.core.metrics import data_metric, normalized
 from lib.core.patching import ablate_mask, as_sources, receiver_groups, source_hooks
-from lib.core.post_norm import SCALE_HOOK, _eps, _weight
+from lib.core.post_norm import SCALE_HOOK, norm_eps, norm_gain
 
 
 def _norm(x: torch.Tensor, gain: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -30,47 +31,13 @@ def _gains(model) -> tuple[list, list]:
     if "ln1_post" not in model.arch.post_norms:
         return [None] * model.n_layers, [0.0] * model.n_layers
     blocks = model.bridge.blocks
-    return [_weight(b.ln1_post).to(model.device) for b in blocks], [_eps(b.ln1_post) for b in blocks]
+    return [norm_gain(b.ln1_post).to(model.device) for b in blocks], [norm_eps(b.ln1_post) for b in blocks]
 
 
-def _result(x: torch.Tensor, scale, gain) -> torch.Tensor:
-    """A head's result before the norm [B, P, H, D] from its share x (the share itself without a norm)."""
-    return x.float() if gain is None else x.float() * scale[:, :, None] / gain
-
-
-def _record(model, graph: Graph, tokens: torch.Tensor):
-    """Source outputs [S, B, P, D] and per layer the heads' results before the norm [B, P, H, D]."""
-    outs, scales, results = {}, {}, {}
-    gains, _ = _gains(model)
-
-    def save(name, rows):
-        def hook(x, hook):
-            outs[rows.start] = as_sources(x.detach())
-            if "attn.hook_result" in name:
-                layer = int(name.split(".")[1])
-                results[layer] = _result(x.detach(), scales.get(layer), gains[layer])
-            return x
-
-        return hook
-
-    def scale(layer):
-        return lambda x, hook: scales.__setitem__(layer, x.detach())
-
-    hooks = [(SCALE_HOOK.format(layer=l), scale(l)) for l in range(graph.n_layers) if gains[l] is not None]
-    hooks += [(n, save(n, rows)) for n, rows in source_hooks(graph)]
-    with torch.no_grad():
-        model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
-    return torch.cat([outs[k] for k in sorted(outs)]), results
-
-
-def recomputed_norm_logits(model, graph: Graph, batch, keep: torch.Tensor) -> torch.Tensor:
-    """Answer logits [B, V] with the edges outside `keep` ablated (resample) by EAP-IG's definition above."""
-    ablate = ablate_mask(graph, keep).to(model.device)
-    abl_out, abl_res = _record(model, graph, batch.corrupt.to(model.device))
-    gains, eps = _gains(model)
-    head_rows = {
-        l: slice(graph.head_source(l, 0), graph.head_source(l, 0) + graph.n_heads) for l in range(graph.n_layers)
-    }
+def _recording(graph: Graph, gains: list) -> tuple[list, dict, dict]:
+    """Forward hooks recording each source chunk's outputs {first row: [s, B, P, D]} and per layer the heads'
+    results before the norm {layer: [B, P, H, D]} (a head's share times the layer's scale over the gain; the share
+    itself on a model without the norm)."""
     outs, scales, results = {}, {}, {}
 
     def scale(layer):
@@ -81,10 +48,29 @@ def recomputed_norm_logits(model, graph: Graph, batch, keep: torch.Tensor) -> to
             outs[rows.start] = as_sources(x)
             if "attn.hook_result" in name:
                 layer = int(name.split(".")[1])
-                results[layer] = _result(x, scales.get(layer), gains[layer])
+                gain = gains[layer]
+                results[layer] = x.float() if gain is None else x.float() * scales[layer][:, :, None] / gain
             return x
 
         return hook
+
+    hooks = [(SCALE_HOOK.format(layer=l), scale(l)) for l in range(graph.n_layers) if gains[l] is not None]
+    hooks += [(n, save(n, rows)) for n, rows in source_hooks(graph)]
+    return hooks, outs, results
+
+
+def recomputed_norm_logits(model, graph: Graph, batch, keep: torch.Tensor) -> torch.Tensor:
+    """Answer logits [B, V] with the edges outside `keep` ablated (resample) by EAP-IG's definition above."""
+    ablate = ablate_mask(graph, keep).to(model.device)
+    gains, eps = _gains(model)
+    hooks, abl, abl_res = _recording(graph, gains)
+    with torch.no_grad():
+        model.bridge.run_with_hooks(batch.corrupt.to(model.device), fwd_hooks=hooks)
+    abl_out = torch.cat([abl[k] for k in sorted(abl)])  # [S, B, P, D]
+    head_rows = {
+        l: slice(graph.head_source(l, 0), graph.head_source(l, 0) + graph.n_heads) for l in range(graph.n_layers)
+    }
+    hooks, outs, results = _recording(graph, gains)
 
     def patch(cols: slice, n_before: int):
         def hook(x, hook):
@@ -105,13 +91,11 @@ def recomputed_norm_logits(model, graph: Graph, batch, keep: torch.Tensor) -> to
 
         return hook
 
-    hooks = [(SCALE_HOOK.format(layer=l), scale(l)) for l in range(graph.n_layers) if gains[l] is not None]
-    hooks += [(n, save(n, rows)) for n, rows in source_hooks(graph)]
     hooks += [(name, patch(cols, n)) for name, cols, n in receiver_groups(graph)]
     return logits_at(model, batch.clean.to(model.device), batch.answer_pos, hooks)
 
 
-def circuit_gap(model, graph: Graph, data, keep: torch.Tensor, batch_size: int) -> torch.Tensor:
+def recomputed_norm_circuit_logits(model, graph: Graph, data, keep: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Per-prompt answer logits [N, V] of the circuit `keep` under the recomputed-norm definition."""
     out = []
     for start in range(0, len(data), batch_size):
@@ -120,19 +104,11 @@ def circuit_gap(model, graph: Graph, data, keep: torch.Tensor, batch_size: int) 
     return torch.cat(out)
 
 
-def faithfulness_gap(model, graph: Graph, data, keep: torch.Tensor, batch_size: int) -> dict:
-    """Normalized faithfulness (ratio of means over data) of the circuit `keep` by this project's edge definition and
-    by EAP-IG's recomputed post-attention norms, and their difference (resample ablation): run.json's
-    post_norm_gap in 02 and 05."""
-    from lib.core.forward import answer_logits
-    from lib.core.metrics import data_metric
-    from lib.core.patching import evaluate_mask
-
-    def mean_metric(logits: torch.Tensor) -> float:
-        return float(data_metric(logits, data).double().mean())
-
-    clean = mean_metric(answer_logits(model, data.clean, data.answer_pos, batch_size))
-    corrupt = mean_metric(answer_logits(model, data.corrupt, data.answer_pos, batch_size))
-    ours = (mean_metric(evaluate_mask(model, graph, data, keep, "resample", batch_size)) - corrupt) / (clean - corrupt)
-    theirs = (mean_metric(circuit_gap(model, graph, data, keep, batch_size)) - corrupt) / (clean - corrupt)
+def faithfulness_gap(model, graph: Graph, data, keep: torch.Tensor, batch_size: int, clean, corrupt, circuit) -> dict:
+    """Normalized faithfulness (ratio of means) of the circuit `keep` by this project's edge definition and by
+    EAP-IG's recomputed post-attention norms, and their difference (resample ablation): run.json's post_norm_gap in
+    02 and 05. clean, corrupt, circuit: the per-prompt metrics [N] the caller already has (circuit: ours)."""
+    recomputed = data_metric(recomputed_norm_circuit_logits(model, graph, data, keep, batch_size), data).cpu().numpy()
+    ours = normalized(circuit, clean, corrupt)["faithfulness"]
+    theirs = normalized(recomputed, clean, corrupt)["faithfulness"]
     return {"faithfulness": ours, "faithfulness_recomputed_norms": theirs, "gap": theirs - ours}

@@ -273,7 +273,7 @@ def report_row(model, name: str, d, x, y) -> dict:
 
     with torch.no_grad():
         f = d.encode(x)
-        fvu = float((d.decode(f) + d.skip(x) - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+        fvu = float((d.reconstruct(f, x) - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
         row = {
             "dictionary": name,
             "kind": d.kind,

@@ -96,8 +96,7 @@ def main(
                 f"SRC {src}: these transcoders were trained on processed activations (TransformerLens's defaults); "
                 "circuit-tracer reads the unprocessed model: train with --layout circuit-tracer instead"
             )
-        layers = sorted(int(d.hook_name_out.split(".")[1]) for d in ones.values())
-        tc = from_dictionaries(ones, len(layers), str(src))
+        tc = from_dictionaries(ones, len(ones), str(src))  # one per layer, every layer: else one line
         published.write(staging, tc, model_name=next(iter(ones.values())).cfg.get("model_name"))
     staging.rename(dst)
     print(f"wrote {dst}")
