@@ -145,6 +145,15 @@ def test_one_point_curves_are_marked_and_centred():
     assert {"37, 0.8", "37, 0.6"} <= {t.get_text() for t in ax.texts}
 
 
+def test_a_log_axis_with_no_positive_x_stays_linear_and_says_so():
+    """Circuits of 0 edges only (ACDC at a high tau): no crash, a linear axis, no "(log scale)" in its label."""
+    fig = plots.curves({"ioi": (np.array([0]), np.array([0.0]))}, "t", "edges kept (log scale)", "f", logx=True)
+    drawn(fig)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear" and ax.get_xlabel() == "edges kept"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0"]
+
+
 def test_diagram_names_every_node_and_keeps_edges_off_the_input_label():
     edges = [
         ("input", "a0.h1<q>", 1.0),

@@ -160,6 +160,9 @@ def curves(
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if len(xs) == 1 and xs[0] > 0:  # one x: centre it in a decade rather than on a degenerate axis
             ax.set_xlim(xs[0] / 3.16, xs[0] * 3.16)
+    elif logx:  # the axis stays linear: its label says no log scale, and only the points' own values are ticks
+        xlabel = xlabel.replace(" (log scale)", "")
+        ax.set_xticks(xs, [f"{v:g}" for v in xs])
     return _label_axes(fig, ax, textwrap.fill(title, 70), xlabel, ylabel)
 
 
