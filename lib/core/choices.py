@@ -4,6 +4,7 @@ any heavy import (--help and option errors answer at once); the modules that imp
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from lib.core.errors import UserError, user_path
 
@@ -28,8 +29,6 @@ CIRCUIT_TRACER_SETS = {"gemma": "mwhanna/gemma-scope-transcoders", "llama": "mnt
 def is_set_name(value: str) -> bool:
     """Whether a value names a dictionary set rather than an option word: circuit-tracer's names, a hub repo id
     (owner/name), or a path that exists."""
-    from pathlib import Path
-
     if value in CIRCUIT_TRACER_SETS or ("/" in value and _HUB_ID.fullmatch(value)):
         return True
     try:
@@ -39,7 +38,30 @@ def is_set_name(value: str) -> bool:
 
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")  # lib.core.model
-BUILTIN_MODELS = ("toy", "gpt2-random", "pythia-160m-random")  # lib.core.model.MODELS; gpt2 comes from the hub
+BUILTIN_MODELS = ("toy", "toy-seed1", "gpt2-random", "pythia-160m-random")  # lib.core.model; gpt2 from the hub
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+# the shipped toy models: toy, its twin from training seed 1, and toy's checkpoints along training (toy@step<N>)
+SHIPPED_MODELS = ("toy", "toy-seed1")
+TOY_CHECKPOINT = re.compile(r"toy@step(\d+)")
+
+
+def shipped_model_dir(name: str) -> Path | None:
+    """The folder of a shipped toy model name (toy, toy-seed1, toy@step<N>), None for any other name; a
+    checkpoint that was not shipped is one line naming those that were."""
+    if name in SHIPPED_MODELS:
+        return MODELS_DIR / name
+    step = TOY_CHECKPOINT.fullmatch(name)
+    if step is None:
+        return None
+    folder = MODELS_DIR / "toy" / "checkpoints" / f"step{int(step[1])}"
+    if not folder.is_dir():
+        shipped = sorted((MODELS_DIR / "toy" / "checkpoints").glob("step*"), key=lambda p: int(p.name[4:]))
+        raise UserError(
+            f"--model {name}: toy has no checkpoint at step {int(step[1])}; shipped: "
+            + (", ".join(f"toy@{p.name}" for p in shipped) or "none")
+        )
+    return folder
+
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
 
@@ -58,7 +80,7 @@ def check_dtype_name(dtype: str) -> None:
 def check_model_name(name: str) -> None:
     """Refuse, before anything loads, a --model that is neither a built-in name, a local model directory nor a
     well-formed hub repo id (owner/name)."""
-    if name in BUILTIN_MODELS:
+    if name in BUILTIN_MODELS or shipped_model_dir(name) is not None:
         return
     try:
         path = user_path(name, "--model")

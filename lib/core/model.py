@@ -15,7 +15,14 @@ import torch
 
 from lib.core import architecture
 from lib.core.architecture import Architecture
-from lib.core.choices import check_device_name, check_dtype_name, check_model_name  # noqa: F401
+from lib.core.choices import (  # noqa: F401
+    MODELS_DIR,
+    SHIPPED_MODELS,
+    check_device_name,
+    check_dtype_name,
+    check_model_name,
+    shipped_model_dir,
+)
 from lib.core.errors import UserError, user_path
 from lib.core.identity import check_identity
 from lib.core.post_norm import split_attention_post_norms
@@ -148,7 +155,7 @@ def tokenizer_of(name: str):
     check_model_name(name)
     if name in ("gpt2", "gpt2-random", "pythia-160m-random"):
         return gpt2_tokenizer()
-    where = TOY_DIR if name == "toy" else user_path(name, "--model")
+    where = shipped_model_dir(name) or user_path(name, "--model")
     try:
         return AutoTokenizer.from_pretrained(
             str(where) if where.is_dir() else name, local_files_only=not where.is_dir() and not hub_reachable()
@@ -289,7 +296,7 @@ def load_local(path: Path, device: torch.device, dtype: torch.dtype, name: str):
 def load_hub(name: str, device: torch.device, dtype: torch.dtype):
     """Any causal LM the bridge supports, from the Hugging Face hub or its local cache."""
     if not (in_hub_cache(name) or hub_reachable()):
-        builtins = ", ".join(sorted(MODELS))
+        builtins = ", ".join(sorted([*MODELS, *SHIPPED_MODELS]))
         raise UserError(
             f"cannot load model {name!r} as a Hugging Face hub name (it is not a built-in name [{builtins}] "
             f"nor a local directory, and the hub is unreachable and the model is not in its local cache); "
@@ -329,12 +336,12 @@ def load_pythia_random(device: torch.device, dtype: torch.dtype, seed: int):
     return bridge, f"random Pythia-160m shape (GPT-NeoX), GPT-2 tokenizer, seed {seed}", n_kv
 
 
-TOY_DIR = Path(__file__).resolve().parents[2] / "models" / "toy"
-# Built-in names; anything else is a local directory or a hub name.
+TOY_DIR = MODELS_DIR / "toy"
+# Built-in names (and the shipped toy models, lib.core.choices.shipped_model_dir); anything else is a local
+# directory or a hub name.
 MODELS: dict[str, Callable] = {
     "gpt2-random": lambda device, dtype, seed: load_gpt2_random(device, dtype, seed),
     "pythia-160m-random": lambda device, dtype, seed: load_pythia_random(device, dtype, seed),
-    "toy": lambda device, dtype, seed: load_local(TOY_DIR, device, dtype, "toy"),
 }
 
 
@@ -346,6 +353,8 @@ def load_model(
     check_model_name(name)
     if name in MODELS:
         loader = lambda: MODELS[name](dev, dt, seed)  # noqa: E731
+    elif (shipped := shipped_model_dir(name)) is not None:
+        loader = lambda: load_local(shipped, dev, dt, name)  # noqa: E731
     elif (path := user_path(name, "--model")).is_dir():
         loader = lambda: load_local(path, dev, dt, path.name)  # noqa: E731
     else:

@@ -10,7 +10,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -163,8 +163,10 @@ def train(
     n_per_task: int = 20_000,
     seed: int = 0,
     lr: float = 2e-3,
+    checkpoints: tuple[int, ...] = (),
 ) -> dict:
-    """Train the toy model deterministically on CPU and save it in Hugging Face format."""
+    """Train the toy model deterministically on CPU and save it in Hugging Face format; each step in
+    `checkpoints` is also saved, after that many optimizer steps, as out_dir/checkpoints/step<N>."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from lib.io import progress
@@ -191,6 +193,7 @@ def train(
     )
     gen = torch.Generator().manual_seed(seed)
     t0, log = time.time(), []
+    meta = {"steps": steps, "batch_per_task": batch, "n_per_task": n_per_task, "seed": seed, "lr": lr}
     model.train()
     bar = progress.bar(steps, "train toy", "step")
     for step in range(steps):
@@ -207,17 +210,11 @@ def train(
             bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
             log.append({"step": step, **parts})
         bar.update(1)
+        if step + 1 in checkpoints:
+            _save(model, tokenizer, out_dir / "checkpoints" / f"step{step + 1}", meta | {"checkpoint_step": step + 1})
+            model.train()
     bar.close()
-    model.eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    save_tokenizer(tokenizer, out_dir)
-    meta = {
-        "steps": steps,
-        "batch_per_task": batch,
-        "n_per_task": n_per_task,
-        "seed": seed,
-        "lr": lr,
+    meta = meta | {
         "train_seconds": round(time.time() - t0, 1),
         "torch": torch.__version__,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -228,18 +225,36 @@ def train(
         "focus_batches": FOCUS_BATCHES,
         "architecture": ARCH,
         "vocab_size": len(tokenizer),
+        "checkpoints": list(checkpoints),
     }
-    (out_dir / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
+    _save(model, tokenizer, out_dir, meta)
     return meta
+
+
+def _save(model, tokenizer, out_dir: Path, meta: dict) -> None:
+    """The model (eval mode), its tokenizer and training.json, in Hugging Face format."""
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    save_tokenizer(tokenizer, out_dir)
+    (out_dir / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
 @app.command("train")
-def train_cmd(out: Path = TOY_DIR, steps: int = 6000, batch: int = 32, seed: int = 0):
-    """Rebuild the toy model (tokenizer and weights) into OUT."""
-    print(json.dumps(train(out, steps=steps, batch=batch, seed=seed), indent=1))
+def train_cmd(
+    out: Path = TOY_DIR,
+    steps: int = 6000,
+    batch: int = 32,
+    seed: int = 0,
+    checkpoint: Annotated[list[int], typer.Option(help="also save the model after this many steps (repeatable)")] = [],  # noqa: B006 - typer reads the default
+):
+    """Rebuild the toy model (tokenizer and weights) into OUT; --checkpoint N also saves OUT/checkpoints/stepN."""
+    if any(not 0 < n < steps for n in checkpoint):
+        raise typer.BadParameter(f"each --checkpoint must be between 1 and --steps - 1 ({steps - 1})")
+    print(json.dumps(train(out, steps=steps, batch=batch, seed=seed, checkpoints=tuple(checkpoint)), indent=1))
 
 
 @app.command("evaluate")
