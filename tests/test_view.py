@@ -25,6 +25,12 @@ RUNS = {
     ],
     "09_feature_circuits.py": ["--tasks", "ioi", "--n-prompts", "8", "--method", "attrib", "--n-random", "0"],
     "10_attribution_graphs.py": ["--tasks", "ioi", "--n-prompts", "8", "--n-graphs", "2", "--n-intervene", "2"],
+    # a model against itself, end to end: every part, the shared dictionary too
+    "11_compare_models.py": [
+        *["--models", "toy", "toy", "--dictionaries", "toy", "toy", "--tasks", "ioi", "--n-prompts", "6"],
+        *["--top-k", "20", "--ig-steps", "2", "--n-graphs", "2", "--n-permutations", "10", "--n-resamples", "2"],
+        *["--shared-dictionary", "resid1", "--crosscoder-steps", "30", "--crosscoder-width", "32"],
+    ],
     "file": [
         "--tasks",
         str(ROOT / "tasks" / "examples" / "ioi_pairs.csv"),
@@ -45,7 +51,8 @@ def runs(tmp_path_factory):
     out = {}
     for key, args in RUNS.items():
         script = "05_eap.py" if key == "file" else key
-        out[key] = completed_run(where / key.removesuffix(".py"), script, *args, *TOY)
+        common = TOY[2:] if key == "11_compare_models.py" else TOY  # 11 takes --models, not --model
+        out[key] = completed_run(where / key.removesuffix(".py"), script, *args, *common)
     return out
 
 
@@ -181,6 +188,40 @@ def test_edge_circuit_page_draws_each_size_and_hovers_scores(runs, browser, shot
     assert np.isclose(float(info[next(x for x in info if x.startswith("eap-ig score"))]), scores.score[edge], rtol=1e-5)
     assert int(info["rank by |score|"]) == scores.abs_rank[edge] == 1
     browser.save_screenshot(str(shots / "view_edges.png"))
+
+
+def test_model_comparison_of_a_model_with_itself_and_its_page(runs, browser, shots):
+    """11 on toy against toy: every distance 0, every feature matched at correlation 1, the maps the identity
+    (R^2 1), patching keeps everything, the verdict injective; the page steps through both circuits."""
+    run = runs["11_compare_models.py"]
+    read = lambda name: pd.read_csv(run / name)  # noqa: E731
+    assert read("verdict.csv").verdict.tolist() == ["injective"]
+    base = read("baselines.csv").set_index(["level", "comparison"])
+    assert base.loc[("heads", "A vs B"), "score_spearman"] == pytest.approx(1.0)
+    assert base.loc[("heads", "A vs B"), "edge_jaccard"] == 1.0
+    assert base.loc[("graphs", "A vs B, same prompt"), "edit_distance_normalized"] == 0.0
+    assert (read("tests.csv").p_value == 1.0).all()
+    graphs = read("graphs.csv")
+    assert len(graphs) == 2 and (graphs.edit_distance == 0).all() and (graphs.spectral_distance == 0).all()
+    features = read("features.csv")
+    assert (features.share_matched_at_min_correlation == 1.0).all()
+    assert np.allclose(features.matched_correlation_mean, 1.0) and np.allclose(features.effect_cosine, 1.0)
+    assert (read("convert.csv").r2_held_out > 1 - 1e-6).all()
+    patching = read("patching.csv")
+    assert np.allclose(patching.preserved, 1.0, atol=1e-4) and (patching.kl < 1e-6).all()
+    assert (read("kl.csv").kl_a_b < 1e-9).all()
+    crosscoder = read("crosscoder.csv")
+    assert len(crosscoder) == 32 and crosscoder.relative_norm.between(0, 1).all()
+    for plot in ("layers_ioi.png", "convert.png", "patching.png", "graph_clusters_ioi.png", "crosscoder.png"):
+        assert (run / plot).stat().st_size > 10_000, plot
+    open_page(browser, run)
+    masks = json.loads((run / "circuits.json").read_text())["ioi"]
+    steps = browser.execute_script("return viewer.state.view.steps.map(s => s.label)")
+    assert len(steps) == 3 and steps[2].startswith("kept by both")
+    for step, edges in enumerate([*masks.values(), list(masks.values())[0]]):
+        slide(browser, "step", step)
+        assert sorted(drawn(browser)["edges"]) == sorted(edges)
+    browser.save_screenshot(str(shots / "view_compare_models.png"))
 
 
 def test_acdc_page_steps_through_thresholds(runs, browser, shots):

@@ -9,7 +9,7 @@ from lib.core.errors import UserError
 
 # Options that take several space-separated values (`--tasks ioi sva`); argv joins them with newlines (so
 # messages can echo what was typed, and a value may hold a comma or a space).
-VARIADIC = ("--tasks", "--thresholds", "--top-k", "--circuits", "--sites")
+VARIADIC = ("--tasks", "--thresholds", "--top-k", "--circuits", "--sites", "--models", "--dictionaries")
 
 
 def split_equals(argv: list[str]) -> list[str]:

@@ -246,9 +246,49 @@ def load_script(name: str):
 def experiment(script: str, opts: Common, resume: Path | None = None, headline: list | None = None, **extra_options):
     """Load the model, open a run directory; on success the run's headline metrics (the script's HEADLINE,
     lib.io.headline) are written to headline.csv and the run is moved into place whole. opts.processing: the
-    weight processing the run's dictionaries were trained on (lib.features.files.processing_of; default processed). An interrupted
-    run (Ctrl-C, SIGTERM, SIGHUP) keeps its finished units of work for --resume."""
+    weight processing the run's dictionaries were trained on (lib.features.files.processing_of; default processed).
+    An interrupted run (Ctrl-C, SIGTERM, SIGHUP) keeps its finished units of work for --resume."""
     from lib.core.model import load_model
+
+    def load(run):
+        model = load_model(opts.model, opts.device, opts.dtype, seed=opts.seed, processing=opts.processing)
+        run.record["model"] = model.describe()
+        if "rows_per_pass" in extra_options and extra_options["rows_per_pass"] is None:  # the device's default
+            run.record["options"]["rows_per_pass"] = model.rows_per_pass
+        return model
+
+    with _experiment(script, opts, resume, headline, load, extra_options) as (model, run):
+        yield model, run
+
+
+@contextmanager
+def experiment_pair(
+    script: str,
+    opts: Common,
+    second: tuple[str, dict | None],
+    resume: Path | None = None,
+    headline: list | None = None,
+    **extra_options,
+):
+    """experiment with two models (11): opts.model (A) and second = (name, weight processing) (B), recorded as
+    run.json's model and model_b; the same name and processing twice is loaded once and used for both."""
+    from lib.core.model import load_model
+
+    def load(run):
+        model = load_model(opts.model, opts.device, opts.dtype, seed=opts.seed, processing=opts.processing)
+        name, processing = second
+        same = name == opts.model and processing == opts.processing
+        other = model if same else load_model(name, opts.device, opts.dtype, seed=opts.seed, processing=processing)
+        run.record["model"], run.record["model_b"] = model.describe(), other.describe()
+        return model, other
+
+    with _experiment(script, opts, resume, headline, load, extra_options) as (models, run):
+        yield models, run
+
+
+@contextmanager
+def _experiment(script: str, opts: Common, resume: Path | None, headline: list | None, load, extra_options: dict):
+    """The run around load(run) (which loads the model or models and records them): see experiment."""
     from lib.io.headline import extract
     from lib.io.results import RunDir
 
@@ -258,11 +298,7 @@ def experiment(script: str, opts: Common, resume: Path | None = None, headline: 
     record = {"options": {**asdict(opts), "out": str(opts.out), **extra_options}, "seed": opts.seed}
     run = RunDir(opts.out, script, record, ARGV, resume=resume)  # checks --out is writable before the model load
     try:
-        model = load_model(opts.model, opts.device, opts.dtype, seed=opts.seed, processing=opts.processing)
-        run.record["model"] = model.describe()
-        if "rows_per_pass" in extra_options and extra_options["rows_per_pass"] is None:  # the device's default
-            run.record["options"]["rows_per_pass"] = model.rows_per_pass
-        yield model, run
+        yield load(run), run
     except KeyboardInterrupt as e:
         where, name = run.suspend(), getattr(e, "name", "Ctrl-C")
         if where is None:

@@ -90,6 +90,17 @@ def top_bars(panels: Mapping[str, tuple[list[str], np.ndarray, np.ndarray]], tit
     return fig
 
 
+def _bins(finite: np.ndarray, n: int = 30):
+    """Histogram bin edges of finite values; values that (nearly) all agree get bins of width 0.1 around them
+    (numpy cannot split a range of zero width)."""
+    if not len(finite):
+        return 10
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi - lo <= 1e-9 * max(1.0, abs(hi)):
+        return np.linspace(lo - 0.5, hi + 0.5, 11)
+    return np.histogram_bin_edges(finite, bins=n)
+
+
 def histograms(
     panels: Mapping[str, Mapping[str, np.ndarray]], title: str, xlabels: dict[str, str] | str, ylabel: str = "prompts"
 ):
@@ -97,7 +108,7 @@ def histograms(
     fig, axes = _grid(len(panels))
     for ax, (name, series) in zip(axes, panels.items()):
         finite = np.concatenate([np.asarray(v)[np.isfinite(v)] for v in series.values()])
-        bins = np.histogram_bin_edges(finite, bins=30) if len(finite) else 10
+        bins = _bins(finite)
         for label, values in series.items():
             ax.hist(values, bins=bins, alpha=0.55, label=label)
         ax.axvline(0, color="k", lw=0.6)
@@ -413,3 +424,26 @@ def paired_curves(
     ax.plot([], [], color="k", label=solid)
     ax.plot([], [], color="k", ls="--", label=dashed)
     return _label_axes(fig, ax, textwrap.fill(title, 70), xlabel, ylabel)
+
+
+def clustered_heatmap(values: np.ndarray, tree: np.ndarray, labels: list[str], title: str, cbar: str):
+    """A square matrix (rows and columns the same items) reordered by a hierarchical clustering, with the
+    dendrogram (scipy linkage matrix `tree`) above it."""
+    from scipy.cluster.hierarchy import dendrogram
+
+    n = len(labels)
+    fig = plt.figure(figsize=(max(5.0, 0.32 * n + 3), max(5.5, 0.32 * n + 4)), layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=[1, 3])
+    order = list(
+        dendrogram(tree, ax=top, no_labels=True, color_threshold=0, above_threshold_color="0.3")["leaves"] or []
+    )
+    top.set_axis_off()
+    im = bottom.imshow(np.asarray(values)[np.ix_(order, order)], cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ticks = [labels[i] for i in order]
+    bottom.set_xticks(range(n), ticks, rotation=90, fontsize=7)
+    bottom.set_yticks(range(n), ticks, fontsize=7)
+    bottom.set_xlabel("prompt (model B's graph)")
+    bottom.set_ylabel("prompt (model A's graph)")
+    fig.colorbar(im, ax=bottom, label=cbar, shrink=0.9)
+    fig.suptitle("\n".join(textwrap.wrap(title, 80)), fontsize=10)
+    return fig

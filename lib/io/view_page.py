@@ -1,4 +1,4 @@
-"""view.html: one self-contained page per run that holds a circuit or a graph (05, 06, 09, 10, 24), built from
+"""view.html: one self-contained page per run that holds a circuit or a graph (05, 06, 09, 10, 11, 24), built from
 the run's own files (lib.io.view_data, lib.io.view_graph) with view_assets/view.js and view.css inline: opened
 from file:// with no server, no network and no library."""
 
@@ -11,17 +11,25 @@ from pathlib import Path
 from lib.core.errors import UserError
 
 ASSETS = Path(__file__).parent / "view_assets"
-SCRIPTS = ("05_eap", "06_acdc", "09_feature_circuits", "10_attribution_graphs", "24_compare_circuits")
+SCRIPTS = (
+    "05_eap",
+    "06_acdc",
+    "09_feature_circuits",
+    "10_attribution_graphs",
+    "11_compare_models",
+    "24_compare_circuits",
+)
 
 
 def views_of(run_dir: Path, record: dict) -> list[dict]:
-    from lib.io import view_data, view_graph
+    from lib.io import view_compare, view_data, view_graph
 
     builders = {
         "05_eap": view_data.views_05,
         "06_acdc": view_data.views_06,
         "09_feature_circuits": view_data.views_09,
         "10_attribution_graphs": view_graph.graph_views,
+        "11_compare_models": view_compare.views_11,
         "24_compare_circuits": view_data.views_24,
     }
     return builders[record["script"]](run_dir, record)
@@ -76,6 +84,8 @@ def build(run_dir: Path, record: dict | None = None) -> str:
     if not views:
         raise UserError(f"{run_dir} holds no circuit or graph to show")
     model, tasks = record["model"]["name"], ", ".join(record["options"]["tasks"])
+    if "model_b" in record:  # 11: two models
+        model = f"{model} (A) and {record['model_b']['name']} (B)"
     run_id = record.get("run_id") or run_dir.name
     meta = f"run {run_id}: {script}.py on {model} ({record['model'].get('n_layers')} layers), tasks {tasks}"
     if record.get("seed") is not None:
