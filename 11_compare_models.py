@@ -184,6 +184,7 @@ def main(
         run.record["notes"] = {name: r["notes"] for name, r in results.items()}
         run.record["parting_layer"] = {name: r.get("parting_layer") for name, r in results.items()}
         run.record["verdicts"] = {name: r["verdict"]["verdict"] for name, r in results.items()}
+        run.record["seconds"] = {name: r["seconds"] for name, r in results.items()}  # per stage (not in CSVs)
         write(run, results, extra)
         for name, r in results.items():
             print(f"{name}: {r['verdict']['verdict']} ({r['verdict']['because']})")

@@ -83,10 +83,10 @@ def _scatter(values: torch.Tensor, real: torch.Tensor, like: torch.Tensor) -> to
 
 def patched_runs(
     model_b, data_b, layer_b: int, replacement: torch.Tensor, subtract: torch.Tensor | None, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """B's answer logits [N, V] with its residual stream after layer_b replaced at every real position: by
-    replacement [T, D] (subtract None), or, for a part only, x - subtract + replacement. Also the clean logits."""
-    patched, clean, offset = [], [], 0
+) -> torch.Tensor:
+    """B's answer logits [N, V] (float64, CPU) with its residual stream after layer_b replaced at every real
+    position: by replacement [T, D] (subtract None), or, for a part only, by x - subtract + replacement."""
+    patched, offset = [], 0
     for start in range(0, len(data_b), batch_size):
         part = data_b.subset(slice(start, start + batch_size))
         tokens, real = part.clean.to(model_b.device), part.real.to(model_b.device)
@@ -100,9 +100,8 @@ def patched_runs(
                 return torch.where(real[..., None], new, x)
             return x - _scatter(subtract[rows], real, x) + new
 
-        patched.append(logits_at(model_b, tokens, part.answer_pos, [(resid_hook(layer_b), hook)]).double())
-        clean.append(logits_at(model_b, tokens, part.answer_pos).double())
-    return torch.cat(patched), torch.cat(clean)
+        patched.append(logits_at(model_b, tokens, part.answer_pos, [(resid_hook(layer_b), hook)]).double().cpu())
+    return torch.cat(patched)
 
 
 def patching_row(

@@ -3,6 +3,8 @@ behaviour, head-level circuits, features and attribution graphs, the crosscoder,
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 from lib.compare import circuits as heads
 from lib.compare import convert, features, graphs
 from lib.compare.verdict import Thresholds, verdict
+from lib.core.forward import answer_logits
 from lib.core.graph import graph_of
 from lib.core.metrics import kl_divergence
 from lib.features.dictionary import Dictionary
@@ -35,6 +38,16 @@ class Crosscoder:
     scales: tuple[float, float]
     relative_norms: np.ndarray  # [latents]
     record: dict = field(default_factory=dict)  # how it was trained (run.json)
+
+
+@contextmanager
+def timed(out: dict, stage: str):
+    """Adds the wall-clock seconds of the block to out["seconds"][stage] (run.json and benchmarks, not CSVs)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        out["seconds"][stage] = out["seconds"].get(stage, 0.0) + time.perf_counter() - t0
 
 
 def kind_of(relative_norm: float, kinds) -> str:
@@ -62,13 +75,14 @@ def compare(
     """Every part of the comparison on one task. split_*: each model's discovery and held-out prompts (the same
     prompts; the same token ids when the models share a vocabulary). bar(total, what, unit): a progress bar."""
     bs, k = opts.batch_size, extra["top_k"]
-    out: dict = {"notes": [], "frame": split_a.frame}
+    out: dict = {"notes": [], "frame": split_a.frame, "seconds": {}}
+    start = time.perf_counter()
     graph_a, graph_b = graph_of(lm_a), graph_of(lm_b)
 
     # 1. behaviour side by side, each model's own EAP-IG circuit
     items = []
     for lm, graph, split in ((lm_a, graph_a, split_a), (lm_b, graph_b, split_b)):
-        with bar(len(split.discovery), f"{task}: EAP-IG scores ({lm.name})", "prompt") as b:
+        with bar(len(split.discovery), f"{task}: EAP-IG scores ({lm.name})", "prompt") as b, timed(out, "eap_ig"):
             items.append(edge_scores_per_prompt(lm, graph, split.discovery, bs, "eap-ig", extra["ig_steps"], b)[1])
     items_a, items_b = items
     mean_a, mean_b = items_a.double().mean(0), items_b.double().mean(0)
@@ -85,8 +99,6 @@ def compare(
     }
     out["kl"] = []
     if agree["same_vocabulary"]:
-        from lib.core.forward import answer_logits
-
         held = split_a.held_out
         logits_a = answer_logits(lm_a, held.clean, held.answer_pos, bs).double().cpu()
         logits_b = answer_logits(lm_b, split_b.held_out.clean, split_b.held_out.answer_pos, bs).double().cpu()
@@ -167,6 +179,8 @@ def compare(
         convert_part(lm_a, lm_b, graph_a, graph_b, split_a, split_b, keep_a, keep_b, ev_b, task, opts, extra, out)
         evidence["min_r2"] = float(min(r["r2_held_out"] for r in out["convert"] if r["part"] == "whole"))
         evidence["min_preserved"] = float(min(r["preserved"] for r in out["patching"] if r["part"] == "whole"))
+
+    out["seconds"]["total"] = time.perf_counter() - start
 
     # 8. verdict
     name, because = verdict(evidence, t)
@@ -295,9 +309,10 @@ def feature_part(
     for tag, lm, tc, split, fmap in (("A", lm_a, tc_a, split_a, None), ("B", lm_b, tc_b, split_b, feature_map)):
         with bar(n_graphs, f"{task}: attribution graphs ({lm.name})", "graph") as b:
             for i in range(n_graphs):
-                graph, pruned = graphs.pruned_graph(
-                    lm, tc, split.discovery, i, extra["node_threshold"], extra["edge_threshold"], 64
-                )
+                with timed(out, "attribution_graphs"):
+                    graph, pruned = graphs.pruned_graph(
+                        lm, tc, split.discovery, i, extra["node_threshold"], extra["edge_threshold"], 64
+                    )
                 built[tag].append(
                     graphs.labelled(graph, pruned, graphs.labels(graph, lm.tokenizer, fmap, f"feature of {tag}"))
                 )
@@ -384,34 +399,38 @@ def convert_part(lm_a, lm_b, graph_a, graph_b, split_a, split_b, keep_a, keep_b,
     R^2, and B run with each map's output in place of its own."""
     bs, alpha = opts.batch_size, extra["ridge_alpha"]
     pairs = convert.layer_pairs(lm_a.n_layers, lm_b.n_layers)
-    layers_a, layers_b = [la for la, _ in pairs], sorted({lb for _, lb in pairs})
-    whole = [
-        convert.residuals(lm, s, ls, bs)
-        for lm, ls, s in (
-            (lm_a, layers_a, split_a.discovery),
-            (lm_b, layers_b, split_b.discovery),
-            (lm_a, layers_a, split_a.held_out),
-            (lm_b, layers_b, split_b.held_out),
-        )
-    ]
-    writers_a, writers_b = heads.circuit_sources(graph_a, keep_a), heads.circuit_sources(graph_b, keep_b)
-    parts = [
-        convert.circuit_parts(lm, g, w, s, ls, bs)
-        for lm, g, w, ls, s in (
-            (lm_a, graph_a, writers_a, layers_a, split_a.discovery),
-            (lm_b, graph_b, writers_b, layers_b, split_b.discovery),
-            (lm_a, graph_a, writers_a, layers_a, split_a.held_out),
-            (lm_b, graph_b, writers_b, layers_b, split_b.held_out),
-        )
-    ]
-    for label, (xa, ya, ta, tb) in (("whole", whole), ("circuit", parts)):
-        maps, rows = convert.fit_maps(xa, ya, ta, tb, pairs, alpha)
+    with timed(out, "ridge_maps"):  # the activations the maps are fitted to, and the fits
+        fitted = ridge_maps(lm_a, lm_b, graph_a, graph_b, split_a, split_b, keep_a, keep_b, pairs, bs, alpha)
+    held = split_b.held_out
+    clean = answer_logits(lm_b, held.clean, held.answer_pos, bs).double().cpu()
+    for label, (maps, rows, ta, tb) in fitted.items():
         out["convert"] += [{"task": task, "part": label, **r} for r in rows]
         for (la, lb), fit in maps.items():
             replacement = fit(ta[la])
             subtract = None if label == "whole" else tb[lb]
-            patched, clean = convert.patched_runs(lm_b, split_b.held_out, lb, replacement, subtract, opts.batch_size)
+            with timed(out, "patching"):
+                patched = convert.patched_runs(lm_b, held, lb, replacement, subtract, bs)
             row = convert.patching_row(
                 split_b.held_out, patched, clean, ev_b.clean, ev_b.corrupt, opts.n_bootstrap, opts.seed
             )
             out["patching"].append({"task": task, "part": label, "layer_a": la, "layer_b": lb, **row})
+
+
+def ridge_maps(lm_a, lm_b, graph_a, graph_b, split_a, split_b, keep_a, keep_b, pairs, bs, alpha) -> dict:
+    """{"whole" | "circuit": (maps, R^2 rows, A's held-out activations, B's)} for the residual stream after each
+    layer and for the circuits' parts of it (the summed outputs of each model's circuit sources)."""
+    layers_a, layers_b = [la for la, _ in pairs], sorted({lb for _, lb in pairs})
+    jobs = ((lm_a, graph_a, keep_a, layers_a, split_a), (lm_b, graph_b, keep_b, layers_b, split_b))
+    fitted = {}
+    for label in ("whole", "circuit"):
+        sides = []
+        for lm, graph, keep, layers, split in jobs:
+            for data in (split.discovery, split.held_out):
+                if label == "whole":
+                    sides.append(convert.residuals(lm, data, layers, bs))
+                else:
+                    sides.append(convert.circuit_parts(lm, graph, heads.circuit_sources(graph, keep), data, layers, bs))
+        train_a, test_a, train_b, test_b = sides
+        maps, rows = convert.fit_maps(train_a, train_b, test_a, test_b, pairs, alpha)
+        fitted[label] = (maps, rows, test_a, test_b)
+    return fitted
