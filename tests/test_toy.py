@@ -63,3 +63,29 @@ def test_tokenizer_files_name_a_class_transformers_4_and_5_read(tmp_path):
     assert (tmp_path / "tokenizer_config.json").read_bytes() == (TOY_DIR / "tokenizer_config.json").read_bytes()
     text = "Then, Mary and John went to the store. John gave a drink to"
     assert AutoTokenizer.from_pretrained(tmp_path)(text)["input_ids"] == build_tokenizer()(text)["input_ids"]
+
+
+SHIPPED = {"toy-seed1": (1, None), "toy@step1000": (0, 1000), "toy@step3000": (0, 3000)}
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_comparison_models_are_toy_runs_with_their_dictionaries(name):
+    """toy-seed1 is toy's recipe from seed 1; toy@step<N> is toy's own run after N steps; each is small, in Hugging
+    Face format, with a dictionary set trained on it (read and checked against its hooks without loading it)."""
+    import json
+
+    from lib.core.choices import shipped_model_dir
+    from lib.features import files
+    from lib.features.dictionary import Dictionary
+
+    folder = shipped_model_dir(name)
+    assert folder is not None and folder.is_dir()
+    meta, toy_meta = (json.loads((f / "training.json").read_text()) for f in (folder, TOY_DIR))
+    seed, step = SHIPPED[name]
+    assert meta["seed"] == seed and meta.get("checkpoint_step") == step
+    for key in ("steps", "batch_per_task", "n_per_task", "lr"):
+        assert meta[key] == toy_meta[key], key  # one recipe
+    assert sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) < 2 * 2**20
+    dictionaries = files.read_set(folder / "dictionaries")
+    assert {"tc0", "resid0", "mlp3"} <= set(dictionaries)
+    assert all(d.cfg.get("model_name") == name for d in dictionaries.values() if isinstance(d, Dictionary))
