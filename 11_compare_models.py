@@ -22,7 +22,7 @@ app = cli.script_app(__doc__)
 HEADLINE = [
     Metric("edge_score_spearman", "baselines.csv", "score_spearman", where={"level": "heads", "comparison": "A vs B"}),
     Metric("permutation_p_heads", "tests.csv", "p_value", where={"level": "heads"}),
-    Metric("min_r2_held_out", "convert.csv", fn=lambda rows: float(rows.r2_held_out.min())),
+    Metric("min_r2_held_out", "convert.csv", fn=lambda rows: float(rows[rows.part == "whole"].r2_held_out.min())),
     Metric(
         "min_preserved_whole_stream", "patching.csv", fn=lambda rows: float(rows[rows.part == "whole"].preserved.min())
     ),
@@ -143,6 +143,14 @@ def main(
     from lib.features import files
 
     raw = [files.read_set(files.resolve(s)) for s in sets] if sets else []
+    for model, spec, dictionaries_of in zip(pair, sets, raw):  # a set of another model, before any model loads
+        for name, d in dictionaries_of.items():
+            trained_on = (getattr(d, "cfg", None) or {}).get("model_name")
+            if trained_on not in (None, "", model):
+                raise UserError(
+                    f"--dictionaries {spec}: dictionary {name} was trained on {trained_on!r}, not on {model!r} "
+                    "(give each model its own set, in --models' order)"
+                )
     processing = [files.processing_of(r, s) for r, s in zip(raw, sets)] if raw else [None, None]
     shared = agreement(pair, opts)  # per task: same vocabulary, same token positions (refuses what differs)
     opts = dataclasses.replace(opts, processing=processing[0])
@@ -246,7 +254,16 @@ COLUMNS = {
     "crosscoder.csv": ["task", "latent", "relative_norm", "kind", "effect_a", "effect_b"],
     "convert.csv": ["task", "part", "layer_a", "layer_b", "r2_held_out", "r2_train", "r2_identity"],
     "patching.csv": ["task", "part", "layer_a", "layer_b", "preserved", "kl"],
-    "verdict.csv": ["task", "verdict", "because", "matched_share", "effect_cosine", "min_r2", "min_preserved"],
+    "verdict.csv": [
+        "task",
+        "verdict",
+        "because",
+        "matched_share",
+        "effect_cosine",
+        "min_r2",
+        "min_preserved",
+        "kl_a_b",
+    ],
 }
 KEYS = {  # file -> the key of each task's result
     "behaviour.csv": "behaviour",
