@@ -546,3 +546,18 @@ def test_resample_ablation_of_every_node_is_the_corrupted_model(toy):
         corrupted = _metric(toy, data, toy.bridge.run_with_hooks(data.corrupt, fwd_hooks=[stop_before_unembedding()]))
     got = ablated_metric(toy, shipped, data, every_node(shipped, data, False), values)
     torch.testing.assert_close(got, corrupted, atol=1e-4, rtol=1e-4)
+
+
+def test_clt_trainer_auxk_when_only_a_later_layer_has_dead_latents():
+    """AuxK with dead latents in layer 1 only: layer 0's output gets no auxiliary write and must still broadcast
+    (a checkpoint of toy with such latents crashed the trainer)."""
+    import torch
+
+    from lib.tools.dictionaries import train_clt
+
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(32, 6, generator=gen), torch.zeros(32, 6)]  # layer 1's latents never fire: dead at once
+    ys = [torch.randn(32, 5, generator=gen), torch.randn(32, 5, generator=gen)]
+    # one latent per layer, 16 tokens a step: layer 0's fires on some token of every batch, layer 1's never does
+    tc = train_clt(xs, ys, 1, 1, 3, 16, 1e-3, 0, dead_after=16, cfg={}, hooks_in=["a", "b"], hooks_out=["c", "d"])
+    assert all(torch.isfinite(w).all() for w in tc.W_dec)

@@ -184,7 +184,8 @@ def train_clt(
                         min(k_aux, n_dead), -1
                     )
                     aux[l] = torch.zeros_like(pre[l]).scatter(-1, top.indices, top.values)
-            aux_out = torch.stack([tc.write(j, aux) - b_dec[j] for j in range(L)], 1)
+            # (a layer no dead latent reaches writes only b_dec: broadcast to the batch)
+            aux_out = torch.stack([(tc.write(j, aux) - b_dec[j]).expand(batch, d_out) for j in range(L)], 1)
             residual = (yb - out).detach()
             scale = min(float(dead.sum()) / (k_aux * L), 1.0)
             loss = loss + AUX_COEFFICIENT * scale * (aux_out - residual).pow(2).sum(-1).sum(-1).mean()
