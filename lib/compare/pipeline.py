@@ -190,6 +190,7 @@ def compare(
         "because": because,
         **{key: evidence.get(key) for key in ("matched_share", "effect_cosine", "min_r2", "min_preserved")},
         "cluster_alignment": " ".join(f"{c:.4f}" for c in evidence.get("cluster_alignment") or []),
+        **out.get("kl_summary", {}),  # KL(A || B) at the answer over held-out prompts (same vocabulary)
     }
     return out
 
@@ -305,6 +306,8 @@ def feature_part(
         mapping[m.pairs[:, 1]] = m.pairs[:, 0]
         feature_map[layer] = mapping
     n_graphs = min(extra["n_graphs"], len(split_a.discovery))
+    if n_graphs < extra["n_graphs"]:
+        out["notes"].append(f"{n_graphs} attribution graphs per model: the task has {n_graphs} discovery prompts")
     built = {"A": [], "B": []}
     for tag, lm, tc, split, fmap in (("A", lm_a, tc_a, split_a, None), ("B", lm_b, tc_b, split_b, feature_map)):
         with bar(n_graphs, f"{task}: attribution graphs ({lm.name})", "graph") as b:
