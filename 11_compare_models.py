@@ -95,6 +95,9 @@ def main(
     crosscoder_width: Annotated[int, typer.Option("--crosscoder-width", help="crosscoder latents")] = 256,
     crosscoder_k: Annotated[int, typer.Option("--crosscoder-k", help="crosscoder active latents per token")] = 8,
     crosscoder_steps: Annotated[int, typer.Option("--crosscoder-steps", help="crosscoder training steps")] = 2000,
+    crosscoder_prompts: Annotated[
+        int, typer.Option("--crosscoder-prompts", help="crosscoder training prompts per task (clean and corrupted)")
+    ] = 200,
     n_bootstrap: cli.NBootstrapOpt = 1000,
     quiet: cli.QuietOpt = False,
     resume: cli.ResumeOpt = None,
@@ -111,6 +114,7 @@ def main(
     checks.check_between(1, 100, ("--n-clusters", n_clusters))
     checks.check_between(1, 1 << 20, ("--crosscoder-width", crosscoder_width), ("--crosscoder-steps", crosscoder_steps))
     checks.check_between(1, crosscoder_width, ("--crosscoder-k", crosscoder_k))
+    checks.check_between(2, cli.MAX_PROMPTS, ("--crosscoder-prompts", crosscoder_prompts))
     for option, value in (("--node-threshold", node_threshold), ("--edge-threshold", edge_threshold)):
         checks.check_finite(option, value)
         if not 0 <= value <= 1:
@@ -168,7 +172,12 @@ def main(
         n_permutations=n_permutations,
         n_clusters=n_clusters,
         thresholds=thresholds.record(),
-        crosscoder={"width": crosscoder_width, "k": crosscoder_k, "steps": crosscoder_steps},
+        crosscoder={
+            "width": crosscoder_width,
+            "k": crosscoder_k,
+            "steps": crosscoder_steps,
+            "prompts_per_task": crosscoder_prompts,
+        },
     )
     if shared_dictionary and not all(a["same_vocabulary"] for a in shared.values()):
         raise UserError("--shared-dictionary trains on paired tokens: the two models must share a vocabulary")
@@ -224,8 +233,8 @@ def train_crosscoder(lm_a, lm_b, site: str, extra: dict, opts):
         if site not in table:
             raise UserError(f"--shared-dictionary {site}: model {lm.name} has {lm.n_layers} layers")
         hooks.append(table[site][0])
-    acts = [activations(lm, [hook], 200, TRAIN_SEED)[hook] for lm, hook in zip((lm_a, lm_b), hooks)]
     cfg = extra["crosscoder"]
+    acts = [activations(lm, [hook], cfg["prompts_per_task"], TRAIN_SEED)[hook] for lm, hook in zip((lm_a, lm_b), hooks)]
     with progress.bar(cfg["steps"], f"crosscoder at {site}", "step") as bar:
         dictionary, scales = trainer.train(
             acts[0], acts[1], cfg["width"], cfg["k"], cfg["steps"], 256, 1e-3, opts.seed, bar

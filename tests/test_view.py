@@ -30,6 +30,7 @@ RUNS = {
         *["--models", "toy", "toy", "--dictionaries", "toy", "toy", "--tasks", "ioi", "--n-prompts", "6"],
         *["--top-k", "20", "--ig-steps", "2", "--n-graphs", "2", "--n-permutations", "10", "--n-resamples", "2"],
         *["--shared-dictionary", "resid1", "--crosscoder-steps", "30", "--crosscoder-width", "32"],
+        *["--crosscoder-prompts", "10"],
     ],
     "file": [
         "--tasks",

@@ -141,9 +141,10 @@ def compare(
             }
         )
         out["parting_layer"] = parting_layer(out["layers"])
+        own = {("A", "A"): out["behaviour"][0], ("B", "B"): out["behaviour"][1]}  # evaluated above
         for circuit, keep in (("A", keep_a), ("B", keep_b)):
             for model, ev in (("A", ev_a), ("B", ev_b)):
-                faith = ev.faithfulness(keep)
+                faith = own.get((circuit, model)) or ev.faithfulness(keep)
                 out["cross"].append(
                     {
                         "task": task,
@@ -276,7 +277,8 @@ def feature_part(
                     "best_partner_b": int(m.best_b[i]),
                 }
             )
-        fit = fit_map(acts_a[site], acts_b[site], extra["ridge_alpha"])
+        with timed(out, "ridge_maps"):
+            fit = fit_map(acts_a[site], acts_b[site], extra["ridge_alpha"])
         out["feature_maps"].append(
             {
                 "task": task,

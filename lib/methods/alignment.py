@@ -145,10 +145,10 @@ def ridge_cv(x: torch.Tensor, y: torch.Tensor, alphas=ALPHA_GRID, folds: int = 5
         gram = xc.T @ xc
         values, vectors = torch.linalg.eigh(gram)  # gram = V diag(values) V'
         projected = vectors.T @ (xc.T @ yc)  # [Da, Db]
-        mean_value = float(gram.diagonal().mean())
-        for i, alpha in enumerate(alphas):
-            weight = vectors @ (projected / (values.clamp_min(0) + alpha * mean_value)[:, None])
-            predicted = (x[test] - mx) @ weight + my
-            errors[i] += float(((y[test] - predicted) ** 2).sum())
+        penalties = torch.tensor(alphas, dtype=x.dtype) * float(gram.diagonal().mean())  # [A]
+        shrink = 1.0 / (values.clamp_min(0)[None] + penalties[:, None])  # [A, Da]
+        weights = torch.einsum("ij,aj,jk->aik", vectors, shrink, projected)  # [A, Da, Db], every alpha at once
+        predicted = (x[test] - mx) @ weights + my  # [A, T_test, Db]
+        errors += ((y[test] - predicted) ** 2).sum((1, 2)).numpy()
     best = alphas[int(np.argmin(errors))]
     return ridge(x, y, best)
