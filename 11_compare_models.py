@@ -57,7 +57,7 @@ def main(
         str,
         typer.Option(
             "--dictionaries",
-            help="two dictionary sets, A's then B's (as --dictionaries elsewhere; toy, toy-seed1 and toy@step<N> "
+            help="two dictionary sets, A's then B's (as --dictionaries elsewhere; toy, toy-seed1, toy-rerun and toy-rerun@step<N> "
             "name the sets shipped with those models); none: the feature-level parts are skipped",
         ),
     ] = "",

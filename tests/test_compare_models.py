@@ -132,11 +132,11 @@ def test_another_shape_skips_head_level_and_says_so(toy64, tiny, split):
     [
         (["--models", "toy"], "--models takes exactly 2 values"),
         (["--models", "toy", "toy-seed1", "toy"], "--models takes exactly 2 values"),
-        (["--models", "toy", "toy@step7"], "toy has no checkpoint at step 7"),
+        (["--models", "toy", "toy-rerun@step7"], "toy-rerun has no checkpoint at step 7"),
         (["--models", "toy", "toy", "--dictionaries", "toy"], "--dictionaries takes exactly 2 values"),
         (
-            ["--models", "toy", "toy@step1000", "--dictionaries", "toy", "toy"],
-            "trained on 'toy', not on 'toy@step1000'",
+            ["--models", "toy", "toy-rerun@step1000", "--dictionaries", "toy", "toy"],
+            "trained on 'toy', not on 'toy-rerun@step1000'",
         ),
         (["--models", "toy", "toy", "--shared-dictionary", "tc1"], "--shared-dictionary 'tc1'"),
         (["--models", "toy", "toy", "--ridge-alpha", "-1"], "--ridge-alpha must be auto or one number"),

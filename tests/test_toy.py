@@ -65,12 +65,18 @@ def test_tokenizer_files_name_a_class_transformers_4_and_5_read(tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path)(text)["input_ids"] == build_tokenizer()(text)["input_ids"]
 
 
-SHIPPED = {"toy-seed1": (1, None), "toy@step1000": (0, 1000), "toy@step3000": (0, 3000)}
+SHIPPED = {
+    "toy-seed1": (1, None),
+    "toy-rerun": (0, None),
+    "toy-rerun@step1000": (0, 1000),
+    "toy-rerun@step3000": (0, 3000),
+}
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_comparison_models_are_toy_runs_with_their_dictionaries(name):
-    """toy-seed1 is toy's recipe from seed 1; toy@step<N> is toy's own run after N steps; each is small, in Hugging
+    """toy-seed1 and toy-rerun are toy's recipe from seeds 1 and 0; toy-rerun@step<N> is toy-rerun's own run after N
+    steps; each is small, in Hugging
     Face format, with a dictionary set trained on it (read and checked against its hooks without loading it)."""
     import json
 

@@ -38,27 +38,35 @@ def is_set_name(value: str) -> bool:
 
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")  # lib.core.model
-BUILTIN_MODELS = ("toy", "toy-seed1", "gpt2-random", "pythia-160m-random")  # lib.core.model; gpt2 from the hub
+BUILTIN_MODELS = (
+    "toy",
+    "toy-seed1",
+    "toy-rerun",
+    "gpt2-random",
+    "pythia-160m-random",
+)  # lib.core.model; gpt2 from the hub
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-# the shipped toy models: toy, its twin from training seed 1, and toy's checkpoints along training (toy@step<N>)
-SHIPPED_MODELS = ("toy", "toy-seed1")
-TOY_CHECKPOINT = re.compile(r"toy@step(\d+)")
+# the shipped toy models: toy; its twin from training seed 1; toy's recipe rerun with seed 0 by today's code, whose
+# checkpoints along training are shipped (<name>@step<N>)
+SHIPPED_MODELS = ("toy", "toy-seed1", "toy-rerun")
+CHECKPOINT = re.compile(r"(.+)@step(\d+)")
 
 
 def shipped_model_dir(name: str) -> Path | None:
-    """The folder of a shipped toy model name (toy, toy-seed1, toy@step<N>), None for any other name; a
-    checkpoint that was not shipped is one line naming those that were."""
+    """The folder of a shipped toy model name (toy, toy-seed1, toy-rerun, toy-rerun@step<N>), None for any other
+    name; a checkpoint that was not shipped is one line naming those that were."""
     if name in SHIPPED_MODELS:
         return MODELS_DIR / name
-    step = TOY_CHECKPOINT.fullmatch(name)
-    if step is None:
+    step = CHECKPOINT.fullmatch(name)
+    if step is None or step[1] not in SHIPPED_MODELS:
         return None
-    folder = MODELS_DIR / "toy" / "checkpoints" / f"step{int(step[1])}"
+    model, n = step[1], int(step[2])
+    folder = MODELS_DIR / model / "checkpoints" / f"step{n}"
     if not folder.is_dir():
-        shipped = sorted((MODELS_DIR / "toy" / "checkpoints").glob("step*"), key=lambda p: int(p.name[4:]))
+        shipped = sorted((MODELS_DIR / model / "checkpoints").glob("step*"), key=lambda p: int(p.name[4:]))
         raise UserError(
-            f"--model {name}: toy has no checkpoint at step {int(step[1])}; shipped: "
-            + (", ".join(f"toy@{p.name}" for p in shipped) or "none")
+            f"--model {name}: {model} has no checkpoint at step {n}; shipped: "
+            + (", ".join(f"{model}@{p.name}" for p in shipped) or "none")
         )
     return folder
 

@@ -167,13 +167,13 @@ def check_against(dictionaries: dict, model) -> None:
 
 
 def resolve(spec: str) -> Path:
-    """--dictionaries: `toy` (the set shipped with the toy model; toy-seed1 and toy@step<N> likewise), circuit-tracer's names `gemma` and `llama`
+    """--dictionaries: `toy` (the set shipped with the toy model; toy-seed1, toy-rerun and its checkpoints likewise), circuit-tracer's names `gemma` and `llama`
     (its ReplacementModel.from_pretrained transcoder names), a local folder, or a Hugging Face repo id
     (downloaded through huggingface_hub; offline it is one line, as --model gpt2 is)."""
     from lib.core.choices import _HUB_ID, CIRCUIT_TRACER_SETS, shipped_model_dir
     from lib.features.published import CONFIG_YAML
 
-    shipped = shipped_model_dir(spec)  # toy, toy-seed1, toy@step<N>: the set shipped with that model
+    shipped = shipped_model_dir(spec)  # toy, toy-seed1, toy-rerun@step<N>: that model's set
     if shipped is not None:
         return shipped / "dictionaries"
     spec = CIRCUIT_TRACER_SETS.get(spec, spec)  # circuit-tracer's names: gemma, llama
