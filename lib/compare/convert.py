@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lib.core.forward import capture, logits_at
+from lib.core.forward import capture, logits_at, unembed_at
 from lib.core.graph import Graph
 from lib.core.metrics import data_metric, kl_divergence
 from lib.core.patching import source_outputs
@@ -81,27 +81,45 @@ def _scatter(values: torch.Tensor, real: torch.Tensor, like: torch.Tensor) -> to
     return out
 
 
-def patched_runs(
-    model_b, data_b, layer_b: int, replacement: torch.Tensor, subtract: torch.Tensor | None, batch_size: int
-) -> torch.Tensor:
-    """B's answer logits [N, V] (float64, CPU) with its residual stream after layer_b replaced at every real
-    position: by replacement [T, D] (subtract None), or, for a part only, by x - subtract + replacement."""
-    patched, offset = [], 0
+def _replace(x: torch.Tensor, real: torch.Tensor, replacement: torch.Tensor, subtract: torch.Tensor | None):
+    """x [B, P, D] with its real positions replaced by replacement [T, D], or by x - subtract + replacement."""
+    new = _scatter(replacement, real, x)
+    if subtract is None:
+        return torch.where(real[..., None], new, x)
+    return x - _scatter(subtract, real, x) + new
+
+
+def patched_runs(model_b, data_b, patches: list[tuple], batch_size: int, restart: bool = True) -> list[torch.Tensor]:
+    """B's answer logits [N, V] (float64, CPU) for each patch (layer_b, replacement [T, D], subtract [T, D] or
+    None): its residual stream after layer_b replaced at every real position by replacement, or, for a part only,
+    by x - subtract + replacement. One base pass per batch caches the stream (lib.core.recompute.Restart); each
+    patch recomputes only the blocks after its layer (restart False, or a model that cannot restart mid-model:
+    full passes with a hook, the same numbers)."""
+    from lib.core.recompute import Restart, run_blocks
+
+    out: list[list] = [[] for _ in patches]
+    offset = 0
     for start in range(0, len(data_b), batch_size):
         part = data_b.subset(slice(start, start + batch_size))
         tokens, real = part.clean.to(model_b.device), part.real.to(model_b.device)
-        n = int(real.sum())
-        rows = slice(offset, offset + n)
-        offset += n
+        pos = part.answer_pos.to(model_b.device)
+        rows = slice(offset, offset + int(real.sum()))
+        offset = rows.stop
+        base = Restart(model_b, tokens) if restart else None
+        for i, (layer_b, replacement, subtract) in enumerate(patches):
+            cut = None if subtract is None else subtract[rows]
+            if base is None or base.full:
 
-        def hook(x, hook, rows=rows, real=real):
-            new = _scatter(replacement[rows], real, x)
-            if subtract is None:
-                return torch.where(real[..., None], new, x)
-            return x - _scatter(subtract[rows], real, x) + new
+                def hook(x, hook, new=replacement[rows], cut=cut, real=real):
+                    return _replace(x, real, new, cut)
 
-        patched.append(logits_at(model_b, tokens, part.answer_pos, [(resid_hook(layer_b), hook)]).double().cpu())
-    return torch.cat(patched)
+                logits = logits_at(model_b, tokens, pos, [(resid_hook(layer_b), hook)])
+            else:
+                with torch.no_grad():
+                    x = _replace(base.resid[layer_b + 1], real, replacement[rows], cut)
+                    logits = unembed_at(model_b, run_blocks(model_b, x, layer_b + 1), pos)
+            out[i].append(logits.double().cpu())
+    return [torch.cat(o) for o in out]
 
 
 def patching_row(

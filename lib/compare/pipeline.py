@@ -408,17 +408,17 @@ def convert_part(lm_a, lm_b, graph_a, graph_b, split_a, split_b, keep_a, keep_b,
         fitted = ridge_maps(lm_a, lm_b, graph_a, graph_b, split_a, split_b, keep_a, keep_b, pairs, bs, alpha)
     held = split_b.held_out
     clean = answer_logits(lm_b, held.clean, held.answer_pos, bs).double().cpu()
+    jobs, patches = [], []
     for label, (maps, rows, ta, tb) in fitted.items():
         out["convert"] += [{"task": task, "part": label, **r} for r in rows]
         for (la, lb), fit in maps.items():
-            replacement = fit(ta[la])
-            subtract = None if label == "whole" else tb[lb]
-            with timed(out, "patching"):
-                patched = convert.patched_runs(lm_b, held, lb, replacement, subtract, bs)
-            row = convert.patching_row(
-                split_b.held_out, patched, clean, ev_b.clean, ev_b.corrupt, opts.n_bootstrap, opts.seed
-            )
-            out["patching"].append({"task": task, "part": label, "layer_a": la, "layer_b": lb, **row})
+            jobs.append((label, la, lb))
+            patches.append((lb, fit(ta[la]), None if label == "whole" else tb[lb]))
+    with timed(out, "patching"):
+        every = convert.patched_runs(lm_b, held, patches, bs)
+    for (label, la, lb), patched in zip(jobs, every):
+        row = convert.patching_row(held, patched, clean, ev_b.clean, ev_b.corrupt, opts.n_bootstrap, opts.seed)
+        out["patching"].append({"task": task, "part": label, "layer_a": la, "layer_b": lb, **row})
 
 
 def ridge_maps(lm_a, lm_b, graph_a, graph_b, split_a, split_b, keep_a, keep_b, pairs, bs, alpha) -> dict:
