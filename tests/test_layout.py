@@ -25,7 +25,9 @@ def test_cli_choices_are_the_implementations():
     from tasks import TASK_NAMES, TASKS
 
     assert tuple(TASKS) == TASK_NAMES
-    assert set(model.MODELS) == set(choices.BUILTIN_MODELS) and tuple(model.DTYPES) == choices.DTYPES
+    assert set(model.MODELS) | set(choices.SHIPPED_MODELS) == set(choices.BUILTIN_MODELS)  # shipped: folders
+    assert all((choices.MODELS_DIR / n).is_dir() for n in choices.SHIPPED_MODELS)
+    assert tuple(model.DTYPES) == choices.DTYPES
     assert patching.ABLATIONS is choices.ABLATIONS and eap.METHODS is choices.EAP_METHODS
     assert acdc.METRICS is choices.ACDC_METRICS and hypotheses.HYPOTHESES is choices.HYPOTHESES
     assert node_patching.DIRECTIONS is choices.NODE_PATCH_DIRECTIONS and path_patching.PATHS is choices.PATHS
