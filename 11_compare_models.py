@@ -240,11 +240,9 @@ def train_crosscoder(lm_a, lm_b, site: str, extra: dict, opts):
             acts[0], acts[1], cfg["width"], cfg["k"], cfg["steps"], 256, 1e-3, opts.seed, bar
         )
     d_a = acts[0].shape[1]
-    cc = pipeline.Crosscoder(
-        dictionary, site, hooks[0], hooks[1], d_a, scales, features.relative_decoder_norms(dictionary, d_a)
-    )
-    cc.record = {"tokens": len(acts[0]), "hooks": hooks, "batch": 256, "lr": 1e-3}
-    return cc
+    record = {"tokens": len(acts[0]), "hooks": hooks, "batch": 256, "lr": 1e-3}
+    norms = features.relative_decoder_norms(dictionary, d_a)
+    return pipeline.Crosscoder(dictionary, site, hooks[0], hooks[1], d_a, scales, norms, record)
 
 
 COLUMNS = {

@@ -11,7 +11,6 @@ The stage seconds are pipeline.compare's own (run.json's `seconds` in a real run
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.io import cli  # noqa: E402
+from lib.io import cli, progress  # noqa: E402
 
 app = cli.script_app(__doc__)
 PARTS = ("eap_ig", "attribution_graphs", "ridge_maps")
@@ -70,11 +69,10 @@ def main(
         n_clusters=2,
     )
 
-    def bar(total, desc, unit="it"):
-        return contextlib.nullcontext(SimpleNamespace(update=lambda n=1: None, set_postfix=lambda *a, **k: None))
-
     agree = {"same_vocabulary": True, "same_positions": True}
-    out = pipeline.compare(lm_a, lm_b, split, split, task, opts, extra, agree, dicts, None, Thresholds(), bar)
+    out = pipeline.compare(
+        lm_a, lm_b, split, split, task, opts, extra, agree, dicts, None, Thresholds(), progress.silent_bar
+    )
     seconds = out["seconds"]
     parts = sum(seconds.get(p, 0.0) for p in PARTS)
     total = seconds["total"]

@@ -4,7 +4,6 @@ another shape; and its refusals."""
 
 from __future__ import annotations
 
-import contextlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from conftest import refused, run_cli
 
 from lib.compare.verdict import Thresholds
+from lib.io import progress
 
 EXTRA = dict(
     top_k=20,
@@ -26,10 +26,6 @@ EXTRA = dict(
     n_clusters=2,
 )
 OPTS = SimpleNamespace(batch_size=16, n_bootstrap=0, seed=0, n_prompts=8)
-
-
-def quiet_bar(total, desc, unit="it"):
-    return contextlib.nullcontext(SimpleNamespace(update=lambda n=1: None, set_postfix=lambda *a, **k: None))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +54,9 @@ def compare(a, b, split, dicts=None):
     from lib.compare import pipeline
 
     agree = {"same_vocabulary": True, "same_positions": True}
-    return pipeline.compare(a, b, split, split, "ioi", OPTS, EXTRA, agree, dicts, None, Thresholds(), quiet_bar)
+    return pipeline.compare(
+        a, b, split, split, "ioi", OPTS, EXTRA, agree, dicts, None, Thresholds(), progress.silent_bar
+    )
 
 
 def test_permuted_copy_is_matched_back_exactly(toy64, split, tmp_path):

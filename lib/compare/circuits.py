@@ -29,15 +29,24 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(rankdata(x.double().cpu().numpy(), axis=-1))
 
 
+def rank_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Spearman correlation along the last dimension of x and y [..., E] (nan where either is constant)."""
+    ra, rb = _ranks(x), _ranks(y)
+    ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
+    denominator = ra.norm(dim=-1) * rb.norm(dim=-1)
+    return torch.where(denominator > 0, (ra * rb).sum(-1) / denominator.clamp_min(1e-300), float("nan"))
+
+
 def spearman(graph: Graph, a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None) -> float:
     """Spearman correlation of two [S, R] edge-score tensors over the existing edges (and `where`, [S, R] bool)."""
     keep = graph.edge_exists if where is None else graph.edge_exists & where
-    x, y = a[keep], b[keep]
-    if len(x) < 2:
-        return float("nan")
-    ra, rb = _ranks(x) - (len(x) + 1) / 2, _ranks(y) - (len(y) + 1) / 2
-    denominator = float(ra.norm() * rb.norm())
-    return float(ra @ rb) / denominator if denominator > 0 else float("nan")
+    return float(rank_correlation(a[keep], b[keep])) if int(keep.sum()) >= 2 else float("nan")
+
+
+def prompt_halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint halves of n prompts (indices), drawn by seed: the within-model comparisons' split."""
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    return perm[: n // 2], perm[n // 2 :]
 
 
 def node_layer(node: str, n_layers: int) -> int:
@@ -104,8 +113,7 @@ def noise_baselines(
     fair cross-model match for the within-model halves); and pairs of bootstrap resamples of each model's
     prompts (n_resamples pairs: mean and 2.5 / 97.5 % points). items: per-prompt scores [N, S, R]."""
     n = items_a.shape[0]
-    perm = np.random.default_rng(seed).permutation(n)
-    first, second = torch.from_numpy(perm[: n // 2]), torch.from_numpy(perm[n // 2 :])
+    first, second = prompt_halves(n, seed)
 
     def mean(items, idx):
         return items[idx].double().mean(0)
@@ -157,13 +165,7 @@ def permutation_test(
         w = swap.double()
         mean_x = ((1 - w) @ a + w @ b) / a.shape[0]  # [P, E]: A's scores, B's where swapped
         mean_y = ((1 - w) @ b + w @ a) / a.shape[0]
-        ra, rb = _ranks(mean_x), _ranks(mean_y)  # ranks along edges, every permutation at once
-        ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-        denominator = ra.norm(dim=1) * rb.norm(dim=1)
-        r = torch.where(
-            denominator > 0, (ra * rb).sum(1) / denominator.clamp_min(1e-300), torch.zeros_like(denominator)
-        )
-        return 1.0 - r
+        return 1.0 - rank_correlation(mean_x, mean_y).nan_to_num(0.0)  # every permutation at once
 
     observed = float(statistics(torch.zeros(1, a.shape[0], dtype=torch.bool))[0])
     gen = torch.Generator().manual_seed(seed)

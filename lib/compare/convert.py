@@ -12,7 +12,7 @@ from lib.core.graph import Graph
 from lib.core.metrics import data_metric, kl_divergence
 from lib.core.patching import source_outputs
 from lib.methods import intervals
-from lib.methods.alignment import LinearMap, r_squared, ridge, ridge_cv
+from lib.methods.alignment import LinearMap, fit_map, r_squared
 
 
 def resid_hook(layer: int) -> str:
@@ -57,7 +57,7 @@ def fit_maps(x_train: dict, y_train: dict, x_test: dict, y_test: dict, pairs, al
     held-out R^2 rows."""
     maps, rows = {}, []
     for la, lb in pairs:
-        fit = ridge_cv(x_train[la], y_train[lb]) if alpha is None else ridge(x_train[la], y_train[lb], alpha)
+        fit = fit_map(x_train[la], y_train[lb], alpha)
         maps[(la, lb)] = fit
         rows.append(
             {

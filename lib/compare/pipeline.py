@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from lib.compare import circuits as heads
 from lib.compare import convert, features, graphs
@@ -18,7 +17,7 @@ from lib.core.graph import graph_of
 from lib.core.metrics import kl_divergence
 from lib.features.dictionary import Dictionary
 from lib.methods import intervals
-from lib.methods.alignment import r_squared, ridge_cv
+from lib.methods.alignment import fit_map, r_squared
 from lib.methods.eap import edge_scores_per_prompt
 from lib.methods.faithfulness import Evaluator, log_grid, top_k_mask
 from lib.methods.graph_distance import cluster, distances, normalized_edit_distance
@@ -120,9 +119,7 @@ def compare(
     else:
         graph = graph_a
         out["along_k"] = [{"task": task, **r} for r in heads.along_k(graph, mean_a, mean_b, log_grid(graph.n_edges))]
-        n = items_a.shape[0]
-        perm = np.random.default_rng(opts.seed).permutation(n)
-        first, second = torch.from_numpy(perm[: n // 2]), torch.from_numpy(perm[n // 2 :])
+        first, second = heads.prompt_halves(items_a.shape[0], opts.seed)
         for label, x, y in (
             ("A vs B", mean_a, mean_b),
             ("A half vs A other half", items_a[first].double().mean(0), items_a[second].double().mean(0)),
@@ -196,13 +193,6 @@ def compare(
     return out
 
 
-def fit_map(x, y, alpha):
-    """The ridge map of y on x: alpha given, or chosen by cross-validation (alpha None)."""
-    from lib.methods.alignment import ridge
-
-    return ridge_cv(x, y) if alpha is None else ridge(x, y, alpha)
-
-
 def parting_layer(layer_rows: list[dict]) -> int | None:
     """The first layer whose A-vs-B edge Jaccard falls below both models' own half-vs-half Jaccard there
     ("the models part at layer l"); None when no layer does."""
@@ -262,9 +252,9 @@ def feature_part(
                 }
             )
         top = np.argsort(-np.abs(ea), kind="stable")[:5]
-        partner = dict(zip(m.pairs[:, 0].tolist(), m.pairs[:, 1].tolist()))
+        partner = {i: (j, c) for (i, j), c in zip(m.pairs.tolist(), m.pair_correlation.tolist())}
         for i in top.tolist():
-            j = partner.get(i, -1)
+            j, c = partner.get(i, (-1, float(m.best_b_correlation[i])))
             out["task_features"].append(
                 {
                     "task": task,
@@ -272,7 +262,7 @@ def feature_part(
                     "feature_a": i,
                     "effect_a": float(ea[i]),
                     "feature_b": j,
-                    "correlation": float(m.best_b_correlation[i]) if j < 0 else float(acts_corr(m, i, j)),
+                    "correlation": c,
                     "effect_b": float(eb[j]) if j >= 0 else np.nan,
                     "best_partner_b": int(m.best_b[i]),
                 }
@@ -373,12 +363,6 @@ def feature_part(
             **graphs.two_sample_test(built["A"], built["B"], extra["n_permutations"], opts.seed),
         }
     )
-
-
-def acts_corr(m, i: int, j: int) -> float:
-    """The correlation of a matched pair (i in A, j in B) as the matching recorded it."""
-    at = np.flatnonzero((m.pairs[:, 0] == i) & (m.pairs[:, 1] == j))
-    return float(m.pair_correlation[at[0]]) if len(at) else float("nan")
 
 
 def crosscoder_rows(lm_a, lm_b, split_a, split_b, task: str, cc: Crosscoder, bs: int) -> list[dict]:

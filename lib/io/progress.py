@@ -88,10 +88,15 @@ class _Silent:
         pass
 
 
+def silent_bar(total: int | None = None, desc: str = "", unit: str = "it"):
+    """bar's signature, reporting nothing (callers that take a bar factory, run without output)."""
+    return _Silent()
+
+
 def bar(total: int | None, desc: str, unit: str = "it"):
     """A progress reporter for `total` units of work: tqdm on a terminal, LineProgress otherwise."""
     if _quiet:
-        return _Silent()
+        return silent_bar()
     if sys.stderr.isatty():
         return tqdm(total=total, desc=desc, unit=unit, leave=True)
     return LineProgress(total, desc, unit)

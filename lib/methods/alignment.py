@@ -124,6 +124,11 @@ def r_squared(y: torch.Tensor, predicted: torch.Tensor) -> float:
     return 1.0 - float(((y - predicted) ** 2).sum()) / total if total > 0 else float("nan")
 
 
+def fit_map(x: torch.Tensor, y: torch.Tensor, alpha: float | None) -> LinearMap:
+    """ridge with the given alpha, or ridge_cv's when alpha is None."""
+    return ridge_cv(x, y) if alpha is None else ridge(x, y, alpha)
+
+
 ALPHA_GRID = tuple(10.0**e for e in range(-10, 3))  # candidate penalties of ridge_cv, ascending
 
 
