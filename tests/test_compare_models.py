@@ -167,3 +167,20 @@ def test_patching_restarted_mid_model_equals_full_passes_with_a_hook(toy64, spli
     for f, s in zip(fast, slow):
         torch.testing.assert_close(f, s, atol=1e-9, rtol=0)
     assert not torch.allclose(fast[0], fast[2])  # the patches do something
+
+
+def test_feature_maps_fit_on_sparse_features_of_few_prompts(toy):
+    """toy's tc1 features on 8 SVA prompts (32 tokens, 256 mostly silent features): LAPACK's eigh of x'x failed to
+    converge there and the run crashed; the cross-validated ridge now works from the SVD of x."""
+    from lib.core.model import TOY_DIR
+    from lib.features import files
+    from lib.methods.alignment import r_squared, ridge_cv
+    from lib.methods.faithfulness import discovery_and_held_out
+
+    set_a = files.fit({"tc1": files.read_set(TOY_DIR / "dictionaries")["tc1"]}, toy)
+    from lib.compare import features
+
+    data = discovery_and_held_out("sva", toy.tokenizer, 8, 0).discovery
+    x = features.feature_activations(toy, set_a, ["tc1"], data, 16)["tc1"]
+    fit = ridge_cv(x, x)
+    assert r_squared(x, fit(x)) > 0.99

@@ -135,7 +135,7 @@ ALPHA_GRID = tuple(10.0**e for e in range(-10, 3))  # candidate penalties of rid
 def ridge_cv(x: torch.Tensor, y: torch.Tensor, alphas=ALPHA_GRID, folds: int = 5) -> LinearMap:
     """ridge with the penalty chosen by k-fold cross-validation over contiguous blocks of rows (rows come prompt
     by prompt, so a block holds whole prompts but at its ends): the alpha of least held-out squared error
-    (the smallest on ties), refitted on every row. One eigendecomposition per fold serves every alpha."""
+    (the smallest on ties), refitted on every row. One SVD per fold serves every alpha."""
     x, y = x.double(), y.double()
     n = len(x)
     folds = max(2, min(folds, n))
@@ -147,11 +147,13 @@ def ridge_cv(x: torch.Tensor, y: torch.Tensor, alphas=ALPHA_GRID, folds: int = 5
         xt, yt = x[~test], y[~test]
         mx, my = xt.mean(0), yt.mean(0)
         xc, yc = xt - mx, yt - my
-        gram = xc.T @ xc
-        values, vectors = torch.linalg.eigh(gram)  # gram = V diag(values) V'
-        projected = vectors.T @ (xc.T @ yc)  # [Da, Db]
-        penalties = torch.tensor(alphas, dtype=x.dtype) * float(gram.diagonal().mean())  # [A]
-        shrink = 1.0 / (values.clamp_min(0)[None] + penalties[:, None])  # [A, Da]
+        # x'x = V diag(s^2) V' from the thin SVD of x (LAPACK's eigh of x'x fails to converge on the many repeated
+        # zero eigenvalues of sparse feature activations); x'y lies in V's span, so the thin V is exact
+        _, singular, vh = torch.linalg.svd(xc, full_matrices=False)
+        values, vectors = singular**2, vh.T  # [r], [Da, r]
+        projected = vectors.T @ (xc.T @ yc)  # [r, Db]
+        penalties = torch.tensor(alphas, dtype=x.dtype) * float((xc**2).sum(0).mean())  # [A]: alpha x mean eigenvalue
+        shrink = 1.0 / (values[None] + penalties[:, None]).clamp_min(1e-300)  # [A, r]
         weights = torch.einsum("ij,aj,jk->aik", vectors, shrink, projected)  # [A, Da, Db], every alpha at once
         predicted = (x[test] - mx) @ weights + my  # [A, T_test, Db]
         errors += ((y[test] - predicted) ** 2).sum((1, 2)).numpy()
